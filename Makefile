@@ -1,0 +1,43 @@
+# Quick start: `make demo` and `make test`. Both create .venv and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q -c constraints.txt
+DATA   ?= ../shared/data
+
+.PHONY: demo test lint typecheck bench-quick clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) -e ".[test,bench]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/monorec demo --workdir runs/demo
+
+test: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+	$(PY) -m pytest
+	$(MAKE) bench-quick
+
+bench-quick: $(VENV)/.installed-test
+	mkdir -p runs/bench-quick
+	$(PY) bench/q1_consolidated_vs_separate.py --quick --data $(DATA)/ml-latest-small --out runs/bench-quick/q1.json
+	$(PY) bench/q2_census_multitask.py --quick --data $(DATA)/census-income-kdd --out runs/bench-quick/q2.json
+	$(PY) bench/b7_training_throughput.py --quick --out runs/bench-quick/b7.json
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: $(VENV)/.installed-test
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

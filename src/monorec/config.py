@@ -1,0 +1,460 @@
+"""Project config: a TOML file -> frozen dataclasses.
+
+The config declares the unified request context (fields, objectives, canvases) and the knobs of every
+pipeline stage. :func:`parse_config` validates everything and reports every problem at once in one
+:class:`~monorec.errors.ConfigError`; modules never read the raw TOML, they receive these dataclasses.
+
+The TOML shape mirrors the dataclasses one to one, so ``parse_config(config.to_dict())`` round-trips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from monorec.errors import ConfigError
+
+__all__ = [
+    "CanvasSpec",
+    "EvaluateSpec",
+    "FieldSpec",
+    "ImputeRule",
+    "LabelSpec",
+    "ModelSpec",
+    "ObjectiveSpec",
+    "ProjectConfig",
+    "SplitSpec",
+    "TrainSpec",
+    "check_config",
+    "load_config",
+    "parse_config",
+]
+
+FieldKind = Literal["id", "categorical", "text", "numeric"]
+FIELD_KINDS = ("id", "categorical", "text", "numeric")
+OBJECTIVE_KINDS = ("binary", "regression")
+TRANSFORMS = ("none", "log1p")
+SHARED_VOCABULARIES = ("entity", "category")
+BOTTOMS = ("shared_bottom", "mmoe", "ple")
+WEIGHTINGS = ("fixed", "uncertainty")
+# Column names the log schema owns; a context field may not reuse them.
+RESERVED_NAMES = frozenset({"task_type", "canvas", "ts", "entity_id", "request_id", "split"})
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of the unified request context."""
+
+    name: str
+    kind: FieldKind
+    vocabulary: str | None = None  # "entity" / "category": share the catalogue's ids and embeddings
+    max_tokens: int = 16  # text: tokens kept per value (word tokens + character trigrams)
+    min_count: int = 1  # id/categorical: rarer training values map to the unknown index
+    max_length: int = 256  # text: longest accepted value, in characters (requests beyond are refused)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """One prediction target of the ranker, read from a log column."""
+
+    name: str
+    kind: Literal["binary", "regression"]
+    column: str
+    transform: Literal["none", "log1p"] = "none"
+
+
+@dataclass(frozen=True)
+class ImputeRule:
+    """Fill ``field`` when a request leaves it empty: from another entity's title, or a constant."""
+
+    field: str
+    title_of: str | None = None  # an id field with vocabulary "entity": use that entity's title
+    value: str | None = None
+
+
+@dataclass(frozen=True)
+class CanvasSpec:
+    """A canvas (task_type): which context fields it uses, its objectives and how they blend."""
+
+    name: str
+    fields: tuple[str, ...]
+    objectives: tuple[str, ...]
+    primary: str  # the binary objective that marks a relevant entity (retrieval positives, Recall@K)
+    blend: dict[str, float]  # final ranking score = sum(weight * objective score)
+    mix: float  # share of this canvas in the merged training set
+    negatives: int = 0  # sampled negatives per positive (for logs without logged impressions)
+    impute: tuple[ImputeRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    dedupe: bool = True  # keep the last outcome of a repeated (request, entity) pair
+    max_events_per_user_per_day: int = 2000  # above this a user is treated as a bot and dropped
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    valid_fraction: float = 0.1  # share of the time range (by event quantile) held out for validation
+    test_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    embedding_dim: int = 32  # every id/categorical/text embedding
+    retrieval_dim: int = 64  # context and item tower output
+    tower_hidden: tuple[int, ...] = (128,)  # context/item tower MLP
+    bottom: Literal["shared_bottom", "mmoe", "ple"] = "mmoe"
+    experts: int = 4  # MMoE experts; PLE shared experts
+    task_experts: int = 1  # PLE experts owned by each canvas
+    ple_levels: int = 2
+    expert_hidden: tuple[int, ...] = (128,)
+    canvas_tower_hidden: tuple[int, ...] = (64,)
+    text_buckets: int = 32768  # hashing buckets for text tokens (shared by every text field)
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 8
+    batch_size: int = 512
+    lr: float = 3e-3  # dense parameters (AdamW)
+    sparse_lr: float = 1e-2  # embedding tables (SparseAdam, row-wise updates)
+    seed: int = 0
+    patience: int = 2  # epochs without validation improvement before stopping
+    loss_weighting: Literal["fixed", "uncertainty"] = "uncertainty"
+    objective_weights: dict[str, float] = field(default_factory=dict)  # fixed weights (default 1.0)
+    retrieval_weight: float = 1.0
+    temperature: float = 0.05  # softmax temperature of the retrieval loss (unit-norm embeddings)
+    random_negatives: int = 256  # uniformly sampled catalogue negatives per batch, beside in-batch ones
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+    val_requests: int = 300  # validation requests per canvas for early stopping
+    max_train_rows: int = 0  # cap on merged training rows per epoch (0: all)
+
+
+@dataclass(frozen=True)
+class EvaluateSpec:
+    k: int = 10
+    retrieval_depth: int = 100  # candidates retrieved from the full catalogue before ranking
+    exclude_seen: bool = True  # drop entities the user interacted with in training from the answers
+    max_requests: int = 2000  # test requests per canvas (seeded sample) for Recall/NDCG
+    gate_tolerance: float = 0.01  # absolute drop allowed per canvas metric by the release gate
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """A whole project config. Canvas order defines ``task_type`` indices."""
+
+    name: str
+    schema_version: int
+    entity_types: tuple[str, ...]
+    fields: tuple[FieldSpec, ...]
+    objectives: tuple[ObjectiveSpec, ...]
+    canvases: tuple[CanvasSpec, ...]
+    labels: LabelSpec = LabelSpec()
+    split: SplitSpec = SplitSpec()
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    evaluate: EvaluateSpec = EvaluateSpec()
+
+    def field(self, name: str) -> FieldSpec:
+        return next(f for f in self.fields if f.name == name)
+
+    def objective(self, name: str) -> ObjectiveSpec:
+        return next(o for o in self.objectives if o.name == name)
+
+    def canvas(self, name: str) -> CanvasSpec:
+        return next(c for c in self.canvases if c.name == name)
+
+    @property
+    def canvas_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.canvases)
+
+    def only_canvases(self, names: typing.Iterable[str]) -> ProjectConfig:
+        """The same config restricted to some canvases (baseline mode trains one per canvas)."""
+        keep = tuple(c for c in self.canvases if c.name in set(names))
+        return dataclasses.replace(self, canvases=keep)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML-shaped dict; ``parse_config(cfg.to_dict())`` gives back an equal config."""
+
+        def clean(obj: Any) -> Any:
+            if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+                return {k: clean(v) for k, v in dataclasses.asdict(obj).items() if v is not None}
+            if isinstance(obj, tuple | list):
+                return [clean(v) for v in obj]
+            if isinstance(obj, dict):
+                return {k: clean(v) for k, v in obj.items() if v is not None}
+            return obj
+
+        return {
+            "project": {"name": self.name, "schema_version": self.schema_version},
+            "catalogue": {"entity_types": list(self.entity_types)},
+            "context": {"fields": [clean(f) for f in self.fields]},
+            "objectives": {o.name: {k: v for k, v in clean(o).items() if k != "name"} for o in self.objectives},
+            "canvases": {c.name: {k: v for k, v in clean(c).items() if k != "name"} for c in self.canvases},
+            "labels": clean(self.labels),
+            "split": clean(self.split),
+            "model": clean(self.model),
+            "train": clean(self.train),
+            "evaluate": clean(self.evaluate),
+        }
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+
+class _Problems:
+    """Collects problems while parsing so that one run reports all of them."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+
+def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
+    """Checks ``value`` against a (simple) dataclass annotation and returns the coerced value."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        return value in args, value
+    if origin in (types.UnionType, typing.Union):
+        for arg in args:
+            if arg is type(None):
+                if value is None:
+                    return True, None
+                continue
+            ok, coerced = _type_ok(value, arg)
+            if ok:
+                return True, coerced
+        return False, value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False, value
+        coerced_items = []
+        for item in value:
+            ok, c = _type_ok(item, args[0])
+            if not ok:
+                return False, value
+            coerced_items.append(c)
+        return True, tuple(coerced_items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return False, value
+        out = {}
+        for k, v in value.items():
+            ok, c = _type_ok(v, args[1])
+            if not ok or not isinstance(k, str):
+                return False, value
+            out[k] = c
+        return True, out
+    if annotation is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is str:
+        return isinstance(value, str), value
+    return True, value
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    return str(annotation).replace("typing.", "")
+
+
+def _parse_dataclass(cls: type, raw: Any, where: str, problems: _Problems, **fixed: Any) -> Any:
+    """Builds ``cls`` from a TOML table, recording unknown keys, missing keys and wrong types."""
+    if not isinstance(raw, dict):
+        problems.add(where, f"expected a table, got {type(raw).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = dict(fixed)
+    for key in raw:
+        if key not in known or key in fixed:
+            allowed = ", ".join(sorted(k for k in known if k not in fixed))
+            problems.add(f"{where}.{key}", f"unknown key (allowed: {allowed})")
+    ok_all = True
+    for name, f in known.items():
+        if name in fixed:
+            continue
+        if name not in raw:
+            has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            if not has_default:
+                problems.add(f"{where}.{name}", "is required")
+                ok_all = False
+            continue
+        ok, value = _type_ok(raw[name], hints[name])
+        if not ok:
+            problems.add(f"{where}.{name}", f"expected {_describe(hints[name])}, got {raw[name]!r}")
+            ok_all = False
+            continue
+        kwargs[name] = value
+    return cls(**kwargs) if ok_all else None
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig:
+    """Validates a TOML-shaped dict and returns the frozen config.
+
+    Raises:
+        ConfigError: listing every problem found (unknown keys, wrong types, dangling references...).
+    """
+    p = _Problems()
+    for key in raw:
+        if key not in {"project", "catalogue", "context", "objectives", "canvases", "labels", "split",
+                       "model", "train", "evaluate"}:
+            p.add(key, "unknown section")
+    project = raw.get("project", {})
+    name = project.get("name") if isinstance(project, dict) else None
+    if not isinstance(name, str) or not name:
+        p.add("project.name", "is required (a non-empty string)")
+    version = project.get("schema_version", 1) if isinstance(project, dict) else 1
+    if not isinstance(version, int) or version < 1:
+        p.add("project.schema_version", f"expected a positive integer, got {version!r}")
+    entity_types = raw.get("catalogue", {}).get("entity_types", [])
+    if not entity_types or not all(isinstance(t, str) for t in entity_types):
+        p.add("catalogue.entity_types", "expected a non-empty list of strings")
+
+    fields = []
+    for i, rf in enumerate(raw.get("context", {}).get("fields", [])):
+        f = _parse_dataclass(FieldSpec, rf, f"context.fields[{i}]", p)
+        if f is None:
+            continue
+        if f.kind not in FIELD_KINDS:
+            continue
+        if f.name in RESERVED_NAMES:
+            p.add(f"context.fields[{i}].name", f"{f.name!r} is reserved by the log schema")
+        if f.vocabulary is not None and f.vocabulary not in SHARED_VOCABULARIES:
+            p.add(f"context.fields[{i}].vocabulary", f"expected one of {SHARED_VOCABULARIES}")
+        if f.vocabulary is not None and f.kind not in ("id", "categorical"):
+            p.add(f"context.fields[{i}].vocabulary", "only id and categorical fields can share a vocabulary")
+        fields.append(f)
+    if not fields:
+        p.add("context.fields", "declare at least one context field")
+    names = [f.name for f in fields]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        p.add("context.fields", f"field {dup!r} is declared twice")
+    by_name = {f.name: f for f in fields}
+
+    objectives = []
+    for oname, ro in raw.get("objectives", {}).items():
+        o = _parse_dataclass(ObjectiveSpec, ro, f"objectives.{oname}", p, name=oname)
+        if o is not None:
+            objectives.append(o)
+    if not raw.get("objectives"):
+        p.add("objectives", "declare at least one objective")
+    obj_by_name = {o.name: o for o in objectives}
+
+    canvases = []
+    for cname, rc in raw.get("canvases", {}).items():
+        where = f"canvases.{cname}"
+        rc = dict(rc) if isinstance(rc, dict) else rc
+        impute_raw = rc.pop("impute", []) if isinstance(rc, dict) else []
+        rules = []
+        for j, rr in enumerate(impute_raw):
+            r = _parse_dataclass(ImputeRule, rr, f"{where}.impute[{j}]", p)
+            if r is None:
+                continue
+            if (r.title_of is None) == (r.value is None):
+                p.add(f"{where}.impute[{j}]", "give exactly one of title_of or value")
+            if r.field not in by_name:
+                p.add(f"{where}.impute[{j}].field", f"unknown context field {r.field!r}")
+            if r.title_of is not None and by_name.get(r.title_of, FieldSpec("", "id")).vocabulary != "entity":
+                p.add(f"{where}.impute[{j}].title_of", f"{r.title_of!r} must be an id field with vocabulary 'entity'")
+            rules.append(r)
+        c = _parse_dataclass(CanvasSpec, rc, where, p, name=cname, impute=tuple(rules))
+        if c is None:
+            continue
+        for fname in c.fields:
+            if fname not in by_name:
+                p.add(f"{where}.fields", f"unknown context field {fname!r} (declared: {', '.join(names)})")
+        for oname in c.objectives:
+            if oname not in obj_by_name:
+                p.add(f"{where}.objectives", f"unknown objective {oname!r} (declared: {', '.join(obj_by_name)})")
+        if c.primary not in c.objectives:
+            p.add(f"{where}.primary", f"{c.primary!r} is not one of this canvas's objectives")
+        elif c.primary in obj_by_name and obj_by_name[c.primary].kind != "binary":
+            p.add(f"{where}.primary", f"{c.primary!r} must be a binary objective")
+        for bname, weight in c.blend.items():
+            if bname not in c.objectives:
+                p.add(f"{where}.blend.{bname}", "blends an objective the canvas does not declare")
+            if weight < 0:
+                p.add(f"{where}.blend.{bname}", "weights must be >= 0")
+        if not c.blend or sum(c.blend.values()) <= 0:
+            p.add(f"{where}.blend", "needs at least one positive weight")
+        if c.mix <= 0:
+            p.add(f"{where}.mix", "must be > 0")
+        if c.negatives < 0:
+            p.add(f"{where}.negatives", "must be >= 0")
+        canvases.append(c)
+    if not raw.get("canvases"):
+        p.add("canvases", "declare at least one canvas")
+
+    sections: dict[str, Any] = {}
+    for key, cls in (("labels", LabelSpec), ("split", SplitSpec), ("model", ModelSpec), ("train", TrainSpec),
+                     ("evaluate", EvaluateSpec)):
+        sections[key] = _parse_dataclass(cls, raw.get(key, {}), key, p) or cls()
+    split = sections["split"]
+    if not (0 < split.valid_fraction < 1 and 0 < split.test_fraction < 1
+            and split.valid_fraction + split.test_fraction < 1):
+        p.add("split", "valid_fraction and test_fraction must be in (0, 1) and sum below 1")
+    for wname in sections["train"].objective_weights:
+        if wname not in obj_by_name:
+            p.add(f"train.objective_weights.{wname}", "unknown objective")
+    model = sections["model"]
+    if model.bottom == "ple" and model.ple_levels < 1:
+        p.add("model.ple_levels", "must be >= 1")
+    for key in ("embedding_dim", "retrieval_dim", "experts", "text_buckets"):
+        if getattr(model, key) < 1:
+            p.add(f"model.{key}", "must be >= 1")
+    ev = sections["evaluate"]
+    if ev.retrieval_depth < ev.k:
+        p.add("evaluate.retrieval_depth", f"must be >= evaluate.k ({ev.k})")
+
+    if p.items:
+        raise ConfigError(source, p.items)
+    return ProjectConfig(
+        name=str(name),
+        schema_version=int(version),
+        entity_types=tuple(entity_types),
+        fields=tuple(fields),
+        objectives=tuple(objectives),
+        canvases=tuple(canvases),
+        **sections,
+    )
+
+
+def load_config(path: str | Path) -> ProjectConfig:
+    """Reads and validates a TOML config file.
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or has any problem (all listed).
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    return parse_config(raw, str(path))
+
+
+def check_config(path: str | Path) -> list[str]:
+    """Every problem of a config file (empty when it is valid)."""
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return exc.problems
+    return []

@@ -1,0 +1,202 @@
+"""A seeded synthetic world: the embedded default dataset for the demo and the tests.
+
+Latent structure, so that models can learn and metrics mean something:
+- items (movies and series) belong to one or two topics, have a latent vector near their topics' centres,
+  a popularity, and titles drawn from their topics' words;
+- users have a taste vector (one or two topics), a country (with its language and a slight taste shift)
+  and a device (TV viewers prefer series, a bit more in the evening);
+- each request is on one canvas; a logging policy shows ``impressions`` entities, noisily by the canvas's
+  true utility; clicks follow that utility, likes and watch time follow the user's taste;
+- search queries are words of a topic (sometimes a title word); browse categories are topics;
+- a few bot users and some double-logged impressions, so that label cleaning has something to clean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from monorec.artifacts import atomic_dir
+
+__all__ = ["WorldSpec", "generate_world", "write_world"]
+
+TOPICS: dict[str, list[str]] = {
+    "action": ["fist", "chase", "blast", "agent", "strike", "fury", "bullet", "steel", "rogue", "siege"],
+    "comedy": ["laugh", "party", "crazy", "funny", "wedding", "buddy", "prank", "silly", "goofy", "holiday"],
+    "drama": ["silent", "river", "letter", "mother", "winter", "promise", "broken", "journey", "truth", "home"],
+    "scifi": ["galaxy", "robot", "quantum", "orbit", "alien", "cyber", "planet", "nebula", "clone", "warp"],
+    "horror": ["haunted", "blood", "scream", "shadow", "curse", "grave", "demon", "cellar", "witch", "fog"],
+    "romance": ["kiss", "heart", "paris", "summer", "bride", "love", "moonlight", "dance", "roses", "forever"],
+    "documentary": ["ocean", "earth", "history", "wild", "science", "empire", "climate", "jungle", "secret", "life"],
+    "animation": ["dragon", "toy", "magic", "bunny", "pixel", "kingdom", "tiny", "monster", "castle", "candy"],
+}
+FILLERS = ["the", "of", "night", "last", "city", "world", "return", "story", "day", "legend"]
+COUNTRIES = {"US": "en", "GB": "en", "DE": "de", "FR": "fr", "BR": "pt"}
+DEVICES = ["mobile", "tv", "web"]
+CANVAS_SHARES = {"home": 0.45, "related": 0.25, "search": 0.18, "browse": 0.12}
+DAY = 86400
+EPOCH = 1_700_000_000
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """Size and randomness of a synthetic world."""
+
+    n_users: int = 1500
+    n_items: int = 1500
+    n_requests: int = 12000
+    impressions: int = 10  # entities shown per request
+    days: int = 60
+    latent_dim: int = 16
+    n_bots: int = 3
+    duplicate_rate: float = 0.01  # share of impressions logged twice
+    seed: int = 0
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Generates (catalogue, logs) in the documented schema (see :mod:`monorec.data.tables`)."""
+    rng = np.random.default_rng(spec.seed)
+    topics = list(TOPICS)
+    n_topics, d = len(topics), spec.latent_dim
+    centres = rng.normal(size=(n_topics, d))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+
+    # ---- items: (I,) topic ids, (I, D) latent vectors, (I,) popularity
+    main = rng.integers(0, n_topics, spec.n_items)
+    second = np.where(rng.random(spec.n_items) < 0.3, rng.integers(0, n_topics, spec.n_items), -1)
+    second = np.where(second == main, -1, second)
+    item_vec = centres[main] + 0.5 * np.where(second[:, None] >= 0, centres[second], 0) + 0.35 * rng.normal(size=(spec.n_items, d))
+    popularity = rng.normal(0.0, 1.0, spec.n_items)
+    is_series = rng.random(spec.n_items) < 0.3
+    titles, categories, title_words = [], [], []
+    for i in range(spec.n_items):
+        words = list(rng.choice(TOPICS[topics[main[i]]], 2, replace=False))
+        if second[i] >= 0:
+            words.append(str(rng.choice(TOPICS[topics[second[i]]])))
+        words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(FILLERS)))
+        titles.append(" ".join(words).title())
+        title_words.append({w.lower() for w in words})
+        categories.append("|".join(topics[t] for t in (main[i], second[i]) if t >= 0))
+    item_ids = np.array([f"{'s' if is_series[i] else 'm'}{i:05d}" for i in range(spec.n_items)])
+    catalogue = pl.DataFrame({
+        "entity_id": item_ids,
+        "entity_type": np.where(is_series, "series", "movie"),
+        "title": titles,
+        "categories": categories,
+    })
+    in_topic = np.zeros((spec.n_items, n_topics), dtype=bool)
+    in_topic[np.arange(spec.n_items), main] = True
+    in_topic[np.arange(spec.n_items)[second >= 0], second[second >= 0]] = True
+
+    # ---- users: (U, D) tastes, countries, devices, activity
+    countries = list(COUNTRIES)
+    country_shift = 0.4 * rng.normal(size=(len(countries), d))
+    fav = rng.integers(0, n_topics, (spec.n_users, 2))
+    user_country = rng.choice(len(countries), spec.n_users, p=[0.35, 0.15, 0.2, 0.15, 0.15])
+    taste = centres[fav[:, 0]] + 0.6 * centres[fav[:, 1]] + country_shift[user_country] + 0.3 * rng.normal(size=(spec.n_users, d))
+    user_device = rng.choice(len(DEVICES), spec.n_users, p=[0.5, 0.3, 0.2])
+    activity = rng.pareto(1.5, spec.n_users) + 1.0
+    topic_pref = taste @ centres.T  # (U, T)
+
+    # ---- requests
+    n = spec.n_requests
+    user = rng.choice(spec.n_users, n, p=activity / activity.sum())
+    canvas = rng.choice(list(CANVAS_SHARES), n, p=list(CANVAS_SHARES.values()))
+    ts = np.sort(rng.integers(EPOCH, EPOCH + spec.days * DAY, n))
+    hour = ((ts % DAY) // 3600).astype(np.float64)
+    evening = (hour >= 18).astype(np.float64)
+
+    rows: list[pl.DataFrame] = []
+    chunk = 1000
+    for start in range(0, n, chunk):
+        sl = slice(start, min(n, start + chunk))
+        u, cv, b = user[sl], canvas[sl], np.arange(sl.start, sl.stop)
+        affinity = taste[u] @ item_vec.T / np.sqrt(d) * 2.0 + 0.4 * popularity[None, :]  # (B, I)
+        tv = (user_device[u] == DEVICES.index("tv"))[:, None]
+        affinity += (tv * (0.4 + 0.3 * evening[b])[:, None]) * np.where(is_series, 1.0, -0.3)[None, :]
+        utility = affinity.copy()
+        source = np.full(len(u), -1)
+        query = np.full(len(u), None, dtype=object)
+        category = np.full(len(u), None, dtype=object)
+        for j in range(len(u)):
+            if cv[j] == "related":
+                g = rng.gumbel(size=spec.n_items)
+                source[j] = int(np.argmax(affinity[j] + g))
+                sim = item_vec @ item_vec[source[j]] / (np.linalg.norm(item_vec, axis=1) * np.linalg.norm(item_vec[source[j]]))
+                utility[j] = 3.0 * sim + 0.4 * affinity[j]
+                utility[j, source[j]] = -10.0
+            elif cv[j] in ("search", "browse"):
+                p = np.exp(topic_pref[u[j]] * 2.0)
+                t = int(rng.choice(n_topics, p=p / p.sum()))
+                if cv[j] == "browse":
+                    category[j] = topics[t]
+                    utility[j] = 2.5 * in_topic[:, t] + 0.5 * affinity[j]
+                else:
+                    words = list(rng.choice(TOPICS[topics[t]], int(rng.integers(1, 3)), replace=False))
+                    query[j] = " ".join(words)
+                    match = np.array([len(tw.intersection(words)) for tw in title_words], dtype=np.float64)
+                    utility[j] = 2.0 * in_topic[:, t] + 1.5 * match + 0.4 * affinity[j]
+        # the logging policy: Gumbel top-k on a tempered utility, so that impressions are informative
+        noisy = utility / 1.5 + rng.gumbel(size=utility.shape)
+        shown = np.argpartition(-noisy, spec.impressions, axis=1)[:, : spec.impressions]  # (B, K)
+        u_shown = np.take_along_axis(utility, shown, axis=1)
+        a_shown = np.take_along_axis(affinity, shown, axis=1)
+        clicked = rng.random(u_shown.shape) < _sigmoid(1.6 * (u_shown - np.quantile(u_shown, 0.8)))
+        liked = np.where(clicked, rng.random(u_shown.shape) < _sigmoid(1.2 * a_shown - 0.3), np.nan)
+        watch = np.where(clicked, np.exp(5.0 + 0.35 * a_shown + 0.5 * is_series[shown] + 0.4 * rng.normal(size=u_shown.shape)), np.nan)
+        k = spec.impressions
+        uu = np.repeat(u, k)
+        rows.append(pl.DataFrame({
+            "request_id": np.repeat([f"r{x:07d}" for x in b], k),
+            "ts": np.repeat(ts[b], k),
+            "canvas": np.repeat(cv, k),
+            "user_id": [f"u{x:05d}" for x in uu],
+            "country": np.array(countries)[user_country[uu]],
+            "language": np.array([COUNTRIES[c] for c in countries])[user_country[uu]],
+            "device": np.array(DEVICES)[user_device[uu]],
+            "source_item_id": [item_ids[s] if s >= 0 else None for s in np.repeat(source, k)],
+            "query": np.repeat(query, k).tolist(),
+            "category": np.repeat(category, k).tolist(),
+            "hour": np.repeat(hour[b], k),
+            "entity_id": item_ids[shown.ravel()],
+            "clicked": clicked.ravel().astype(np.float64),
+            "liked": liked.ravel().astype(np.float64),
+            "watch_seconds": np.round(watch.ravel(), 1),
+        }, strict=False))
+    logs = pl.concat(rows).with_columns(pl.col("liked").fill_nan(None), pl.col("watch_seconds").fill_nan(None))
+
+    # ---- noise that label preparation must clean: bots and double-logged impressions
+    bots = []
+    for bot in range(spec.n_bots):
+        m = 2500
+        bots.append(logs.sample(m, with_replacement=True, seed=spec.seed + bot).with_columns(
+            pl.lit(f"bot{bot:02d}").alias("user_id"),
+            (pl.lit(EPOCH + (bot + 1) * DAY) + pl.int_range(m)).alias("ts"),
+            pl.lit(1.0).alias("clicked"),
+            (pl.lit(f"b{bot}-") + pl.int_range(m).cast(pl.String)).alias("request_id"),
+        ))
+    dups = logs.sample(fraction=spec.duplicate_rate, seed=spec.seed)
+    logs = pl.concat([logs, *bots, dups]).sort("ts", maintain_order=True)
+    logs = logs.with_columns(
+        pl.when(pl.col("clicked") == 0).then(None).otherwise(pl.col("liked")).alias("liked"),
+        pl.when(pl.col("clicked") == 0).then(None).otherwise(pl.col("watch_seconds")).alias("watch_seconds"),
+    )
+    return catalogue, logs
+
+
+def write_world(out: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
+    """Generates a world and writes it as a dataset folder (catalogue + one log file per canvas)."""
+    catalogue, logs = generate_world(spec)
+    with atomic_dir(out, manifest={"kind": "dataset", "generator": "synthetic", "spec": spec.__dict__}) as tmp:
+        catalogue.write_parquet(tmp / "catalogue.parquet")
+        (tmp / "logs").mkdir()
+        for canvas in CANVAS_SHARES:
+            logs.filter(pl.col("canvas") == canvas).write_parquet(tmp / "logs" / f"{canvas}.parquet")
+    return Path(out)

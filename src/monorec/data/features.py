@@ -1,0 +1,260 @@
+"""Feature extraction as a fitted transformer, saved with the model so serving computes identical features.
+
+``Featurizer.fit`` learns vocabularies and statistics from the TRAINING split only; ``transform_*`` turn
+tables into integer/float arrays the model reads. Index conventions for every id/categorical table:
+0 = missing (the sentinel), 1 = unknown (cold start), 2.. = known values.
+
+Text (queries, titles) is tokenised into lowercase words plus character trigrams, hashed with crc32 (a
+stable hash: Python's ``hash`` is salted per process) into ``text_buckets`` buckets; 0 is padding. One
+text table serves every text field, so query words and title words meet in one space.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from monorec.artifacts import read_json, write_json
+from monorec.config import ProjectConfig
+from monorec.errors import ArtifactError
+
+__all__ = ["ContextArrays", "Featurizer", "ItemArrays", "tokenize"]
+
+MISSING_INDEX = 0
+UNKNOWN_INDEX = 1
+MAX_CATEGORIES = 4  # categories kept per entity
+TITLE_TOKENS = 24
+FORMAT_VERSION = 1
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Words, then character trigrams of each word (``#word#`` padded), in order of appearance."""
+    words = _WORD.findall(text.lower())
+    grams = [w[i : i + 3] for w in (f"#{w}#" for w in words) for i in range(len(w) - 2)]
+    return words + grams
+
+
+@lru_cache(maxsize=200_000)
+def _hash_text(text: str, buckets: int, max_tokens: int) -> tuple[int, ...]:
+    return tuple(1 + zlib.crc32(t.encode()) % (buckets - 1) for t in tokenize(text)[:max_tokens])
+
+
+def hash_texts(values: Iterable[str | None], buckets: int, max_tokens: int) -> np.ndarray:
+    """(N,) texts -> (N, max_tokens) int64 bucket ids, 0-padded; None/empty -> all padding."""
+    values = list(values)
+    out = np.zeros((len(values), max_tokens), dtype=np.int64)
+    for i, v in enumerate(values):
+        if v:
+            ids = _hash_text(v, buckets, max_tokens)
+            out[i, : len(ids)] = ids
+    return out
+
+
+# Arrays the model reads. Context: field -> (B,) int64 | (B, L) int64 (text) | (B, 2) float32 (numeric:
+# standardized value, missing flag), plus "task_type" -> (B,). Items: see ItemArrays.
+ContextArrays = dict[str, np.ndarray]
+
+
+@dataclass
+class ItemArrays:
+    """Features of N entities: ``entity`` (N,), ``entity_type`` (N,), ``categories`` (N, 4),
+    ``title`` (N, 24) hashed tokens, ``numeric`` (N, 1) log-popularity in training (standardized)."""
+
+    entity: np.ndarray
+    entity_type: np.ndarray
+    categories: np.ndarray
+    title: np.ndarray
+    numeric: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.entity)
+
+
+class Featurizer:
+    """Turns unified-context rows and catalogue entities into model inputs. Learned state ends in ``_``."""
+
+    def __init__(self, config: ProjectConfig) -> None:
+        self.config = config
+
+    # ------------------------------------------------------------------------------------------ fit
+
+    def fit(self, train: pl.DataFrame, catalogue: pl.DataFrame) -> Featurizer:
+        """Learns vocabularies and statistics from training rows (never validation or test)."""
+        cfg = self.config
+        interacted = train["entity_id"].value_counts()
+        self.entity_vocab_ = sorted(interacted["entity_id"].to_list())
+        cats = catalogue["categories"].str.split("|").explode().drop_nulls()
+        self.category_vocab_ = sorted(set(cats.filter(cats != "").to_list()))
+        self.type_vocab_ = list(cfg.entity_types)
+        self.vocabs_: dict[str, list[str]] = {}
+        self.numeric_stats_: dict[str, tuple[float, float]] = {}
+        for f in cfg.fields:
+            if f.name not in train.columns:
+                continue
+            if f.kind in ("id", "categorical") and f.vocabulary is None:
+                counts = train[f.name].drop_nulls().value_counts()
+                self.vocabs_[f.name] = sorted(counts.filter(pl.col("count") >= f.min_count)[f.name].to_list())
+            elif f.kind == "numeric":
+                values = train[f.name].drop_nulls()
+                mean = float(values.mean()) if len(values) else 0.0  # type: ignore[arg-type]
+                std = float(values.std()) if len(values) > 1 else 1.0  # type: ignore[arg-type]
+                self.numeric_stats_[f.name] = (mean, std if std and std > 0 else 1.0)
+        self.label_stats_: dict[str, tuple[float, float]] = {}
+        for o in cfg.objectives:
+            if o.kind == "regression" and o.column in train.columns:
+                values = self._transform_target(train[o.column].drop_nulls().to_numpy(), o.transform)
+                std = float(values.std()) if len(values) > 1 else 1.0
+                self.label_stats_[o.name] = (float(values.mean()) if len(values) else 0.0, std or 1.0)
+        positives = train
+        primary_cols = {cfg.objective(c.primary).column for c in cfg.canvases}
+        for col in primary_cols:
+            if col in train.columns:
+                positives = train.filter(pl.col(col) == 1)
+                break
+        counts = dict(positives["entity_id"].value_counts().iter_rows())
+        pop = np.log1p(np.array([counts.get(e, 0) for e in catalogue["entity_id"].to_list()], dtype=np.float64))
+        self.popularity_ = {e: float(p) for e, p in zip(catalogue["entity_id"].to_list(), pop, strict=True) if p > 0}
+        self.popularity_stats_ = (float(pop.mean()), float(pop.std()) or 1.0)
+        return self
+
+    @staticmethod
+    def _transform_target(values: np.ndarray, transform: str) -> np.ndarray:
+        return np.log1p(np.maximum(values, 0.0)) if transform == "log1p" else values
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "entity_vocab_"):
+            raise ArtifactError("the featurizer is not fitted: call fit() or Featurizer.load()")
+
+    # ------------------------------------------------------------------------------------- sizes
+
+    def vocab_sizes(self) -> dict[str, int]:
+        """Rows of every embedding table the model needs (including the 2 reserved indices)."""
+        self._check_fitted()
+        sizes = {
+            "entity": len(self.entity_vocab_) + 2,
+            "category": len(self.category_vocab_) + 2,
+            "entity_type": len(self.type_vocab_) + 2,
+        }
+        for name, vocab in self.vocabs_.items():
+            sizes[f"field:{name}"] = len(vocab) + 2
+        return sizes
+
+    # -------------------------------------------------------------------------------- transform
+
+    @staticmethod
+    def _index(values: pl.Series, vocab: list[str]) -> np.ndarray:
+        mapped = values.cast(pl.String).replace_strict(
+            vocab, list(range(2, len(vocab) + 2)), default=UNKNOWN_INDEX, return_dtype=pl.Int64
+        )
+        return mapped.fill_null(MISSING_INDEX).to_numpy().astype(np.int64)
+
+    def _vocab_for(self, field: str) -> list[str]:
+        spec = self.config.field(field)
+        if spec.vocabulary == "entity":
+            return self.entity_vocab_
+        if spec.vocabulary == "category":
+            return self.category_vocab_
+        return self.vocabs_.get(field, [])
+
+    def transform_context(self, frame: pl.DataFrame) -> ContextArrays:
+        """Unified-context rows (with ``task_type``) -> model input arrays (see ``ContextArrays``)."""
+        self._check_fitted()
+        cfg = self.config
+        n = frame.height
+        out: ContextArrays = {}
+        for f in cfg.fields:
+            col = frame[f.name] if f.name in frame.columns else pl.Series(f.name, [None] * n)
+            # a value whose MISSING sentinel literal was sent in is the sentinel, not a real value
+            if f.kind in ("id", "categorical"):
+                out[f.name] = self._index(col, self._vocab_for(f.name))
+            elif f.kind == "text":
+                out[f.name] = hash_texts(col.cast(pl.String).to_list(), cfg.model.text_buckets, f.max_tokens)
+            else:
+                mean, std = self.numeric_stats_.get(f.name, (0.0, 1.0))
+                values = col.cast(pl.Float64).to_numpy()
+                missing = np.isnan(values)
+                z = np.where(missing, 0.0, (values - mean) / std)
+                out[f.name] = np.stack([z, missing.astype(np.float64)], axis=1).astype(np.float32)
+        tasks = frame["task_type"].to_list() if "task_type" in frame.columns else frame["canvas"].to_list()
+        names = cfg.canvas_names
+        out["task_type"] = np.array([names.index(t) for t in tasks], dtype=np.int64)
+        return out
+
+    def transform_catalogue(self, catalogue: pl.DataFrame) -> ItemArrays:
+        """Catalogue rows -> item tower inputs, in the catalogue's row order."""
+        self._check_fitted()
+        cats = catalogue["categories"].fill_null("").str.split("|").to_list()
+        index = {c: i + 2 for i, c in enumerate(self.category_vocab_)}
+        categories = np.zeros((catalogue.height, MAX_CATEGORIES), dtype=np.int64)
+        for r, row in enumerate(cats):
+            ids = [index.get(c, UNKNOWN_INDEX) for c in row if c][:MAX_CATEGORIES]
+            categories[r, : len(ids)] = ids
+        mean, std = self.popularity_stats_
+        pop = np.array([self.popularity_.get(e, 0.0) for e in catalogue["entity_id"].to_list()])
+        return ItemArrays(
+            entity=self._index(catalogue["entity_id"], self.entity_vocab_),
+            entity_type=self._index(catalogue["entity_type"], self.type_vocab_),
+            categories=categories,
+            title=hash_texts(catalogue["title"].to_list(), self.config.model.text_buckets, TITLE_TOKENS),
+            numeric=((pop - mean) / std).astype(np.float32)[:, None],
+        )
+
+    def transform_labels(self, frame: pl.DataFrame) -> np.ndarray:
+        """(N, O) float32 targets in objective order; NaN where unobserved. Regression targets are
+        transformed and standardized with training statistics."""
+        self._check_fitted()
+        cols = []
+        for o in self.config.objectives:
+            values = frame[o.column].cast(pl.Float64).fill_null(np.nan).to_numpy() if o.column in frame.columns else np.full(frame.height, np.nan)
+            if o.kind == "regression":
+                mean, std = self.label_stats_.get(o.name, (0.0, 1.0))
+                values = (self._transform_target(values, o.transform) - mean) / std
+            cols.append(values)
+        return np.stack(cols, axis=1).astype(np.float32)
+
+    # ----------------------------------------------------------------------------- persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {
+            "format": FORMAT_VERSION,
+            "entity_vocab": self.entity_vocab_,
+            "category_vocab": self.category_vocab_,
+            "type_vocab": self.type_vocab_,
+            "vocabs": self.vocabs_,
+            "numeric_stats": self.numeric_stats_,
+            "label_stats": self.label_stats_,
+            "popularity": self.popularity_,
+            "popularity_stats": self.popularity_stats_,
+        }
+
+    @classmethod
+    def from_dict(cls, config: ProjectConfig, state: dict[str, Any]) -> Featurizer:
+        if state.get("format") != FORMAT_VERSION:
+            raise ArtifactError(f"featurizer format {state.get('format')!r} is not supported (expected {FORMAT_VERSION})")
+        self = cls(config)
+        self.entity_vocab_ = list(state["entity_vocab"])
+        self.category_vocab_ = list(state["category_vocab"])
+        self.type_vocab_ = list(state["type_vocab"])
+        self.vocabs_ = {k: list(v) for k, v in state["vocabs"].items()}
+        self.numeric_stats_ = {k: (float(v[0]), float(v[1])) for k, v in state["numeric_stats"].items()}
+        self.label_stats_ = {k: (float(v[0]), float(v[1])) for k, v in state["label_stats"].items()}
+        self.popularity_ = {k: float(v) for k, v in state["popularity"].items()}
+        self.popularity_stats_ = (float(state["popularity_stats"][0]), float(state["popularity_stats"][1]))
+        return self
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, config: ProjectConfig, path: str | Path) -> Featurizer:
+        return cls.from_dict(config, read_json(path))

@@ -1,0 +1,92 @@
+"""Losses: sampled softmax with popularity (logQ) correction, masked per-objective losses, and loss
+weighting (fixed or learned uncertainty weights, Kendall et al. 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FixedWeighting", "UncertaintyWeighting", "masked_objective_losses", "sampled_softmax_loss"]
+
+
+def sampled_softmax_loss(
+    query: torch.Tensor,
+    positives: torch.Tensor,
+    positive_ids: torch.Tensor,
+    positive_logq: torch.Tensor,
+    negatives: torch.Tensor,
+    negative_ids: torch.Tensor,
+    negative_logq: float,
+    temperature: float,
+) -> torch.Tensor:
+    """In-batch plus uniformly sampled negatives softmax, with logQ correction (Yi et al. 2019).
+
+    Args:
+        query: (B, D) context embeddings of positive rows.
+        positives: (B, D) their positive entities' embeddings; row j is a negative for every row i != j.
+        positive_ids: (B,) catalogue indices of the positives (equal ids are not negatives of each other).
+        positive_logq: (B,) log of the expected times each positive is drawn as an in-batch candidate.
+        negatives: (M, D) embeddings of uniformly sampled entities.
+        negative_ids: (M,) their catalogue indices.
+        negative_logq: log of the expected times a uniform negative is drawn.
+        temperature: softmax temperature.
+
+    Returns:
+        Scalar mean cross-entropy of each query against its positive.
+    """
+    in_batch = query @ positives.T / temperature - positive_logq[None, :]  # (B, B)
+    hits = positive_ids[None, :] == positive_ids[:, None]
+    in_batch = in_batch.masked_fill(hits & ~torch.eye(len(query), dtype=torch.bool, device=query.device), float("-inf"))
+    sampled = query @ negatives.T / temperature - negative_logq  # (B, M)
+    sampled = sampled.masked_fill(negative_ids[None, :] == positive_ids[:, None], float("-inf"))
+    logits = torch.cat([in_batch, sampled], dim=1)  # (B, B + M)
+    target = torch.arange(len(query), device=query.device)
+    return F.cross_entropy(logits, target)
+
+
+def masked_objective_losses(
+    logits: torch.Tensor, labels: torch.Tensor, binary: Sequence[bool]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-objective mean losses over the rows where the label is observed.
+
+    Args:
+        logits: (B, O) predictions (logits for binary objectives, values for regression).
+        labels: (B, O) targets, NaN where unobserved (a canvas without the objective, or not logged).
+        binary: (O,) True for binary (BCE), False for regression (MSE).
+
+    Returns:
+        (losses (O,), counts (O,)); an objective with no observed row has loss 0 and count 0.
+    """
+    mask = ~torch.isnan(labels)
+    safe = torch.where(mask, labels, torch.zeros_like(labels))
+    is_binary = torch.tensor(binary, dtype=torch.bool, device=logits.device)[None, :].expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, safe, reduction="none")
+    mse = (logits - safe) ** 2
+    per_row = torch.where(is_binary, bce, mse) * mask
+    counts = mask.sum(dim=0)
+    return per_row.sum(dim=0) / counts.clamp(min=1), counts
+
+
+class FixedWeighting(nn.Module):
+    """sum_k w_k * L_k over the tasks present in the batch."""
+
+    def __init__(self, weights: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32))
+
+    def forward(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        return (self.weights * losses * present).sum()
+
+
+class UncertaintyWeighting(nn.Module):
+    """sum_k exp(-s_k) * L_k + s_k with learned log-variances s_k (homoscedastic uncertainty)."""
+
+    def __init__(self, n_tasks: int) -> None:
+        super().__init__()
+        self.log_vars = nn.Parameter(torch.zeros(n_tasks))
+
+    def forward(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        return ((torch.exp(-self.log_vars) * losses + self.log_vars) * present).sum()

@@ -1,0 +1,141 @@
+"""The one multi-task model: context tower + item tower (retrieval) + multi-task ranker (one tower per
+canvas, one head per objective) + each canvas's blend of objectives into a ranking score."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from monorec.config import ProjectConfig
+from monorec.data.features import Featurizer
+from monorec.models.multitask import TaskTowers, build_bottom
+from monorec.models.towers import ContextEncoder, EmbeddingTables, FieldInput, ItemEncoder
+
+__all__ = ["MonorecModel", "build_model"]
+
+Tensors = Mapping[str, torch.Tensor]
+
+
+class MonorecModel(nn.Module):
+    """Args (all flat; see :func:`build_model` for the config -> arguments mapping):
+        vocab_sizes: embedding table key -> rows.
+        fields: how each context field is embedded.
+        n_tasks: canvases (task_type values).
+        objective_is_binary: (O,) kind of each objective head.
+        blend: (T, O) weight of each objective in each canvas's ranking score.
+        embedding_dim, retrieval_dim, text_buckets, tower_hidden, bottom, experts, task_experts,
+        ple_levels, expert_hidden, canvas_tower_hidden, dropout: sizes and kinds of the parts.
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_sizes: Mapping[str, int],
+        fields: Sequence[FieldInput],
+        n_tasks: int,
+        objective_is_binary: Sequence[bool],
+        blend: Sequence[Sequence[float]],
+        embedding_dim: int = 32,
+        retrieval_dim: int = 64,
+        text_buckets: int = 32768,
+        tower_hidden: Sequence[int] = (128,),
+        bottom: str = "mmoe",
+        experts: int = 4,
+        task_experts: int = 1,
+        ple_levels: int = 2,
+        expert_hidden: Sequence[int] = (128,),
+        canvas_tower_hidden: Sequence[int] = (64,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.tables = EmbeddingTables(vocab_sizes, embedding_dim, text_buckets, n_tasks)
+        self.context_encoder = ContextEncoder(self.tables, fields, tower_hidden, retrieval_dim)
+        self.item_encoder = ItemEncoder(self.tables, tower_hidden, retrieval_dim)
+        rank_in = self.context_encoder.feature_dim + self.item_encoder.feature_dim + retrieval_dim + 1
+        self.bottom = build_bottom(
+            bottom, in_dim=rank_in, hidden=expert_hidden, n_tasks=n_tasks, experts=experts,
+            task_experts=task_experts, levels=ple_levels, dropout=dropout,
+        )
+        self.towers = TaskTowers(self.bottom.out_dim, canvas_tower_hidden, n_tasks, len(objective_is_binary), dropout)
+        self.register_buffer("objective_is_binary", torch.tensor(list(objective_is_binary), dtype=torch.bool))
+        self.register_buffer("blend", torch.tensor([list(row) for row in blend], dtype=torch.float32))
+        self.n_tasks = n_tasks
+
+    # ------------------------------------------------------------------------------------ towers
+
+    def encode_context(self, ctx: Tensors) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context arrays -> (features (B, F_c), embedding (B, D))."""
+        feats, emb = self.context_encoder(ctx)
+        return feats, emb
+
+    def encode_items(self, items: Tensors) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item arrays -> (features (N, F_i), embedding (N, D))."""
+        feats, emb = self.item_encoder(items)
+        return feats, emb
+
+    # ------------------------------------------------------------------------------------ ranker
+
+    def rank(
+        self,
+        ctx_feats: torch.Tensor,
+        ctx_emb: torch.Tensor,
+        item_feats: torch.Tensor,
+        item_emb: torch.Tensor,
+        task: torch.Tensor,
+    ) -> torch.Tensor:
+        """Objective logits for (context, entity) pairs: all inputs row-aligned (B, ...) -> (B, O)."""
+        dot = (ctx_emb * item_emb).sum(dim=1, keepdim=True)
+        x = torch.cat([ctx_feats, item_feats, ctx_emb * item_emb, dot], dim=1)
+        return self.towers.for_rows(self.bottom(x), task)
+
+    def blend_scores(self, logits: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """(B, O) logits, (B,) task -> (B,) ranking score: sum of blend weight * objective in (0, 1)."""
+        return (torch.sigmoid(logits) * self.blend[task]).sum(dim=1)
+
+    def forward(self, ctx: Tensors, items: Tensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Row-aligned contexts and entities -> (context emb (B, D), entity emb (B, D), logits (B, O))."""
+        cf, ce = self.encode_context(ctx)
+        itf, ie = self.encode_items(items)
+        return ce, ie, self.rank(cf, ce, itf, ie, ctx["task_type"])
+
+
+def model_kwargs(config: ProjectConfig, featurizer: Featurizer) -> dict[str, object]:
+    """The flat constructor arguments for a config and a fitted featurizer (JSON-serializable)."""
+    sizes = featurizer.vocab_sizes()
+    fields = []
+    for f in config.fields:
+        table = None
+        if f.kind in ("id", "categorical"):
+            table = f.vocabulary if f.vocabulary else f"field:{f.name}"
+            if table not in sizes:
+                sizes[table] = 2  # a field absent from training: only the sentinels
+        fields.append({"name": f.name, "kind": f.kind, "table": table})
+    objectives = [o.name for o in config.objectives]
+    m = config.model
+    return {
+        "vocab_sizes": sizes,
+        "fields": fields,
+        "n_tasks": len(config.canvases),
+        "objective_is_binary": [o.kind == "binary" for o in config.objectives],
+        "blend": [[c.blend.get(o, 0.0) for o in objectives] for c in config.canvases],
+        "embedding_dim": m.embedding_dim,
+        "retrieval_dim": m.retrieval_dim,
+        "text_buckets": m.text_buckets,
+        "tower_hidden": list(m.tower_hidden),
+        "bottom": m.bottom,
+        "experts": m.experts,
+        "task_experts": m.task_experts,
+        "ple_levels": m.ple_levels,
+        "expert_hidden": list(m.expert_hidden),
+        "canvas_tower_hidden": list(m.canvas_tower_hidden),
+        "dropout": m.dropout,
+    }
+
+
+def build_model(kwargs: Mapping[str, object]) -> MonorecModel:
+    """Builds the model from :func:`model_kwargs` output (also how a saved version is rebuilt)."""
+    args = dict(kwargs)
+    args["fields"] = [FieldInput(**f) for f in args["fields"]]  # type: ignore[attr-defined]
+    return MonorecModel(**args)  # type: ignore[arg-type]

@@ -1,0 +1,157 @@
+"""Multi-task bottoms: every bottom maps (B, F) inputs to one representation per task, (T, B, H).
+
+- SharedBottom: one MLP shared by every task (Caruana 1997).
+- MMoE: E shared experts, one softmax gate per task (Ma et al., KDD 2018).
+- PLE: progressive layered extraction; per level, shared experts plus experts owned by each task,
+  per-task gates over (own + shared) experts and a shared gate over all (Tang et al., RecSys 2020).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from monorec.models.layers import MLP
+
+__all__ = ["MMoE", "PLE", "MultiTaskBottom", "SharedBottom", "TaskTowers", "build_bottom"]
+
+
+class MultiTaskBottom(Protocol):
+    """(B, F) -> (T, B, out_dim)."""
+
+    out_dim: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class SharedBottom(nn.Module):
+    def __init__(self, in_dim: int, hidden: Sequence[int], n_tasks: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.mlp = MLP(in_dim, hidden, dropout=dropout)
+        self.n_tasks = n_tasks
+        self.out_dim = self.mlp.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mlp(x)  # (B, H)
+        return h.unsqueeze(0).expand(self.n_tasks, -1, -1)  # (T, B, H)
+
+
+def _mix(experts: torch.Tensor, gate_logits: torch.Tensor) -> torch.Tensor:
+    """experts (E, B, H), gate logits (..., B, E) -> (..., B, H)."""
+    weights = torch.softmax(gate_logits, dim=-1)
+    return torch.einsum("...be,ebh->...bh", weights, experts)
+
+
+class MMoE(nn.Module):
+    def __init__(self, in_dim: int, hidden: Sequence[int], n_tasks: int, n_experts: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(MLP(in_dim, hidden, dropout=dropout) for _ in range(n_experts))
+        self.gates = nn.Linear(in_dim, n_tasks * n_experts)
+        self.n_tasks, self.n_experts = n_tasks, n_experts
+        self.out_dim = self.experts[0].out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        experts = torch.stack([e(x) for e in self.experts])  # (E, B, H)
+        gates = self.gates(x).view(x.shape[0], self.n_tasks, self.n_experts).transpose(0, 1)  # (T, B, E)
+        return _mix(experts, gates)  # (T, B, H)
+
+
+class _CGCLevel(nn.Module):
+    """One PLE level (customized gate control)."""
+
+    def __init__(
+        self, in_dim: int, hidden: Sequence[int], n_tasks: int, n_shared: int, n_own: int, last: bool, dropout: float
+    ) -> None:
+        super().__init__()
+        self.shared = nn.ModuleList(MLP(in_dim, hidden, dropout=dropout) for _ in range(n_shared))
+        self.own = nn.ModuleList(
+            nn.ModuleList(MLP(in_dim, hidden, dropout=dropout) for _ in range(n_own)) for _ in range(n_tasks)
+        )
+        self.task_gates = nn.ModuleList(nn.Linear(in_dim, n_shared + n_own) for _ in range(n_tasks))
+        self.shared_gate = None if last else nn.Linear(in_dim, n_shared + n_tasks * n_own)
+        self.out_dim = self.shared[0].out_dim
+
+    def forward(self, task_inputs: torch.Tensor, shared_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """task_inputs (T, B, F), shared_input (B, F) -> ((T, B, H), (B, H))."""
+        shared = [e(shared_input) for e in self.shared]  # E_s x (B, H)
+        outs, all_own = [], []
+        for t, (experts, gate) in enumerate(zip(self.own, self.task_gates, strict=True)):
+            own = [e(task_inputs[t]) for e in experts]
+            all_own += own
+            outs.append(_mix(torch.stack(own + shared), gate(task_inputs[t])))
+        task_out = torch.stack(outs)  # (T, B, H)
+        if self.shared_gate is None:
+            return task_out, shared_input
+        return task_out, _mix(torch.stack(shared + all_own), self.shared_gate(shared_input))
+
+
+class PLE(nn.Module):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        n_tasks: int,
+        n_shared: int,
+        n_own: int,
+        levels: int = 2,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.levels = nn.ModuleList()
+        dim = in_dim
+        for i in range(levels):
+            level = _CGCLevel(dim, hidden, n_tasks, n_shared, n_own, last=i == levels - 1, dropout=dropout)
+            self.levels.append(level)
+            dim = level.out_dim
+        self.n_tasks = n_tasks
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        task_inputs, shared = x.unsqueeze(0).expand(self.n_tasks, -1, -1), x
+        for level in self.levels:
+            task_inputs, shared = level(task_inputs, shared)
+        return task_inputs  # (T, B, H)
+
+
+class TaskTowers(nn.Module):
+    """One MLP tower per task with ``n_heads`` outputs: (T, B, H) -> (T, B, n_heads)."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], n_tasks: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.towers = nn.ModuleList(MLP(in_dim, hidden, out_dim=n_heads, dropout=dropout) for _ in range(n_tasks))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.stack([tower(h[t]) for t, tower in enumerate(self.towers)])
+
+    def for_rows(self, h: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """Each row through its own task's tower only: h (T, B, H), task (B,) -> (B, n_heads)."""
+        out = h.new_empty(h.shape[1], self.towers[0].out_dim)
+        for t, tower in enumerate(self.towers):
+            rows = (task == t).nonzero(as_tuple=True)[0]
+            if rows.numel():
+                out[rows] = tower(h[t, rows])
+        return out
+
+
+def build_bottom(
+    kind: str,
+    *,
+    in_dim: int,
+    hidden: Sequence[int],
+    n_tasks: int,
+    experts: int = 4,
+    task_experts: int = 1,
+    levels: int = 2,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """Turns the config's ``model.bottom`` into a module (flat keyword arguments, no config inside)."""
+    if kind == "shared_bottom":
+        return SharedBottom(in_dim, hidden, n_tasks, dropout)
+    if kind == "mmoe":
+        return MMoE(in_dim, hidden, n_tasks, experts, dropout)
+    if kind == "ple":
+        return PLE(in_dim, hidden, n_tasks, experts, task_experts, levels, dropout)
+    raise ValueError(f"unknown bottom {kind!r}; expected shared_bottom, mmoe or ple")

@@ -32,6 +32,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -79,6 +80,7 @@ def atomic_dir(path: str | Path, *, manifest: dict[str, Any] | None = None, over
             str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != MANIFEST
         }
         write_json(tmp / MANIFEST, {**(manifest or {}), "files": files})
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700 directories
         if path.exists():
             if not overwrite:
                 raise ArtifactError(f"{path}: appeared while writing; refusing to overwrite")

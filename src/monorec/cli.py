@@ -1,0 +1,148 @@
+"""``monorec``: a thin command line over the library.
+
+    monorec demo       [--workdir DIR] [--quick]
+    monorec generate   --out DIR [--users N --items N --requests N --seed S]
+    monorec prepare    --data DIR --out DIR [--config FILE]
+    monorec train      --prepared DIR --out DIR [--canvas NAME ...] [--device cpu|cuda]
+    monorec evaluate   --run DIR --prepared DIR --out DIR [--split test]
+    monorec publish    --run DIR --metrics FILE --registry DIR [--tolerance T] [--force]
+    monorec config check FILE [FILE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from monorec.errors import ConfigError, MonorecError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="monorec", description="One pipeline, one model, one API for every canvas.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="generate a synthetic world and run the whole pipeline on it")
+    d.add_argument("--workdir", default="runs/demo")
+    d.add_argument("--quick", action="store_true", help="a tiny world (seconds; for tests)")
+    d.add_argument("--seed", type=int, default=0)
+
+    g = sub.add_parser("generate", help="write a synthetic world (dataset folder)")
+    g.add_argument("--out", required=True)
+    g.add_argument("--users", type=int, default=1500)
+    g.add_argument("--items", type=int, default=1500)
+    g.add_argument("--requests", type=int, default=12000)
+    g.add_argument("--seed", type=int, default=0)
+
+    pr = sub.add_parser("prepare", help="labels per canvas, time split, stratified merge")
+    pr.add_argument("--data", required=True, help="a dataset folder or a MovieLens folder")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--config", help="project config (default: the synthetic world's, or MovieLens's for MovieLens data)")
+
+    t = sub.add_parser("train", help="train the model (or one dedicated model with --canvas)")
+    t.add_argument("--prepared", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--config", help="override the config saved with the prepared data")
+    t.add_argument("--canvas", action="append", help="train on these canvases only (baseline mode)")
+    t.add_argument("--device", help="cpu, cuda or auto (default: the config's train.device)")
+
+    e = sub.add_parser("evaluate", help="per-canvas metrics and a report")
+    e.add_argument("--run", required=True)
+    e.add_argument("--prepared", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--split", default="test", choices=["valid", "test"])
+
+    pb = sub.add_parser("publish", help="gate against the live version and publish an immutable version")
+    pb.add_argument("--run", required=True)
+    pb.add_argument("--metrics", required=True, help="metrics.json written by evaluate")
+    pb.add_argument("--registry", required=True)
+    pb.add_argument("--tolerance", type=float)
+    pb.add_argument("--force", action="store_true", help="publish even if the gate refuses")
+
+    c = sub.add_parser("config", help="config tools")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", help="report every problem of config files")
+    check.add_argument("files", nargs="+")
+    return p
+
+
+def _config_check(files: Sequence[str]) -> int:
+    from monorec.config import check_config
+
+    status = 0
+    for f in files:
+        problems = check_config(f)
+        if problems:
+            status = 1
+            print(f"{f}: {len(problems)} problem(s)")
+            for problem in problems:
+                print(f"  - {problem}")
+        else:
+            print(f"{f}: ok")
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    from monorec import pipeline
+    from monorec.config import load_config
+
+    if args.command == "config":
+        return _config_check(args.files)
+    if args.command == "demo":
+        from monorec.demo import run_demo
+
+        run_demo(Path(args.workdir), quick=args.quick, seed=args.seed)
+        return 0
+    if args.command == "generate":
+        from monorec.data.world import WorldSpec, write_world
+
+        spec = WorldSpec(n_users=args.users, n_items=args.items, n_requests=args.requests, seed=args.seed)
+        print(f"wrote {write_world(args.out, spec)}")
+        return 0
+    if args.command == "prepare":
+        from monorec.data.movielens import is_movielens
+
+        default = "movielens" if is_movielens(args.data) else "synthetic"
+        config = load_config(args.config or pipeline.default_config(default))
+        prepared = pipeline.prepare_stage(config, args.data, args.out)
+        for canvas, counts in prepared.manifest["rows"].items():
+            print(f"{canvas:>10}: " + "  ".join(f"{s} {n}" for s, n in counts.items()))
+        print(f"wrote {args.out}")
+        return 0
+    if args.command == "train":
+        cfg = load_config(args.config) if args.config else None
+        bundle = pipeline.train_stage(args.prepared, args.out, config=cfg, canvases=tuple(args.canvas) if args.canvas else None,
+                                      device=args.device)
+        print(f"best epoch {bundle.meta['best_epoch'] + 1}, validation ndcg {bundle.meta['best_val_ndcg']:.4f}; wrote {args.out}")
+        return 0
+    if args.command == "evaluate":
+        from monorec.evaluation.report import comparison_table
+
+        report = pipeline.evaluate_stage(args.run, args.prepared, args.out, split=args.split)
+        print(comparison_table({"model": report}, report["k"]))
+        print(f"wrote {args.out}/metrics.json and report.md")
+        return 0
+    if args.command == "publish":
+        version = pipeline.publish_stage(args.run, args.metrics, args.registry, tolerance=args.tolerance, force=args.force)
+        print(f"published {version} to {args.registry} (live)")
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except MonorecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

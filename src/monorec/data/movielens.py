@@ -1,0 +1,137 @@
+"""MovieLens adapter: the standard GroupLens files -> the documented dataset schema.
+
+Formats (detected from the files present):
+- ml-latest / ml-latest-small: ``ratings.csv``, ``movies.csv``, optional ``tags.csv``;
+- ml-1m: ``ratings.dat`` and ``movies.dat`` (``::``-separated, latin-1);
+- ml-100k: ``u.data`` (tab-separated) and ``u.item`` (``|``-separated, latin-1, 19 genre flags).
+
+Canvases (see ../shared/data/README.md):
+- home: every rating is a (user -> movie) request;
+- related: the movie a user rated right after another one, with that other one as the source;
+- search: a tag's text as the query and the tagged movie as relevant (only where tags exist);
+- browse: one of the movie's genres (chosen by a stable hash) plus the user.
+Objectives: ``watched`` (1 for a rating; sampled negatives get 0), ``liked`` (rating >= 4), ``rating``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import polars as pl
+
+from monorec.artifacts import atomic_dir
+from monorec.errors import DataError
+
+__all__ = ["is_movielens", "read_movielens", "write_movielens"]
+
+ML100K_GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
+    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+]
+
+
+def is_movielens(path: str | Path) -> bool:
+    path = Path(path)
+    return any((path / f).exists() for f in ("ratings.csv", "ratings.dat", "u.data"))
+
+
+def _read_sep(path: Path, sep: str, names: list[str]) -> pl.DataFrame:
+    """Reads a file with a multi-character separator (ml-1m's ``::``) in latin-1."""
+    lines = path.read_bytes().decode("latin-1").splitlines()
+    rows = [line.split(sep) for line in lines if line.strip()]
+    bad = sum(1 for r in rows if len(r) != len(names))
+    if bad:
+        raise DataError(str(path), f"expected {len(names)} fields separated by {sep!r}", rows=bad)
+    return pl.DataFrame(rows, schema=names, orient="row")
+
+
+def _load_raw(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | None]:
+    """(ratings [user, movie, rating, ts], movies [movie, title, genres], tags [user, movie, tag, ts] or None)."""
+    if (path / "ratings.csv").exists():
+        ratings = pl.read_csv(path / "ratings.csv", schema_overrides={"userId": pl.String, "movieId": pl.String})
+        ratings = ratings.rename({"userId": "user", "movieId": "movie", "timestamp": "ts"})
+        movies = pl.read_csv(path / "movies.csv", schema_overrides={"movieId": pl.String}).rename({"movieId": "movie"})
+        tags = None
+        if (path / "tags.csv").exists():
+            tags = pl.read_csv(path / "tags.csv", schema_overrides={"userId": pl.String, "movieId": pl.String, "tag": pl.String})
+            tags = tags.rename({"userId": "user", "movieId": "movie", "timestamp": "ts"})
+        return ratings, movies, tags
+    if (path / "ratings.dat").exists():
+        ratings = _read_sep(path / "ratings.dat", "::", ["user", "movie", "rating", "ts"])
+        movies = _read_sep(path / "movies.dat", "::", ["movie", "title", "genres"])
+    elif (path / "u.data").exists():
+        ratings = _read_sep(path / "u.data", "\t", ["user", "movie", "rating", "ts"])
+        raw = _read_sep(path / "u.item", "|", ["movie", "title", "release", "video", "url", *ML100K_GENRES])
+        genres = pl.concat_list(
+            [pl.when(pl.col(g) == "1").then(pl.lit(g)).otherwise(None) for g in ML100K_GENRES]
+        ).list.drop_nulls().list.join("|")
+        movies = raw.select("movie", "title", genres.alias("genres"))
+    else:
+        raise DataError(str(path), "no MovieLens ratings file (ratings.csv, ratings.dat or u.data)")
+    ratings = ratings.with_columns(pl.col("rating").cast(pl.Float64), pl.col("ts").cast(pl.Int64))
+    return ratings, movies, None
+
+
+def read_movielens(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Reads a MovieLens folder into (catalogue, logs) in the documented schema."""
+    path = Path(path)
+    ratings, movies, tags = _load_raw(path)
+    catalogue = movies.select(
+        ("m" + pl.col("movie").cast(pl.String)).alias("entity_id"),
+        pl.lit("movie").alias("entity_type"),
+        pl.col("title").cast(pl.String),
+        pl.col("genres").cast(pl.String).replace({"(no genres listed)": ""}).alias("categories"),
+    ).unique("entity_id", keep="first", maintain_order=True)
+    r = ratings.with_columns(
+        ("u" + pl.col("user").cast(pl.String)).alias("user_id"),
+        ("m" + pl.col("movie").cast(pl.String)).alias("entity_id"),
+        pl.col("ts").cast(pl.Int64),
+        pl.col("rating").cast(pl.Float64),
+    ).sort(["user_id", "ts", "entity_id"])
+    outcome = [pl.lit(1.0).alias("watched"), (pl.col("rating") >= 4).cast(pl.Float64).alias("liked"), pl.col("rating")]
+    home = r.select(
+        ("h" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"), "ts", pl.lit("home").alias("canvas"),
+        "user_id", "entity_id", *outcome,
+    )
+    related = (
+        r.with_columns(pl.col("entity_id").shift(1).over("user_id").alias("source_item_id"))
+        .filter(pl.col("source_item_id").is_not_null())
+        .select(("r" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"), "ts", pl.lit("related").alias("canvas"),
+                "user_id", "source_item_id", "entity_id", *outcome)
+    )
+    genres = catalogue.select("entity_id", pl.col("categories").str.split("|").alias("_genres"))
+    browse = r.join(genres, on="entity_id", how="left").filter(
+        (pl.col("_genres").list.len() > 0) & (pl.col("_genres").list.first() != "")
+    )
+    pick = [zlib.crc32(f"{u}|{e}".encode()) for u, e in browse.select("user_id", "entity_id").iter_rows()]
+    browse = browse.with_columns(pl.Series("_pick", pick, dtype=pl.Int64)).with_columns(
+        pl.col("_genres").list.get(pl.col("_pick") % pl.col("_genres").list.len()).alias("category")
+    ).select(("b" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"), "ts", pl.lit("browse").alias("canvas"),
+             "user_id", "category", "entity_id", *outcome)
+    parts = [home, related, browse]
+    if tags is not None:
+        t = tags.with_columns(
+            ("u" + pl.col("user").cast(pl.String)).alias("user_id"),
+            ("m" + pl.col("movie").cast(pl.String)).alias("entity_id"),
+            pl.col("ts").cast(pl.Int64),
+        ).join(r.select("user_id", "entity_id", "rating"), on=["user_id", "entity_id"], how="left")
+        search = t.filter(pl.col("tag").is_not_null() & (pl.col("tag").str.strip_chars() != "")).select(
+            ("s" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"), "ts", pl.lit("search").alias("canvas"),
+            "user_id", pl.col("tag").alias("query"), "entity_id", pl.lit(1.0).alias("watched"),
+            (pl.col("rating") >= 4).cast(pl.Float64).alias("liked"), "rating",
+        )
+        parts.append(search)
+    logs = pl.concat(parts, how="diagonal_relaxed").sort("ts", maintain_order=True)
+    return catalogue, logs.filter(pl.col("entity_id").is_in(catalogue["entity_id"].implode()))
+
+
+def write_movielens(src: str | Path, out: str | Path) -> Path:
+    """Converts a MovieLens folder into a dataset folder (catalogue + one log file per canvas)."""
+    catalogue, logs = read_movielens(src)
+    with atomic_dir(out, manifest={"kind": "dataset", "source": "movielens", "from": str(src)}) as tmp:
+        catalogue.write_parquet(tmp / "catalogue.parquet")
+        (tmp / "logs").mkdir()
+        for (canvas,), part in logs.group_by("canvas", maintain_order=True):
+            part.write_parquet(tmp / "logs" / f"{canvas}.parquet")
+    return Path(out)

@@ -1,0 +1,77 @@
+"""The prepare stage's artifact: per-canvas labels with the time split, the merged training set, the
+catalogue and a manifest (inputs, config, row counts per canvas and split, what cleaning dropped, the
+mixture). Written atomically; every later stage reads it and can be rerun alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from monorec.artifacts import atomic_dir, verify_manifest
+from monorec.config import ProjectConfig
+from monorec.data.labels import prepare_labels
+from monorec.data.merge import stratified_merge
+from monorec.errors import ArtifactError
+
+__all__ = ["PreparedData", "prepare"]
+
+
+@dataclass
+class PreparedData:
+    catalogue: pl.DataFrame
+    canvases: dict[str, pl.DataFrame]  # canvas -> labelled rows with a ``split`` column
+    merged_train: pl.DataFrame
+    manifest: dict[str, Any]
+
+    def rows(self, split: str, canvases: tuple[str, ...] | None = None) -> pl.DataFrame:
+        """All rows of one split (of some canvases), concatenated."""
+        names = canvases or tuple(self.canvases)
+        return pl.concat([self.canvases[c].filter(pl.col("split") == split) for c in names if c in self.canvases])
+
+    def merged(self, canvases: tuple[str, ...]) -> pl.DataFrame:
+        """The merged training rows of some canvases (a dedicated model trains on exactly the rows of its
+        canvas that the consolidated model trains on)."""
+        return self.merged_train.filter(pl.col("canvas").is_in(list(canvases)))
+
+    def save(self, path: str | Path) -> Path:
+        with atomic_dir(path, manifest=self.manifest) as tmp:
+            self.catalogue.write_parquet(tmp / "catalogue.parquet")
+            (tmp / "labels").mkdir()
+            for name, frame in self.canvases.items():
+                frame.write_parquet(tmp / "labels" / f"{name}.parquet")
+            self.merged_train.write_parquet(tmp / "train_merged.parquet")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreparedData:
+        path = Path(path)
+        manifest = verify_manifest(path)
+        if manifest.get("kind") != "prepared":
+            raise ArtifactError(f"{path}: not a prepared-data directory (kind={manifest.get('kind')!r})")
+        canvases = {name: pl.read_parquet(path / "labels" / f"{name}.parquet") for name in manifest["canvases"]}
+        return cls(pl.read_parquet(path / "catalogue.parquet"), canvases, pl.read_parquet(path / "train_merged.parquet"), manifest)
+
+
+def prepare(
+    config: ProjectConfig, catalogue: pl.DataFrame, logs: pl.DataFrame, *, inputs: dict[str, Any] | None = None
+) -> PreparedData:
+    """Label preparation per canvas, time split, stratified merge of the training split."""
+    labels = prepare_labels(logs, catalogue, config)
+    train = {name: frame.filter(pl.col("split") == "train") for name, frame in labels.canvases.items()}
+    cap = config.train.max_train_rows or None
+    merged, mixture = stratified_merge(train, config, total_rows=cap, seed=config.train.seed)
+    manifest = {
+        "kind": "prepared",
+        "config": config.name,
+        "inputs": inputs or {},
+        "canvases": list(labels.canvases),
+        "rows": labels.counts(),
+        "dropped": labels.dropped,
+        "cutoffs": {"first_valid_ts": labels.cutoffs[0], "first_test_ts": labels.cutoffs[1]},
+        "mixture": mixture,
+        "merged_rows": merged.height,
+    }
+    return PreparedData(catalogue, labels.canvases, merged, manifest)

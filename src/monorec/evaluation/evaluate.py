@@ -1,0 +1,115 @@
+"""Per-canvas evaluation on a split: Recall@K / NDCG@K over the full catalogue (retrieval then ranking)
+and AUC / log loss (binary) or RMSE (regression) per objective."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from monorec.bundle import ModelBundle, context_tensors, item_tensors
+from monorec.config import ProjectConfig
+from monorec.data.prepared import PreparedData
+from monorec.evaluation.metrics import auc, log_loss, ndcg_at_k, recall_at_k, rmse
+from monorec.evaluation.recommenders import ModelRecommender, Recommender
+from monorec.evaluation.requests import RequestSet, build_requests, entity_positions, seen_by_user
+
+__all__ = ["evaluate_bundle", "evaluate_objectives", "evaluate_recommender", "request_sets"]
+
+
+def request_sets(
+    config: ProjectConfig, prepared: PreparedData, split: str, *, max_requests: int | None = None
+) -> dict[str, RequestSet]:
+    """Evaluation requests of every canvas of ``config`` on ``split``; seeded, identical for every
+    recommender evaluated on them."""
+    ev = config.evaluate
+    seen = None
+    if ev.exclude_seen:
+        train = prepared.rows("train")
+        primaries = [config.objective(c.primary).column for c in config.canvases]
+        seen = seen_by_user(train.filter(pl.any_horizontal([pl.col(p) == 1 for p in set(primaries)])), prepared.catalogue)
+    context_columns = [f.name for f in config.fields]
+    entity_fields = [f.name for f in config.fields if f.vocabulary == "entity"]
+    out = {}
+    for c in config.canvases:
+        rows = prepared.canvases[c.name].filter(pl.col("split") == split)
+        source = next((f for f in entity_fields if f in c.fields), None)
+        out[c.name] = build_requests(
+            rows, prepared.catalogue, canvas=c.name, primary_column=config.objective(c.primary).column,
+            context_columns=context_columns, seen=seen, exclude_source_field=source,
+            max_requests=ev.max_requests if max_requests is None else max_requests, seed=config.train.seed,
+        )
+    return out
+
+
+def evaluate_recommender(recommender: Recommender, requests: dict[str, RequestSet], k: int) -> dict[str, dict[str, float]]:
+    """canvas -> {"recall@k", "ndcg@k", "requests"} (means over requests)."""
+    out = {}
+    for canvas, reqs in requests.items():
+        if len(reqs) == 0:
+            out[canvas] = {f"recall@{k}": float("nan"), f"ndcg@{k}": float("nan"), "requests": 0}
+            continue
+        topk = recommender.recommend(reqs, k)
+        out[canvas] = {
+            f"recall@{k}": float(recall_at_k(topk, reqs.relevant, k).mean()),
+            f"ndcg@{k}": float(ndcg_at_k(topk, reqs.relevant, k).mean()),
+            "requests": len(reqs),
+        }
+    return out
+
+
+@torch.no_grad()
+def evaluate_objectives(bundle: ModelBundle, rows: pl.DataFrame, catalogue: pl.DataFrame,
+                        batch_size: int = 4096) -> dict[str, dict[str, float]]:
+    """Pointwise metrics of each objective head the canvas declares, on logged (and sampled) rows."""
+    model, fz, cfg = bundle.model.eval(), bundle.featurizer, bundle.config
+    device = next(model.parameters()).device
+    items = item_tensors(fz.transform_catalogue(catalogue), device)
+    positions = entity_positions(catalogue, rows["entity_id"])
+    rows = rows.filter(pl.Series(positions >= 0))
+    positions = positions[positions >= 0]
+    labels = fz.transform_labels(rows)
+    preds = []
+    for start in range(0, rows.height, batch_size):
+        ctx = context_tensors(fz.transform_context(rows.slice(start, batch_size)), device)
+        idx = torch.as_tensor(positions[start : start + batch_size], device=device)
+        _, _, logits = model(ctx, {k: v[idx] for k, v in items.items()})
+        preds.append(logits.cpu().numpy())
+    logits_all = np.concatenate(preds) if preds else np.zeros((0, len(cfg.objectives)))
+    out: dict[str, dict[str, float]] = {}
+    canvas = rows["canvas"][0] if rows.height else None
+    declared = cfg.canvas(canvas).objectives if canvas in cfg.canvas_names else ()
+    for j, o in enumerate(cfg.objectives):
+        if o.name not in declared:
+            continue
+        seen = ~np.isnan(labels[:, j])
+        if not seen.any():
+            continue
+        y, s = labels[seen, j], logits_all[seen, j]
+        if o.kind == "binary":
+            p = 1.0 / (1.0 + np.exp(-s))
+            out[o.name] = {"auc": auc(y, s), "logloss": log_loss(y, p), "rows": int(seen.sum())}
+        else:
+            out[o.name] = {"rmse": rmse(y, s), "rows": int(seen.sum())}
+    return out
+
+
+def evaluate_bundle(bundle: ModelBundle, prepared: PreparedData, split: str = "test",
+                    requests: dict[str, RequestSet] | None = None) -> dict[str, Any]:
+    """The full per-canvas report of a model on a split (what ``monorec evaluate`` writes)."""
+    cfg = bundle.config
+    k = cfg.evaluate.k
+    reqs = requests or request_sets(cfg, prepared, split)
+    ranked = evaluate_recommender(ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth), reqs, k)
+    retrieval = evaluate_recommender(ModelRecommender(bundle, prepared.catalogue, rank=False), reqs, k)
+    canvases = {}
+    for c in cfg.canvases:
+        rows = prepared.canvases[c.name].filter(pl.col("split") == split)
+        canvases[c.name] = {
+            **ranked[c.name],
+            "retrieval_only": {m: v for m, v in retrieval[c.name].items() if m != "requests"},
+            "objectives": evaluate_objectives(bundle, rows, prepared.catalogue) if rows.height else {},
+        }
+    return {"split": split, "k": k, "canvases": canvases}

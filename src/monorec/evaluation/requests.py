@@ -1,0 +1,102 @@
+"""Evaluation requests: one per logged request with at least one relevant entity."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+__all__ = ["RequestSet", "build_requests", "entity_positions", "seen_by_user"]
+
+
+@dataclass
+class RequestSet:
+    """R requests of one canvas.
+
+    Attributes:
+        canvas: the canvas.
+        contexts: (R rows) the unified context of each request (+ ``task_type``).
+        relevant: R arrays of catalogue positions the user responded to (primary objective = 1).
+        exclude: R arrays of catalogue positions that must not be recommended (seen, the source item).
+    """
+
+    canvas: str
+    contexts: pl.DataFrame
+    relevant: list[np.ndarray]
+    exclude: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return self.contexts.height
+
+
+def entity_positions(catalogue: pl.DataFrame, ids: pl.Series) -> np.ndarray:
+    """Catalogue row positions of entity ids (-1 for ids not in the catalogue)."""
+    return (
+        ids.replace_strict(catalogue["entity_id"], pl.int_range(catalogue.height, eager=True), default=-1, return_dtype=pl.Int64)
+        .to_numpy()
+        .astype(np.int64)
+    )
+
+
+def seen_by_user(train_positives: pl.DataFrame, catalogue: pl.DataFrame) -> dict[str, np.ndarray]:
+    """user_id -> catalogue positions of the entities the user responded to in training."""
+    if "user_id" not in train_positives.columns:
+        return {}
+    rows = train_positives.filter(pl.col("user_id").is_not_null()).select("user_id", "entity_id").unique()
+    rows = rows.with_columns(pl.Series("pos", entity_positions(catalogue, rows["entity_id"])))
+    grouped = rows.group_by("user_id").agg(pl.col("pos"))
+    return {u: np.asarray(p, dtype=np.int64) for u, p in grouped.iter_rows()}
+
+
+def build_requests(
+    rows: pl.DataFrame,
+    catalogue: pl.DataFrame,
+    *,
+    canvas: str,
+    primary_column: str,
+    context_columns: list[str],
+    seen: Mapping[str, np.ndarray] | None = None,
+    exclude_source_field: str | None = None,
+    max_requests: int = 0,
+    seed: int = 0,
+) -> RequestSet:
+    """Groups one canvas's rows into requests with their relevant entities.
+
+    Args:
+        rows: rows of one canvas and one split (logged and sampled).
+        catalogue: the catalogue whose row positions are the entity ids used everywhere in evaluation.
+        primary_column: the label that marks a relevant entity.
+        context_columns: the unified context fields to keep.
+        seen: user_id -> positions to exclude (entities seen in training); None: exclude nothing.
+        exclude_source_field: a context field naming an entity to exclude (e.g. the source item).
+        max_requests: keep a seeded sample of this many requests (0: all).
+    """
+    positives = rows.filter(pl.col(primary_column) == 1)
+    grouped = (
+        positives.group_by("request_id", maintain_order=True)
+        .agg(pl.col(c).first() for c in [*context_columns, "task_type", "ts"])
+        .join(positives.group_by("request_id").agg(pl.col("entity_id").alias("_relevant")), on="request_id")
+        .sort(["ts", "request_id"])
+    )
+    if max_requests and grouped.height > max_requests:
+        grouped = grouped.sample(n=max_requests, seed=seed).sort(["ts", "request_id"])
+    relevant = [entity_positions(catalogue, pl.Series(ids, dtype=pl.String)) for ids in grouped["_relevant"].to_list()]
+    relevant = [r[r >= 0] for r in relevant]
+    exclude: list[np.ndarray] = []
+    users = grouped["user_id"].to_list() if "user_id" in grouped.columns else [None] * grouped.height
+    sources = (
+        entity_positions(catalogue, grouped[exclude_source_field].cast(pl.String))
+        if exclude_source_field and exclude_source_field in grouped.columns
+        else np.full(grouped.height, -1)
+    )
+    empty = np.zeros(0, dtype=np.int64)
+    for user, source, rel in zip(users, sources, relevant, strict=True):
+        ex = seen.get(user, empty) if (seen is not None and user is not None) else empty
+        # an entity relevant now stays recommendable even if it was seen before (re-consumption)
+        ex = np.setdiff1d(ex, rel)
+        if source >= 0:
+            ex = np.append(ex, source)
+        exclude.append(ex)
+    return RequestSet(canvas, grouped.select([*context_columns, "task_type"]), relevant, exclude)

@@ -1,0 +1,131 @@
+"""The offline pipeline's stages as functions over directories; the CLI, the demo and the benchmarks
+call these. ``logs -> prepare (labels, split, merge) -> train -> evaluate -> publish``."""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from monorec.artifacts import read_json, write_json
+from monorec.bundle import ModelBundle
+from monorec.config import ProjectConfig, load_config, parse_config
+from monorec.data.movielens import is_movielens, read_movielens
+from monorec.data.prepared import PreparedData, prepare
+from monorec.data.tables import load_dataset, validate_catalogue, validate_logs
+from monorec.evaluation.evaluate import evaluate_bundle, evaluate_recommender, request_sets
+from monorec.evaluation.recommenders import BM25Recommender, CooccurrenceRecommender, PopularityRecommender
+from monorec.evaluation.report import write_report
+from monorec.registry import Registry
+from monorec.train import train
+
+__all__ = [
+    "compare_models",
+    "default_config",
+    "evaluate_stage",
+    "load_input",
+    "prepare_stage",
+    "publish_stage",
+    "train_stage",
+]
+
+
+def default_config(name: str = "synthetic") -> Path:
+    """Path of a config shipped with monorec (``synthetic`` or ``movielens``)."""
+    return Path(str(importlib.resources.files("monorec") / "configs" / f"{name}.toml"))
+
+
+def load_input(config: ProjectConfig, data: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(catalogue, logs) from a dataset folder or a MovieLens folder, validated against the config."""
+    if is_movielens(data):
+        catalogue, logs = read_movielens(data)
+        return validate_catalogue(catalogue, config, str(data)), validate_logs(logs, config, str(data))
+    return load_dataset(data, config)
+
+
+def prepare_stage(config: ProjectConfig, data: str | Path, out: str | Path) -> PreparedData:
+    catalogue, logs = load_input(config, data)
+    prepared = prepare(config, catalogue, logs, inputs={"data": str(data)})
+    prepared.manifest["config_dict"] = config.to_dict()
+    prepared.save(out)
+    return prepared
+
+
+def config_of(prepared_dir: str | Path) -> ProjectConfig:
+    """The config a prepared-data directory was made with."""
+    return parse_config(read_json(Path(prepared_dir) / "manifest.json")["config_dict"], str(prepared_dir))
+
+
+def train_stage(prepared_dir: str | Path, out: str | Path, *, config: ProjectConfig | None = None,
+                canvases: tuple[str, ...] | None = None, progress: bool = True, device: str | None = None) -> ModelBundle:
+    prepared = PreparedData.load(prepared_dir)
+    cfg = config or config_of(prepared_dir)
+    out = Path(out)
+    bundle = train(cfg, prepared, canvases=canvases, progress=progress, device=device,
+                   checkpoint_dir=out.with_name(f"{out.name}.checkpoints"))
+    bundle.save(out)
+    return bundle
+
+
+def evaluate_stage(run_dir: str | Path, prepared_dir: str | Path, out: str | Path, *, split: str = "test") -> dict[str, Any]:
+    bundle = ModelBundle.load(run_dir)
+    prepared = PreparedData.load(prepared_dir)
+    report = evaluate_bundle(bundle, prepared, split)
+    write_report(out, report, history=bundle.meta.get("history"))
+    return report
+
+
+def publish_stage(run_dir: str | Path, metrics: str | Path, registry: str | Path, *, tolerance: float | None = None,
+                  force: bool = False) -> str:
+    report = read_json(metrics)
+    report.pop("comparisons", None)
+    return Registry(registry).publish(ModelBundle.load(run_dir), report, tolerance=tolerance, force=force)
+
+
+def compare_models(config: ProjectConfig, prepared: PreparedData, *, split: str = "test", progress: bool = True,
+                   baselines: bool = True) -> tuple[ModelBundle, dict[str, dict[str, Any]]]:
+    """Consolidated model vs one dedicated model per canvas (same code, same rows per canvas) vs baselines,
+    all on the same evaluation requests.
+
+    Returns:
+        (the consolidated bundle, model name -> report). The ``separate`` report gathers each canvas's
+        dedicated model on that canvas.
+    """
+    k = config.evaluate.k
+    reqs = request_sets(config, prepared, split)
+    consolidated = train(config, prepared, progress=progress)
+    results: dict[str, dict[str, Any]] = {"consolidated": evaluate_bundle(consolidated, prepared, split, reqs)}
+    separate: dict[str, Any] = {}
+    for c in config.canvas_names:
+        dedicated = train(config, prepared, canvases=(c,), progress=progress)
+        separate[c] = evaluate_bundle(dedicated, prepared, split, {c: reqs[c]})["canvases"][c]
+    results["separate"] = {"split": split, "k": k, "canvases": separate}
+    if baselines:
+        train_rows = prepared.rows("train")
+        positive = pl.any_horizontal([pl.col(config.objective(c.primary).column) == 1 for c in config.canvases])
+        all_pos = train_rows.filter(positive)
+        pop = {}
+        for c in config.canvases:
+            rows = all_pos.filter(pl.col("canvas") == c.name)
+            pop[c.name] = evaluate_recommender(PopularityRecommender(rows, prepared.catalogue), {c.name: reqs[c.name]}, k)[c.name]
+        results["popularity"] = {"split": split, "k": k, "canvases": pop}
+        if "related" in reqs and "source_item_id" in reqs["related"].contexts.columns:
+            co = CooccurrenceRecommender(all_pos, prepared.catalogue)
+            results["cooccurrence"] = {"split": split, "k": k,
+                                       "canvases": evaluate_recommender(co, {"related": reqs["related"]}, k)}
+        if "search" in reqs and "query" in reqs["search"].contexts.columns:
+            bm = BM25Recommender(prepared.catalogue, all_pos)
+            results["bm25"] = {"split": split, "k": k, "canvases": evaluate_recommender(bm, {"search": reqs["search"]}, k)}
+    return consolidated, results
+
+
+def write_comparison(out: str | Path, results: dict[str, dict[str, Any]]) -> None:
+    """The comparison as JSON ``{"canvases": {canvas: {model: {"recall@k", "ndcg@k"}}}}``."""
+    k = next(iter(results.values()))["k"]
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for model, report in results.items():
+        for canvas, m in report["canvases"].items():
+            table.setdefault(canvas, {})[model] = {f"recall@{k}": m[f"recall@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"]}
+    write_json(out, {"k": k, "canvases": table})

@@ -1,0 +1,121 @@
+"""A local registry of immutable model versions.
+
+``root/versions/vNNNN/`` holds a model bundle (see :mod:`monorec.bundle`) plus ``metrics.json``, and a
+manifest with every file's checksum. Versions are written atomically, never overwritten, and their files
+are made read-only. ``root/registry.sqlite`` is the control plane: one row per version with its state,
+and the ``live`` pointer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from monorec.artifacts import read_json, verify_manifest
+from monorec.bundle import ModelBundle
+from monorec.errors import GateError, RegistryError
+from monorec.evaluation.gate import GateResult, compare_reports
+
+__all__ = ["Registry", "VersionInfo"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    version TEXT PRIMARY KEY, created_at REAL NOT NULL, schema_fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL, parent TEXT);
+CREATE TABLE IF NOT EXISTS pointers (name TEXT PRIMARY KEY, version TEXT NOT NULL REFERENCES versions(version));
+"""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    created_at: float
+    schema_fingerprint: str
+    state: str
+    parent: str | None
+
+
+class Registry:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        (self.root / "versions").mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.root / "registry.sqlite", timeout=30)) as db, db:
+            yield db
+
+    def path(self, version: str) -> Path:
+        return self.root / "versions" / version
+
+    def versions(self) -> list[VersionInfo]:
+        with self._db() as db:
+            rows = db.execute("SELECT version, created_at, schema_fingerprint, state, parent FROM versions ORDER BY version")
+            return [VersionInfo(*r) for r in rows.fetchall()]
+
+    def live(self) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT version FROM pointers WHERE name = 'live'").fetchone()
+        return row[0] if row else None
+
+    def set_live(self, version: str) -> None:
+        if not any(v.version == version for v in self.versions()):
+            raise RegistryError(f"unknown version {version!r}")
+        with self._db() as db:
+            db.execute("INSERT INTO pointers(name, version) VALUES ('live', ?) "
+                       "ON CONFLICT(name) DO UPDATE SET version = excluded.version", (version,))
+
+    def metrics(self, version: str) -> dict[str, Any]:
+        return dict(read_json(self.path(version) / "metrics.json"))
+
+    def load(self, version: str, device: str = "cpu") -> ModelBundle:
+        """Loads a version (checksums verified; weights via safetensors, never unpickled)."""
+        if not self.path(version).exists():
+            raise RegistryError(f"unknown version {version!r} in {self.root}")
+        return ModelBundle.load(self.path(version), device=device)
+
+    def gate(self, metrics: dict[str, Any], tolerance: float) -> GateResult | None:
+        """The candidate against the live version (None when nothing is live yet)."""
+        live = self.live()
+        return None if live is None else compare_reports(metrics, self.metrics(live), tolerance=tolerance)
+
+    def publish(self, bundle: ModelBundle, metrics: dict[str, Any], *, tolerance: float | None = None,
+                force: bool = False, make_live: bool = True) -> str:
+        """Gates the candidate against the live version, then writes it as the next immutable version.
+
+        Raises:
+            GateError: a canvas regresses beyond the tolerance (and ``force`` is False).
+        """
+        tol = bundle.config.evaluate.gate_tolerance if tolerance is None else tolerance
+        result = self.gate(metrics, tol)
+        if result is not None and not result.passed and not force:
+            raise GateError(result.regressions)
+        existing = [v.version for v in self.versions()]
+        on_disk = [p.name for p in (self.root / "versions").iterdir() if p.name.startswith("v")]
+        number = max([int(v[1:]) for v in existing + on_disk] + [0]) + 1
+        version = f"v{number:04d}"
+        meta = {**bundle.meta, "version": version, "published_at": time.time(), "parent": self.live(),
+                "gate": None if result is None else {"passed": result.passed, "rows": result.rows}}
+        bundle.meta = meta
+        target = self.path(version)
+        bundle.save(target, overwrite=False, extra={"metrics.json": metrics})
+        for p in target.iterdir():
+            p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        with self._db() as db:
+            db.execute("INSERT INTO versions VALUES (?, ?, ?, 'published', ?)",
+                       (version, time.time(), bundle.schema.fingerprint(), meta["parent"]))
+        if make_live:
+            self.set_live(version)
+        return version
+
+    def verify(self, version: str) -> None:
+        """Raises ArtifactError if any file of the version is missing or was modified."""
+        verify_manifest(self.path(version))

@@ -1,0 +1,235 @@
+"""The training loop: explicit, seeded, CPU by default and CUDA when present.
+
+One step: contexts and their logged entities -> the ranker's objective logits (masked losses where a
+canvas has no such label) + the retrieval loss (in-batch and uniform negatives with logQ correction)
+over rows whose primary objective is positive; the losses are combined by fixed or learned uncertainty
+weights. Embedding tables are sparse and stepped by SparseAdam (row-wise), the rest by AdamW.
+After each epoch the validation split is evaluated (mean NDCG@K over canvases); the best epoch is kept,
+checkpoints are written, and training stops after ``patience`` epochs without improvement.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm.auto import tqdm
+
+from monorec.bundle import ModelBundle, context_tensors, item_tensors
+from monorec.config import ProjectConfig
+from monorec.data.features import Featurizer
+from monorec.data.prepared import PreparedData
+from monorec.evaluation.evaluate import evaluate_recommender, request_sets
+from monorec.evaluation.recommenders import ModelRecommender
+from monorec.evaluation.requests import entity_positions
+from monorec.models.losses import FixedWeighting, UncertaintyWeighting, masked_objective_losses, sampled_softmax_loss
+from monorec.models.model import MonorecModel, build_model, model_kwargs
+
+__all__ = ["TrainingData", "TrainStep", "resolve_device", "train"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class TrainingData:
+    """Tensors of the merged training rows: ``ctx`` field -> (N, ...), ``entity`` (N,) catalogue positions,
+    ``labels`` (N, O), ``primary`` (N,) 1.0 where the row's canvas's primary objective is positive;
+    ``items`` the catalogue's item features; ``logq`` (N_items,) log in-batch sampling probability."""
+
+    ctx: dict[str, torch.Tensor]
+    entity: torch.Tensor
+    labels: torch.Tensor
+    primary: torch.Tensor
+    items: dict[str, torch.Tensor]
+    log_prob: torch.Tensor
+
+    @classmethod
+    def build(cls, config: ProjectConfig, featurizer: Featurizer, rows: pl.DataFrame, catalogue: pl.DataFrame,
+              device: torch.device) -> TrainingData:
+        positions = entity_positions(catalogue, rows["entity_id"])
+        if (positions < 0).any():
+            rows, positions = rows.filter(pl.Series(positions >= 0)), positions[positions >= 0]
+        labels = featurizer.transform_labels(rows)
+        names = [o.name for o in config.objectives]
+        primary_index = np.array([names.index(c.primary) for c in config.canvases])
+        ctx = featurizer.transform_context(rows)
+        prim = labels[np.arange(len(labels)), primary_index[ctx["task_type"]]]
+        primary = np.nan_to_num(prim, nan=0.0)
+        counts = np.bincount(positions[primary == 1], minlength=catalogue.height).astype(np.float64)
+        prob = (counts + 1e-3) / (counts.sum() + 1e-3 * len(counts))
+        return cls(
+            ctx=context_tensors(ctx, device),
+            entity=torch.as_tensor(positions, device=device),
+            labels=torch.as_tensor(labels, device=device),
+            primary=torch.as_tensor(primary, device=device),
+            items=item_tensors(featurizer.transform_catalogue(catalogue), device),
+            log_prob=torch.as_tensor(np.log(prob), dtype=torch.float32, device=device),
+        )
+
+    def __len__(self) -> int:
+        return len(self.entity)
+
+
+class TrainStep:
+    """Model + optimizers + loss weighting; ``step(batch_indices)`` runs one optimisation step."""
+
+    def __init__(self, model: MonorecModel, config: ProjectConfig, data: TrainingData, generator: torch.Generator) -> None:
+        self.model, self.data, self.generator = model, data, generator
+        t = config.train
+        n_obj = len(config.objectives)
+        self.binary = [o.kind == "binary" for o in config.objectives]
+        if t.loss_weighting == "uncertainty":
+            self.weighting: torch.nn.Module = UncertaintyWeighting(n_obj + 1)
+        else:
+            weights = [t.objective_weights.get(o.name, 1.0) for o in config.objectives] + [t.retrieval_weight]
+            self.weighting = FixedWeighting(weights)
+        self.weighting.to(data.labels.device)
+        sparse = [p for n, p in model.named_parameters() if n.startswith("tables.") and n != "tables.text_missing"]
+        sparse_ids = {id(p) for p in sparse}
+        dense = [p for p in model.parameters() if id(p) not in sparse_ids] + list(self.weighting.parameters())
+        self.sparse_opt = torch.optim.SparseAdam(sparse, lr=t.sparse_lr)
+        self.dense_opt = torch.optim.AdamW(dense, lr=t.lr)
+        self.temperature = t.temperature
+        self.random_negatives = t.random_negatives
+        self.n_items = len(data.items["entity"])
+
+    def step(self, idx: torch.Tensor) -> dict[str, float]:
+        d, model = self.data, self.model
+        model.train()
+        ctx = {k: v[idx] for k, v in d.ctx.items()}
+        entity = d.entity[idx]
+        cf, ce = model.encode_context(ctx)
+        itf, ie = model.encode_items({k: v[entity] for k, v in d.items.items()})
+        logits = model.rank(cf, ce, itf, ie, ctx["task_type"])
+        obj_losses, counts = masked_objective_losses(logits, d.labels[idx], self.binary)
+        pos = d.primary[idx] == 1
+        retrieval = logits.new_zeros(())
+        if int(pos.sum()) >= 2:
+            neg = torch.randint(0, self.n_items, (self.random_negatives,), generator=self.generator).to(entity.device)
+            _, ne = model.encode_items({k: v[neg] for k, v in d.items.items()})
+            n_pos = int(pos.sum())
+            retrieval = sampled_softmax_loss(
+                ce[pos], ie[pos], entity[pos], d.log_prob[entity[pos]] + math.log(n_pos),
+                ne, neg, math.log(self.random_negatives / self.n_items), self.temperature,
+            )
+        losses = torch.cat([obj_losses, retrieval[None]])
+        present = torch.cat([counts > 0, pos.sum(dim=0, keepdim=True) >= 2]).float()
+        total = self.weighting(losses, present)
+        self.sparse_opt.zero_grad(set_to_none=True)
+        self.dense_opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.sparse_opt.step()
+        self.dense_opt.step()
+        return {"loss": float(total.detach()), "retrieval": float(retrieval.detach())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "weighting": self.weighting.state_dict(),
+                "sparse_opt": self.sparse_opt.state_dict(), "dense_opt": self.dense_opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.weighting.load_state_dict(state["weighting"])
+        self.sparse_opt.load_state_dict(state["sparse_opt"])
+        self.dense_opt.load_state_dict(state["dense_opt"])
+
+
+def train(
+    config: ProjectConfig,
+    prepared: PreparedData,
+    *,
+    canvases: tuple[str, ...] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> ModelBundle:
+    """Trains one model on the prepared data.
+
+    Args:
+        config: the project config.
+        prepared: output of the prepare stage.
+        canvases: train on these canvases only (baseline mode: one dedicated model per canvas).
+        checkpoint_dir: where ``last.pt`` (resumable: model + optimizers + epoch) goes after each epoch;
+            an existing ``last.pt`` there is resumed from.
+        progress: show a progress bar.
+        device: overrides ``train.device``.
+
+    Returns:
+        The best epoch's model as a :class:`ModelBundle` (``meta`` holds the history).
+    """
+    cfg = config.only_canvases(canvases) if canvases else config
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    np.random.seed(t.seed)
+    dev = resolve_device(device or t.device)
+    names = cfg.canvas_names
+    featurizer = Featurizer(cfg).fit(prepared.rows("train", names), prepared.catalogue)
+    kwargs = model_kwargs(cfg, featurizer)
+    model = build_model(kwargs).to(dev)
+    rows = prepared.merged(names)
+    if t.max_train_rows and rows.height > t.max_train_rows:
+        rows = rows.head(t.max_train_rows)
+    data = TrainingData.build(cfg, featurizer, rows, prepared.catalogue, dev)
+    generator = torch.Generator().manual_seed(t.seed)
+    stepper = TrainStep(model, cfg, data, generator)
+    val_requests = request_sets(cfg, prepared, "valid", max_requests=t.val_requests)
+    bundle = ModelBundle(cfg, featurizer, model, kwargs)
+
+    history: list[dict[str, Any]] = []
+    best_score, best_state, best_epoch, start_epoch = -1.0, copy.deepcopy(model.state_dict()), -1, 0
+    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, map_location=dev, weights_only=True)  # tensors and plain containers only
+        stepper.load_state_dict(saved["stepper"])
+        generator.set_state(saved["generator"])
+        history, best_score, best_epoch = saved["history"], saved["best_score"], saved["best_epoch"]
+        best_state, start_epoch = saved["best_model"], saved["epoch"] + 1
+    stale = sum(1 for h in history[best_epoch + 1 :]) if history else 0
+    for epoch in range(start_epoch, t.epochs):
+        if stale >= t.patience:
+            break
+        started = time.perf_counter()
+        perm = torch.randperm(len(data), generator=generator).to(dev)
+        batches = perm.split(t.batch_size)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs} [{'+'.join(names)}]", disable=None if progress else True, leave=False)
+        losses = []
+        for idx in bar:
+            stats = stepper.step(idx)
+            losses.append(stats["loss"])
+            bar.set_postfix(loss=f"{stats['loss']:.3f}")
+        elapsed = time.perf_counter() - started
+        val = evaluate_recommender(ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth),
+                                   val_requests, cfg.evaluate.k)
+        scores = [m[f"ndcg@{cfg.evaluate.k}"] for m in val.values() if m["requests"]]
+        score = float(np.mean(scores)) if scores else 0.0
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_ndcg": score, "seconds": elapsed,
+                        "samples_per_s": len(data) / elapsed, "val": val})
+        if progress:
+            print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}  val ndcg@{cfg.evaluate.k} {score:.4f}  ({elapsed:.1f}s)")
+        if score > best_score:
+            best_score, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        if ckpt is not None:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"stepper": stepper.state_dict(), "generator": generator.get_state(), "history": history,
+                        "best_score": best_score, "best_epoch": best_epoch, "best_model": best_state, "epoch": epoch}, tmp)
+            tmp.replace(ckpt)
+    model.load_state_dict(best_state)
+    model.eval()
+    bundle.meta = {"canvases": list(names), "best_epoch": best_epoch, "best_val_ndcg": best_score, "history": history,
+                   "device": str(dev), "train_rows": len(data), "mixture": prepared.manifest.get("mixture", {}),
+                   "torch": torch.__version__}
+    return bundle

@@ -141,9 +141,7 @@ def add_sampled_negatives(
     rng = np.random.default_rng([seed, sum(canvas.encode())])
     ids = catalogue["entity_id"].to_numpy()
     picks = rng.integers(0, len(ids), positives.height * spec.negatives)
-    negatives = positives.select(pl.all().repeat_by(spec.negatives).flatten()).with_columns(
-        pl.Series("entity_id", ids[picks])
-    )
+    negatives = pl.concat([positives] * spec.negatives).with_columns(pl.Series("entity_id", ids[picks]))
     for o in config.objectives:
         value = 0.0 if (o.kind == "binary" and o.name in spec.objectives) else None
         negatives = negatives.with_columns(pl.lit(value, dtype=pl.Float64).alias(o.column))

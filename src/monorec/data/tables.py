@@ -13,7 +13,8 @@ Log columns:
     ts (int, seconds), canvas (str, a declared canvas), entity_id (str, the entity shown),
     request_id (str, optional: rows sharing it are impressions of one request),
     every context field the canvas uses (str; float for numeric fields),
-    every objective column (number; null = not observed; 0/1 for binary objectives).
+    objective columns (number; null = not observed; 0/1 for binary objectives); each canvas's primary
+    objective column is required, the others may be absent (unobserved).
 
 Validation raises :class:`~monorec.errors.DataError` naming the file, the column and the rows affected.
 """
@@ -127,10 +128,12 @@ def validate_logs(frame: pl.DataFrame, config: ProjectConfig, file: str = "logs"
             frame = _cast(frame, file, f.name, pl.Float64 if f.kind == "numeric" else pl.String)
     present = set(frame["canvas"].unique().to_list())
     for o in config.objectives:
-        needed_by = [c.name for c in config.canvases if o.name in c.objectives and c.name in present]
+        # only a primary objective (what marks a relevant entity) is mandatory; others may be unobserved
+        needed_by = [c.name for c in config.canvases if c.primary == o.name and c.name in present]
         if o.column not in frame.columns:
             if needed_by:
-                raise DataError(file, f"objective {o.name!r} of canvas(es) {needed_by} needs this column", column=o.column)
+                raise DataError(file, f"primary objective {o.name!r} of canvas(es) {needed_by} needs this column",
+                                column=o.column)
             continue
         frame = _cast(frame, file, o.column, pl.Float64)
         nan = int(frame[o.column].is_nan().sum())

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny seeded synthetic world, its config and prepared data."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from monorec.config import ProjectConfig, load_config
+from monorec.data.prepared import PreparedData, prepare
+from monorec.data.tables import validate_catalogue, validate_logs
+from monorec.data.world import WorldSpec, generate_world
+from monorec.pipeline import default_config
+
+TINY = WorldSpec(n_users=60, n_items=80, n_requests=600, impressions=8, n_bots=1, seed=3)
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def tiny_config() -> ProjectConfig:
+    cfg = load_config(default_config("synthetic"))
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, embedding_dim=8, retrieval_dim=16, tower_hidden=(16,), expert_hidden=(16,),
+                                  canvas_tower_hidden=(8,), text_buckets=1024),
+        train=dataclasses.replace(cfg.train, epochs=2, batch_size=128, val_requests=30, random_negatives=32),
+        evaluate=dataclasses.replace(cfg.evaluate, max_requests=50, retrieval_depth=20),
+    )
+
+
+@pytest.fixture(scope="session")
+def config() -> ProjectConfig:
+    return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def world(config: ProjectConfig):
+    catalogue, logs = generate_world(TINY)
+    return validate_catalogue(catalogue, config), validate_logs(logs, config)
+
+
+@pytest.fixture(scope="session")
+def prepared(config: ProjectConfig, world) -> PreparedData:
+    catalogue, logs = world
+    return prepare(config, catalogue, logs)
+
+
+@pytest.fixture(scope="session")
+def trained(config: ProjectConfig, prepared: PreparedData):
+    from monorec.train import train
+
+    return train(config, prepared, progress=False)

@@ -1,0 +1,126 @@
+import dataclasses
+import tomllib
+
+import polars as pl
+import pytest
+
+from monorec.config import check_config, load_config, parse_config
+from monorec.errors import ConfigError, RequestError
+from monorec.pipeline import default_config
+from monorec.schema import ContextSchema
+
+
+@pytest.mark.parametrize("name", ["synthetic", "movielens"])
+def test_every_shipped_config_is_valid_and_round_trips(name):
+    cfg = load_config(default_config(name))
+    assert parse_config(cfg.to_dict()) == cfg
+    assert check_config(default_config(name)) == []
+
+
+def _raw(name="synthetic"):
+    return tomllib.loads(default_config(name).read_text())
+
+
+def test_config_check_reports_every_problem_at_once():
+    raw = _raw()
+    raw["canvases"]["home"]["fields"].append("nope")  # unknown field
+    raw["canvases"]["search"]["primary"] = "watch"  # not among its objectives
+    raw["canvases"]["browse"]["blend"]["like"] = 1.0  # blends an undeclared objective
+    raw["model"]["bottom"] = "transformer"  # not a known bottom
+    raw["train"]["epochs"] = "ten"  # wrong type
+    raw["train"]["unknown_knob"] = 1  # unknown key
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "bad.toml")
+    problems = "\n".join(info.value.problems)
+    assert len(info.value.problems) == 6
+    for needle in ["'nope'", "search.primary", "browse.blend.like", "model.bottom", "train.epochs", "unknown_knob"]:
+        assert needle in problems
+
+
+def test_config_rejects_reserved_and_duplicate_fields():
+    raw = _raw()
+    raw["context"]["fields"].append({"name": "ts", "kind": "numeric"})
+    raw["context"]["fields"].append({"name": "country", "kind": "categorical"})
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert any("reserved" in p for p in info.value.problems)
+    assert any("declared twice" in p for p in info.value.problems)
+
+
+def test_check_config_on_missing_and_malformed_files(tmp_path):
+    assert check_config(tmp_path / "nope.toml") == ["file not found"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[project\nname=")
+    assert "not valid TOML" in check_config(bad)[0]
+
+
+def test_new_fields_come_from_config_alone():
+    raw = _raw()
+    raw["context"]["fields"].append({"name": "age_bucket", "kind": "categorical"})
+    raw["canvases"]["home"]["fields"].append("age_bucket")
+    schema = ContextSchema.from_config(parse_config(raw))
+    assert "age_bucket" in schema.field_names
+    assert schema.normalize("home", {"age_bucket": "25-34"})["age_bucket"] == "25-34"
+
+
+@pytest.fixture
+def schema(config):
+    return ContextSchema.from_config(config)
+
+
+def test_normalize_fills_sentinels_and_task_type(schema):
+    record = schema.normalize("home", {"user_id": "u1", "country": "DE", "query": "ignored on home"})
+    assert record["task_type"] == "home"
+    assert record["user_id"] == "u1" and record["country"] == "DE"
+    assert record["query"] is None  # home does not use query: sentinel
+    assert set(record) == {*schema.field_names, "task_type"}
+
+
+def test_normalize_imputes_the_source_title_as_query_on_related(schema):
+    titles = {"m1": "Galaxy Robot Night"}.get
+    record = schema.normalize("related", {"source_item_id": "m1"}, titles=titles)
+    assert record["query"] == "Galaxy Robot Night"
+    given = schema.normalize("related", {"source_item_id": "m1", "query": "explicit"}, titles=titles)
+    assert given["query"] == "explicit"
+
+
+@pytest.mark.parametrize(
+    ("canvas", "context", "field"),
+    [
+        ("feed", {}, "canvas"),
+        ("home", {"shoe_size": "42"}, "shoe_size"),
+        ("home", {"hour": "noon"}, "hour"),
+        ("home", {"hour": float("nan")}, "hour"),
+        ("search", {"query": "x" * 10_000}, "query"),
+        ("home", {"user_id": ["a"]}, "user_id"),
+    ],
+)
+def test_normalize_rejects_bad_requests_naming_the_field(schema, canvas, context, field):
+    with pytest.raises(RequestError) as info:
+        schema.normalize(canvas, context)
+    assert info.value.field == field
+
+
+def test_frame_contract_matches_request_contract(schema):
+    """Training rows (vectorized) and requests (one by one) must see the same context."""
+    catalogue = pl.DataFrame({"entity_id": ["m1"], "entity_type": ["movie"], "title": ["Galaxy Robot"], "categories": ["scifi"]})
+    frame = pl.DataFrame({
+        "canvas": ["related", "home", "search"],
+        "user_id": ["u1", "u2", "u3"],
+        "source_item_id": ["m1", "m1", None],
+        "query": [None, "dropped", "robot"],
+        "hour": [3.0, 4.0, 5.0],
+    })
+    out = schema.apply_to_frame(frame, catalogue)
+    for row in out.iter_rows(named=True):
+        context = {k: row[k] for k in ("user_id", "source_item_id", "query", "hour") if row[k] is not None}
+        expected = schema.normalize(row["canvas"], {**context, "query": frame.filter(pl.col("user_id") == row["user_id"])["query"][0]},
+                                    titles={"m1": "Galaxy Robot"}.get)
+        assert {k: row[k] for k in schema.field_names} == {k: expected[k] for k in schema.field_names}
+
+
+def test_fingerprint_changes_with_the_contract(config):
+    a = ContextSchema.from_config(config)
+    b = ContextSchema.from_config(dataclasses.replace(config, schema_version=2))
+    assert a.fingerprint() != b.fingerprint()
+    assert a.fingerprint() == ContextSchema.from_config(config).fingerprint()

@@ -1,0 +1,99 @@
+import dataclasses
+
+import numpy as np
+import polars as pl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from monorec.data.labels import SPLITS, prepare_labels
+from monorec.data.merge import stratified_merge
+
+CATALOGUE = pl.DataFrame({
+    "entity_id": [f"e{i}" for i in range(20)],
+    "entity_type": ["movie"] * 20,
+    "title": [f"title {i}" for i in range(20)],
+    "categories": ["action"] * 20,
+})
+
+
+@st.composite
+def logs_strategy(draw):
+    n = draw(st.integers(min_value=5, max_value=120))
+    ts = draw(st.lists(st.integers(0, 50), min_size=n, max_size=n))
+    canvases = draw(st.lists(st.sampled_from(["home", "related", "search", "browse"]), min_size=n, max_size=n))
+    entities = draw(st.lists(st.integers(0, 24), min_size=n, max_size=n))  # some unknown to the catalogue
+    users = draw(st.lists(st.integers(0, 5), min_size=n, max_size=n))
+    clicks = draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=n, max_size=n))
+    return pl.DataFrame({
+        "ts": ts, "canvas": canvases, "entity_id": [f"e{e}" for e in entities], "user_id": [f"u{u}" for u in users],
+        "source_item_id": [f"e{e % 20}" for e in entities], "query": ["robot"] * n, "category": ["action"] * n,
+        "clicked": clicks,
+    })
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(logs=logs_strategy(), negatives=st.integers(0, 3))
+def test_no_leakage_from_the_future(config, logs, negatives):
+    """Every training row is strictly older than every validation row, itself older than every test row;
+    sampled negatives stay in their positive's split and time."""
+    cfg = dataclasses.replace(config, canvases=tuple(dataclasses.replace(c, negatives=negatives) for c in config.canvases))
+    labels = prepare_labels(logs, CATALOGUE, cfg)
+    rows = pl.concat(list(labels.canvases.values()))
+    first_valid, first_test = labels.cutoffs
+    by_split = {s: rows.filter(pl.col("split") == s)["ts"] for s in SPLITS}
+    assert (by_split["train"] < first_valid).all()
+    assert ((by_split["valid"] >= first_valid) & (by_split["valid"] < first_test)).all()
+    assert (by_split["test"] >= first_test).all()
+    if len(by_split["train"]) and len(by_split["valid"]):
+        assert by_split["train"].max() < by_split["valid"].min()
+    if len(by_split["valid"]) and len(by_split["test"]):
+        assert by_split["valid"].max() < by_split["test"].min()
+    # nothing about unknown entities survives, and negatives never duplicate a logged positive
+    assert rows["entity_id"].is_in(CATALOGUE["entity_id"].implode()).all()
+    positives = rows.filter(pl.col("clicked") == 1).select("request_id", "entity_id")
+    negs = rows.filter(pl.col("clicked") == 0).select("request_id", "entity_id")
+    assert positives.join(negs, on=["request_id", "entity_id"], how="inner").height == 0 or negatives == 0
+
+
+def test_cleaning_drops_bots_duplicates_and_unused_objectives(config, world):
+    catalogue, logs = world
+    labels = prepare_labels(logs, catalogue, config)
+    total_dropped = {k: sum(v.get(k, 0) for v in labels.dropped.values()) for k in ("bot_rows", "duplicates")}
+    assert total_dropped["bot_rows"] > 0 and total_dropped["duplicates"] > 0
+    for frame in labels.canvases.values():
+        assert not frame["user_id"].cast(pl.String).str.starts_with("bot").any()
+        assert frame.select("request_id", "entity_id").is_unique().all()
+    # search does not declare watch: its watch labels are masked (null), even though the log has them
+    assert labels.canvases["search"]["watch_seconds"].null_count() == labels.canvases["search"].height
+    assert labels.canvases["home"]["watch_seconds"].drop_nulls().len() > 0
+    # related never sees a language, and gets the source title as its query
+    related = labels.canvases["related"]
+    assert related["language"].null_count() == related.height
+    titles = dict(catalogue.select("entity_id", "title").iter_rows())
+    assert related.select("source_item_id", "query").iter_rows().__next__()[1] == titles[related["source_item_id"][0]]
+
+
+def test_merge_follows_the_configured_mixture(config):
+    rng = np.random.default_rng(0)
+    train = {c.name: pl.DataFrame({"canvas": [c.name] * n, "x": rng.random(n)})
+             for c, n in zip(config.canvases, [5000, 300, 2000, 40], strict=True)}
+    merged, record = stratified_merge(train, config, total_rows=4000, seed=1)
+    mix_sum = sum(c.mix for c in config.canvases)
+    assert merged.height == 4000
+    for c in config.canvases:
+        share = (merged["canvas"] == c.name).mean()
+        assert abs(share - c.mix / mix_sum) < 1e-3
+        assert record[c.name]["rows"] == (merged["canvas"] == c.name).sum()
+        assert record[c.name]["replacement"] == (record[c.name]["rows"] > record[c.name]["available"])
+    # a large canvas cannot drown a small one: browse (40 rows) is upsampled to its share
+    assert record["browse"]["replacement"] and not record["home"]["replacement"]
+    again, _ = stratified_merge(train, config, total_rows=4000, seed=1)
+    assert again.equals(merged)
+
+
+def test_prepared_manifest_records_mixture_and_counts(prepared, config):
+    m = prepared.manifest
+    assert set(m["mixture"]) == set(config.canvas_names)
+    assert m["merged_rows"] == prepared.merged_train.height
+    for canvas, counts in m["rows"].items():
+        assert sum(counts.values()) == prepared.canvases[canvas].height

@@ -124,3 +124,15 @@ def test_fingerprint_changes_with_the_contract(config):
     b = ContextSchema.from_config(dataclasses.replace(config, schema_version=2))
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == ContextSchema.from_config(config).fingerprint()
+
+
+def test_declaration_order_survives_a_json_round_trip(tmp_path, config):
+    """Canvas order defines task_type indices and objective order the label columns: saving a config
+    with a model must never reorder them (e.g. by sorting keys)."""
+    from monorec.artifacts import read_json, write_json
+
+    write_json(tmp_path / "c.json", config.to_dict())
+    again = parse_config(read_json(tmp_path / "c.json"))
+    assert again.canvas_names == config.canvas_names == ("home", "related", "search", "browse")
+    assert [o.name for o in again.objectives] == [o.name for o in config.objectives]
+    assert again == config

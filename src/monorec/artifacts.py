@@ -42,7 +42,8 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
 
 def write_json(path: str | Path, payload: Any) -> None:
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        # keys keep their insertion order: a config's canvas order is the task_type index
+        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def read_json(path: str | Path) -> Any:

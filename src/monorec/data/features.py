@@ -152,10 +152,10 @@ class Featurizer:
 
     @staticmethod
     def _index(values: pl.Series, vocab: list[str]) -> np.ndarray:
-        mapped = values.cast(pl.String).replace_strict(
-            vocab, list(range(2, len(vocab) + 2)), default=UNKNOWN_INDEX, return_dtype=pl.Int64
-        )
-        return mapped.fill_null(MISSING_INDEX).to_numpy().astype(np.int64)
+        strings = values.cast(pl.String)
+        mapped = strings.replace_strict(vocab, list(range(2, len(vocab) + 2)), default=UNKNOWN_INDEX, return_dtype=pl.Int64)
+        # replace_strict sends nulls to the default too: a missing value is the sentinel, not "unknown"
+        return np.where(strings.is_null().to_numpy(), MISSING_INDEX, mapped.to_numpy()).astype(np.int64)
 
     def _vocab_for(self, field: str) -> list[str]:
         spec = self.config.field(field)
@@ -173,7 +173,6 @@ class Featurizer:
         out: ContextArrays = {}
         for f in cfg.fields:
             col = frame[f.name] if f.name in frame.columns else pl.Series(f.name, [None] * n)
-            # a value whose MISSING sentinel literal was sent in is the sentinel, not a real value
             if f.kind in ("id", "categorical"):
                 out[f.name] = self._index(col, self._vocab_for(f.name))
             elif f.kind == "text":

@@ -1,0 +1,64 @@
+import numpy as np
+import polars as pl
+
+from monorec.data.features import MISSING_INDEX, UNKNOWN_INDEX, Featurizer, hash_texts, tokenize
+
+
+def test_tokenize_words_then_trigrams():
+    assert tokenize("Robot, NIGHT!")[:2] == ["robot", "night"]
+    assert "#ro" in tokenize("robot") and "ot#" in tokenize("robot")
+    assert tokenize("") == []
+
+
+def test_hashing_is_stable_and_padded():
+    a = hash_texts(["galaxy robot", None, ""], buckets=1000, max_tokens=6)
+    assert a.shape == (3, 6)
+    assert (a[1] == 0).all() and (a[2] == 0).all()
+    assert (a[0] > 0).all() and (a[0] < 1000).all()
+    # crc32, not Python's salted hash(): the same across processes (pinned value)
+    assert hash_texts(["robot"], 1000, 1)[0, 0] == 1 + __import__("zlib").crc32(b"robot") % 999
+
+
+def test_fit_uses_train_only_and_round_trips(tmp_path, config, prepared):
+    train = prepared.rows("train")
+    test = prepared.rows("test")
+    fz = Featurizer(config).fit(train, prepared.catalogue)
+    fz.save(tmp_path / "f.json")
+    loaded = Featurizer.load(config, tmp_path / "f.json")
+    for frame in (train.head(200), test.head(200)):
+        a, b = fz.transform_context(frame), loaded.transform_context(frame)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+        np.testing.assert_array_equal(fz.transform_labels(frame), loaded.transform_labels(frame))
+    ia, ib = fz.transform_catalogue(prepared.catalogue), loaded.transform_catalogue(prepared.catalogue)
+    for k in ("entity", "entity_type", "categories", "title", "numeric"):
+        np.testing.assert_array_equal(getattr(ia, k), getattr(ib, k))
+    # users first seen after the training period are unknown (cold start), never a fitted index
+    train_users = set(train["user_id"].drop_nulls().to_list())
+    new = test.filter(~pl.col("user_id").is_in(list(train_users)) & pl.col("user_id").is_not_null())
+    if new.height:
+        assert (fz.transform_context(new)["user_id"] == UNKNOWN_INDEX).all()
+
+
+def test_sentinels_unknown_and_numeric_missing(config, prepared):
+    fz = Featurizer(config).fit(prepared.rows("train"), prepared.catalogue)
+    frame = pl.DataFrame({
+        "task_type": ["home", "search"], "user_id": ["never-seen", None], "hour": [12.0, None],
+        "query": [None, "galaxy robot"],
+    })
+    ctx = fz.transform_context(frame)
+    assert ctx["user_id"].tolist() == [UNKNOWN_INDEX, MISSING_INDEX]
+    assert ctx["country"].tolist() == [MISSING_INDEX, MISSING_INDEX]  # absent column -> sentinel
+    assert ctx["hour"].shape == (2, 2) and ctx["hour"][1].tolist() == [0.0, 1.0]  # (value, missing flag)
+    assert ctx["task_type"].tolist() == [0, 2]
+    assert (ctx["query"][0] == 0).all() and (ctx["query"][1] > 0).any()
+
+
+def test_regression_labels_are_standardized_on_train(config, prepared):
+    train = prepared.rows("train")
+    fz = Featurizer(config).fit(train, prepared.catalogue)
+    j = [o.name for o in config.objectives].index("watch")
+    y = fz.transform_labels(train)[:, j]
+    observed = y[~np.isnan(y)]
+    assert abs(observed.mean()) < 1e-3 and abs(observed.std() - 1) < 1e-2

@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from monorec.data.features import Featurizer
+from monorec.models.losses import (
+    FixedWeighting,
+    UncertaintyWeighting,
+    masked_objective_losses,
+    sampled_softmax_loss,
+)
+from monorec.models.model import build_model, model_kwargs
+from monorec.models.multitask import MMoE, PLE, SharedBottom, TaskTowers, build_bottom
+
+BOTTOMS = {
+    "shared_bottom": lambda: SharedBottom(12, [10, 8], n_tasks=3),
+    "mmoe": lambda: MMoE(12, [8], n_tasks=3, n_experts=4),
+    "ple": lambda: PLE(12, [8], n_tasks=3, n_shared=2, n_own=1, levels=2),
+}
+
+
+@pytest.mark.parametrize("kind", BOTTOMS)
+@pytest.mark.parametrize("batch", [1, 7])
+def test_bottom_shapes(kind, batch):
+    torch.manual_seed(0)
+    bottom = BOTTOMS[kind]()
+    out = bottom(torch.randn(batch, 12))
+    assert out.shape == (3, batch, 8)
+    assert bottom.out_dim == 8
+
+
+@pytest.mark.parametrize("kind", BOTTOMS)
+def test_tasks_get_different_representations_except_shared_bottom(kind):
+    torch.manual_seed(0)
+    out = BOTTOMS[kind]()(torch.randn(5, 12))
+    same = torch.allclose(out[0], out[1])
+    assert same == (kind == "shared_bottom")
+
+
+def test_build_bottom_rejects_unknown():
+    with pytest.raises(ValueError, match="unknown bottom"):
+        build_bottom("transformer", in_dim=4, hidden=[4], n_tasks=2)
+
+
+def test_towers_for_rows_equals_all_towers_gathered():
+    torch.manual_seed(0)
+    towers = TaskTowers(8, [6], n_tasks=3, n_heads=2)
+    h = torch.randn(3, 9, 8)
+    task = torch.tensor([0, 2, 1, 1, 0, 2, 2, 0, 1])
+    expected = towers(h)[task, torch.arange(9)]
+    torch.testing.assert_close(towers.for_rows(h, task), expected)
+    assert towers.for_rows(h[:, :1], task[:1]).shape == (1, 2)
+
+
+def test_masked_losses_ignore_unobserved_labels():
+    logits = torch.tensor([[2.0, 0.5], [-1.0, 3.0], [0.0, -2.0]], requires_grad=True)
+    labels = torch.tensor([[1.0, float("nan")], [0.0, 1.5], [float("nan"), float("nan")]])
+    losses, counts = masked_objective_losses(logits, labels, binary=[True, False])
+    assert counts.tolist() == [2, 1]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([2.0, -1.0]), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(losses[0], bce)
+    torch.testing.assert_close(losses[1], torch.tensor((3.0 - 1.5) ** 2))
+    losses.sum().backward()
+    assert logits.grad is not None
+    assert logits.grad[2].abs().sum() == 0  # an all-unobserved row gets no gradient
+    assert logits.grad[0, 1] == 0
+
+
+def test_sampled_softmax_matches_a_reference_and_masks_accidental_hits():
+    torch.manual_seed(0)
+    q, p, n = torch.randn(4, 5), torch.randn(4, 5), torch.randn(3, 5)
+    pid, nid = torch.tensor([0, 1, 1, 2]), torch.tensor([7, 1, 9])
+    logq = torch.tensor([0.1, 0.2, 0.2, 0.3])
+    got = sampled_softmax_loss(q, p, pid, logq, n, nid, 0.5, temperature=0.1)
+    rows = []
+    for i in range(4):
+        cands = [(q[i] @ p[j] / 0.1 - logq[j]) for j in range(4) if j == i or pid[j] != pid[i]]
+        cands += [(q[i] @ n[m] / 0.1 - 0.5) for m in range(3) if nid[m] != pid[i]]
+        pos = q[i] @ p[i] / 0.1 - logq[i]
+        rows.append(torch.logsumexp(torch.stack(cands), 0) - pos)
+    torch.testing.assert_close(got, torch.stack(rows).mean())
+
+
+def test_loss_weightings():
+    losses, present = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 0.0, 1.0])
+    assert FixedWeighting([1.0, 5.0, 0.5])(losses, present).item() == pytest.approx(2.5)
+    uw = UncertaintyWeighting(3)
+    assert uw(losses, present).item() == pytest.approx(4.0)  # s = 0: plain sum of present losses
+    with torch.no_grad():
+        uw.log_vars.fill_(1.0)
+    assert uw(losses, present).item() == pytest.approx(4.0 * torch.exp(torch.tensor(-1.0)).item() + 2.0)
+
+
+@pytest.mark.parametrize("bottom", ["shared_bottom", "mmoe", "ple"])
+def test_full_model_forward_batch_of_one_and_blend(config, prepared, bottom):
+    import dataclasses
+
+    cfg = dataclasses.replace(config, model=dataclasses.replace(config.model, bottom=bottom))
+    fz = Featurizer(cfg).fit(prepared.rows("train"), prepared.catalogue)
+    model = build_model(model_kwargs(cfg, fz)).eval()
+    rows = prepared.rows("test").head(1)
+    ctx = {k: torch.as_tensor(v) for k, v in fz.transform_context(rows).items()}
+    items = fz.transform_catalogue(prepared.catalogue)
+    item = {k: torch.as_tensor(getattr(items, k)[:1]) for k in ("entity", "entity_type", "categories", "title", "numeric")}
+    ce, ie, logits = model(ctx, item)
+    assert ce.shape == (1, cfg.model.retrieval_dim) and ie.shape == ce.shape
+    assert logits.shape == (1, len(cfg.objectives))
+    torch.testing.assert_close(ce.norm(dim=1), torch.ones(1))
+    score = model.blend_scores(logits, ctx["task_type"])
+    canvas = cfg.canvas(rows["canvas"][0])
+    probs = torch.sigmoid(logits[0])
+    expected = sum(canvas.blend.get(o.name, 0.0) * probs[j] for j, o in enumerate(cfg.objectives))
+    torch.testing.assert_close(score[0], torch.as_tensor(expected, dtype=torch.float32))

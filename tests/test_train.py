@@ -1,0 +1,70 @@
+import dataclasses
+
+import torch
+
+from monorec.evaluation.evaluate import evaluate_bundle
+from monorec.train import train
+
+
+def _weights(bundle):
+    return {k: v.clone() for k, v in bundle.model.state_dict().items()}
+
+
+def test_training_is_seeded_and_reproducible(config, prepared):
+    cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1))
+    a, b = _weights(train(cfg, prepared, progress=False)), _weights(train(cfg, prepared, progress=False))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_training_learns_and_records_history(trained, prepared, config):
+    history = trained.meta["history"]
+    assert len(history) >= 1 and history[-1]["loss"] < history[0]["loss"] * 1.5
+    assert trained.meta["best_epoch"] in range(config.train.epochs)
+    assert set(trained.meta["mixture"]) == set(config.canvas_names)
+    report = evaluate_bundle(trained, prepared, "test")
+    for canvas in config.canvas_names:
+        m = report["canvases"][canvas]
+        assert 0.0 <= m["ndcg@10"] <= 1.0 and m["requests"] > 0
+        assert "click" in m["objectives"] and 0.0 <= m["objectives"]["click"]["auc"] <= 1.0
+
+
+def test_embedding_tables_get_row_wise_sparse_updates(config, prepared):
+    """Only rows used by a batch move: a dense optimizer would drift every row (Adam moments, decay)."""
+    from monorec.data.features import Featurizer
+    from monorec.models.model import build_model, model_kwargs
+    from monorec.train import TrainingData, TrainStep
+
+    fz = Featurizer(config).fit(prepared.rows("train"), prepared.catalogue)
+    model = build_model(model_kwargs(config, fz))
+    data = TrainingData.build(config, fz, prepared.merged(config.canvas_names), prepared.catalogue, torch.device("cpu"))
+    step = TrainStep(model, config, data, torch.Generator().manual_seed(0))
+    kinds = []
+    model.tables.text.weight.register_hook(lambda g: kinds.append(g.is_sparse))
+    model.tables.tables["entity"].weight.register_hook(lambda g: kinds.append(g.is_sparse))
+    before = model.tables.text.weight.detach().clone()
+    step.step(torch.arange(8))
+    assert kinds and all(kinds)  # gradients of the tables are sparse (row-wise)
+    changed = (model.tables.text.weight.detach() != before).any(dim=1)
+    anywhere = set(data.ctx["query"].flatten().tolist()) | set(data.items["title"].flatten().tolist())
+    assert int(changed.sum()) > 0
+    assert set(changed.nonzero().flatten().tolist()) <= anywhere - {0}  # unused buckets never move
+
+
+def test_checkpoint_resume_continues_where_it_stopped(tmp_path, config, prepared):
+    one = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1, patience=5))
+    two = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2, patience=5))
+    train(one, prepared, checkpoint_dir=tmp_path, progress=False)
+    resumed = train(two, prepared, checkpoint_dir=tmp_path, progress=False)
+    straight = train(two, prepared, checkpoint_dir=tmp_path / "fresh", progress=False)
+    assert [h["epoch"] for h in resumed.meta["history"]] == [0, 1]
+    for k, v in _weights(straight).items():
+        torch.testing.assert_close(_weights(resumed)[k], v)
+
+
+def test_baseline_mode_trains_one_canvas(config, prepared):
+    bundle = train(config, prepared, canvases=("search",), progress=False)
+    assert bundle.config.canvas_names == ("search",)
+    assert bundle.model.n_tasks == 1
+    assert bundle.meta["train_rows"] == prepared.merged(("search",)).height

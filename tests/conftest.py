@@ -21,8 +21,15 @@ def tiny_config() -> ProjectConfig:
     cfg = load_config(default_config("synthetic"))
     return dataclasses.replace(
         cfg,
-        model=dataclasses.replace(cfg.model, embedding_dim=8, retrieval_dim=16, tower_hidden=(16,), expert_hidden=(16,),
-                                  canvas_tower_hidden=(8,), text_buckets=1024),
+        model=dataclasses.replace(
+            cfg.model,
+            embedding_dim=8,
+            retrieval_dim=16,
+            tower_hidden=(16,),
+            expert_hidden=(16,),
+            canvas_tower_hidden=(8,),
+            text_buckets=1024,
+        ),
         train=dataclasses.replace(cfg.train, epochs=2, batch_size=128, val_requests=30, random_negatives=32),
         evaluate=dataclasses.replace(cfg.evaluate, max_requests=50, retrieval_depth=20),
     )

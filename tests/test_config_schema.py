@@ -103,19 +103,26 @@ def test_normalize_rejects_bad_requests_naming_the_field(schema, canvas, context
 
 def test_frame_contract_matches_request_contract(schema):
     """Training rows (vectorized) and requests (one by one) must see the same context."""
-    catalogue = pl.DataFrame({"entity_id": ["m1"], "entity_type": ["movie"], "title": ["Galaxy Robot"], "categories": ["scifi"]})
-    frame = pl.DataFrame({
-        "canvas": ["related", "home", "search"],
-        "user_id": ["u1", "u2", "u3"],
-        "source_item_id": ["m1", "m1", None],
-        "query": [None, "dropped", "robot"],
-        "hour": [3.0, 4.0, 5.0],
-    })
+    catalogue = pl.DataFrame(
+        {"entity_id": ["m1"], "entity_type": ["movie"], "title": ["Galaxy Robot"], "categories": ["scifi"]}
+    )
+    frame = pl.DataFrame(
+        {
+            "canvas": ["related", "home", "search"],
+            "user_id": ["u1", "u2", "u3"],
+            "source_item_id": ["m1", "m1", None],
+            "query": [None, "dropped", "robot"],
+            "hour": [3.0, 4.0, 5.0],
+        }
+    )
     out = schema.apply_to_frame(frame, catalogue)
     for row in out.iter_rows(named=True):
         context = {k: row[k] for k in ("user_id", "source_item_id", "query", "hour") if row[k] is not None}
-        expected = schema.normalize(row["canvas"], {**context, "query": frame.filter(pl.col("user_id") == row["user_id"])["query"][0]},
-                                    titles={"m1": "Galaxy Robot"}.get)
+        expected = schema.normalize(
+            row["canvas"],
+            {**context, "query": frame.filter(pl.col("user_id") == row["user_id"])["query"][0]},
+            titles={"m1": "Galaxy Robot"}.get,
+        )
         assert {k: row[k] for k in schema.field_names} == {k: expected[k] for k in schema.field_names}
 
 

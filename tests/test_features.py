@@ -43,10 +43,14 @@ def test_fit_uses_train_only_and_round_trips(tmp_path, config, prepared):
 
 def test_sentinels_unknown_and_numeric_missing(config, prepared):
     fz = Featurizer(config).fit(prepared.rows("train"), prepared.catalogue)
-    frame = pl.DataFrame({
-        "task_type": ["home", "search"], "user_id": ["never-seen", None], "hour": [12.0, None],
-        "query": [None, "galaxy robot"],
-    })
+    frame = pl.DataFrame(
+        {
+            "task_type": ["home", "search"],
+            "user_id": ["never-seen", None],
+            "hour": [12.0, None],
+            "query": [None, "galaxy robot"],
+        }
+    )
     ctx = fz.transform_context(frame)
     assert ctx["user_id"].tolist() == [UNKNOWN_INDEX, MISSING_INDEX]
     assert ctx["country"].tolist() == [MISSING_INDEX, MISSING_INDEX]  # absent column -> sentinel

@@ -8,12 +8,14 @@ from hypothesis import strategies as st
 from monorec.data.labels import SPLITS, prepare_labels
 from monorec.data.merge import stratified_merge
 
-CATALOGUE = pl.DataFrame({
-    "entity_id": [f"e{i}" for i in range(20)],
-    "entity_type": ["movie"] * 20,
-    "title": [f"title {i}" for i in range(20)],
-    "categories": ["action"] * 20,
-})
+CATALOGUE = pl.DataFrame(
+    {
+        "entity_id": [f"e{i}" for i in range(20)],
+        "entity_type": ["movie"] * 20,
+        "title": [f"title {i}" for i in range(20)],
+        "categories": ["action"] * 20,
+    }
+)
 
 
 @st.composite
@@ -24,11 +26,18 @@ def logs_strategy(draw):
     entities = draw(st.lists(st.integers(0, 24), min_size=n, max_size=n))  # some unknown to the catalogue
     users = draw(st.lists(st.integers(0, 5), min_size=n, max_size=n))
     clicks = draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=n, max_size=n))
-    return pl.DataFrame({
-        "ts": ts, "canvas": canvases, "entity_id": [f"e{e}" for e in entities], "user_id": [f"u{u}" for u in users],
-        "source_item_id": [f"e{e % 20}" for e in entities], "query": ["robot"] * n, "category": ["action"] * n,
-        "clicked": clicks,
-    })
+    return pl.DataFrame(
+        {
+            "ts": ts,
+            "canvas": canvases,
+            "entity_id": [f"e{e}" for e in entities],
+            "user_id": [f"u{u}" for u in users],
+            "source_item_id": [f"e{e % 20}" for e in entities],
+            "query": ["robot"] * n,
+            "category": ["action"] * n,
+            "clicked": clicks,
+        }
+    )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -36,7 +45,9 @@ def logs_strategy(draw):
 def test_no_leakage_from_the_future(config, logs, negatives):
     """Every training row is strictly older than every validation row, itself older than every test row;
     sampled negatives stay in their positive's split and time."""
-    cfg = dataclasses.replace(config, canvases=tuple(dataclasses.replace(c, negatives=negatives) for c in config.canvases))
+    cfg = dataclasses.replace(
+        config, canvases=tuple(dataclasses.replace(c, negatives=negatives) for c in config.canvases)
+    )
     labels = prepare_labels(logs, CATALOGUE, cfg)
     rows = pl.concat(list(labels.canvases.values()))
     first_valid, first_test = labels.cutoffs
@@ -75,8 +86,10 @@ def test_cleaning_drops_bots_duplicates_and_unused_objectives(config, world):
 
 def test_merge_follows_the_configured_mixture(config):
     rng = np.random.default_rng(0)
-    train = {c.name: pl.DataFrame({"canvas": [c.name] * n, "x": rng.random(n)})
-             for c, n in zip(config.canvases, [5000, 300, 2000, 40], strict=True)}
+    train = {
+        c.name: pl.DataFrame({"canvas": [c.name] * n, "x": rng.random(n)})
+        for c, n in zip(config.canvases, [5000, 300, 2000, 40], strict=True)
+    }
     merged, record = stratified_merge(train, config, total_rows=4000, seed=1)
     mix_sum = sum(c.mix for c in config.canvases)
     assert merged.height == 4000

@@ -32,11 +32,17 @@ def test_ranking_metrics_match_reference(data):
     n_items, k = 30, data.draw(st.integers(1, 12))
     rows = data.draw(st.integers(1, 8))
     ranked = [data.draw(st.permutations(range(n_items)))[:12] for _ in range(rows)]
-    relevant = [data.draw(st.lists(st.integers(0, n_items - 1), min_size=1, max_size=6, unique=True)) for _ in range(rows)]
+    relevant = [
+        data.draw(st.lists(st.integers(0, n_items - 1), min_size=1, max_size=6, unique=True)) for _ in range(rows)
+    ]
     topk = np.array(ranked)
     rel = [np.array(r) for r in relevant]
-    np.testing.assert_allclose(recall_at_k(topk, rel, k), [ref_recall(a, b, k) for a, b in zip(ranked, relevant, strict=True)])
-    np.testing.assert_allclose(ndcg_at_k(topk, rel, k), [ref_ndcg(a, b, k) for a, b in zip(ranked, relevant, strict=True)])
+    np.testing.assert_allclose(
+        recall_at_k(topk, rel, k), [ref_recall(a, b, k) for a, b in zip(ranked, relevant, strict=True)]
+    )
+    np.testing.assert_allclose(
+        ndcg_at_k(topk, rel, k), [ref_ndcg(a, b, k) for a, b in zip(ranked, relevant, strict=True)]
+    )
 
 
 @settings(max_examples=100, deadline=None)

@@ -9,7 +9,7 @@ from monorec.models.losses import (
     sampled_softmax_loss,
 )
 from monorec.models.model import build_model, model_kwargs
-from monorec.models.multitask import MMoE, PLE, SharedBottom, TaskTowers, build_bottom
+from monorec.models.multitask import PLE, MMoE, SharedBottom, TaskTowers, build_bottom
 
 BOTTOMS = {
     "shared_bottom": lambda: SharedBottom(12, [10, 8], n_tasks=3),
@@ -100,7 +100,9 @@ def test_full_model_forward_batch_of_one_and_blend(config, prepared, bottom):
     rows = prepared.rows("test").head(1)
     ctx = {k: torch.as_tensor(v) for k, v in fz.transform_context(rows).items()}
     items = fz.transform_catalogue(prepared.catalogue)
-    item = {k: torch.as_tensor(getattr(items, k)[:1]) for k in ("entity", "entity_type", "categories", "title", "numeric")}
+    item = {
+        k: torch.as_tensor(getattr(items, k)[:1]) for k in ("entity", "entity_type", "categories", "title", "numeric")
+    }
     ce, ie, logits = model(ctx, item)
     assert ce.shape == (1, cfg.model.retrieval_dim) and ie.shape == ce.shape
     assert logits.shape == (1, len(cfg.objectives))

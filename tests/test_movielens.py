@@ -11,7 +11,11 @@ from monorec.pipeline import default_config
 from tests.conftest import SHARED_DATA
 
 RATINGS = [(1, 10, 4.0, 100), (1, 20, 2.0, 110), (1, 30, 5.0, 120), (2, 20, 4.5, 105), (2, 30, 3.0, 130)]
-MOVIES = [(10, "Toy Story (1995)", "Animation|Comedy"), (20, "Heat (1995)", "Action|Crime"), (30, "Fargo (1996)", "Crime")]
+MOVIES = [
+    (10, "Toy Story (1995)", "Animation|Comedy"),
+    (20, "Heat (1995)", "Action|Crime"),
+    (30, "Fargo (1996)", "Crime"),
+]
 
 
 @pytest.fixture
@@ -28,8 +32,9 @@ def _check(catalogue, logs, ml_config, with_search):
     assert counts["related"] == 3  # every rating after a user's first
     assert ("search" in counts) == with_search
     related = logs.filter(pl.col("canvas") == "related").sort("ts")
-    assert related.select("user_id", "source_item_id", "entity_id").row(0) == ("u2", None, None) or \
-        related.select("source_item_id", "entity_id").row(0) == ("m10", "m20")
+    assert related.select("user_id", "source_item_id", "entity_id").row(0) == ("u2", None, None) or related.select(
+        "source_item_id", "entity_id"
+    ).row(0) == ("m10", "m20")
     home = logs.filter(pl.col("canvas") == "home").sort("ts")
     assert home["liked"].to_list() == [1.0, 1.0, 0.0, 1.0, 0.0]
     browse = logs.filter(pl.col("canvas") == "browse")
@@ -38,7 +43,9 @@ def _check(catalogue, logs, ml_config, with_search):
 
 
 def test_ml_latest_format(tmp_path, ml_config):
-    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(",".join(map(str, r)) for r in RATINGS))
+    (tmp_path / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n" + "\n".join(",".join(map(str, r)) for r in RATINGS)
+    )
     (tmp_path / "movies.csv").write_text("movieId,title,genres\n" + "\n".join(f'{m},"{t}",{g}' for m, t, g in MOVIES))
     (tmp_path / "tags.csv").write_text("userId,movieId,tag,timestamp\n1,30,dark comedy,125\n2,10,pixar,106\n")
     catalogue, logs = read_movielens(tmp_path)
@@ -61,7 +68,7 @@ def test_ml_100k_format(tmp_path, ml_config):
     lines = []
     for m, t, g in MOVIES:
         flags = ["1" if name in g.split("|") else "0" for name in ML100K_GENRES]
-        lines.append("|".join([str(m), t, "01-Jan-1995", "", "http://x"] + flags))
+        lines.append("|".join([str(m), t, "01-Jan-1995", "", "http://x", *flags]))
     (tmp_path / "u.item").write_bytes("\n".join(lines).encode("latin-1"))
     _check(*read_movielens(tmp_path), ml_config, with_search=False)
 

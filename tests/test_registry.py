@@ -86,7 +86,10 @@ def test_registry_gate_refuses_a_regression(tmp_path, trained):
 
 
 def test_gate_compares_canvas_by_canvas():
-    base = {"k": 10, "canvases": {"home": {"recall@10": 0.3, "ndcg@10": 0.2}, "search": {"recall@10": 0.5, "ndcg@10": 0.4}}}
+    base = {
+        "k": 10,
+        "canvases": {"home": {"recall@10": 0.3, "ndcg@10": 0.2}, "search": {"recall@10": 0.5, "ndcg@10": 0.4}},
+    }
     better = json.loads(json.dumps(base))
     better["canvases"]["home"]["recall@10"] = 0.35
     assert compare_reports(better, base, tolerance=0.0).passed

@@ -58,7 +58,12 @@ def test_missing_objective_column(config):
 
 
 def _catalogue(**overrides):
-    base = {"entity_id": ["a", "b"], "entity_type": ["movie", "series"], "title": ["A", "B"], "categories": ["x", "y|z"]}
+    base = {
+        "entity_id": ["a", "b"],
+        "entity_type": ["movie", "series"],
+        "title": ["A", "B"],
+        "categories": ["x", "y|z"],
+    }
     base.update(overrides)
     return pl.DataFrame(base)
 

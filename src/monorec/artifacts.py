@@ -78,7 +78,9 @@ def atomic_dir(path: str | Path, *, manifest: dict[str, Any] | None = None, over
     try:
         yield tmp
         files = {
-            str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != MANIFEST
+            str(p.relative_to(tmp)): file_sha256(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file() and p.name != MANIFEST
         }
         write_json(tmp / MANIFEST, {**(manifest or {}), "files": files})
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700 directories

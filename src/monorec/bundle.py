@@ -22,7 +22,7 @@ from monorec.errors import ArtifactError
 from monorec.models.model import MonorecModel, build_model
 from monorec.schema import ContextSchema
 
-__all__ = ["ModelBundle", "item_tensors", "context_tensors"]
+__all__ = ["ModelBundle", "context_tensors", "item_tensors"]
 
 
 def item_tensors(items: ItemArrays, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -68,7 +68,9 @@ class ModelBundle:
     def save(self, path: str | Path, *, overwrite: bool = True, extra: dict[str, Any] | None = None) -> Path:
         """Writes the bundle atomically (a complete directory or nothing); ``extra`` maps file names to
         JSON payloads written inside it (covered by the manifest's checksums)."""
-        with atomic_dir(path, manifest={"kind": "model", "schema": self.schema.fingerprint()}, overwrite=overwrite) as tmp:
+        with atomic_dir(
+            path, manifest={"kind": "model", "schema": self.schema.fingerprint()}, overwrite=overwrite
+        ) as tmp:
             write_json(tmp / "config.json", self.config.to_dict())
             write_json(tmp / "schema.json", self.schema.to_dict())
             self.featurizer.save(tmp / "featurizer.json")
@@ -94,7 +96,7 @@ class ModelBundle:
         kwargs = read_json(path / "model.json")
         model = build_model(kwargs)
         try:
-            missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True, device=device)
+            load_model(model, str(path / "model.safetensors"), strict=True, device=device)
         except (RuntimeError, OSError, ValueError) as exc:
             raise ArtifactError(f"{path}: weights do not load into the model: {exc}") from None
         model.to(device).eval()

@@ -1,12 +1,12 @@
 """``monorec``: a thin command line over the library.
 
-    monorec demo       [--workdir DIR] [--quick]
-    monorec generate   --out DIR [--users N --items N --requests N --seed S]
-    monorec prepare    --data DIR --out DIR [--config FILE]
-    monorec train      --prepared DIR --out DIR [--canvas NAME ...] [--device cpu|cuda]
-    monorec evaluate   --run DIR --prepared DIR --out DIR [--split test]
-    monorec publish    --run DIR --metrics FILE --registry DIR [--tolerance T] [--force]
-    monorec config check FILE [FILE ...]
+monorec demo       [--workdir DIR] [--quick]
+monorec generate   --out DIR [--users N --items N --requests N --seed S]
+monorec prepare    --data DIR --out DIR [--config FILE]
+monorec train      --prepared DIR --out DIR [--canvas NAME ...] [--device cpu|cuda]
+monorec evaluate   --run DIR --prepared DIR --out DIR [--split test]
+monorec publish    --run DIR --metrics FILE --registry DIR [--tolerance T] [--force]
+monorec config check FILE [FILE ...]
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="labels per canvas, time split, stratified merge")
     pr.add_argument("--data", required=True, help="a dataset folder or a MovieLens folder")
     pr.add_argument("--out", required=True)
-    pr.add_argument("--config", help="project config (default: the synthetic world's, or MovieLens's for MovieLens data)")
+    pr.add_argument(
+        "--config", help="project config (default: the synthetic world's, or MovieLens's for MovieLens data)"
+    )
 
     t = sub.add_parser("train", help="train the model (or one dedicated model with --canvas)")
     t.add_argument("--prepared", required=True)
@@ -114,9 +116,17 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "train":
         cfg = load_config(args.config) if args.config else None
-        bundle = pipeline.train_stage(args.prepared, args.out, config=cfg, canvases=tuple(args.canvas) if args.canvas else None,
-                                      device=args.device)
-        print(f"best epoch {bundle.meta['best_epoch'] + 1}, validation ndcg {bundle.meta['best_val_ndcg']:.4f}; wrote {args.out}")
+        bundle = pipeline.train_stage(
+            args.prepared,
+            args.out,
+            config=cfg,
+            canvases=tuple(args.canvas) if args.canvas else None,
+            device=args.device,
+        )
+        print(
+            f"best epoch {bundle.meta['best_epoch'] + 1}, "
+            f"validation ndcg {bundle.meta['best_val_ndcg']:.4f}; wrote {args.out}"
+        )
         return 0
     if args.command == "evaluate":
         from monorec.evaluation.report import comparison_table
@@ -126,7 +136,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}/metrics.json and report.md")
         return 0
     if args.command == "publish":
-        version = pipeline.publish_stage(args.run, args.metrics, args.registry, tolerance=args.tolerance, force=args.force)
+        version = pipeline.publish_stage(
+            args.run, args.metrics, args.registry, tolerance=args.tolerance, force=args.force
+        )
         print(f"published {version} to {args.registry} (live)")
         return 0
     raise AssertionError(args.command)

@@ -312,8 +312,18 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
     """
     p = _Problems()
     for key in raw:
-        if key not in {"project", "catalogue", "context", "objectives", "canvases", "labels", "split",
-                       "model", "train", "evaluate"}:
+        if key not in {
+            "project",
+            "catalogue",
+            "context",
+            "objectives",
+            "canvases",
+            "labels",
+            "split",
+            "model",
+            "train",
+            "evaluate",
+        }:
             p.add(key, "unknown section")
     project = raw.get("project", {})
     name = project.get("name") if isinstance(project, dict) else None
@@ -402,12 +412,18 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
         p.add("canvases", "declare at least one canvas")
 
     sections: dict[str, Any] = {}
-    for key, cls in (("labels", LabelSpec), ("split", SplitSpec), ("model", ModelSpec), ("train", TrainSpec),
-                     ("evaluate", EvaluateSpec)):
+    for key, cls in (
+        ("labels", LabelSpec),
+        ("split", SplitSpec),
+        ("model", ModelSpec),
+        ("train", TrainSpec),
+        ("evaluate", EvaluateSpec),
+    ):
         sections[key] = _parse_dataclass(cls, raw.get(key, {}), key, p) or cls()
     split = sections["split"]
-    if not (0 < split.valid_fraction < 1 and 0 < split.test_fraction < 1
-            and split.valid_fraction + split.test_fraction < 1):
+    if not (
+        0 < split.valid_fraction < 1 and 0 < split.test_fraction < 1 and split.valid_fraction + split.test_fraction < 1
+    ):
         p.add("split", "valid_fraction and test_fraction must be in (0, 1) and sum below 1")
     for wname in sections["train"].objective_weights:
         if wname not in obj_by_name:

@@ -31,7 +31,9 @@ def run_demo(workdir: Path, *, quick: bool = False, seed: int = 0, progress: boo
         import dataclasses
 
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2, val_requests=50))
-    print(f"[1/5] generating a synthetic world: {spec.n_users} users, {spec.n_items} entities, {spec.n_requests} requests")
+    print(
+        f"[1/5] generating a synthetic world: {spec.n_users} users, {spec.n_items} entities, {spec.n_requests} requests"
+    )
     data = write_world(workdir / "world", spec)
     print("[2/5] preparing labels per canvas, time split, stratified merge")
     prepared = prepare_stage(config, data, workdir / "prepared")
@@ -41,15 +43,21 @@ def run_demo(workdir: Path, *, quick: bool = False, seed: int = 0, progress: boo
     bundle, results = compare_models(config, prepared, progress=progress)
     print("[4/5] evaluating on the test split (same requests for every model)")
     report = results["consolidated"]
-    write_report(workdir / "report", report, comparisons={k: v for k, v in results.items() if k != "consolidated"},
-                 history=bundle.meta.get("history"))
+    write_report(
+        workdir / "report",
+        report,
+        comparisons={k: v for k, v in results.items() if k != "consolidated"},
+        history=bundle.meta.get("history"),
+    )
     write_comparison(workdir / "report" / "comparison.json", results)
     gate = compare_reports(report, results["separate"], tolerance=config.evaluate.gate_tolerance)
     print()
     print(comparison_table(results, config.evaluate.k))
     print()
-    print(f"release gate (consolidated vs separate, tolerance {config.evaluate.gate_tolerance}): "
-          + ("PASSED" if gate.passed else "REFUSED: " + "; ".join(gate.regressions)))
+    print(
+        f"release gate (consolidated vs separate, tolerance {config.evaluate.gate_tolerance}): "
+        + ("PASSED" if gate.passed else "REFUSED: " + "; ".join(gate.regressions))
+    )
     print("[5/5] publishing")
     registry = Registry(workdir / "registry")
     version = registry.publish(bundle, report, force=True)

@@ -11,7 +11,7 @@ import polars as pl
 
 from monorec.artifacts import read_json, write_json
 from monorec.bundle import ModelBundle
-from monorec.config import ProjectConfig, load_config, parse_config
+from monorec.config import ProjectConfig, parse_config
 from monorec.data.movielens import is_movielens, read_movielens
 from monorec.data.prepared import PreparedData, prepare
 from monorec.data.tables import load_dataset, validate_catalogue, validate_logs
@@ -58,18 +58,33 @@ def config_of(prepared_dir: str | Path) -> ProjectConfig:
     return parse_config(read_json(Path(prepared_dir) / "manifest.json")["config_dict"], str(prepared_dir))
 
 
-def train_stage(prepared_dir: str | Path, out: str | Path, *, config: ProjectConfig | None = None,
-                canvases: tuple[str, ...] | None = None, progress: bool = True, device: str | None = None) -> ModelBundle:
+def train_stage(
+    prepared_dir: str | Path,
+    out: str | Path,
+    *,
+    config: ProjectConfig | None = None,
+    canvases: tuple[str, ...] | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> ModelBundle:
     prepared = PreparedData.load(prepared_dir)
     cfg = config or config_of(prepared_dir)
     out = Path(out)
-    bundle = train(cfg, prepared, canvases=canvases, progress=progress, device=device,
-                   checkpoint_dir=out.with_name(f"{out.name}.checkpoints"))
+    bundle = train(
+        cfg,
+        prepared,
+        canvases=canvases,
+        progress=progress,
+        device=device,
+        checkpoint_dir=out.with_name(f"{out.name}.checkpoints"),
+    )
     bundle.save(out)
     return bundle
 
 
-def evaluate_stage(run_dir: str | Path, prepared_dir: str | Path, out: str | Path, *, split: str = "test") -> dict[str, Any]:
+def evaluate_stage(
+    run_dir: str | Path, prepared_dir: str | Path, out: str | Path, *, split: str = "test"
+) -> dict[str, Any]:
     bundle = ModelBundle.load(run_dir)
     prepared = PreparedData.load(prepared_dir)
     report = evaluate_bundle(bundle, prepared, split)
@@ -77,15 +92,22 @@ def evaluate_stage(run_dir: str | Path, prepared_dir: str | Path, out: str | Pat
     return report
 
 
-def publish_stage(run_dir: str | Path, metrics: str | Path, registry: str | Path, *, tolerance: float | None = None,
-                  force: bool = False) -> str:
+def publish_stage(
+    run_dir: str | Path,
+    metrics: str | Path,
+    registry: str | Path,
+    *,
+    tolerance: float | None = None,
+    force: bool = False,
+) -> str:
     report = read_json(metrics)
     report.pop("comparisons", None)
     return Registry(registry).publish(ModelBundle.load(run_dir), report, tolerance=tolerance, force=force)
 
 
-def compare_models(config: ProjectConfig, prepared: PreparedData, *, split: str = "test", progress: bool = True,
-                   baselines: bool = True) -> tuple[ModelBundle, dict[str, dict[str, Any]]]:
+def compare_models(
+    config: ProjectConfig, prepared: PreparedData, *, split: str = "test", progress: bool = True, baselines: bool = True
+) -> tuple[ModelBundle, dict[str, dict[str, Any]]]:
     """Consolidated model vs one dedicated model per canvas (same code, same rows per canvas) vs baselines,
     all on the same evaluation requests.
 
@@ -107,17 +129,26 @@ def compare_models(config: ProjectConfig, prepared: PreparedData, *, split: str 
         positive = pl.any_horizontal([pl.col(config.objective(c.primary).column) == 1 for c in config.canvases])
         all_pos = train_rows.filter(positive)
         pop = {}
-        for c in config.canvases:
-            rows = all_pos.filter(pl.col("canvas") == c.name)
-            pop[c.name] = evaluate_recommender(PopularityRecommender(rows, prepared.catalogue), {c.name: reqs[c.name]}, k)[c.name]
+        for spec in config.canvases:
+            rows = all_pos.filter(pl.col("canvas") == spec.name)
+            pop[spec.name] = evaluate_recommender(
+                PopularityRecommender(rows, prepared.catalogue), {spec.name: reqs[spec.name]}, k
+            )[spec.name]
         results["popularity"] = {"split": split, "k": k, "canvases": pop}
         if "related" in reqs and "source_item_id" in reqs["related"].contexts.columns:
             co = CooccurrenceRecommender(all_pos, prepared.catalogue)
-            results["cooccurrence"] = {"split": split, "k": k,
-                                       "canvases": evaluate_recommender(co, {"related": reqs["related"]}, k)}
+            results["cooccurrence"] = {
+                "split": split,
+                "k": k,
+                "canvases": evaluate_recommender(co, {"related": reqs["related"]}, k),
+            }
         if "search" in reqs and "query" in reqs["search"].contexts.columns:
             bm = BM25Recommender(prepared.catalogue, all_pos)
-            results["bm25"] = {"split": split, "k": k, "canvases": evaluate_recommender(bm, {"search": reqs["search"]}, k)}
+            results["bm25"] = {
+                "split": split,
+                "k": k,
+                "canvases": evaluate_recommender(bm, {"search": reqs["search"]}, k),
+            }
     return consolidated, results
 
 

@@ -58,7 +58,9 @@ class Registry:
 
     def versions(self) -> list[VersionInfo]:
         with self._db() as db:
-            rows = db.execute("SELECT version, created_at, schema_fingerprint, state, parent FROM versions ORDER BY version")
+            rows = db.execute(
+                "SELECT version, created_at, schema_fingerprint, state, parent FROM versions ORDER BY version"
+            )
             return [VersionInfo(*r) for r in rows.fetchall()]
 
     def live(self) -> str | None:
@@ -70,8 +72,11 @@ class Registry:
         if not any(v.version == version for v in self.versions()):
             raise RegistryError(f"unknown version {version!r}")
         with self._db() as db:
-            db.execute("INSERT INTO pointers(name, version) VALUES ('live', ?) "
-                       "ON CONFLICT(name) DO UPDATE SET version = excluded.version", (version,))
+            db.execute(
+                "INSERT INTO pointers(name, version) VALUES ('live', ?) "
+                "ON CONFLICT(name) DO UPDATE SET version = excluded.version",
+                (version,),
+            )
 
     def metrics(self, version: str) -> dict[str, Any]:
         return dict(read_json(self.path(version) / "metrics.json"))
@@ -87,8 +92,15 @@ class Registry:
         live = self.live()
         return None if live is None else compare_reports(metrics, self.metrics(live), tolerance=tolerance)
 
-    def publish(self, bundle: ModelBundle, metrics: dict[str, Any], *, tolerance: float | None = None,
-                force: bool = False, make_live: bool = True) -> str:
+    def publish(
+        self,
+        bundle: ModelBundle,
+        metrics: dict[str, Any],
+        *,
+        tolerance: float | None = None,
+        force: bool = False,
+        make_live: bool = True,
+    ) -> str:
         """Gates the candidate against the live version, then writes it as the next immutable version.
 
         Raises:
@@ -102,16 +114,23 @@ class Registry:
         on_disk = [p.name for p in (self.root / "versions").iterdir() if p.name.startswith("v")]
         number = max([int(v[1:]) for v in existing + on_disk] + [0]) + 1
         version = f"v{number:04d}"
-        meta = {**bundle.meta, "version": version, "published_at": time.time(), "parent": self.live(),
-                "gate": None if result is None else {"passed": result.passed, "rows": result.rows}}
+        meta = {
+            **bundle.meta,
+            "version": version,
+            "published_at": time.time(),
+            "parent": self.live(),
+            "gate": None if result is None else {"passed": result.passed, "rows": result.rows},
+        }
         bundle.meta = meta
         target = self.path(version)
         bundle.save(target, overwrite=False, extra={"metrics.json": metrics})
         for p in target.iterdir():
             p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         with self._db() as db:
-            db.execute("INSERT INTO versions VALUES (?, ?, ?, 'published', ?)",
-                       (version, time.time(), bundle.schema.fingerprint(), meta["parent"]))
+            db.execute(
+                "INSERT INTO versions VALUES (?, ?, ?, 'published', ?)",
+                (version, time.time(), bundle.schema.fingerprint(), meta["parent"]),
+            )
         if make_live:
             self.set_live(version)
         return version

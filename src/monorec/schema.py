@@ -63,7 +63,9 @@ class ContextSchema:
         try:
             return self.canvas_names.index(canvas)
         except ValueError:
-            raise RequestError("canvas", f"unknown canvas {canvas!r}; declared: {', '.join(self.canvas_names)}")
+            raise RequestError(
+                "canvas", f"unknown canvas {canvas!r}; declared: {', '.join(self.canvas_names)}"
+            ) from None
 
     def fingerprint(self) -> str:
         """A short hash of the contract; two models with equal fingerprints read the same requests."""
@@ -155,7 +157,9 @@ class ContextSchema:
             "fingerprint": self.fingerprint(),
             "sentinels": {"missing": MISSING, "unknown": UNKNOWN},
             "fields": [{"name": f.name, "kind": f.kind, "vocabulary": f.vocabulary} for f in self.fields],
-            "canvases": [{"name": c.name, "task_type": i, "fields": list(c.fields)} for i, c in enumerate(self.canvases)],
+            "canvases": [
+                {"name": c.name, "task_type": i, "fields": list(c.fields)} for i, c in enumerate(self.canvases)
+            ],
         }
 
 

@@ -32,7 +32,7 @@ from monorec.evaluation.requests import entity_positions
 from monorec.models.losses import FixedWeighting, UncertaintyWeighting, masked_objective_losses, sampled_softmax_loss
 from monorec.models.model import MonorecModel, build_model, model_kwargs
 
-__all__ = ["TrainingData", "TrainStep", "resolve_device", "train"]
+__all__ = ["TrainStep", "TrainingData", "resolve_device", "train"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,8 +55,14 @@ class TrainingData:
     log_prob: torch.Tensor
 
     @classmethod
-    def build(cls, config: ProjectConfig, featurizer: Featurizer, rows: pl.DataFrame, catalogue: pl.DataFrame,
-              device: torch.device) -> TrainingData:
+    def build(
+        cls,
+        config: ProjectConfig,
+        featurizer: Featurizer,
+        rows: pl.DataFrame,
+        catalogue: pl.DataFrame,
+        device: torch.device,
+    ) -> TrainingData:
         positions = entity_positions(catalogue, rows["entity_id"])
         if (positions < 0).any():
             rows, positions = rows.filter(pl.Series(positions >= 0)), positions[positions >= 0]
@@ -84,7 +90,9 @@ class TrainingData:
 class TrainStep:
     """Model + optimizers + loss weighting; ``step(batch_indices)`` runs one optimisation step."""
 
-    def __init__(self, model: MonorecModel, config: ProjectConfig, data: TrainingData, generator: torch.Generator) -> None:
+    def __init__(
+        self, model: MonorecModel, config: ProjectConfig, data: TrainingData, generator: torch.Generator
+    ) -> None:
         self.model, self.data, self.generator = model, data, generator
         t = config.train
         n_obj = len(config.objectives)
@@ -120,8 +128,14 @@ class TrainStep:
             _, ne = model.encode_items({k: v[neg] for k, v in d.items.items()})
             n_pos = int(pos.sum())
             retrieval = sampled_softmax_loss(
-                ce[pos], ie[pos], entity[pos], d.log_prob[entity[pos]] + math.log(n_pos),
-                ne, neg, math.log(self.random_negatives / self.n_items), self.temperature,
+                ce[pos],
+                ie[pos],
+                entity[pos],
+                d.log_prob[entity[pos]] + math.log(n_pos),
+                ne,
+                neg,
+                math.log(self.random_negatives / self.n_items),
+                self.temperature,
             )
         losses = torch.cat([obj_losses, retrieval[None]])
         present = torch.cat([counts > 0, pos.sum(dim=0, keepdim=True) >= 2]).float()
@@ -134,8 +148,12 @@ class TrainStep:
         return {"loss": float(total.detach()), "retrieval": float(retrieval.detach())}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "weighting": self.weighting.state_dict(),
-                "sparse_opt": self.sparse_opt.state_dict(), "dense_opt": self.dense_opt.state_dict()}
+        return {
+            "model": self.model.state_dict(),
+            "weighting": self.weighting.state_dict(),
+            "sparse_opt": self.sparse_opt.state_dict(),
+            "dense_opt": self.dense_opt.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -201,21 +219,40 @@ def train(
         started = time.perf_counter()
         perm = torch.randperm(len(data), generator=generator).to(dev)
         batches = perm.split(t.batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs} [{'+'.join(names)}]", disable=None if progress else True, leave=False)
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch + 1}/{t.epochs} [{'+'.join(names)}]",
+            disable=None if progress else True,
+            leave=False,
+        )
         losses = []
         for idx in bar:
             stats = stepper.step(idx)
             losses.append(stats["loss"])
             bar.set_postfix(loss=f"{stats['loss']:.3f}")
         elapsed = time.perf_counter() - started
-        val = evaluate_recommender(ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth),
-                                   val_requests, cfg.evaluate.k)
+        val = evaluate_recommender(
+            ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth),
+            val_requests,
+            cfg.evaluate.k,
+        )
         scores = [m[f"ndcg@{cfg.evaluate.k}"] for m in val.values() if m["requests"]]
         score = float(np.mean(scores)) if scores else 0.0
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_ndcg": score, "seconds": elapsed,
-                        "samples_per_s": len(data) / elapsed, "val": val})
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": float(np.mean(losses)),
+                "val_ndcg": score,
+                "seconds": elapsed,
+                "samples_per_s": len(data) / elapsed,
+                "val": val,
+            }
+        )
         if progress:
-            print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}  val ndcg@{cfg.evaluate.k} {score:.4f}  ({elapsed:.1f}s)")
+            print(
+                f"epoch {epoch + 1}: loss {np.mean(losses):.4f}  "
+                f"val ndcg@{cfg.evaluate.k} {score:.4f}  ({elapsed:.1f}s)"
+            )
         if score > best_score:
             best_score, best_epoch, stale = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -224,12 +261,29 @@ def train(
         if ckpt is not None:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
-            torch.save({"stepper": stepper.state_dict(), "generator": generator.get_state(), "history": history,
-                        "best_score": best_score, "best_epoch": best_epoch, "best_model": best_state, "epoch": epoch}, tmp)
+            torch.save(
+                {
+                    "stepper": stepper.state_dict(),
+                    "generator": generator.get_state(),
+                    "history": history,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "best_model": best_state,
+                    "epoch": epoch,
+                },
+                tmp,
+            )
             tmp.replace(ckpt)
     model.load_state_dict(best_state)
     model.eval()
-    bundle.meta = {"canvases": list(names), "best_epoch": best_epoch, "best_val_ndcg": best_score, "history": history,
-                   "device": str(dev), "train_rows": len(data), "mixture": prepared.manifest.get("mixture", {}),
-                   "torch": torch.__version__}
+    bundle.meta = {
+        "canvases": list(names),
+        "best_epoch": best_epoch,
+        "best_val_ndcg": best_score,
+        "history": history,
+        "device": str(dev),
+        "train_rows": len(data),
+        "mixture": prepared.manifest.get("mixture", {}),
+        "torch": torch.__version__,
+    }
     return bundle

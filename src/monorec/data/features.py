@@ -104,24 +104,21 @@ class Featurizer:
                 counts = train[f.name].drop_nulls().value_counts()
                 self.vocabs_[f.name] = sorted(counts.filter(pl.col("count") >= f.min_count)[f.name].to_list())
             elif f.kind == "numeric":
-                values = train[f.name].drop_nulls()
-                mean = float(values.mean()) if len(values) else 0.0  # type: ignore[arg-type]
-                std = float(values.std()) if len(values) > 1 else 1.0  # type: ignore[arg-type]
-                self.numeric_stats_[f.name] = (mean, std if std and std > 0 else 1.0)
+                numbers = train[f.name].drop_nulls().cast(pl.Float64).to_numpy()
+                mean = float(numbers.mean()) if len(numbers) else 0.0
+                std = float(numbers.std(ddof=1)) if len(numbers) > 1 else 1.0
+                self.numeric_stats_[f.name] = (mean, std if std > 0 else 1.0)
         self.label_stats_: dict[str, tuple[float, float]] = {}
         for o in cfg.objectives:
             if o.kind == "regression" and o.column in train.columns:
                 values = self._transform_target(train[o.column].drop_nulls().to_numpy(), o.transform)
                 std = float(values.std()) if len(values) > 1 else 1.0
                 self.label_stats_[o.name] = (float(values.mean()) if len(values) else 0.0, std or 1.0)
-        positives = train
-        primary_cols = {cfg.objective(c.primary).column for c in cfg.canvases}
-        for col in primary_cols:
-            if col in train.columns:
-                positives = train.filter(pl.col(col) == 1)
-                break
-        counts = dict(positives["entity_id"].value_counts().iter_rows())
-        pop = np.log1p(np.array([counts.get(e, 0) for e in catalogue["entity_id"].to_list()], dtype=np.float64))
+        # popularity = responses (primary objective = 1) per entity in training
+        primary_cols = sorted({cfg.objective(c.primary).column for c in cfg.canvases} & set(train.columns))
+        positives = train.filter(pl.any_horizontal([pl.col(c) == 1 for c in primary_cols])) if primary_cols else train
+        responses = dict(positives["entity_id"].value_counts().iter_rows())
+        pop = np.log1p(np.array([responses.get(e, 0) for e in catalogue["entity_id"].to_list()], dtype=np.float64))
         self.popularity_ = {e: float(p) for e, p in zip(catalogue["entity_id"].to_list(), pop, strict=True) if p > 0}
         self.popularity_stats_ = (float(pop.mean()), float(pop.std()) or 1.0)
         return self
@@ -153,7 +150,9 @@ class Featurizer:
     @staticmethod
     def _index(values: pl.Series, vocab: list[str]) -> np.ndarray:
         strings = values.cast(pl.String)
-        mapped = strings.replace_strict(vocab, list(range(2, len(vocab) + 2)), default=UNKNOWN_INDEX, return_dtype=pl.Int64)
+        mapped = strings.replace_strict(
+            vocab, list(range(2, len(vocab) + 2)), default=UNKNOWN_INDEX, return_dtype=pl.Int64
+        )
         # replace_strict sends nulls to the default too: a missing value is the sentinel, not "unknown"
         return np.where(strings.is_null().to_numpy(), MISSING_INDEX, mapped.to_numpy()).astype(np.int64)
 
@@ -213,7 +212,11 @@ class Featurizer:
         self._check_fitted()
         cols = []
         for o in self.config.objectives:
-            values = frame[o.column].cast(pl.Float64).fill_null(np.nan).to_numpy() if o.column in frame.columns else np.full(frame.height, np.nan)
+            values = (
+                frame[o.column].cast(pl.Float64).fill_null(np.nan).to_numpy()
+                if o.column in frame.columns
+                else np.full(frame.height, np.nan)
+            )
             if o.kind == "regression":
                 mean, std = self.label_stats_.get(o.name, (0.0, 1.0))
                 values = (self._transform_target(values, o.transform) - mean) / std
@@ -239,7 +242,9 @@ class Featurizer:
     @classmethod
     def from_dict(cls, config: ProjectConfig, state: dict[str, Any]) -> Featurizer:
         if state.get("format") != FORMAT_VERSION:
-            raise ArtifactError(f"featurizer format {state.get('format')!r} is not supported (expected {FORMAT_VERSION})")
+            raise ArtifactError(
+                f"featurizer format {state.get('format')!r} is not supported (expected {FORMAT_VERSION})"
+            )
         self = cls(config)
         self.entity_vocab_ = list(state["entity_vocab"])
         self.category_vocab_ = list(state["category_vocab"])

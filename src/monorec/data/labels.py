@@ -18,7 +18,7 @@ import polars as pl
 from monorec.config import ProjectConfig
 from monorec.schema import ContextSchema
 
-__all__ = ["LabelSet", "SPLITS", "add_sampled_negatives", "prepare_labels", "time_cutoffs"]
+__all__ = ["SPLITS", "LabelSet", "add_sampled_negatives", "prepare_labels", "time_cutoffs"]
 
 SPLITS = ("train", "valid", "test")
 
@@ -32,9 +32,7 @@ class LabelSet:
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        return {
-            name: {s: int((frame["split"] == s).sum()) for s in SPLITS} for name, frame in self.canvases.items()
-        }
+        return {name: {s: int((frame["split"] == s).sum()) for s in SPLITS} for name, frame in self.canvases.items()}
 
 
 def time_cutoffs(ts: pl.Series, valid_fraction: float, test_fraction: float) -> tuple[int, int]:
@@ -62,7 +60,9 @@ def _request_ids(frame: pl.DataFrame, schema: ContextSchema) -> pl.DataFrame:
     if "request_id" in frame.columns and frame["request_id"].null_count() == 0:
         return frame
     key = [c for c in ("ts", "canvas", *schema.field_names) if c in frame.columns]
-    generated = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in key], separator="\x1f").hash().cast(pl.String)
+    generated = (
+        pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in key], separator="\x1f").hash().cast(pl.String)
+    )
     if "request_id" in frame.columns:
         generated = pl.coalesce(pl.col("request_id"), generated)
     return frame.with_columns(generated.alias("request_id"))

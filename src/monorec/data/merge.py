@@ -47,6 +47,6 @@ def stratified_merge(
             "replacement": replace,
         }
     merged = pl.concat(parts).sample(fraction=1.0, shuffle=True, seed=seed)
-    for c in record.values():
-        c["share"] = c["rows"] / merged.height
+    for entry in record.values():
+        entry["share"] = entry["rows"] / merged.height
     return merged, record

@@ -26,8 +26,25 @@ from monorec.errors import DataError
 __all__ = ["is_movielens", "read_movielens", "write_movielens"]
 
 ML100K_GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
-    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ]
 
 
@@ -54,7 +71,9 @@ def _load_raw(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | No
         movies = pl.read_csv(path / "movies.csv", schema_overrides={"movieId": pl.String}).rename({"movieId": "movie"})
         tags = None
         if (path / "tags.csv").exists():
-            tags = pl.read_csv(path / "tags.csv", schema_overrides={"userId": pl.String, "movieId": pl.String, "tag": pl.String})
+            tags = pl.read_csv(
+                path / "tags.csv", schema_overrides={"userId": pl.String, "movieId": pl.String, "tag": pl.String}
+            )
             tags = tags.rename({"userId": "user", "movieId": "movie", "timestamp": "ts"})
         return ratings, movies, tags
     if (path / "ratings.dat").exists():
@@ -63,9 +82,11 @@ def _load_raw(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | No
     elif (path / "u.data").exists():
         ratings = _read_sep(path / "u.data", "\t", ["user", "movie", "rating", "ts"])
         raw = _read_sep(path / "u.item", "|", ["movie", "title", "release", "video", "url", *ML100K_GENRES])
-        genres = pl.concat_list(
-            [pl.when(pl.col(g) == "1").then(pl.lit(g)).otherwise(None) for g in ML100K_GENRES]
-        ).list.drop_nulls().list.join("|")
+        genres = (
+            pl.concat_list([pl.when(pl.col(g) == "1").then(pl.lit(g)).otherwise(None) for g in ML100K_GENRES])
+            .list.drop_nulls()
+            .list.join("|")
+        )
         movies = raw.select("movie", "title", genres.alias("genres"))
     else:
         raise DataError(str(path), "no MovieLens ratings file (ratings.csv, ratings.dat or u.data)")
@@ -91,24 +112,44 @@ def read_movielens(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     ).sort(["user_id", "ts", "entity_id"])
     outcome = [pl.lit(1.0).alias("watched"), (pl.col("rating") >= 4).cast(pl.Float64).alias("liked"), pl.col("rating")]
     home = r.select(
-        ("h" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"), "ts", pl.lit("home").alias("canvas"),
-        "user_id", "entity_id", *outcome,
+        ("h" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"),
+        "ts",
+        pl.lit("home").alias("canvas"),
+        "user_id",
+        "entity_id",
+        *outcome,
     )
     related = (
         r.with_columns(pl.col("entity_id").shift(1).over("user_id").alias("source_item_id"))
         .filter(pl.col("source_item_id").is_not_null())
-        .select(("r" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"), "ts", pl.lit("related").alias("canvas"),
-                "user_id", "source_item_id", "entity_id", *outcome)
+        .select(
+            ("r" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"),
+            "ts",
+            pl.lit("related").alias("canvas"),
+            "user_id",
+            "source_item_id",
+            "entity_id",
+            *outcome,
+        )
     )
     genres = catalogue.select("entity_id", pl.col("categories").str.split("|").alias("_genres"))
     browse = r.join(genres, on="entity_id", how="left").filter(
         (pl.col("_genres").list.len() > 0) & (pl.col("_genres").list.first() != "")
     )
     pick = [zlib.crc32(f"{u}|{e}".encode()) for u, e in browse.select("user_id", "entity_id").iter_rows()]
-    browse = browse.with_columns(pl.Series("_pick", pick, dtype=pl.Int64)).with_columns(
-        pl.col("_genres").list.get(pl.col("_pick") % pl.col("_genres").list.len()).alias("category")
-    ).select(("b" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"), "ts", pl.lit("browse").alias("canvas"),
-             "user_id", "category", "entity_id", *outcome)
+    browse = (
+        browse.with_columns(pl.Series("_pick", pick, dtype=pl.Int64))
+        .with_columns(pl.col("_genres").list.get(pl.col("_pick") % pl.col("_genres").list.len()).alias("category"))
+        .select(
+            ("b" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"),
+            "ts",
+            pl.lit("browse").alias("canvas"),
+            "user_id",
+            "category",
+            "entity_id",
+            *outcome,
+        )
+    )
     parts = [home, related, browse]
     if tags is not None:
         t = tags.with_columns(
@@ -117,9 +158,15 @@ def read_movielens(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
             pl.col("ts").cast(pl.Int64),
         ).join(r.select("user_id", "entity_id", "rating"), on=["user_id", "entity_id"], how="left")
         search = t.filter(pl.col("tag").is_not_null() & (pl.col("tag").str.strip_chars() != "")).select(
-            ("s" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"), "ts", pl.lit("search").alias("canvas"),
-            "user_id", pl.col("tag").alias("query"), "entity_id", pl.lit(1.0).alias("watched"),
-            (pl.col("rating") >= 4).cast(pl.Float64).alias("liked"), "rating",
+            ("s" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"),
+            "ts",
+            pl.lit("search").alias("canvas"),
+            "user_id",
+            pl.col("tag").alias("query"),
+            "entity_id",
+            pl.lit(1.0).alias("watched"),
+            (pl.col("rating") >= 4).cast(pl.Float64).alias("liked"),
+            "rating",
         )
         parts.append(search)
     logs = pl.concat(parts, how="diagonal_relaxed").sort("ts", maintain_order=True)

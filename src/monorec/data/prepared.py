@@ -52,7 +52,12 @@ class PreparedData:
         if manifest.get("kind") != "prepared":
             raise ArtifactError(f"{path}: not a prepared-data directory (kind={manifest.get('kind')!r})")
         canvases = {name: pl.read_parquet(path / "labels" / f"{name}.parquet") for name in manifest["canvases"]}
-        return cls(pl.read_parquet(path / "catalogue.parquet"), canvases, pl.read_parquet(path / "train_merged.parquet"), manifest)
+        return cls(
+            pl.read_parquet(path / "catalogue.parquet"),
+            canvases,
+            pl.read_parquet(path / "train_merged.parquet"),
+            manifest,
+        )
 
 
 def prepare(

@@ -69,7 +69,9 @@ def _cast(frame: pl.DataFrame, file: str, column: str, dtype: pl.DataType | type
     if dtype == pl.Int64 and before.dtype.is_float():
         fractional = before.is_not_null() & (before != before.floor())
         if fractional.any():
-            raise DataError(file, f"expected integers, found fractional values", column=column, rows=int(fractional.sum()))
+            raise DataError(
+                file, "expected integers, found fractional values", column=column, rows=int(fractional.sum())
+            )
     after = before.cast(dtype, strict=False)
     bad = int((after.is_null() & before.is_not_null()).sum())
     if bad:
@@ -132,13 +134,16 @@ def validate_logs(frame: pl.DataFrame, config: ProjectConfig, file: str = "logs"
         needed_by = [c.name for c in config.canvases if c.primary == o.name and c.name in present]
         if o.column not in frame.columns:
             if needed_by:
-                raise DataError(file, f"primary objective {o.name!r} of canvas(es) {needed_by} needs this column",
-                                column=o.column)
+                raise DataError(
+                    file, f"primary objective {o.name!r} of canvas(es) {needed_by} needs this column", column=o.column
+                )
             continue
         frame = _cast(frame, file, o.column, pl.Float64)
         nan = int(frame[o.column].is_nan().sum())
         if nan:
-            raise DataError(file, "NaN labels (leave a label empty/null when it was not observed)", column=o.column, rows=nan)
+            raise DataError(
+                file, "NaN labels (leave a label empty/null when it was not observed)", column=o.column, rows=nan
+            )
         if o.kind == "binary":
             bad = int((frame[o.column].is_not_null() & ~frame[o.column].is_in([0.0, 1.0])).sum())
             if bad:
@@ -152,7 +157,9 @@ def validate_logs(frame: pl.DataFrame, config: ProjectConfig, file: str = "logs"
         if primary in frame.columns:
             bad = int(frame.filter((pl.col("canvas") == c.name) & pl.col(primary).is_null()).height)
             if bad:
-                raise DataError(file, f"the primary objective of canvas {c.name!r} must be set", column=primary, rows=bad)
+                raise DataError(
+                    file, f"the primary objective of canvas {c.name!r} must be set", column=primary, rows=bad
+                )
     return frame
 
 
@@ -166,7 +173,9 @@ def load_dataset(folder: str | Path, config: ProjectConfig) -> tuple[pl.DataFram
         DataError: any problem, naming the file.
     """
     folder = Path(folder)
-    cat_path = next((folder / f"catalogue{s}" for s in (".parquet", ".csv") if (folder / f"catalogue{s}").exists()), None)
+    cat_path = next(
+        (folder / f"catalogue{s}" for s in (".parquet", ".csv") if (folder / f"catalogue{s}").exists()), None
+    )
     if cat_path is None:
         raise DataError(str(folder), "no catalogue.parquet or catalogue.csv")
     catalogue = validate_catalogue(read_table(cat_path), config, str(cat_path))
@@ -179,9 +188,9 @@ def load_dataset(folder: str | Path, config: ProjectConfig) -> tuple[pl.DataFram
         for name, dtype in part.schema.items():
             columns.setdefault(name, dtype)
     aligned = [
-        part.with_columns([pl.lit(None, dtype=dt).alias(n) for n, dt in columns.items() if n not in part.columns]).select(
-            list(columns)
-        )
+        part.with_columns(
+            [pl.lit(None, dtype=dt).alias(n) for n, dt in columns.items() if n not in part.columns]
+        ).select(list(columns))
         for part in parts
     ]
     return catalogue, pl.concat(aligned, how="vertical")

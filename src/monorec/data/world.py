@@ -72,7 +72,11 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
     main = rng.integers(0, n_topics, spec.n_items)
     second = np.where(rng.random(spec.n_items) < 0.3, rng.integers(0, n_topics, spec.n_items), -1)
     second = np.where(second == main, -1, second)
-    item_vec = centres[main] + 0.5 * np.where(second[:, None] >= 0, centres[second], 0) + 0.35 * rng.normal(size=(spec.n_items, d))
+    item_vec = (
+        centres[main]
+        + 0.5 * np.where(second[:, None] >= 0, centres[second], 0)
+        + 0.35 * rng.normal(size=(spec.n_items, d))
+    )
     popularity = rng.normal(0.0, 1.0, spec.n_items)
     is_series = rng.random(spec.n_items) < 0.3
     titles, categories, title_words = [], [], []
@@ -85,12 +89,14 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
         title_words.append({w.lower() for w in words})
         categories.append("|".join(topics[t] for t in (main[i], second[i]) if t >= 0))
     item_ids = np.array([f"{'s' if is_series[i] else 'm'}{i:05d}" for i in range(spec.n_items)])
-    catalogue = pl.DataFrame({
-        "entity_id": item_ids,
-        "entity_type": np.where(is_series, "series", "movie"),
-        "title": titles,
-        "categories": categories,
-    })
+    catalogue = pl.DataFrame(
+        {
+            "entity_id": item_ids,
+            "entity_type": np.where(is_series, "series", "movie"),
+            "title": titles,
+            "categories": categories,
+        }
+    )
     in_topic = np.zeros((spec.n_items, n_topics), dtype=bool)
     in_topic[np.arange(spec.n_items), main] = True
     in_topic[np.arange(spec.n_items)[second >= 0], second[second >= 0]] = True
@@ -100,7 +106,12 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
     country_shift = 0.4 * rng.normal(size=(len(countries), d))
     fav = rng.integers(0, n_topics, (spec.n_users, 2))
     user_country = rng.choice(len(countries), spec.n_users, p=[0.35, 0.15, 0.2, 0.15, 0.15])
-    taste = centres[fav[:, 0]] + 0.6 * centres[fav[:, 1]] + country_shift[user_country] + 0.3 * rng.normal(size=(spec.n_users, d))
+    taste = (
+        centres[fav[:, 0]]
+        + 0.6 * centres[fav[:, 1]]
+        + country_shift[user_country]
+        + 0.3 * rng.normal(size=(spec.n_users, d))
+    )
     user_device = rng.choice(len(DEVICES), spec.n_users, p=[0.5, 0.3, 0.2])
     activity = rng.pareto(1.5, spec.n_users) + 1.0
     topic_pref = taste @ centres.T  # (U, T)
@@ -129,7 +140,11 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
             if cv[j] == "related":
                 g = rng.gumbel(size=spec.n_items)
                 source[j] = int(np.argmax(affinity[j] + g))
-                sim = item_vec @ item_vec[source[j]] / (np.linalg.norm(item_vec, axis=1) * np.linalg.norm(item_vec[source[j]]))
+                sim = (
+                    item_vec
+                    @ item_vec[source[j]]
+                    / (np.linalg.norm(item_vec, axis=1) * np.linalg.norm(item_vec[source[j]]))
+                )
                 utility[j] = 3.0 * sim + 0.4 * affinity[j]
                 utility[j, source[j]] = -10.0
             elif cv[j] in ("search", "browse"):
@@ -150,38 +165,49 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
         a_shown = np.take_along_axis(affinity, shown, axis=1)
         clicked = rng.random(u_shown.shape) < _sigmoid(1.6 * (u_shown - np.quantile(u_shown, 0.8)))
         liked = np.where(clicked, rng.random(u_shown.shape) < _sigmoid(1.2 * a_shown - 0.3), np.nan)
-        watch = np.where(clicked, np.exp(5.0 + 0.35 * a_shown + 0.5 * is_series[shown] + 0.4 * rng.normal(size=u_shown.shape)), np.nan)
+        watch = np.where(
+            clicked,
+            np.exp(5.0 + 0.35 * a_shown + 0.5 * is_series[shown] + 0.4 * rng.normal(size=u_shown.shape)),
+            np.nan,
+        )
         k = spec.impressions
         uu = np.repeat(u, k)
-        rows.append(pl.DataFrame({
-            "request_id": np.repeat([f"r{x:07d}" for x in b], k),
-            "ts": np.repeat(ts[b], k),
-            "canvas": np.repeat(cv, k),
-            "user_id": [f"u{x:05d}" for x in uu],
-            "country": np.array(countries)[user_country[uu]],
-            "language": np.array([COUNTRIES[c] for c in countries])[user_country[uu]],
-            "device": np.array(DEVICES)[user_device[uu]],
-            "source_item_id": [item_ids[s] if s >= 0 else None for s in np.repeat(source, k)],
-            "query": np.repeat(query, k).tolist(),
-            "category": np.repeat(category, k).tolist(),
-            "hour": np.repeat(hour[b], k),
-            "entity_id": item_ids[shown.ravel()],
-            "clicked": clicked.ravel().astype(np.float64),
-            "liked": liked.ravel().astype(np.float64),
-            "watch_seconds": np.round(watch.ravel(), 1),
-        }, strict=False))
+        rows.append(
+            pl.DataFrame(
+                {
+                    "request_id": np.repeat([f"r{x:07d}" for x in b], k),
+                    "ts": np.repeat(ts[b], k),
+                    "canvas": np.repeat(cv, k),
+                    "user_id": [f"u{x:05d}" for x in uu],
+                    "country": np.array(countries)[user_country[uu]],
+                    "language": np.array([COUNTRIES[c] for c in countries])[user_country[uu]],
+                    "device": np.array(DEVICES)[user_device[uu]],
+                    "source_item_id": [item_ids[s] if s >= 0 else None for s in np.repeat(source, k)],
+                    "query": np.repeat(query, k).tolist(),
+                    "category": np.repeat(category, k).tolist(),
+                    "hour": np.repeat(hour[b], k),
+                    "entity_id": item_ids[shown.ravel()],
+                    "clicked": clicked.ravel().astype(np.float64),
+                    "liked": liked.ravel().astype(np.float64),
+                    "watch_seconds": np.round(watch.ravel(), 1),
+                },
+                strict=False,
+            )
+        )
     logs = pl.concat(rows).with_columns(pl.col("liked").fill_nan(None), pl.col("watch_seconds").fill_nan(None))
 
     # ---- noise that label preparation must clean: bots and double-logged impressions
     bots = []
     for bot in range(spec.n_bots):
         m = 2500
-        bots.append(logs.sample(m, with_replacement=True, seed=spec.seed + bot).with_columns(
-            pl.lit(f"bot{bot:02d}").alias("user_id"),
-            (pl.lit(EPOCH + (bot + 1) * DAY) + pl.int_range(m)).alias("ts"),
-            pl.lit(1.0).alias("clicked"),
-            (pl.lit(f"b{bot}-") + pl.int_range(m).cast(pl.String)).alias("request_id"),
-        ))
+        bots.append(
+            logs.sample(m, with_replacement=True, seed=spec.seed + bot).with_columns(
+                pl.lit(f"bot{bot:02d}").alias("user_id"),
+                (pl.lit(EPOCH + (bot + 1) * DAY) + pl.int_range(m)).alias("ts"),
+                pl.lit(1.0).alias("clicked"),
+                (pl.lit(f"b{bot}-") + pl.int_range(m).cast(pl.String)).alias("request_id"),
+            )
+        )
     dups = logs.sample(fraction=spec.duplicate_rate, seed=spec.seed)
     logs = pl.concat([logs, *bots, dups]).sort("ts", maintain_order=True)
     logs = logs.with_columns(

@@ -29,7 +29,9 @@ def request_sets(
     if ev.exclude_seen:
         train = prepared.rows("train")
         primaries = [config.objective(c.primary).column for c in config.canvases]
-        seen = seen_by_user(train.filter(pl.any_horizontal([pl.col(p) == 1 for p in set(primaries)])), prepared.catalogue)
+        seen = seen_by_user(
+            train.filter(pl.any_horizontal([pl.col(p) == 1 for p in set(primaries)])), prepared.catalogue
+        )
     context_columns = [f.name for f in config.fields]
     entity_fields = [f.name for f in config.fields if f.vocabulary == "entity"]
     out = {}
@@ -37,14 +39,22 @@ def request_sets(
         rows = prepared.canvases[c.name].filter(pl.col("split") == split)
         source = next((f for f in entity_fields if f in c.fields), None)
         out[c.name] = build_requests(
-            rows, prepared.catalogue, canvas=c.name, primary_column=config.objective(c.primary).column,
-            context_columns=context_columns, seen=seen, exclude_source_field=source,
-            max_requests=ev.max_requests if max_requests is None else max_requests, seed=config.train.seed,
+            rows,
+            prepared.catalogue,
+            canvas=c.name,
+            primary_column=config.objective(c.primary).column,
+            context_columns=context_columns,
+            seen=seen,
+            exclude_source_field=source,
+            max_requests=ev.max_requests if max_requests is None else max_requests,
+            seed=config.train.seed,
         )
     return out
 
 
-def evaluate_recommender(recommender: Recommender, requests: dict[str, RequestSet], k: int) -> dict[str, dict[str, float]]:
+def evaluate_recommender(
+    recommender: Recommender, requests: dict[str, RequestSet], k: int
+) -> dict[str, dict[str, float]]:
     """canvas -> {"recall@k", "ndcg@k", "requests"} (means over requests)."""
     out = {}
     for canvas, reqs in requests.items():
@@ -61,8 +71,9 @@ def evaluate_recommender(recommender: Recommender, requests: dict[str, RequestSe
 
 
 @torch.no_grad()
-def evaluate_objectives(bundle: ModelBundle, rows: pl.DataFrame, catalogue: pl.DataFrame,
-                        batch_size: int = 4096) -> dict[str, dict[str, float]]:
+def evaluate_objectives(
+    bundle: ModelBundle, rows: pl.DataFrame, catalogue: pl.DataFrame, batch_size: int = 4096
+) -> dict[str, dict[str, float]]:
     """Pointwise metrics of each objective head the canvas declares, on logged (and sampled) rows."""
     model, fz, cfg = bundle.model.eval(), bundle.featurizer, bundle.config
     device = next(model.parameters()).device
@@ -96,13 +107,16 @@ def evaluate_objectives(bundle: ModelBundle, rows: pl.DataFrame, catalogue: pl.D
     return out
 
 
-def evaluate_bundle(bundle: ModelBundle, prepared: PreparedData, split: str = "test",
-                    requests: dict[str, RequestSet] | None = None) -> dict[str, Any]:
+def evaluate_bundle(
+    bundle: ModelBundle, prepared: PreparedData, split: str = "test", requests: dict[str, RequestSet] | None = None
+) -> dict[str, Any]:
     """The full per-canvas report of a model on a split (what ``monorec evaluate`` writes)."""
     cfg = bundle.config
     k = cfg.evaluate.k
     reqs = requests or request_sets(cfg, prepared, split)
-    ranked = evaluate_recommender(ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth), reqs, k)
+    ranked = evaluate_recommender(
+        ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth), reqs, k
+    )
     retrieval = evaluate_recommender(ModelRecommender(bundle, prepared.catalogue, rank=False), reqs, k)
     canvases = {}
     for c in cfg.canvases:

@@ -41,8 +41,15 @@ class ModelRecommender:
     """Retrieval over the full catalogue (dot product), then the canvas's blended ranker on the top
     ``depth`` candidates. ``rank=False`` stops after retrieval."""
 
-    def __init__(self, bundle: ModelBundle, catalogue: pl.DataFrame, *, depth: int = 100, rank: bool = True,
-                 batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        catalogue: pl.DataFrame,
+        *,
+        depth: int = 100,
+        rank: bool = True,
+        batch_size: int = 256,
+    ) -> None:
         self.bundle, self.depth, self.rank, self.batch_size = bundle, depth, rank, batch_size
         self.item_feats, self.item_embs = bundle.item_embeddings(catalogue)
 
@@ -64,7 +71,11 @@ class ModelRecommender:
             flat = cand.reshape(-1)
             task = ctx["task_type"].repeat_interleave(c)
             logits = model.rank(
-                cf.repeat_interleave(c, dim=0), ce.repeat_interleave(c, dim=0), self.item_feats[flat], self.item_embs[flat], task
+                cf.repeat_interleave(c, dim=0),
+                ce.repeat_interleave(c, dim=0),
+                self.item_feats[flat],
+                self.item_embs[flat],
+                task,
             )
             scores = model.blend_scores(logits, task).view(r, c)
             order = torch.argsort(scores, dim=1, descending=True)[:, :k]
@@ -90,8 +101,14 @@ class CooccurrenceRecommender:
     """Related items: entities consumed right after the source entity by the same user (item-to-item
     transitions in training), backed off to popularity."""
 
-    def __init__(self, train_positives: pl.DataFrame, catalogue: pl.DataFrame, *, source_field: str = "source_item_id",
-                 window: int = 3) -> None:
+    def __init__(
+        self,
+        train_positives: pl.DataFrame,
+        catalogue: pl.DataFrame,
+        *,
+        source_field: str = "source_item_id",
+        window: int = 3,
+    ) -> None:
         self.popularity = PopularityRecommender(train_positives, catalogue).scores
         self.catalogue = catalogue
         self.source_field = source_field

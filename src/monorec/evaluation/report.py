@@ -21,7 +21,9 @@ def comparison_table(results: dict[str, dict[str, Any]], k: int) -> str:
             m = report["canvases"].get(canvas)
             if m is None:
                 continue
-            lines.append(f"| {canvas} | {model} | {m[f'recall@{k}']:.4f} | {m[f'ndcg@{k}']:.4f} | {m.get('requests', '')} |")
+            lines.append(
+                f"| {canvas} | {model} | {m[f'recall@{k}']:.4f} | {m[f'ndcg@{k}']:.4f} | {m.get('requests', '')} |"
+            )
     return "\n".join(lines)
 
 
@@ -36,8 +38,14 @@ def _objective_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: str | Path, report: dict[str, Any], *, comparisons: dict[str, dict[str, Any]] | None = None,
-                 history: list[dict[str, Any]] | None = None, title: str = "monorec evaluation") -> Path:
+def write_report(
+    out: str | Path,
+    report: dict[str, Any],
+    *,
+    comparisons: dict[str, dict[str, Any]] | None = None,
+    history: list[dict[str, Any]] | None = None,
+    title: str = "monorec evaluation",
+) -> Path:
     """Writes ``metrics.json``, ``report.md`` and PNG plots into ``out``."""
     import matplotlib
 
@@ -49,8 +57,18 @@ def write_report(out: str | Path, report: dict[str, Any], *, comparisons: dict[s
     k = report["k"]
     write_json(out / "metrics.json", {**report, "comparisons": comparisons or {}})
     results = {"model": report, **(comparisons or {})}
-    md = [f"# {title}", "", f"Split: `{report['split']}`; Recall/NDCG over the full catalogue (retrieval then ranking).",
-          "", comparison_table(results, k), "", "## Objectives", "", _objective_table(report), ""]
+    md = [
+        f"# {title}",
+        "",
+        f"Split: `{report['split']}`; Recall/NDCG over the full catalogue (retrieval then ranking).",
+        "",
+        comparison_table(results, k),
+        "",
+        "## Objectives",
+        "",
+        _objective_table(report),
+        "",
+    ]
     canvases = list(report["canvases"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     width = 0.8 / len(results)

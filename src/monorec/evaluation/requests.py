@@ -34,7 +34,9 @@ class RequestSet:
 def entity_positions(catalogue: pl.DataFrame, ids: pl.Series) -> np.ndarray:
     """Catalogue row positions of entity ids (-1 for ids not in the catalogue)."""
     return (
-        ids.replace_strict(catalogue["entity_id"], pl.int_range(catalogue.height, eager=True), default=-1, return_dtype=pl.Int64)
+        ids.replace_strict(
+            catalogue["entity_id"], pl.int_range(catalogue.height, eager=True), default=-1, return_dtype=pl.Int64
+        )
         .to_numpy()
         .astype(np.int64)
     )

@@ -30,5 +30,5 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.out_dim = dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) if len(self) else x

@@ -73,6 +73,8 @@ def masked_objective_losses(
 class FixedWeighting(nn.Module):
     """sum_k w_k * L_k over the tasks present in the batch."""
 
+    weights: torch.Tensor
+
     def __init__(self, weights: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32))

@@ -20,14 +20,17 @@ Tensors = Mapping[str, torch.Tensor]
 
 class MonorecModel(nn.Module):
     """Args (all flat; see :func:`build_model` for the config -> arguments mapping):
-        vocab_sizes: embedding table key -> rows.
-        fields: how each context field is embedded.
-        n_tasks: canvases (task_type values).
-        objective_is_binary: (O,) kind of each objective head.
-        blend: (T, O) weight of each objective in each canvas's ranking score.
-        embedding_dim, retrieval_dim, text_buckets, tower_hidden, bottom, experts, task_experts,
-        ple_levels, expert_hidden, canvas_tower_hidden, dropout: sizes and kinds of the parts.
+    vocab_sizes: embedding table key -> rows.
+    fields: how each context field is embedded.
+    n_tasks: canvases (task_type values).
+    objective_is_binary: (O,) kind of each objective head.
+    blend: (T, O) weight of each objective in each canvas's ranking score.
+    embedding_dim, retrieval_dim, text_buckets, tower_hidden, bottom, experts, task_experts,
+    ple_levels, expert_hidden, canvas_tower_hidden, dropout: sizes and kinds of the parts.
     """
+
+    objective_is_binary: torch.Tensor  # (O,) buffer
+    blend: torch.Tensor  # (T, O) buffer
 
     def __init__(
         self,
@@ -55,8 +58,14 @@ class MonorecModel(nn.Module):
         self.item_encoder = ItemEncoder(self.tables, tower_hidden, retrieval_dim)
         rank_in = self.context_encoder.feature_dim + self.item_encoder.feature_dim + retrieval_dim + 1
         self.bottom = build_bottom(
-            bottom, in_dim=rank_in, hidden=expert_hidden, n_tasks=n_tasks, experts=experts,
-            task_experts=task_experts, levels=ple_levels, dropout=dropout,
+            bottom,
+            in_dim=rank_in,
+            hidden=expert_hidden,
+            n_tasks=n_tasks,
+            experts=experts,
+            task_experts=task_experts,
+            levels=ple_levels,
+            dropout=dropout,
         )
         self.towers = TaskTowers(self.bottom.out_dim, canvas_tower_hidden, n_tasks, len(objective_is_binary), dropout)
         self.register_buffer("objective_is_binary", torch.tensor(list(objective_is_binary), dtype=torch.bool))

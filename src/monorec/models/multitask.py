@@ -9,14 +9,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from torch import nn
 
 from monorec.models.layers import MLP
 
-__all__ = ["MMoE", "PLE", "MultiTaskBottom", "SharedBottom", "TaskTowers", "build_bottom"]
+__all__ = ["PLE", "MMoE", "MultiTaskBottom", "SharedBottom", "TaskTowers", "build_bottom"]
 
 
 class MultiTaskBottom(Protocol):
@@ -51,7 +51,7 @@ class MMoE(nn.Module):
         self.experts = nn.ModuleList(MLP(in_dim, hidden, dropout=dropout) for _ in range(n_experts))
         self.gates = nn.Linear(in_dim, n_tasks * n_experts)
         self.n_tasks, self.n_experts = n_tasks, n_experts
-        self.out_dim = self.experts[0].out_dim
+        self.out_dim: int = MLP(1, hidden).out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         experts = torch.stack([e(x) for e in self.experts])  # (E, B, H)
@@ -72,14 +72,14 @@ class _CGCLevel(nn.Module):
         )
         self.task_gates = nn.ModuleList(nn.Linear(in_dim, n_shared + n_own) for _ in range(n_tasks))
         self.shared_gate = None if last else nn.Linear(in_dim, n_shared + n_tasks * n_own)
-        self.out_dim = self.shared[0].out_dim
+        self.out_dim: int = MLP(1, hidden).out_dim
 
     def forward(self, task_inputs: torch.Tensor, shared_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """task_inputs (T, B, F), shared_input (B, F) -> ((T, B, H), (B, H))."""
         shared = [e(shared_input) for e in self.shared]  # E_s x (B, H)
         outs, all_own = [], []
         for t, (experts, gate) in enumerate(zip(self.own, self.task_gates, strict=True)):
-            own = [e(task_inputs[t]) for e in experts]
+            own = [e(task_inputs[t]) for e in cast(nn.ModuleList, experts)]
             all_own += own
             outs.append(_mix(torch.stack(own + shared), gate(task_inputs[t])))
         task_out = torch.stack(outs)  # (T, B, H)
@@ -122,13 +122,14 @@ class TaskTowers(nn.Module):
     def __init__(self, in_dim: int, hidden: Sequence[int], n_tasks: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.towers = nn.ModuleList(MLP(in_dim, hidden, out_dim=n_heads, dropout=dropout) for _ in range(n_tasks))
+        self.n_heads = n_heads
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return torch.stack([tower(h[t]) for t, tower in enumerate(self.towers)])
 
     def for_rows(self, h: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Each row through its own task's tower only: h (T, B, H), task (B,) -> (B, n_heads)."""
-        out = h.new_empty(h.shape[1], self.towers[0].out_dim)
+        out = h.new_empty(h.shape[1], self.n_heads)
         for t, tower in enumerate(self.towers):
             rows = (task == t).nonzero(as_tuple=True)[0]
             if rows.numel():
@@ -146,7 +147,7 @@ def build_bottom(
     task_experts: int = 1,
     levels: int = 2,
     dropout: float = 0.0,
-) -> nn.Module:
+) -> SharedBottom | MMoE | PLE:
     """Turns the config's ``model.bottom`` into a module (flat keyword arguments, no config inside)."""
     if kind == "shared_bottom":
         return SharedBottom(in_dim, hidden, n_tasks, dropout)

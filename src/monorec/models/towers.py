@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,7 @@ class EmbeddingTables(nn.Module):
         self.text_missing = nn.Parameter(torch.zeros(dim))
         self.task = nn.Embedding(n_tasks, dim, sparse=True)
         for emb in [*self.tables.values(), self.text, self.task]:
-            nn.init.normal_(emb.weight, std=0.05)
+            nn.init.normal_(cast(nn.Embedding, emb).weight, std=0.05)
         self.dim = dim
 
     def lookup(self, table: str, ids: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,7 @@ class EmbeddingTables(nn.Module):
     def bag(self, table: str | None, ids: torch.Tensor) -> torch.Tensor:
         """(B, L) ids with 0 as padding -> (B, dim) mean; an all-padding text row gets the learned
         ``text_missing`` vector instead of zeros."""
-        weight = self.text.weight if table is None else self.tables[table.replace(":", "__")].weight
+        weight = self.text.weight if table is None else cast(nn.Embedding, self.tables[table.replace(":", "__")]).weight
         pooled = F.embedding_bag(ids, weight, mode="mean", padding_idx=0, sparse=True)
         if table is None:
             empty = (ids == 0).all(dim=1, keepdim=True).to(pooled.dtype)

@@ -1,0 +1,59 @@
+"""monorec: one offline pipeline, one multi-task model and one API for every search and recommendation
+canvas (home, related, search, browse).
+
+The curated public API; everything else is an implementation detail that may change.
+"""
+
+from monorec.bundle import ModelBundle
+from monorec.config import ProjectConfig, check_config, load_config, parse_config
+from monorec.data.features import Featurizer
+from monorec.data.movielens import read_movielens
+from monorec.data.prepared import PreparedData, prepare
+from monorec.data.tables import load_dataset
+from monorec.data.world import WorldSpec, generate_world
+from monorec.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    GateError,
+    MonorecError,
+    RegistryError,
+    RequestError,
+)
+from monorec.evaluation.evaluate import evaluate_bundle
+from monorec.evaluation.gate import GateResult, compare_reports
+from monorec.models.model import MonorecModel
+from monorec.registry import Registry
+from monorec.schema import ContextSchema
+from monorec.train import train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArtifactError",
+    "ConfigError",
+    "ContextSchema",
+    "DataError",
+    "Featurizer",
+    "GateError",
+    "GateResult",
+    "ModelBundle",
+    "MonorecError",
+    "MonorecModel",
+    "PreparedData",
+    "ProjectConfig",
+    "Registry",
+    "RegistryError",
+    "RequestError",
+    "WorldSpec",
+    "check_config",
+    "compare_reports",
+    "evaluate_bundle",
+    "generate_world",
+    "load_config",
+    "load_dataset",
+    "parse_config",
+    "prepare",
+    "read_movielens",
+    "train",
+]

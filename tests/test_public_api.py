@@ -1,0 +1,40 @@
+import monorec
+
+
+def test_public_api_is_curated():
+    """Changing the public API is a decision: update this list on purpose."""
+    assert sorted(monorec.__all__) == [
+        "ArtifactError",
+        "ConfigError",
+        "ContextSchema",
+        "DataError",
+        "Featurizer",
+        "GateError",
+        "GateResult",
+        "ModelBundle",
+        "MonorecError",
+        "MonorecModel",
+        "PreparedData",
+        "ProjectConfig",
+        "Registry",
+        "RegistryError",
+        "RequestError",
+        "WorldSpec",
+        "check_config",
+        "compare_reports",
+        "evaluate_bundle",
+        "generate_world",
+        "load_config",
+        "load_dataset",
+        "parse_config",
+        "prepare",
+        "read_movielens",
+        "train",
+    ]
+    for name in monorec.__all__:
+        assert getattr(monorec, name) is not None
+
+
+def test_every_error_is_a_monorec_error():
+    for name in ("ArtifactError", "ConfigError", "DataError", "GateError", "RegistryError", "RequestError"):
+        assert issubclass(getattr(monorec, name), monorec.MonorecError)

@@ -1,0 +1,87 @@
+"""Q1: the consolidated model vs one dedicated model per canvas (same code, same rows per canvas) vs
+popularity, item co-occurrence (related) and BM25 (search), on MovieLens with a global time split.
+
+    python bench/q1_consolidated_vs_separate.py --data ../shared/data/ml-latest-small --out q1.json [--quick]
+
+Writes {"canvases": {CANVAS: {MODEL: {"recall@10": x, "ndcg@10": y}}}, "objectives": ..., ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import data_missing, write_record
+from monorec.config import load_config
+from monorec.data.prepared import prepare
+from monorec.pipeline import compare_models, default_config, load_input
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/ml-latest-small")
+    p.add_argument("--out", default="q1.json")
+    p.add_argument("--config", default=str(default_config("movielens")))
+    p.add_argument("--quick", action="store_true", help="an eighth of the users, 2 epochs (CI)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    if data_missing(args.data, "MovieLens"):
+        return
+    config = load_config(args.config)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=args.seed))
+    catalogue, logs = load_input(config, args.data)
+    if args.quick:
+        users = logs["user_id"].unique().sort()
+        keep = users.gather_every(8)
+        logs = logs.filter(pl.col("user_id").is_in(keep.implode()))
+        config = dataclasses.replace(
+            config,
+            train=dataclasses.replace(config.train, epochs=2, val_requests=100, max_train_rows=60_000),
+            evaluate=dataclasses.replace(config.evaluate, max_requests=300),
+        )
+    started = time.perf_counter()
+    prepared = prepare(config, catalogue, logs, inputs={"data": args.data})
+    _, results = compare_models(config, prepared, progress=False)
+    k = config.evaluate.k
+    canvases: dict[str, dict[str, dict[str, float]]] = {}
+    for model, report in results.items():
+        for canvas, m in report["canvases"].items():
+            canvases.setdefault(canvas, {})[model] = {f"recall@{k}": m[f"recall@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"]}
+    verdict = {
+        c: all(models["consolidated"][m] >= models["separate"][m] for m in (f"recall@{k}", f"ndcg@{k}"))
+        for c, models in canvases.items()
+    }
+    objectives = {
+        name: {c: m.get("objectives", {}) for c, m in results[name]["canvases"].items()}
+        for name in ("consolidated", "separate")
+    }
+    for canvas, models in canvases.items():
+        row = "  ".join(f"{name} {v[f'ndcg@{k}']:.4f}/{v[f'recall@{k}']:.4f}" for name, v in models.items())
+        print(f"{canvas:>8}  ndcg/recall@{k}: {row}")
+    print("consolidated >= separate:", verdict)
+    write_record(
+        args.out,
+        {
+            "benchmark": "Q1",
+            "quick": args.quick,
+            "data": args.data,
+            "seed": args.seed,
+            "k": k,
+            "canvases": canvases,
+            "consolidated_ge_separate": verdict,
+            "objectives": objectives,
+            "rows": prepared.manifest["rows"],
+            "mixture": prepared.manifest["mixture"],
+            "seconds": time.perf_counter() - started,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

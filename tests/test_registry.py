@@ -67,7 +67,7 @@ def test_registry_versions_are_immutable_and_numbered(tmp_path, trained):
         trained.save(reg.path(v1), overwrite=False)
     reg.verify(v1)
     loaded = reg.load(v1)
-    assert loaded.meta["version"] == v1
+    assert loaded.meta["version"] == v1 and "version" not in trained.meta  # the caller's bundle is untouched
     with pytest.raises(RegistryError):
         reg.load("v9999")
     with pytest.raises(RegistryError):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from monorec.config import load_config
 from monorec.data.world import WorldSpec, write_world
+from monorec.errors import GateError
 from monorec.evaluation.gate import compare_reports
 from monorec.evaluation.report import comparison_table, write_report
 from monorec.pipeline import compare_models, default_config, prepare_stage, write_comparison
@@ -59,8 +60,15 @@ def run_demo(workdir: Path, *, quick: bool = False, seed: int = 0, progress: boo
         + ("PASSED" if gate.passed else "REFUSED: " + "; ".join(gate.regressions))
     )
     print("[5/5] publishing")
-    registry = Registry(workdir / "registry")
-    version = registry.publish(bundle, report, force=True)
-    print(f"      published {version} to {workdir / 'registry'}; report in {workdir / 'report' / 'report.md'}")
+    version = None
+    if gate.passed:
+        try:  # the registry gates the candidate again, against the live version if there is one
+            version = Registry(workdir / "registry").publish(bundle, report)
+            print(f"      published {version} to {workdir / 'registry'} (live)")
+        except GateError as exc:
+            print(f"      not published: {exc}")
+    else:
+        print("      not published: the consolidated model regresses a canvas against the dedicated models")
+    print(f"      report: {workdir / 'report' / 'report.md'}")
     print(f"done in {time.perf_counter() - started:.0f}s")
     return {"version": version, "results": results, "gate": gate.passed}

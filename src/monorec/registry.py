@@ -8,6 +8,7 @@ and the ``live`` pointer.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import stat
 import time
@@ -121,9 +122,8 @@ class Registry:
             "parent": self.live(),
             "gate": None if result is None else {"passed": result.passed, "rows": result.rows},
         }
-        bundle.meta = meta
         target = self.path(version)
-        bundle.save(target, overwrite=False, extra={"metrics.json": metrics})
+        dataclasses.replace(bundle, meta=meta).save(target, overwrite=False, extra={"metrics.json": metrics})
         for p in target.iterdir():
             p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         with self._db() as db:

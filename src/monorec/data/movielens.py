@@ -94,6 +94,18 @@ def _load_raw(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | No
     return ratings, movies, None
 
 
+def _canvas_rows(frame: pl.DataFrame, canvas: str, context: list[str], outcome: list[pl.Expr]) -> pl.DataFrame:
+    """One canvas's log rows: a request id per row, the canvas, its context fields, the outcomes."""
+    return frame.select(
+        (canvas[0] + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"),
+        "ts",
+        pl.lit(canvas).alias("canvas"),
+        *context,
+        "entity_id",
+        *outcome,
+    )
+
+
 def read_movielens(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Reads a MovieLens folder into (catalogue, logs) in the documented schema."""
     path = Path(path)
@@ -111,64 +123,35 @@ def read_movielens(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         pl.col("rating").cast(pl.Float64),
     ).sort(["user_id", "ts", "entity_id"])
     outcome = [pl.lit(1.0).alias("watched"), (pl.col("rating") >= 4).cast(pl.Float64).alias("liked"), pl.col("rating")]
-    home = r.select(
-        ("h" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"),
-        "ts",
-        pl.lit("home").alias("canvas"),
-        "user_id",
-        "entity_id",
-        *outcome,
-    )
-    related = (
-        r.with_columns(pl.col("entity_id").shift(1).over("user_id").alias("source_item_id"))
-        .filter(pl.col("source_item_id").is_not_null())
-        .select(
-            ("r" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"),
-            "ts",
-            pl.lit("related").alias("canvas"),
-            "user_id",
-            "source_item_id",
-            "entity_id",
-            *outcome,
-        )
+    home = _canvas_rows(r, "home", ["user_id"], outcome)
+    related = _canvas_rows(
+        r.with_columns(pl.col("entity_id").shift(1).over("user_id").alias("source_item_id")).filter(
+            pl.col("source_item_id").is_not_null()
+        ),
+        "related",
+        ["user_id", "source_item_id"],
+        outcome,
     )
     genres = catalogue.select("entity_id", pl.col("categories").str.split("|").alias("_genres"))
     browse = r.join(genres, on="entity_id", how="left").filter(
         (pl.col("_genres").list.len() > 0) & (pl.col("_genres").list.first() != "")
     )
+    # one of the movie's genres, chosen by a stable hash of (user, movie): deterministic across runs
     pick = [zlib.crc32(f"{u}|{e}".encode()) for u, e in browse.select("user_id", "entity_id").iter_rows()]
-    browse = (
-        browse.with_columns(pl.Series("_pick", pick, dtype=pl.Int64))
-        .with_columns(pl.col("_genres").list.get(pl.col("_pick") % pl.col("_genres").list.len()).alias("category"))
-        .select(
-            ("b" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"),
-            "ts",
-            pl.lit("browse").alias("canvas"),
-            "user_id",
-            "category",
-            "entity_id",
-            *outcome,
-        )
+    browse = browse.with_columns(pl.Series("_pick", pick, dtype=pl.Int64)).with_columns(
+        pl.col("_genres").list.get(pl.col("_pick") % pl.col("_genres").list.len()).alias("category")
     )
-    parts = [home, related, browse]
+    parts = [home, related, _canvas_rows(browse, "browse", ["user_id", "category"], outcome)]
     if tags is not None:
         t = tags.with_columns(
             ("u" + pl.col("user").cast(pl.String)).alias("user_id"),
             ("m" + pl.col("movie").cast(pl.String)).alias("entity_id"),
             pl.col("ts").cast(pl.Int64),
-        ).join(r.select("user_id", "entity_id", "rating"), on=["user_id", "entity_id"], how="left")
-        search = t.filter(pl.col("tag").is_not_null() & (pl.col("tag").str.strip_chars() != "")).select(
-            ("s" + pl.int_range(pl.len()).cast(pl.String)).alias("request_id"),
-            "ts",
-            pl.lit("search").alias("canvas"),
-            "user_id",
             pl.col("tag").alias("query"),
-            "entity_id",
-            pl.lit(1.0).alias("watched"),
-            (pl.col("rating") >= 4).cast(pl.Float64).alias("liked"),
-            "rating",
-        )
-        parts.append(search)
+        ).join(r.select("user_id", "entity_id", "rating"), on=["user_id", "entity_id"], how="left")
+        t = t.filter(pl.col("query").is_not_null() & (pl.col("query").str.strip_chars() != ""))
+        search_outcome = [pl.lit(1.0).alias("watched"), *outcome[1:]]  # liked/rating only if the user rated it
+        parts.append(_canvas_rows(t, "search", ["user_id", "query"], search_outcome))
     logs = pl.concat(parts, how="diagonal_relaxed").sort("ts", maintain_order=True)
     return catalogue, logs.filter(pl.col("entity_id").is_in(catalogue["entity_id"].implode()))
 

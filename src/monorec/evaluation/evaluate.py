@@ -26,8 +26,9 @@ def request_sets(
     recommender evaluated on them."""
     ev = config.evaluate
     seen = None
+    train = prepared.rows("train")
+    known = set(train["user_id"].drop_nulls().to_list()) if "user_id" in train.columns else None
     if ev.exclude_seen:
-        train = prepared.rows("train")
         primaries = [config.objective(c.primary).column for c in config.canvases]
         seen = seen_by_user(
             train.filter(pl.any_horizontal([pl.col(p) == 1 for p in set(primaries)])), prepared.catalogue
@@ -46,6 +47,7 @@ def request_sets(
             context_columns=context_columns,
             seen=seen,
             exclude_source_field=source,
+            known_users=known,
             max_requests=ev.max_requests if max_requests is None else max_requests,
             seed=config.train.seed,
         )
@@ -54,18 +56,30 @@ def request_sets(
 
 def evaluate_recommender(
     recommender: Recommender, requests: dict[str, RequestSet], k: int
-) -> dict[str, dict[str, float]]:
-    """canvas -> {"recall@k", "ndcg@k", "requests"} (means over requests)."""
-    out = {}
+) -> dict[str, dict[str, Any]]:
+    """canvas -> {"recall@k", "ndcg@k", "requests", "coverage@k", "cold": {...}} (means over requests).
+
+    ``coverage@k`` is the share of the catalogue that appears in any answer; ``cold`` holds the same
+    metrics on the cold-start slice (users never seen in training).
+    """
+    out: dict[str, dict[str, Any]] = {}
     for canvas, reqs in requests.items():
         if len(reqs) == 0:
             out[canvas] = {f"recall@{k}": float("nan"), f"ndcg@{k}": float("nan"), "requests": 0}
             continue
         topk = recommender.recommend(reqs, k)
+        recall = recall_at_k(topk, reqs.relevant, k)
+        ndcg = ndcg_at_k(topk, reqs.relevant, k)
         out[canvas] = {
-            f"recall@{k}": float(recall_at_k(topk, reqs.relevant, k).mean()),
-            f"ndcg@{k}": float(ndcg_at_k(topk, reqs.relevant, k).mean()),
+            f"recall@{k}": float(recall.mean()),
+            f"ndcg@{k}": float(ndcg.mean()),
             "requests": len(reqs),
+            f"coverage@{k}": len(np.unique(topk)) / recommender.catalogue_size,
+            "cold": {
+                f"recall@{k}": float(recall[reqs.cold].mean()) if reqs.cold.any() else float("nan"),
+                f"ndcg@{k}": float(ndcg[reqs.cold].mean()) if reqs.cold.any() else float("nan"),
+                "requests": int(reqs.cold.sum()),
+            },
         }
     return out
 
@@ -123,7 +137,7 @@ def evaluate_bundle(
         rows = prepared.canvases[c.name].filter(pl.col("split") == split)
         canvases[c.name] = {
             **ranked[c.name],
-            "retrieval_only": {m: v for m, v in retrieval[c.name].items() if m != "requests"},
+            "retrieval_only": {m: v for m, v in retrieval[c.name].items() if m in (f"recall@{k}", f"ndcg@{k}")},
             "objectives": evaluate_objectives(bundle, rows, prepared.catalogue) if rows.height else {},
         }
     return {"split": split, "k": k, "canvases": canvases}

@@ -23,6 +23,8 @@ __all__ = [
 
 
 class Recommender(Protocol):
+    catalogue_size: int
+
     def recommend(self, requests: RequestSet, k: int) -> np.ndarray:
         """(R, k) catalogue positions, best first."""
         ...
@@ -52,6 +54,7 @@ class ModelRecommender:
     ) -> None:
         self.bundle, self.depth, self.rank, self.batch_size = bundle, depth, rank, batch_size
         self.item_feats, self.item_embs = bundle.item_embeddings(catalogue)
+        self.catalogue_size = catalogue.height
 
     @torch.no_grad()
     def recommend(self, requests: RequestSet, k: int) -> np.ndarray:
@@ -91,6 +94,7 @@ class PopularityRecommender:
         pos = entity_positions(catalogue, train_positives["entity_id"])
         np.add.at(counts, pos[pos >= 0], 1.0)
         self.scores = torch.as_tensor(counts)
+        self.catalogue_size = catalogue.height
 
     def recommend(self, requests: RequestSet, k: int) -> np.ndarray:
         scores = self.scores[None, :].expand(len(requests), -1)
@@ -111,6 +115,7 @@ class CooccurrenceRecommender:
     ) -> None:
         self.popularity = PopularityRecommender(train_positives, catalogue).scores
         self.catalogue = catalogue
+        self.catalogue_size = catalogue.height
         self.source_field = source_field
         rows = (
             train_positives.filter(pl.col("user_id").is_not_null())
@@ -151,6 +156,7 @@ class BM25Recommender:
         self.bm25 = BM25Okapi(docs)
         self.tokenize = tokenize
         self.query_field = query_field
+        self.catalogue_size = catalogue.height
         self.popularity = PopularityRecommender(train_positives, catalogue).scores
 
     def recommend(self, requests: RequestSet, k: int) -> np.ndarray:

@@ -20,12 +20,14 @@ class RequestSet:
         contexts: (R rows) the unified context of each request (+ ``task_type``).
         relevant: R arrays of catalogue positions the user responded to (primary objective = 1).
         exclude: R arrays of catalogue positions that must not be recommended (seen, the source item).
+        cold: (R,) True where the request's user never appears in training (the cold-start slice).
     """
 
     canvas: str
     contexts: pl.DataFrame
     relevant: list[np.ndarray]
     exclude: list[np.ndarray]
+    cold: np.ndarray
 
     def __len__(self) -> int:
         return self.contexts.height
@@ -61,6 +63,7 @@ def build_requests(
     context_columns: list[str],
     seen: Mapping[str, np.ndarray] | None = None,
     exclude_source_field: str | None = None,
+    known_users: set[str] | None = None,
     max_requests: int = 0,
     seed: int = 0,
 ) -> RequestSet:
@@ -73,6 +76,7 @@ def build_requests(
         context_columns: the unified context fields to keep.
         seen: user_id -> positions to exclude (entities seen in training); None: exclude nothing.
         exclude_source_field: a context field naming an entity to exclude (e.g. the source item).
+        known_users: users seen in training; the others form the cold-start slice (None: no slice).
         max_requests: keep a seeded sample of this many requests (0: all).
     """
     positives = rows.filter(pl.col(primary_column) == 1)
@@ -101,4 +105,5 @@ def build_requests(
         if source >= 0:
             ex = np.append(ex, source)
         exclude.append(ex)
-    return RequestSet(canvas, grouped.select([*context_columns, "task_type"]), relevant, exclude)
+    cold = np.array([known_users is not None and (u is None or u not in known_users) for u in users], dtype=bool)
+    return RequestSet(canvas, grouped.select([*context_columns, "task_type"]), relevant, exclude, cold)

@@ -1,0 +1,61 @@
+import numpy as np
+import polars as pl
+import torch
+
+from monorec.evaluation.evaluate import evaluate_recommender, request_sets
+from monorec.evaluation.recommenders import ModelRecommender, PopularityRecommender, top_k_excluding
+from monorec.evaluation.requests import RequestSet
+
+
+class FixedAnswers:
+    """A recommender that answers the same ranked list to everyone (for checking the loop)."""
+
+    catalogue_size = 20
+
+    def recommend(self, requests: RequestSet, k: int) -> np.ndarray:
+        return np.tile(np.arange(k), (len(requests), 1))
+
+
+def test_evaluation_loop_metrics_coverage_and_cold_slice():
+    reqs = RequestSet(
+        canvas="home",
+        contexts=pl.DataFrame({"user_id": ["a", "b", "c"], "task_type": ["home"] * 3}),
+        relevant=[np.array([0]), np.array([15]), np.array([1, 19])],
+        exclude=[np.zeros(0, dtype=np.int64)] * 3,
+        cold=np.array([False, True, True]),
+    )
+    m = evaluate_recommender(FixedAnswers(), {"home": reqs}, k=5)["home"]
+    assert m["recall@5"] == (1.0 + 0.0 + 0.5) / 3
+    assert m["coverage@5"] == 5 / 20
+    assert m["cold"]["requests"] == 2 and m["cold"]["recall@5"] == (0.0 + 0.5) / 2
+
+
+def test_top_k_never_returns_excluded():
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0], [1.0, 2.0, 3.0, 4.0]])
+    top = top_k_excluding(scores, [np.array([0, 1]), np.array([3])], k=2)
+    assert top.tolist() == [[2, 3], [2, 1]]
+
+
+def test_requests_exclude_seen_and_source_and_flag_cold(config, prepared):
+    reqs = request_sets(config, prepared, "test")
+    related = reqs["related"]
+    sources = related.contexts["source_item_id"].to_list()
+    ids = prepared.catalogue["entity_id"].to_list()
+    for ex, src in zip(related.exclude, sources, strict=True):
+        assert ids.index(src) in ex.tolist()
+    train_users = set(prepared.rows("train")["user_id"].drop_nulls().to_list())
+    home = reqs["home"]
+    assert home.cold.tolist() == [u not in train_users for u in home.contexts["user_id"].to_list()]
+
+
+def test_model_answers_respect_exclusions_and_beat_nothing(trained, prepared, config):
+    reqs = request_sets(config, prepared, "test")
+    rec = ModelRecommender(trained, prepared.catalogue, depth=20)
+    for canvas, r in reqs.items():
+        topk = rec.recommend(r, 10)
+        assert topk.shape == (len(r), 10)
+        for row, ex in zip(topk, r.exclude, strict=True):
+            assert not set(row.tolist()) & set(ex.tolist())
+            assert len(set(row.tolist())) == 10  # no duplicates in an answer
+    pop = PopularityRecommender(prepared.rows("train").filter(pl.col("clicked") == 1), prepared.catalogue)
+    assert evaluate_recommender(pop, reqs, 10)["home"]["requests"] == len(reqs["home"])

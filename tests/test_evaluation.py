@@ -51,7 +51,7 @@ def test_requests_exclude_seen_and_source_and_flag_cold(config, prepared):
 def test_model_answers_respect_exclusions_and_beat_nothing(trained, prepared, config):
     reqs = request_sets(config, prepared, "test")
     rec = ModelRecommender(trained, prepared.catalogue, depth=20)
-    for canvas, r in reqs.items():
+    for r in reqs.values():
         topk = rec.recommend(r, 10)
         assert topk.shape == (len(r), 10)
         for row, ex in zip(topk, r.exclude, strict=True):

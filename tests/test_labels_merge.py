@@ -41,12 +41,14 @@ def logs_strategy(draw):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(logs=logs_strategy(), negatives=st.integers(0, 3))
-def test_no_leakage_from_the_future(config, logs, negatives):
+@given(logs=logs_strategy(), negatives=st.integers(0, 3), sampling=st.sampled_from(["uniform", "popularity"]))
+def test_no_leakage_from_the_future(config, logs, negatives, sampling):
     """Every training row is strictly older than every validation row, itself older than every test row;
     sampled negatives stay in their positive's split and time."""
     cfg = dataclasses.replace(
-        config, canvases=tuple(dataclasses.replace(c, negatives=negatives) for c in config.canvases)
+        config,
+        canvases=tuple(dataclasses.replace(c, negatives=negatives) for c in config.canvases),
+        labels=dataclasses.replace(config.labels, negative_sampling=sampling),
     )
     labels = prepare_labels(logs, CATALOGUE, cfg)
     rows = pl.concat(list(labels.canvases.values()))
@@ -110,3 +112,21 @@ def test_prepared_manifest_records_mixture_and_counts(prepared, config):
     assert m["merged_rows"] == prepared.merged_train.height
     for canvas, counts in m["rows"].items():
         assert sum(counts.values()) == prepared.canvases[canvas].height
+
+
+def test_popularity_negatives_follow_training_popularity_only(config):
+    """Popularity weights come from the training period: an entity popular only in the test period
+    is not favoured."""
+    from monorec.data.labels import _negative_weights
+
+    cfg = dataclasses.replace(config, labels=dataclasses.replace(config.labels, negative_sampling="popularity"))
+    logs = pl.DataFrame({
+        "ts": [1, 2, 3, 100, 101, 102],
+        "canvas": ["home"] * 6,
+        "entity_id": ["e1", "e1", "e1", "e2", "e2", "e2"],
+        "clicked": [1.0] * 6,
+    })
+    w = _negative_weights(logs, CATALOGUE, cfg, first_valid_ts=50)
+    assert w is not None and abs(w.sum() - 1) < 1e-9
+    ids = CATALOGUE["entity_id"].to_list()
+    assert w[ids.index("e1")] > w[ids.index("e2")] == w[ids.index("e3")]

@@ -96,6 +96,10 @@ class CanvasSpec:
 class LabelSpec:
     dedupe: bool = True  # keep the last outcome of a repeated (request, entity) pair
     max_events_per_user_per_day: int = 2000  # above this a user is treated as a bot and dropped
+    # sampled negatives: "uniform" over the catalogue, or "popularity" (training responses ** exponent),
+    # which makes the ranker learn relevance beyond popularity
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+    popularity_exponent: float = 0.75
 
 
 @dataclass(frozen=True)
@@ -126,14 +130,14 @@ class TrainSpec:
     lr: float = 3e-3  # dense parameters (AdamW)
     sparse_lr: float = 1e-2  # embedding tables (SparseAdam, row-wise updates)
     seed: int = 0
-    patience: int = 2  # epochs without validation improvement before stopping
+    patience: int = 3  # epochs without validation improvement before stopping
     loss_weighting: Literal["fixed", "uncertainty"] = "uncertainty"
     objective_weights: dict[str, float] = field(default_factory=dict)  # fixed weights (default 1.0)
     retrieval_weight: float = 1.0
     temperature: float = 0.05  # softmax temperature of the retrieval loss (unit-norm embeddings)
     random_negatives: int = 256  # uniformly sampled catalogue negatives per batch, beside in-batch ones
     device: str = "auto"  # "auto": CUDA when present, else CPU
-    val_requests: int = 300  # validation requests per canvas for early stopping
+    val_requests: int = 1000  # validation requests per canvas for model selection (fewer: noisier choice)
     max_train_rows: int = 0  # cap on merged training rows per epoch (0: all)
 
 

@@ -162,6 +162,17 @@ class TrainStep:
         self.dense_opt.load_state_dict(state["dense_opt"])
 
 
+def validation_score(val: dict[str, dict[str, Any]], k: int) -> float:
+    """Model selection score: NDCG@k averaged over validation requests (not over canvases).
+
+    A canvas with a handful of validation requests (search on MovieLens) swings wildly from epoch to
+    epoch; an unweighted mean over canvases lets that noise pick the epoch for every canvas.
+    """
+    weighted = [(m[f"ndcg@{k}"], m["requests"]) for m in val.values() if m["requests"]]
+    total = sum(n for _, n in weighted)
+    return float(sum(v * n for v, n in weighted) / total) if total else 0.0
+
+
 def train(
     config: ProjectConfig,
     prepared: PreparedData,
@@ -236,8 +247,7 @@ def train(
             val_requests,
             cfg.evaluate.k,
         )
-        scores = [m[f"ndcg@{cfg.evaluate.k}"] for m in val.values() if m["requests"]]
-        score = float(np.mean(scores)) if scores else 0.0
+        score = validation_score(val, cfg.evaluate.k)
         history.append(
             {
                 "epoch": epoch,

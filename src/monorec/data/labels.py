@@ -109,6 +109,7 @@ def prepare_labels(logs: pl.DataFrame, catalogue: pl.DataFrame, config: ProjectC
     logs = schema.apply_to_frame(logs, catalogue)
     cutoffs = time_cutoffs(logs["ts"], config.split.valid_fraction, config.split.test_fraction)
     columns = ["request_id", "ts", "canvas", "task_type", "entity_id", *schema.field_names]
+    weights = _negative_weights(logs, catalogue, config, cutoffs[0])
     canvases: dict[str, pl.DataFrame] = {}
     for spec in config.canvases:
         rows = logs.filter(pl.col("canvas") == spec.name)
@@ -120,15 +121,39 @@ def prepare_labels(logs: pl.DataFrame, catalogue: pl.DataFrame, config: ProjectC
                 labels.append(pl.lit(None, dtype=pl.Float64).alias(o.column))
         rows = _assign_split(rows.select([*columns, *labels]).sort("ts", maintain_order=True), cutoffs)
         if spec.negatives:
-            rows = add_sampled_negatives(rows, catalogue, config, spec.name, seed=config.train.seed)
+            rows = add_sampled_negatives(rows, catalogue, config, spec.name, seed=config.train.seed, weights=weights)
         canvases[spec.name] = rows
     return LabelSet(canvases=canvases, cutoffs=cutoffs, dropped=dropped)
 
 
+def _negative_weights(
+    logs: pl.DataFrame, catalogue: pl.DataFrame, config: ProjectConfig, first_valid_ts: int
+) -> np.ndarray | None:
+    """Sampling weights over the catalogue for ``popularity`` negatives: (responses in TRAINING + 1) **
+    exponent, so that validation and test never inform the sampling. None for uniform sampling."""
+    if config.labels.negative_sampling == "uniform":
+        return None
+    primaries = sorted({config.objective(c.primary).column for c in config.canvases} & set(logs.columns))
+    train = logs.filter((pl.col("ts") < first_valid_ts) & pl.any_horizontal([pl.col(c) == 1 for c in primaries]))
+    counts = dict(train["entity_id"].value_counts().iter_rows())
+    w = (
+        np.array([counts.get(e, 0) + 1.0 for e in catalogue["entity_id"].to_list()])
+        ** config.labels.popularity_exponent
+    )
+    return w / w.sum()
+
+
 def add_sampled_negatives(
-    rows: pl.DataFrame, catalogue: pl.DataFrame, config: ProjectConfig, canvas: str, *, seed: int
+    rows: pl.DataFrame,
+    catalogue: pl.DataFrame,
+    config: ProjectConfig,
+    canvas: str,
+    *,
+    seed: int,
+    weights: np.ndarray | None = None,
 ) -> pl.DataFrame:
-    """Adds ``negatives`` uniformly sampled entities per positive row, with the positive's context and time.
+    """Adds ``negatives`` sampled entities per positive row, with the positive's context and time
+    (uniformly, or with ``weights`` (N_items,) summing to 1).
 
     Binary objectives of a sampled negative are 0; regression objectives stay unobserved (null). The
     negative inherits its positive's ``ts`` and ``split``, so sampling cannot leak across the split.
@@ -140,7 +165,8 @@ def add_sampled_negatives(
         return rows
     rng = np.random.default_rng([seed, sum(canvas.encode())])
     ids = catalogue["entity_id"].to_numpy()
-    picks = rng.integers(0, len(ids), positives.height * spec.negatives)
+    n = positives.height * spec.negatives
+    picks = rng.integers(0, len(ids), n) if weights is None else rng.choice(len(ids), size=n, p=weights)
     negatives = pl.concat([positives] * spec.negatives).with_columns(pl.Series("entity_id", ids[picks]))
     for o in config.objectives:
         value = 0.0 if (o.kind == "binary" and o.name in spec.objectives) else None

@@ -54,7 +54,7 @@ class MonorecModel(nn.Module):
     ) -> None:
         super().__init__()
         self.tables = EmbeddingTables(vocab_sizes, embedding_dim, text_buckets, n_tasks)
-        self.context_encoder = ContextEncoder(self.tables, fields, tower_hidden, retrieval_dim)
+        self.context_encoder = ContextEncoder(self.tables, fields, tower_hidden, retrieval_dim, n_tasks)
         self.item_encoder = ItemEncoder(self.tables, tower_hidden, retrieval_dim)
         rank_in = self.context_encoder.feature_dim + self.item_encoder.feature_dim + retrieval_dim + 1
         self.bottom = build_bottom(

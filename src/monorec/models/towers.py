@@ -61,17 +61,23 @@ class EmbeddingTables(nn.Module):
 
 
 class ContextEncoder(nn.Module):
-    """Unified context -> (features (B, F_c), embedding (B, D) of unit norm)."""
+    """Unified context -> (features (B, F_c), embedding (B, D) of unit norm).
+
+    A trunk shared by every canvas, then one linear head per canvas (``n_tasks`` heads): a "search" query
+    and a "home" visit mean different things, and their own heads keep them from fighting over one map.
+    """
 
     def __init__(
-        self, tables: EmbeddingTables, fields: Sequence[FieldInput], hidden: Sequence[int], out_dim: int
+        self, tables: EmbeddingTables, fields: Sequence[FieldInput], hidden: Sequence[int], out_dim: int, n_tasks: int
     ) -> None:
         super().__init__()
         self.tables = tables
         self.fields = tuple(fields)
         self.numeric = nn.ModuleDict({f.name: nn.Linear(2, tables.dim) for f in fields if f.kind == "numeric"})
         self.feature_dim = tables.dim * (len(self.fields) + 1)
-        self.tower = MLP(self.feature_dim, hidden, out_dim=out_dim)
+        self.trunk = MLP(self.feature_dim, hidden)
+        self.heads = nn.Linear(self.trunk.out_dim, out_dim * n_tasks)  # all canvases' heads in one matmul
+        self.out_dim, self.n_tasks = out_dim, n_tasks
 
     def features(self, ctx: Mapping[str, torch.Tensor]) -> torch.Tensor:
         parts = []
@@ -89,7 +95,9 @@ class ContextEncoder(nn.Module):
 
     def forward(self, ctx: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(ctx)
-        return feats, F.normalize(self.tower(feats), dim=-1)
+        heads = self.heads(self.trunk(feats)).view(-1, self.n_tasks, self.out_dim)  # (B, T, D)
+        own = heads[torch.arange(len(feats), device=feats.device), ctx["task_type"]]  # (B, D)
+        return feats, F.normalize(own, dim=-1)
 
 
 class ItemEncoder(nn.Module):

@@ -68,3 +68,12 @@ def test_baseline_mode_trains_one_canvas(config, prepared):
     assert bundle.config.canvas_names == ("search",)
     assert bundle.model.n_tasks == 1
     assert bundle.meta["train_rows"] == prepared.merged(("search",)).height
+
+
+def test_selection_by_validation_loss(config, prepared):
+    cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2, selection="loss"))
+    bundle = train(cfg, prepared, progress=False)
+    scores = [h["val_score"] for h in bundle.meta["history"]]
+    assert all(s < 0 for s in scores)  # minus a loss
+    assert bundle.meta["best_val_score"] == max(scores)
+    assert bundle.meta["best_epoch"] == scores.index(max(scores))

@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(
             f"best epoch {bundle.meta['best_epoch'] + 1}, "
-            f"validation ndcg {bundle.meta['best_val_ndcg']:.4f}; wrote {args.out}"
+            f"validation {bundle.meta['selection']} score {bundle.meta['best_val_score']:.4f}; wrote {args.out}"
         )
         return 0
     if args.command == "evaluate":

@@ -137,7 +137,10 @@ class TrainSpec:
     temperature: float = 0.05  # softmax temperature of the retrieval loss (unit-norm embeddings)
     random_negatives: int = 256  # uniformly sampled catalogue negatives per batch, beside in-batch ones
     device: str = "auto"  # "auto": CUDA when present, else CPU
-    val_requests: int = 1000  # validation requests per canvas for model selection (fewer: noisier choice)
+    # model selection: "ndcg" (validation NDCG@k averaged over requests) or "loss" (validation loss over
+    # every validation row; smoother when a canvas's validation requests are few and come from few users)
+    selection: Literal["ndcg", "loss"] = "ndcg"
+    val_requests: int = 1000  # validation requests per canvas for "ndcg" selection (fewer: noisier choice)
     max_train_rows: int = 0  # cap on merged training rows per epoch (0: all)
 
 

@@ -112,40 +112,64 @@ class TrainStep:
         self.random_negatives = t.random_negatives
         self.n_items = len(data.items["entity"])
 
-    def step(self, idx: torch.Tensor) -> dict[str, float]:
-        d, model = self.data, self.model
-        model.train()
-        ctx = {k: v[idx] for k, v in d.ctx.items()}
-        entity = d.entity[idx]
+    def losses(
+        self, data: TrainingData, idx: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-task losses (O objectives + retrieval) of a batch, and which tasks were present.
+
+        Returns:
+            (losses (O + 1,), present (O + 1,) 0/1).
+        """
+        model = self.model
+        ctx = {k: v[idx] for k, v in data.ctx.items()}
+        entity = data.entity[idx]
         cf, ce = model.encode_context(ctx)
-        itf, ie = model.encode_items({k: v[entity] for k, v in d.items.items()})
+        itf, ie = model.encode_items({k: v[entity] for k, v in data.items.items()})
         logits = model.rank(cf, ce, itf, ie, ctx["task_type"])
-        obj_losses, counts = masked_objective_losses(logits, d.labels[idx], self.binary)
-        pos = d.primary[idx] == 1
+        obj_losses, counts = masked_objective_losses(logits, data.labels[idx], self.binary)
+        pos = data.primary[idx] == 1
         retrieval = logits.new_zeros(())
-        if int(pos.sum()) >= 2:
-            neg = torch.randint(0, self.n_items, (self.random_negatives,), generator=self.generator).to(entity.device)
-            _, ne = model.encode_items({k: v[neg] for k, v in d.items.items()})
-            n_pos = int(pos.sum())
+        n_pos = int(pos.sum())
+        if n_pos >= 2:
+            neg = torch.randint(0, self.n_items, (self.random_negatives,), generator=generator).to(entity.device)
+            _, ne = model.encode_items({k: v[neg] for k, v in data.items.items()})
             retrieval = sampled_softmax_loss(
                 ce[pos],
                 ie[pos],
                 entity[pos],
-                d.log_prob[entity[pos]] + math.log(n_pos),
+                data.log_prob[entity[pos]] + math.log(n_pos),
                 ne,
                 neg,
                 math.log(self.random_negatives / self.n_items),
                 self.temperature,
             )
-        losses = torch.cat([obj_losses, retrieval[None]])
-        present = torch.cat([counts > 0, pos.sum(dim=0, keepdim=True) >= 2]).float()
+        present = torch.cat([counts > 0, torch.tensor([n_pos >= 2], device=counts.device)]).float()
+        return torch.cat([obj_losses, retrieval[None]]), present
+
+    def step(self, idx: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on the training rows ``idx``."""
+        self.model.train()
+        losses, present = self.losses(self.data, idx, self.generator)
         total = self.weighting(losses, present)
         self.sparse_opt.zero_grad(set_to_none=True)
         self.dense_opt.zero_grad(set_to_none=True)
         total.backward()
         self.sparse_opt.step()
         self.dense_opt.step()
-        return {"loss": float(total.detach()), "retrieval": float(retrieval.detach())}
+        return {"loss": float(total.detach()), "retrieval": float(losses[-1].detach())}
+
+    @torch.no_grad()
+    def validation_loss(self, data: TrainingData, batch_size: int, seed: int) -> float:
+        """Unweighted sum of the per-task losses, averaged over validation batches (seeded negatives)."""
+        self.model.eval()
+        generator = torch.Generator().manual_seed(seed)
+        sums = torch.zeros(len(self.binary) + 1)
+        weights = torch.zeros(len(self.binary) + 1)
+        for idx in torch.arange(len(data), device=data.entity.device).split(batch_size):
+            losses, present = self.losses(data, idx, generator)
+            sums += (losses * present).cpu()
+            weights += present.cpu()
+        return float((sums / weights.clamp(min=1)).sum()) if len(data) else float("inf")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -211,11 +235,14 @@ def train(
     data = TrainingData.build(cfg, featurizer, rows, prepared.catalogue, dev)
     generator = torch.Generator().manual_seed(t.seed)
     stepper = TrainStep(model, cfg, data, generator)
-    val_requests = request_sets(cfg, prepared, "valid", max_requests=t.val_requests)
+    val_requests = request_sets(cfg, prepared, "valid", max_requests=t.val_requests) if t.selection == "ndcg" else {}
+    val_data = None
+    if t.selection == "loss":
+        val_data = TrainingData.build(cfg, featurizer, prepared.rows("valid", names), prepared.catalogue, dev)
     bundle = ModelBundle(cfg, featurizer, model, kwargs)
 
     history: list[dict[str, Any]] = []
-    best_score, best_state, best_epoch, start_epoch = -1.0, copy.deepcopy(model.state_dict()), -1, 0
+    best_score, best_state, best_epoch, start_epoch = float("-inf"), copy.deepcopy(model.state_dict()), -1, 0
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     if ckpt is not None and ckpt.exists():
         saved = torch.load(ckpt, map_location=dev, weights_only=True)  # tensors and plain containers only
@@ -242,17 +269,18 @@ def train(
             losses.append(stats["loss"])
             bar.set_postfix(loss=f"{stats['loss']:.3f}")
         elapsed = time.perf_counter() - started
-        val = evaluate_recommender(
-            ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth),
-            val_requests,
-            cfg.evaluate.k,
-        )
-        score = validation_score(val, cfg.evaluate.k)
+        val: dict[str, Any] = {}
+        if val_data is not None:
+            score = -stepper.validation_loss(val_data, t.batch_size, t.seed)  # higher is better
+        else:
+            recommender = ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth)
+            val = evaluate_recommender(recommender, val_requests, cfg.evaluate.k)
+            score = validation_score(val, cfg.evaluate.k)
         history.append(
             {
                 "epoch": epoch,
                 "loss": float(np.mean(losses)),
-                "val_ndcg": score,
+                "val_score": score,
                 "seconds": elapsed,
                 "samples_per_s": len(data) / elapsed,
                 "val": val,
@@ -261,7 +289,7 @@ def train(
         if progress:
             print(
                 f"epoch {epoch + 1}: loss {np.mean(losses):.4f}  "
-                f"val ndcg@{cfg.evaluate.k} {score:.4f}  ({elapsed:.1f}s)"
+                f"validation {t.selection} score {score:.4f}  ({elapsed:.1f}s)"
             )
         if score > best_score:
             best_score, best_epoch, stale = score, epoch, 0
@@ -289,7 +317,8 @@ def train(
     bundle.meta = {
         "canvases": list(names),
         "best_epoch": best_epoch,
-        "best_val_ndcg": best_score,
+        "best_val_score": best_score,
+        "selection": t.selection,
         "history": history,
         "device": str(dev),
         "train_rows": len(data),

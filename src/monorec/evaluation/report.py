@@ -86,9 +86,9 @@ def write_report(
     md += ["![per-canvas metrics](canvases.png)", ""]
     if history:
         fig, ax = plt.subplots(figsize=(5, 3))
-        ax.plot([h["epoch"] + 1 for h in history], [h["val_ndcg"] for h in history], marker="o")
+        ax.plot([h["epoch"] + 1 for h in history], [h["val_score"] for h in history], marker="o")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"validation ndcg@{k}")
+        ax.set_ylabel("validation score (ndcg@k, or -loss)")
         fig.tight_layout()
         with atomic_write(out / "training.png") as tmp:
             fig.savefig(tmp, format="png", dpi=100)

@@ -66,3 +66,14 @@ def test_regression_labels_are_standardized_on_train(config, prepared):
     y = fz.transform_labels(train)[:, j]
     observed = y[~np.isnan(y)]
     assert abs(observed.mean()) < 1e-3 and abs(observed.std() - 1) < 1e-2
+
+
+def test_entities_seen_only_as_negatives_stay_unknown(config, prepared):
+    train = prepared.rows("train")
+    fz = Featurizer(config).fit(train, prepared.catalogue)
+    responded = set(train.filter(pl.col("clicked") == 1)["entity_id"].to_list())
+    assert set(fz.entity_vocab_) == responded
+    only_shown = set(train["entity_id"].to_list()) - responded
+    if only_shown:
+        frame = prepared.catalogue.filter(pl.col("entity_id").is_in(list(only_shown)))
+        assert (fz.transform_catalogue(frame).entity == UNKNOWN_INDEX).all()

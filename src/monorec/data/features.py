@@ -90,8 +90,11 @@ class Featurizer:
     def fit(self, train: pl.DataFrame, catalogue: pl.DataFrame) -> Featurizer:
         """Learns vocabularies and statistics from training rows (never validation or test)."""
         cfg = self.config
-        interacted = train["entity_id"].value_counts()
-        self.entity_vocab_ = sorted(interacted["entity_id"].to_list())
+        # entity ids get an embedding only if someone responded to them in training (primary objective
+        # = 1): an entity seen only as a sampled negative would get an id embedding trained on noise
+        primary_cols = sorted({cfg.objective(c.primary).column for c in cfg.canvases} & set(train.columns))
+        positives = train.filter(pl.any_horizontal([pl.col(c) == 1 for c in primary_cols])) if primary_cols else train
+        self.entity_vocab_ = sorted(positives["entity_id"].unique().to_list())
         cats = catalogue["categories"].str.split("|").explode().drop_nulls()
         self.category_vocab_ = sorted(set(cats.filter(cats != "").to_list()))
         self.type_vocab_ = list(cfg.entity_types)
@@ -115,8 +118,6 @@ class Featurizer:
                 std = float(values.std()) if len(values) > 1 else 1.0
                 self.label_stats_[o.name] = (float(values.mean()) if len(values) else 0.0, std or 1.0)
         # popularity = responses (primary objective = 1) per entity in training
-        primary_cols = sorted({cfg.objective(c.primary).column for c in cfg.canvases} & set(train.columns))
-        positives = train.filter(pl.any_horizontal([pl.col(c) == 1 for c in primary_cols])) if primary_cols else train
         responses = dict(positives["entity_id"].value_counts().iter_rows())
         pop = np.log1p(np.array([responses.get(e, 0) for e in catalogue["entity_id"].to_list()], dtype=np.float64))
         self.popularity_ = {e: float(p) for e, p in zip(catalogue["entity_id"].to_list(), pop, strict=True) if p > 0}

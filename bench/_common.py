@@ -47,10 +47,14 @@ def environment() -> dict[str, Any]:
     }
 
 
+# captured when a benchmark starts, so that the record names the code that ran, not a later commit
+_STARTED = environment()
+
+
 def write_record(out: str | Path, record: dict[str, Any]) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**record, "environment": environment()}, indent=2) + "\n")
+    out.write_text(json.dumps({**record, "environment": _STARTED}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

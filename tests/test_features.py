@@ -77,3 +77,20 @@ def test_entities_seen_only_as_negatives_stay_unknown(config, prepared):
     if only_shown:
         frame = prepared.catalogue.filter(pl.col("entity_id").is_in(list(only_shown)))
         assert (fz.transform_catalogue(frame).entity == UNKNOWN_INDEX).all()
+
+
+def test_id_list_features_use_the_shared_vocabulary(config, prepared):
+    import dataclasses
+
+    from monorec.config import FieldSpec
+
+    cfg = dataclasses.replace(
+        config, fields=(*config.fields, FieldSpec("history", "id_list", vocabulary="entity", max_tokens=3))
+    )
+    fz = Featurizer(cfg).fit(prepared.rows("train"), prepared.catalogue)
+    known = fz.entity_vocab_[:4]
+    frame = pl.DataFrame({"task_type": ["home", "home"], "history": ["|".join(known), None]})
+    hist = fz.transform_context(frame)["history"]
+    assert hist.shape == (2, 3)
+    assert hist[0].tolist() == [fz.entity_vocab_.index(e) + 2 for e in known[1:]]  # the 3 most recent
+    assert (hist[1] == 0).all()

@@ -37,6 +37,8 @@ def _check(catalogue, logs, ml_config, with_search):
     ).row(0) == ("m10", "m20")
     home = logs.filter(pl.col("canvas") == "home").sort("ts")
     assert home["liked"].to_list() == [1.0, 1.0, 0.0, 1.0, 0.0]
+    # a home request's history is the user's earlier ratings only
+    assert home.filter(pl.col("user_id") == "u1")["history"].to_list() == [None, "m10", "m10|m20"]
     browse = logs.filter(pl.col("canvas") == "browse")
     genres = dict(catalogue.select("entity_id", "categories").iter_rows())
     assert all(c in genres[e].split("|") for e, c in browse.select("entity_id", "category").iter_rows())

@@ -35,8 +35,9 @@ __all__ = [
     "parse_config",
 ]
 
-FieldKind = Literal["id", "categorical", "text", "numeric"]
-FIELD_KINDS = ("id", "categorical", "text", "numeric")
+# id_list: several ids of a shared vocabulary (e.g. a user's recent history), "|"-separated in tables
+FieldKind = Literal["id", "categorical", "text", "numeric", "id_list"]
+FIELD_KINDS = ("id", "categorical", "text", "numeric", "id_list")
 OBJECTIVE_KINDS = ("binary", "regression")
 TRANSFORMS = ("none", "log1p")
 SHARED_VOCABULARIES = ("entity", "category")
@@ -53,7 +54,7 @@ class FieldSpec:
     name: str
     kind: FieldKind
     vocabulary: str | None = None  # "entity" / "category": share the catalogue's ids and embeddings
-    max_tokens: int = 16  # text: tokens kept per value (word tokens + character trigrams)
+    max_tokens: int = 16  # text: tokens kept (words + character trigrams); id_list: most recent ids kept
     min_count: int = 1  # id/categorical: rarer training values map to the unknown index
     max_length: int = 256  # text: longest accepted value, in characters (requests beyond are refused)
     description: str = ""
@@ -259,8 +260,12 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
             p.add(f"context.fields[{i}].name", f"{f.name!r} is reserved by the log schema")
         if f.vocabulary is not None and f.vocabulary not in SHARED_VOCABULARIES:
             p.add(f"context.fields[{i}].vocabulary", f"expected one of {SHARED_VOCABULARIES}")
-        if f.vocabulary is not None and f.kind not in ("id", "categorical"):
-            p.add(f"context.fields[{i}].vocabulary", "only id and categorical fields can share a vocabulary")
+        if f.vocabulary is not None and f.kind not in ("id", "categorical", "id_list"):
+            p.add(f"context.fields[{i}].vocabulary", "only id, categorical and id_list fields can share a vocabulary")
+        if f.kind == "id_list" and f.vocabulary is None:
+            p.add(
+                f"context.fields[{i}].vocabulary", "an id_list field needs a shared vocabulary ('entity' or 'category')"
+            )
         fields.append(f)
     if not fields:
         p.add("context.fields", "declare at least one context field")

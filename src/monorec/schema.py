@@ -164,6 +164,13 @@ class ContextSchema:
 
 
 def _check_value(spec: FieldSpec, value: Any) -> Any:
+    if spec.kind == "id_list":
+        items = value.split("|") if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str | int) and not isinstance(v, bool) for v in items):
+            raise RequestError(spec.name, "expected a list of ids (or one '|'-separated string)")
+        if len(items) > 1000:
+            raise RequestError(spec.name, f"{len(items)} ids exceed the limit of 1000")
+        return "|".join(str(v) for v in items[-spec.max_tokens :])
     if spec.kind == "numeric":
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise RequestError(spec.name, f"expected a finite number, got {value!r}")

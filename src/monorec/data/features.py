@@ -157,6 +157,17 @@ class Featurizer:
         # replace_strict sends nulls to the default too: a missing value is the sentinel, not "unknown"
         return np.where(strings.is_null().to_numpy(), MISSING_INDEX, mapped.to_numpy()).astype(np.int64)
 
+    @staticmethod
+    def _index_lists(values: pl.Series, vocab: list[str], length: int) -> np.ndarray:
+        """(N,) "|"-separated id lists -> (N, length) indices of the most recent ``length`` ids, 0-padded."""
+        index = {v: i + 2 for i, v in enumerate(vocab)}
+        out = np.zeros((len(values), length), dtype=np.int64)
+        for r, value in enumerate(values.cast(pl.String).to_list()):
+            if value:
+                ids = [index.get(v, UNKNOWN_INDEX) for v in value.split("|") if v][-length:]
+                out[r, : len(ids)] = ids
+        return out
+
     def _vocab_for(self, field: str) -> list[str]:
         spec = self.config.field(field)
         if spec.vocabulary == "entity":
@@ -177,6 +188,8 @@ class Featurizer:
                 out[f.name] = self._index(col, self._vocab_for(f.name))
             elif f.kind == "text":
                 out[f.name] = hash_texts(col.cast(pl.String).to_list(), cfg.model.text_buckets, f.max_tokens)
+            elif f.kind == "id_list":
+                out[f.name] = self._index_lists(col, self._vocab_for(f.name), f.max_tokens)
             else:
                 mean, std = self.numeric_stats_.get(f.name, (0.0, 1.0))
                 values = col.cast(pl.Float64).to_numpy()

@@ -6,7 +6,7 @@ Formats (detected from the files present):
 - ml-100k: ``u.data`` (tab-separated) and ``u.item`` (``|``-separated, latin-1, 19 genre flags).
 
 Canvases (see ../shared/data/README.md):
-- home: every rating is a (user -> movie) request;
+- home: every rating is a (user -> movie) request, with the user's previous ratings as its history;
 - related: the movie a user rated right after another one, with that other one as the source;
 - search: a tag's text as the query and the tagged movie as relevant (only where tags exist);
 - browse: one of the movie's genres (chosen by a stable hash) plus the user.
@@ -94,6 +94,19 @@ def _load_raw(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame | No
     return ratings, movies, None
 
 
+HISTORY = 20  # movies of a home request's history: the user's previous ratings, most recent last
+
+
+def _history(ratings: pl.DataFrame, length: int) -> pl.Series:
+    """For ratings sorted by (user, time): the user's previous ``length`` movies, "|"-separated, at each row
+    (strictly earlier rows only, so a request never sees its own answer)."""
+    out: list[str | None] = []
+    for (_,), group in ratings.group_by("user_id", maintain_order=True):
+        ids = group["entity_id"].to_list()
+        out += ["|".join(ids[max(0, i - length) : i]) or None for i in range(len(ids))]
+    return pl.Series("history", out, dtype=pl.String)
+
+
 def _canvas_rows(frame: pl.DataFrame, canvas: str, context: list[str], outcome: list[pl.Expr]) -> pl.DataFrame:
     """One canvas's log rows: a request id per row, the canvas, its context fields, the outcomes."""
     return frame.select(
@@ -123,7 +136,7 @@ def read_movielens(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         pl.col("rating").cast(pl.Float64),
     ).sort(["user_id", "ts", "entity_id"])
     outcome = [pl.lit(1.0).alias("watched"), (pl.col("rating") >= 4).cast(pl.Float64).alias("liked"), pl.col("rating")]
-    home = _canvas_rows(r, "home", ["user_id"], outcome)
+    home = _canvas_rows(r.with_columns(_history(r, HISTORY)), "home", ["user_id", "history"], outcome)
     related = _canvas_rows(
         r.with_columns(pl.col("entity_id").shift(1).over("user_id").alias("source_item_id")).filter(
             pl.col("source_item_id").is_not_null()

@@ -116,7 +116,7 @@ def model_kwargs(config: ProjectConfig, featurizer: Featurizer) -> dict[str, obj
     fields = []
     for f in config.fields:
         table = None
-        if f.kind in ("id", "categorical"):
+        if f.kind in ("id", "categorical", "id_list"):
             table = f.vocabulary if f.vocabulary else f"field:{f.name}"
             if table not in sizes:
                 sizes[table] = 2  # a field absent from training: only the sentinels

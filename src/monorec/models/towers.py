@@ -87,6 +87,9 @@ class ContextEncoder(nn.Module):
                 parts.append(self.tables.bag(None, x))  # (B, L) -> (B, E)
             elif f.kind == "numeric":
                 parts.append(self.numeric[f.name](x))  # (B, 2) -> (B, E)
+            elif f.kind == "id_list":
+                assert f.table is not None
+                parts.append(self.tables.bag(f.table, x))  # (B, L) -> (B, E), mean of the ids
             else:
                 assert f.table is not None
                 parts.append(self.tables.lookup(f.table, x))  # (B,) -> (B, E)

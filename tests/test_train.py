@@ -77,3 +77,28 @@ def test_selection_by_validation_loss(config, prepared):
     assert all(s < 0 for s in scores)  # minus a loss
     assert bundle.meta["best_val_score"] == max(scores)
     assert bundle.meta["best_epoch"] == scores.index(max(scores))
+
+
+def test_id_dropout_trains_the_unknown_sentinel(config, prepared):
+    """Without id dropout no training row carries an unknown user, so that embedding never moves."""
+    from monorec.data.features import UNKNOWN_INDEX
+
+    def unknown_row_moves(p: float) -> bool:
+        cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1, id_dropout=p))
+        from monorec.data.features import Featurizer
+        from monorec.models.model import build_model, model_kwargs
+        from monorec.train import TrainingData, TrainStep
+
+        fz = Featurizer(cfg).fit(prepared.rows("train"), prepared.catalogue)
+        model = build_model(model_kwargs(cfg, fz))
+        data = TrainingData.build(cfg, fz, prepared.merged(cfg.canvas_names), prepared.catalogue, torch.device("cpu"))
+        step = TrainStep(model, cfg, data, torch.Generator().manual_seed(0))
+        table = model.tables.tables["field__user_id"].weight
+        before = table[UNKNOWN_INDEX].detach().clone()
+        known = data.ctx["user_id"] >= 2
+        for idx in torch.nonzero(known).flatten()[:512].split(128):  # rows whose user is known
+            step.step(idx)
+        return not torch.equal(before, table[UNKNOWN_INDEX].detach())
+
+    assert not unknown_row_moves(0.0)
+    assert unknown_row_moves(0.5)

@@ -138,6 +138,9 @@ class TrainSpec:
     temperature: float = 0.05  # softmax temperature of the retrieval loss (unit-norm embeddings)
     random_negatives: int = 256  # uniformly sampled catalogue negatives per batch, beside in-batch ones
     device: str = "auto"  # "auto": CUDA when present, else CPU
+    # share of context ids (id and id_list fields) replaced by the "unknown" index during training, so that
+    # the cold-start sentinel is learned and the model also leans on the other fields (history, query...)
+    id_dropout: float = 0.0
     # model selection: "ndcg" (validation NDCG@k averaged over requests) or "loss" (validation loss over
     # every validation row; smoother when a canvas's validation requests are few and come from few users)
     selection: Literal["ndcg", "loss"] = "ndcg"

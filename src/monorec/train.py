@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from monorec.bundle import ModelBundle, context_tensors, item_tensors
 from monorec.config import ProjectConfig
-from monorec.data.features import Featurizer
+from monorec.data.features import UNKNOWN_INDEX, Featurizer
 from monorec.data.prepared import PreparedData
 from monorec.evaluation.evaluate import evaluate_recommender, request_sets
 from monorec.evaluation.recommenders import ModelRecommender
@@ -109,11 +109,22 @@ class TrainStep:
         self.sparse_opt = torch.optim.SparseAdam(sparse, lr=t.sparse_lr)
         self.dense_opt = torch.optim.AdamW(dense, lr=t.lr)
         self.temperature = t.temperature
+        self.id_dropout = t.id_dropout
+        self.id_fields = [f.name for f in config.fields if f.kind in ("id", "id_list")]
         self.random_negatives = t.random_negatives
         self.n_items = len(data.items["entity"])
 
+    def _drop_ids(self, ctx: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Replaces a share of known context ids (index >= 2) with the unknown index (cold-start training)."""
+        out = dict(ctx)
+        for name in self.id_fields:
+            ids = ctx[name]
+            drop = torch.rand(ids.shape, generator=generator).to(ids.device) < self.id_dropout
+            out[name] = torch.where(drop & (ids >= 2), torch.full_like(ids, UNKNOWN_INDEX), ids)
+        return out
+
     def losses(
-        self, data: TrainingData, idx: torch.Tensor, generator: torch.Generator
+        self, data: TrainingData, idx: torch.Tensor, generator: torch.Generator, *, training: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-task losses (O objectives + retrieval) of a batch, and which tasks were present.
 
@@ -122,6 +133,8 @@ class TrainStep:
         """
         model = self.model
         ctx = {k: v[idx] for k, v in data.ctx.items()}
+        if training and self.id_dropout > 0:
+            ctx = self._drop_ids(ctx, generator)
         entity = data.entity[idx]
         cf, ce = model.encode_context(ctx)
         itf, ie = model.encode_items({k: v[entity] for k, v in data.items.items()})
@@ -149,7 +162,7 @@ class TrainStep:
     def step(self, idx: torch.Tensor) -> dict[str, float]:
         """One optimisation step on the training rows ``idx``."""
         self.model.train()
-        losses, present = self.losses(self.data, idx, self.generator)
+        losses, present = self.losses(self.data, idx, self.generator, training=True)
         total = self.weighting(losses, present)
         self.sparse_opt.zero_grad(set_to_none=True)
         self.dense_opt.zero_grad(set_to_none=True)

@@ -12,7 +12,8 @@ Catalogue columns:
 Log columns:
     ts (int, seconds), canvas (str, a declared canvas), entity_id (str, the entity shown),
     request_id (str, optional: rows sharing it are impressions of one request),
-    every context field the canvas uses (str; float for numeric fields),
+    every context field the canvas uses (str; float for numeric fields; "|"-separated ids, most recent
+    last, for id_list fields such as a user's history),
     objective columns (number; null = not observed; 0/1 for binary objectives); each canvas's primary
     objective column is required, the others may be absent (unobserved).
 

@@ -145,7 +145,7 @@ class BM25Recommender:
     """Search: Okapi BM25 of the query over each entity's title and categories (rank-bm25)."""
 
     def __init__(self, catalogue: pl.DataFrame, train_positives: pl.DataFrame, *, query_field: str = "query") -> None:
-        from rank_bm25 import BM25Okapi  # optional dependency (the "bench" extra)
+        from rank_bm25 import BM25Okapi
 
         from monorec.data.features import tokenize
 

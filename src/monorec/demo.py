@@ -49,6 +49,7 @@ def run_demo(workdir: Path, *, quick: bool = False, seed: int = 0, progress: boo
         report,
         comparisons={k: v for k, v in results.items() if k != "consolidated"},
         history=bundle.meta.get("history"),
+        name="consolidated",
     )
     write_comparison(workdir / "report" / "comparison.json", results)
     gate = compare_reports(report, results["separate"], tolerance=config.evaluate.gate_tolerance)

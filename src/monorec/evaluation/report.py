@@ -45,6 +45,7 @@ def write_report(
     comparisons: dict[str, dict[str, Any]] | None = None,
     history: list[dict[str, Any]] | None = None,
     title: str = "monorec evaluation",
+    name: str = "model",
 ) -> Path:
     """Writes ``metrics.json``, ``report.md`` and PNG plots into ``out``."""
     import matplotlib
@@ -56,7 +57,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     k = report["k"]
     write_json(out / "metrics.json", {**report, "comparisons": comparisons or {}})
-    results = {"model": report, **(comparisons or {})}
+    results = {name: report, **(comparisons or {})}
     md = [
         f"# {title}",
         "",

@@ -59,3 +59,23 @@ def test_model_answers_respect_exclusions_and_beat_nothing(trained, prepared, co
             assert len(set(row.tolist())) == 10  # no duplicates in an answer
     pop = PopularityRecommender(prepared.rows("train").filter(pl.col("clicked") == 1), prepared.catalogue)
     assert evaluate_recommender(pop, reqs, 10)["home"]["requests"] == len(reqs["home"])
+
+
+def test_objective_metrics_match_the_plain_forward_pass(trained, prepared):
+    """evaluate_objectives reuses the encoded catalogue; it must agree with model(ctx, items)."""
+    from monorec.bundle import context_tensors, item_tensors
+    from monorec.evaluation.evaluate import evaluate_objectives
+    from monorec.evaluation.metrics import auc
+    from monorec.evaluation.requests import entity_positions
+
+    rows = prepared.canvases["home"].filter(pl.col("split") == "test")
+    got = evaluate_objectives(trained, rows, prepared.catalogue)
+    fz = trained.featurizer
+    items = item_tensors(fz.transform_catalogue(prepared.catalogue))
+    idx = torch.as_tensor(entity_positions(prepared.catalogue, rows["entity_id"]))
+    with torch.no_grad():
+        _, _, logits = trained.model.eval()(
+            context_tensors(fz.transform_context(rows)), {k: v[idx] for k, v in items.items()}
+        )
+    y = rows["clicked"].to_numpy()
+    assert abs(got["click"]["auc"] - auc(y, logits[:, 0].numpy())) < 1e-6

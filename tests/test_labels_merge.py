@@ -120,13 +120,34 @@ def test_popularity_negatives_follow_training_popularity_only(config):
     from monorec.data.labels import _negative_weights
 
     cfg = dataclasses.replace(config, labels=dataclasses.replace(config.labels, negative_sampling="popularity"))
-    logs = pl.DataFrame({
-        "ts": [1, 2, 3, 100, 101, 102],
-        "canvas": ["home"] * 6,
-        "entity_id": ["e1", "e1", "e1", "e2", "e2", "e2"],
-        "clicked": [1.0] * 6,
-    })
+    logs = pl.DataFrame(
+        {
+            "ts": [1, 2, 3, 100, 101, 102],
+            "canvas": ["home"] * 6,
+            "entity_id": ["e1", "e1", "e1", "e2", "e2", "e2"],
+            "clicked": [1.0] * 6,
+        }
+    )
     w = _negative_weights(logs, CATALOGUE, cfg, first_valid_ts=50)
     assert w is not None and abs(w.sum() - 1) < 1e-9
     ids = CATALOGUE["entity_id"].to_list()
     assert w[ids.index("e1")] > w[ids.index("e2")] == w[ids.index("e3")]
+
+
+def test_responses_use_each_rows_own_canvas_primary(config):
+    import dataclasses
+
+    from monorec.data.labels import responses
+
+    # search's primary becomes "like": a search row with clicked=1 but liked=0 is not a response
+    canvases = tuple(dataclasses.replace(c, primary="like") if c.name == "search" else c for c in config.canvases)
+    cfg = dataclasses.replace(config, canvases=canvases)
+    frame = pl.DataFrame(
+        {
+            "canvas": ["home", "home", "search", "search"],
+            "entity_id": ["a", "b", "c", "d"],
+            "clicked": [1.0, 0.0, 1.0, 1.0],
+            "liked": [None, None, 0.0, 1.0],
+        }
+    )
+    assert responses(frame, cfg)["entity_id"].to_list() == ["a", "d"]

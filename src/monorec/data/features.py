@@ -24,6 +24,7 @@ import polars as pl
 
 from monorec.artifacts import read_json, write_json
 from monorec.config import ProjectConfig
+from monorec.data.labels import responses
 from monorec.errors import ArtifactError
 
 __all__ = ["ContextArrays", "Featurizer", "ItemArrays", "tokenize"]
@@ -92,8 +93,7 @@ class Featurizer:
         cfg = self.config
         # entity ids get an embedding only if someone responded to them in training (primary objective
         # = 1): an entity seen only as a sampled negative would get an id embedding trained on noise
-        primary_cols = sorted({cfg.objective(c.primary).column for c in cfg.canvases} & set(train.columns))
-        positives = train.filter(pl.any_horizontal([pl.col(c) == 1 for c in primary_cols])) if primary_cols else train
+        positives = responses(train, cfg)
         self.entity_vocab_ = sorted(positives["entity_id"].unique().to_list())
         cats = catalogue["categories"].str.split("|").explode().drop_nulls()
         self.category_vocab_ = sorted(set(cats.filter(cats != "").to_list()))
@@ -118,8 +118,10 @@ class Featurizer:
                 std = float(values.std()) if len(values) > 1 else 1.0
                 self.label_stats_[o.name] = (float(values.mean()) if len(values) else 0.0, std or 1.0)
         # popularity = responses (primary objective = 1) per entity in training
-        responses = dict(positives["entity_id"].value_counts().iter_rows())
-        pop = np.log1p(np.array([responses.get(e, 0) for e in catalogue["entity_id"].to_list()], dtype=np.float64))
+        response_counts = dict(positives["entity_id"].value_counts().iter_rows())
+        pop = np.log1p(
+            np.array([response_counts.get(e, 0) for e in catalogue["entity_id"].to_list()], dtype=np.float64)
+        )
         self.popularity_ = {e: float(p) for e, p in zip(catalogue["entity_id"].to_list(), pop, strict=True) if p > 0}
         self.popularity_stats_ = (float(pop.mean()), float(pop.std()) or 1.0)
         return self

@@ -18,7 +18,7 @@ import polars as pl
 from monorec.config import ProjectConfig
 from monorec.schema import ContextSchema
 
-__all__ = ["SPLITS", "LabelSet", "add_sampled_negatives", "prepare_labels", "time_cutoffs"]
+__all__ = ["SPLITS", "LabelSet", "add_sampled_negatives", "prepare_labels", "responses", "time_cutoffs"]
 
 SPLITS = ("train", "valid", "test")
 
@@ -33,6 +33,17 @@ class LabelSet:
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {name: {s: int((frame["split"] == s).sum()) for s in SPLITS} for name, frame in self.canvases.items()}
+
+
+def responses(frame: pl.DataFrame, config: ProjectConfig) -> pl.DataFrame:
+    """The rows whose canvas's primary objective is 1: the responses that mark relevant entities (and
+    from which popularity, vocabularies and "seen" sets are counted)."""
+    conditions = [
+        (pl.col("canvas") == c.name) & (pl.col(config.objective(c.primary).column) == 1)
+        for c in config.canvases
+        if config.objective(c.primary).column in frame.columns
+    ]
+    return frame.filter(pl.any_horizontal(conditions)) if conditions else frame.clear()
 
 
 def time_cutoffs(ts: pl.Series, valid_fraction: float, test_fraction: float) -> tuple[int, int]:
@@ -133,8 +144,7 @@ def _negative_weights(
     exponent, so that validation and test never inform the sampling. None for uniform sampling."""
     if config.labels.negative_sampling == "uniform":
         return None
-    primaries = sorted({config.objective(c.primary).column for c in config.canvases} & set(logs.columns))
-    train = logs.filter((pl.col("ts") < first_valid_ts) & pl.any_horizontal([pl.col(c) == 1 for c in primaries]))
+    train = responses(logs.filter(pl.col("ts") < first_valid_ts), config)
     counts = dict(train["entity_id"].value_counts().iter_rows())
     w = (
         np.array([counts.get(e, 0) + 1.0 for e in catalogue["entity_id"].to_list()])

@@ -9,8 +9,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from monorec.bundle import ModelBundle, context_tensors, item_tensors
+from monorec.bundle import ModelBundle, context_tensors
 from monorec.config import ProjectConfig
+from monorec.data.labels import responses
 from monorec.data.prepared import PreparedData
 from monorec.evaluation.metrics import auc, log_loss, ndcg_at_k, recall_at_k, rmse
 from monorec.evaluation.recommenders import ModelRecommender, Recommender
@@ -29,10 +30,7 @@ def request_sets(
     train = prepared.rows("train")
     known = set(train["user_id"].drop_nulls().to_list()) if "user_id" in train.columns else None
     if ev.exclude_seen:
-        primaries = [config.objective(c.primary).column for c in config.canvases]
-        seen = seen_by_user(
-            train.filter(pl.any_horizontal([pl.col(p) == 1 for p in set(primaries)])), prepared.catalogue
-        )
+        seen = seen_by_user(responses(train, config), prepared.catalogue)
     context_columns = [f.name for f in config.fields]
     entity_fields = [f.name for f in config.fields if f.vocabulary == "entity"]
     out = {}
@@ -86,12 +84,20 @@ def evaluate_recommender(
 
 @torch.no_grad()
 def evaluate_objectives(
-    bundle: ModelBundle, rows: pl.DataFrame, catalogue: pl.DataFrame, batch_size: int = 4096
+    bundle: ModelBundle,
+    rows: pl.DataFrame,
+    catalogue: pl.DataFrame,
+    *,
+    encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
+    batch_size: int = 4096,
 ) -> dict[str, dict[str, float]]:
-    """Pointwise metrics of each objective head the canvas declares, on logged (and sampled) rows."""
+    """Pointwise metrics of each objective head the canvas declares, on logged (and sampled) rows.
+
+    ``encoded``: the catalogue's (features (N, F_i), embeddings (N, D)) when the caller has them already.
+    """
     model, fz, cfg = bundle.model.eval(), bundle.featurizer, bundle.config
     device = next(model.parameters()).device
-    items = item_tensors(fz.transform_catalogue(catalogue), device)
+    item_feats, item_embs = encoded if encoded is not None else bundle.item_embeddings(catalogue)
     positions = entity_positions(catalogue, rows["entity_id"])
     rows = rows.filter(pl.Series(positions >= 0))
     positions = positions[positions >= 0]
@@ -100,7 +106,8 @@ def evaluate_objectives(
     for start in range(0, rows.height, batch_size):
         ctx = context_tensors(fz.transform_context(rows.slice(start, batch_size)), device)
         idx = torch.as_tensor(positions[start : start + batch_size], device=device)
-        _, _, logits = model(ctx, {k: v[idx] for k, v in items.items()})
+        cf, ce = model.encode_context(ctx)
+        logits = model.rank(cf, ce, item_feats[idx], item_embs[idx], ctx["task_type"])
         preds.append(logits.cpu().numpy())
     logits_all = np.concatenate(preds) if preds else np.zeros((0, len(cfg.objectives)))
     out: dict[str, dict[str, float]] = {}
@@ -128,16 +135,16 @@ def evaluate_bundle(
     cfg = bundle.config
     k = cfg.evaluate.k
     reqs = requests or request_sets(cfg, prepared, split)
-    ranked = evaluate_recommender(
-        ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth), reqs, k
-    )
-    retrieval = evaluate_recommender(ModelRecommender(bundle, prepared.catalogue, rank=False), reqs, k)
+    recommender = ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth)
+    ranked = evaluate_recommender(recommender, reqs, k)
+    retrieval = evaluate_recommender(recommender.retrieval_only(), reqs, k)
+    encoded = (recommender.item_feats, recommender.item_embs)  # the catalogue is encoded once
     canvases = {}
     for c in cfg.canvases:
         rows = prepared.canvases[c.name].filter(pl.col("split") == split)
         canvases[c.name] = {
             **ranked[c.name],
             "retrieval_only": {m: v for m, v in retrieval[c.name].items() if m in (f"recall@{k}", f"ndcg@{k}")},
-            "objectives": evaluate_objectives(bundle, rows, prepared.catalogue) if rows.height else {},
+            "objectives": evaluate_objectives(bundle, rows, prepared.catalogue, encoded=encoded) if rows.height else {},
         }
     return {"split": split, "k": k, "canvases": canvases}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import Counter, defaultdict
 from typing import Protocol
 
@@ -55,6 +56,12 @@ class ModelRecommender:
         self.bundle, self.depth, self.rank, self.batch_size = bundle, depth, rank, batch_size
         self.item_feats, self.item_embs = bundle.item_embeddings(catalogue)
         self.catalogue_size = catalogue.height
+
+    def retrieval_only(self) -> ModelRecommender:
+        """The same recommender stopping after retrieval, sharing the encoded catalogue."""
+        twin = copy.copy(self)
+        twin.rank = False
+        return twin
 
     @torch.no_grad()
     def recommend(self, requests: RequestSet, k: int) -> np.ndarray:

@@ -7,6 +7,7 @@ on the same test requests (plus popularity, co-occurrence and BM25 baselines) ->
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -29,8 +30,6 @@ def run_demo(workdir: Path, *, quick: bool = False, seed: int = 0, progress: boo
     spec = QUICK_WORLD if quick else WorldSpec()
     spec = WorldSpec(**{**spec.__dict__, "seed": seed})
     if quick:
-        import dataclasses
-
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2, val_requests=50))
     print(
         f"[1/5] generating a synthetic world: {spec.n_users} users, {spec.n_items} entities, {spec.n_requests} requests"

@@ -263,7 +263,7 @@ def train(
         generator.set_state(saved["generator"])
         history, best_score, best_epoch = saved["history"], saved["best_score"], saved["best_epoch"]
         best_state, start_epoch = saved["best_model"], saved["epoch"] + 1
-    stale = sum(1 for h in history[best_epoch + 1 :]) if history else 0
+    stale = len(history) - (best_epoch + 1)  # epochs since the best (0 on a fresh start)
     for epoch in range(start_epoch, t.epochs):
         if stale >= t.patience:
             break

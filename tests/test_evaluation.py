@@ -79,3 +79,14 @@ def test_objective_metrics_match_the_plain_forward_pass(trained, prepared):
         )
     y = rows["clicked"].to_numpy()
     assert abs(got["click"]["auc"] - auc(y, logits[:, 0].numpy())) < 1e-6
+
+
+def test_dedicated_and_consolidated_models_see_identical_requests(config, prepared):
+    """What a user consumed (the "seen" exclusions) is a fact of the data, not of the canvases a model
+    covers: a dedicated model must be validated and tested on exactly the consolidated model's requests."""
+    full = request_sets(config, prepared, "valid")
+    for canvas in config.canvas_names:
+        dedicated = request_sets(config.only_canvases((canvas,)), prepared, "valid")[canvas]
+        assert dedicated.contexts.equals(full[canvas].contexts)
+        for a, b in zip(dedicated.exclude, full[canvas].exclude, strict=True):
+            assert sorted(a.tolist()) == sorted(b.tolist())

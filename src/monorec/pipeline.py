@@ -12,7 +12,6 @@ import polars as pl
 from monorec.artifacts import read_json, write_json
 from monorec.bundle import ModelBundle
 from monorec.config import ProjectConfig, parse_config
-from monorec.data.labels import responses
 from monorec.data.movielens import is_movielens, read_movielens
 from monorec.data.prepared import PreparedData, prepare
 from monorec.data.tables import load_dataset, validate_catalogue, validate_logs
@@ -126,7 +125,7 @@ def compare_models(
         separate[c] = evaluate_bundle(dedicated, prepared, split, {c: reqs[c]})["canvases"][c]
     results["separate"] = {"split": split, "k": k, "canvases": separate}
     if baselines:
-        all_pos = responses(prepared.rows("train"), config)
+        all_pos = prepared.responses("train")
         pop = {}
         for spec in config.canvases:
             rows = all_pos.filter(pl.col("canvas") == spec.name)

@@ -31,6 +31,14 @@ class PreparedData:
         names = canvases or tuple(self.canvases)
         return pl.concat([self.canvases[c].filter(pl.col("split") == split) for c in names if c in self.canvases])
 
+    def responses(self, split: str) -> pl.DataFrame:
+        """Rows of one split where their canvas's primary objective is 1, over EVERY prepared canvas: what
+        users consumed is a fact of the data, whichever canvases a model is trained on."""
+        primary = self.manifest["primary_columns"]
+        return pl.concat(
+            [f.filter((pl.col("split") == split) & (pl.col(primary[c]) == 1)) for c, f in self.canvases.items()]
+        )
+
     def merged(self, canvases: tuple[str, ...]) -> pl.DataFrame:
         """The merged training rows of some canvases (a dedicated model trains on exactly the rows of its
         canvas that the consolidated model trains on)."""
@@ -73,6 +81,7 @@ def prepare(
         "config": config.name,
         "inputs": inputs or {},
         "canvases": list(labels.canvases),
+        "primary_columns": {c.name: config.objective(c.primary).column for c in config.canvases},
         "rows": labels.counts(),
         "dropped": labels.dropped,
         "cutoffs": {"first_valid_ts": labels.cutoffs[0], "first_test_ts": labels.cutoffs[1]},

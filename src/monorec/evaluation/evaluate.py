@@ -11,7 +11,6 @@ import torch
 
 from monorec.bundle import ModelBundle, context_tensors
 from monorec.config import ProjectConfig
-from monorec.data.labels import responses
 from monorec.data.prepared import PreparedData
 from monorec.evaluation.metrics import auc, log_loss, ndcg_at_k, recall_at_k, rmse
 from monorec.evaluation.recommenders import ModelRecommender, Recommender
@@ -30,7 +29,7 @@ def request_sets(
     train = prepared.rows("train")
     known = set(train["user_id"].drop_nulls().to_list()) if "user_id" in train.columns else None
     if ev.exclude_seen:
-        seen = seen_by_user(responses(train, config), prepared.catalogue)
+        seen = seen_by_user(prepared.responses("train"), prepared.catalogue)
     context_columns = [f.name for f in config.fields]
     entity_fields = [f.name for f in config.fields if f.vocabulary == "entity"]
     out = {}

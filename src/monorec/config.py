@@ -21,9 +21,11 @@ from monorec.errors import ConfigError
 
 __all__ = [
     "CanvasSpec",
+    "DeploySpec",
     "EvaluateSpec",
     "FieldSpec",
     "ImputeRule",
+    "IndexSpec",
     "LabelSpec",
     "ModelSpec",
     "ObjectiveSpec",
@@ -158,6 +160,33 @@ class EvaluateSpec:
 
 
 @dataclass(frozen=True)
+class IndexSpec:
+    """The vector index each deployed version searches (see :mod:`monorec.index`)."""
+
+    kind: Literal["exact", "hnsw", "qdrant"] = "exact"  # exact: faiss flat; hnsw: faiss HNSW; qdrant: collections
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
+    # a filtered search over at most this many entities is answered exactly (brute force over the subset)
+    exact_below: int = 20000
+    compact_above: float = 0.25  # rebuild the graph when this share of its rows are deleted or overwritten
+    qdrant_url: str = ""  # "" : qdrant-client's local mode in the deployment folder; else a server URL
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    """Bulk loading, validation and streaming of a deployed version (see :mod:`monorec.deploy`)."""
+
+    batch_size: int = 4096  # entities embedded per bulk batch
+    checkpoint_batches: int = 8  # bulk batches between checkpoints (a crash resumes from the last one)
+    canary_queries: int = 200  # random catalogue embeddings searched in the new index and exactly
+    canary_min_recall: float = 0.9  # required recall@10 of the index against exact search
+    drain_timeout_s: float = 30.0  # how long a switch waits for requests still on the old version
+    loader_batch: int = 512  # changes read from the log per step
+    loader_checkpoint_s: float = 1.0  # at most this long between a loader's index checkpoints
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     """A whole project config. Canvas order defines ``task_type`` indices."""
 
@@ -172,6 +201,8 @@ class ProjectConfig:
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
     evaluate: EvaluateSpec = EvaluateSpec()
+    index: IndexSpec = IndexSpec()
+    deploy: DeploySpec = DeploySpec()
 
     def field(self, name: str) -> FieldSpec:
         return next(f for f in self.fields if f.name == name)
@@ -338,6 +369,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
         ("model", ModelSpec),
         ("train", TrainSpec),
         ("evaluate", EvaluateSpec),
+        ("index", IndexSpec),
+        ("deploy", DeploySpec),
     ):
         sections[key] = parse_dataclass(cls, raw.get(key, {}), key, p) or cls()
     split = sections["split"]
@@ -357,6 +390,19 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
     ev = sections["evaluate"]
     if ev.retrieval_depth < ev.k:
         p.add("evaluate.retrieval_depth", f"must be >= evaluate.k ({ev.k})")
+
+    idx = sections["index"]
+    for key in ("hnsw_m", "ef_construction", "ef_search"):
+        if getattr(idx, key) < 1:
+            p.add(f"index.{key}", "must be >= 1")
+    if not 0 < idx.compact_above <= 1:
+        p.add("index.compact_above", "must be in (0, 1]")
+    dep = sections["deploy"]
+    for key in ("batch_size", "checkpoint_batches", "loader_batch"):
+        if getattr(dep, key) < 1:
+            p.add(f"deploy.{key}", "must be >= 1")
+    if not 0 <= dep.canary_min_recall <= 1:
+        p.add("deploy.canary_min_recall", "must be in [0, 1]")
 
     if p.items:
         raise ConfigError(source, p.items)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 __all__ = [
     "ArtifactError",
+    "ChangeError",
     "ConfigError",
     "DataError",
+    "DeployError",
     "GateError",
     "MonorecError",
     "RegistryError",
@@ -74,3 +76,17 @@ class GateError(MonorecError):
     def __init__(self, regressions: list[str]) -> None:
         self.regressions = list(regressions)
         super().__init__("release gate refused the candidate:\n" + "\n".join(f"  - {r}" for r in regressions))
+
+
+class ChangeError(MonorecError):
+    """A catalogue change is malformed (unknown entity type, missing or mistyped field). Loaders put such
+    a change into the dead-letter table with this reason and go on."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"change field {field!r}: {reason}")
+
+
+class DeployError(MonorecError):
+    """A deployment step is not allowed in the version's current state, or a version failed validation."""

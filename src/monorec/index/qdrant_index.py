@@ -1,0 +1,172 @@
+"""The scale-out index: one Qdrant collection per model version, found by readers through an alias.
+
+Works against a Qdrant server (``url``) or qdrant-client's local mode (``path``, no server; what the tests
+use). Points are keyed by a UUID derived from the entity id and carry ``entity_id``, ``entity_type``,
+``categories`` and ``revision`` in their payload; filters become Qdrant payload filters, so a filtered
+search is exact about its filter. The revision book (tombstones included) is saved beside the collection.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+
+from monorec.errors import ArtifactError
+from monorec.index.base import EntityFilter, EntityRows, Hits, RevisionBook, empty_hits
+
+__all__ = ["QdrantIndex", "close_qdrant_clients", "qdrant_client_for"]
+
+_CLIENTS: dict[str, QdrantClient] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def qdrant_client_for(location: str) -> QdrantClient:
+    """One client per location in this process (local mode allows one client per folder)."""
+    with _CLIENTS_LOCK:
+        if location not in _CLIENTS:
+            is_url = location.startswith(("http://", "https://"))
+            _CLIENTS[location] = QdrantClient(url=location) if is_url else QdrantClient(path=location)
+        return _CLIENTS[location]
+
+
+@atexit.register
+def close_qdrant_clients() -> None:
+    """Closes every client (local mode releases its folder lock)."""
+    with _CLIENTS_LOCK:
+        for client in _CLIENTS.values():
+            client.close()
+        _CLIENTS.clear()
+
+
+def _point_id(entity_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"monorec:{entity_id}"))
+
+
+class QdrantIndex:
+    """A version's index as a Qdrant collection (see the module docstring)."""
+
+    def __init__(self, dim: int, *, location: str, collection: str, create: bool = True) -> None:
+        self.dim = dim
+        self.location = location
+        self.collection = collection
+        self.client = qdrant_client_for(location)
+        self.book = RevisionBook()
+        self._lock = threading.Lock()
+        if create and not self.client.collection_exists(collection):
+            self.client.create_collection(
+                collection, vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.DOT)
+            )
+
+    def upsert(self, rows: EntityRows) -> int:
+        with self._lock:
+            latest: dict[str, int] = {}
+            for i, (entity_id, revision) in enumerate(zip(rows.ids, rows.revisions.tolist(), strict=True)):
+                if self.book.newer(entity_id, revision) and (
+                    entity_id not in latest or revision > rows.revisions[latest[entity_id]]
+                ):
+                    latest[entity_id] = i
+            if not latest:
+                return 0
+            points = [
+                qm.PointStruct(
+                    id=_point_id(rows.ids[i]),
+                    vector=rows.vectors[i].astype(np.float32).tolist(),
+                    payload={
+                        "entity_id": rows.ids[i],
+                        "entity_type": rows.types[i],
+                        "categories": list(rows.categories[i]),
+                        "revision": int(rows.revisions[i]),
+                    },
+                )
+                for i in sorted(latest.values())
+            ]
+            self.client.upsert(self.collection, points=points, wait=True)
+            for i in latest.values():
+                self.book.record(rows.ids[i], int(rows.revisions[i]), deleted=False)
+            return len(points)
+
+    def delete(self, ids: Sequence[str], revisions: Sequence[int]) -> int:
+        with self._lock:
+            live_before = set(self.book.live())
+            newer = [(e, int(r)) for e, r in zip(ids, revisions, strict=True) if self.book.newer(e, int(r))]
+            if not newer:
+                return 0
+            self.client.delete(
+                self.collection, points_selector=qm.PointIdsList(points=[_point_id(e) for e, _ in newer]), wait=True
+            )
+            for entity_id, revision in newer:
+                self.book.record(entity_id, revision, deleted=True)
+            return sum(e in live_before for e, _ in {e: r for e, r in newer}.items())
+
+    def search(self, queries: np.ndarray, k: int, where: EntityFilter | None = None) -> Hits:
+        q = np.asarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        hits = empty_hits(len(q), k)
+        if k <= 0:
+            return hits
+        must: list[Any] = []
+        if where is not None and where.entity_types is not None:
+            must.append(qm.FieldCondition(key="entity_type", match=qm.MatchAny(any=list(where.entity_types))))
+        if where is not None and where.categories is not None:
+            must.append(qm.FieldCondition(key="categories", match=qm.MatchAny(any=list(where.categories))))
+        flt = qm.Filter(must=must) if must else None
+        requests = [qm.QueryRequest(query=row.tolist(), limit=k, filter=flt, with_payload=True) for row in q]
+        results = self.client.query_batch_points(self.collection, requests=requests)
+        for r, response in enumerate(results):
+            for c, point in enumerate(response.points):
+                hits.ids[r, c] = (point.payload or {})["entity_id"]
+                hits.scores[r, c] = point.score
+        return hits
+
+    def __len__(self) -> int:
+        return int(self.client.count(self.collection, exact=True).count)
+
+    def revisions(self) -> dict[str, int]:
+        with self._lock:
+            return self.book.live()
+
+    def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
+        points = self.client.retrieve(self.collection, ids=[_point_id(i) for i in ids], with_vectors=True)
+        by_id = {(p.payload or {})["entity_id"]: p.vector for p in points}
+        return np.array([by_id[i] for i in ids], dtype=np.float32).reshape(len(ids), self.dim)
+
+    def set_alias(self, alias: str) -> None:
+        """Points ``alias`` at this collection in one atomic Qdrant operation (readers outside monorec)."""
+        self.client.update_collection_aliases(
+            change_aliases_operations=[
+                qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=self.collection, alias_name=alias))
+            ]
+        )
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            np.savez(path / "revisions.npz", **self.book.to_arrays())
+
+    @classmethod
+    def load(cls, path: str | Path, dim: int, *, location: str, collection: str) -> QdrantIndex:
+        index = cls(dim, location=location, collection=collection, create=False)
+        if not index.client.collection_exists(collection):
+            raise ArtifactError(f"{path}: Qdrant collection {collection!r} does not exist at {location}")
+        try:
+            with np.load(Path(path) / "revisions.npz", allow_pickle=False) as arrays:
+                index.book = RevisionBook.from_arrays({k: arrays[k] for k in arrays.files})
+        except (OSError, ValueError, KeyError) as exc:
+            raise ArtifactError(f"{path}: the revision book does not load: {exc}") from None
+        return index
+
+    def close(self) -> None:
+        """Nothing to free in process: the collection lives in Qdrant (see :meth:`drop`)."""
+
+    def drop(self) -> None:
+        """Deletes the collection (a retired version frees its index)."""
+        if self.client.collection_exists(self.collection):
+            self.client.delete_collection(self.collection)

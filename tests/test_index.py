@@ -1,0 +1,217 @@
+"""Congruence tests: every index backend (faiss exact, faiss HNSW, Qdrant local mode) against the same
+brute-force model of what the index should hold and answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monorec.config import IndexSpec
+from monorec.errors import ArtifactError
+from monorec.index import EntityFilter, EntityRows, create_index, load_index, save_index
+
+DIM = 16
+TYPES = ("movie", "series")
+CATS = ("a", "b", "c", "d")
+
+BACKENDS = {
+    "exact": IndexSpec(kind="exact", exact_below=50),
+    # a tiny exact_below sends filtered searches through the graph with a selector (and its fallback)
+    "hnsw": IndexSpec(kind="hnsw", hnsw_m=16, ef_construction=100, ef_search=128, exact_below=5),
+    "qdrant": IndexSpec(kind="qdrant"),
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    spec = BACKENDS[request.param]
+    name = f"t{abs(hash(str(tmp_path))) % 10**8}"
+    index = create_index(spec, DIM, name=name, root=tmp_path)
+    yield spec, index, name
+    index.drop()
+
+
+def clustered(n: int, seed: int) -> np.ndarray:
+    """Embedding-like unit vectors: clusters, not isotropic noise (graph indexes need structure)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(8, DIM))
+    x = centres[rng.integers(0, 8, n)] + 0.4 * rng.normal(size=(n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def entities(n: int, seed: int = 0, revision: int = 1, prefix: str = "e") -> EntityRows:
+    rng = np.random.default_rng(seed + 100)
+    return EntityRows(
+        ids=[f"{prefix}{i}" for i in range(n)],
+        types=[TYPES[i % 2] for i in range(n)],
+        categories=[tuple(sorted({CATS[rng.integers(0, 4)], CATS[rng.integers(0, 4)]})) for _ in range(n)],
+        revisions=np.full(n, revision, dtype=np.int64),
+        vectors=clustered(n, seed),
+    )
+
+
+class Model:
+    """What the index should hold: id -> (type, categories, revision, vector), plus tombstones."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, tuple[str, tuple[str, ...], int, np.ndarray]] = {}
+        self.applied: dict[str, int] = {}
+
+    def upsert(self, rows: EntityRows) -> None:
+        for i, e in enumerate(rows.ids):
+            r = int(rows.revisions[i])
+            if r > self.applied.get(e, -1):
+                self.applied[e] = r
+                self.live[e] = (rows.types[i], tuple(rows.categories[i]), r, rows.vectors[i])
+
+    def delete(self, ids: list[str], revisions: list[int]) -> None:
+        for e, r in zip(ids, revisions, strict=True):
+            if r > self.applied.get(e, -1):
+                self.applied[e] = r
+                self.live.pop(e, None)
+
+    def top_k(self, q: np.ndarray, k: int, where: EntityFilter | None = None) -> list[str]:
+        ok = [
+            e
+            for e, (t, c, _, _) in self.live.items()
+            if (where is None or where.entity_types is None or t in where.entity_types)
+            and (where is None or where.categories is None or set(c) & set(where.categories))
+        ]
+        scores = {e: float(self.live[e][3] @ q) for e in ok}
+        return sorted(ok, key=lambda e: (-scores[e], e))[:k]
+
+
+def recall(got: list[str], want: list[str]) -> float:
+    return len(set(got) & set(want)) / max(1, len(want))
+
+
+def check_answers(index, model: Model, queries: np.ndarray, k: int, where: EntityFilter | None, exact: bool) -> None:  # type: ignore[no-untyped-def]
+    hits = index.search(queries, k, where)
+    for q in range(len(queries)):
+        got = [e for e, _ in hits.row(q)]
+        want = model.top_k(queries[q], k, where)
+        assert len(got) == len(want), "a search returned fewer hits than its filter admits"
+        assert len(set(got)) == len(got)
+        for e in got:
+            t, c, _, _ = model.live[e]
+            assert where is None or where.entity_types is None or t in where.entity_types
+            assert where is None or where.categories is None or set(c) & set(where.categories)
+        if exact:
+            assert recall(got, want) == 1.0
+        scores = [s for _, s in hits.row(q)]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_search_matches_brute_force_with_and_without_filters(backend) -> None:  # type: ignore[no-untyped-def]
+    spec, index, _ = backend
+    rows = entities(400)
+    model = Model()
+    assert index.upsert(rows) == 400
+    model.upsert(rows)
+    assert len(index) == 400
+    queries = clustered(20, seed=7)
+    exact = spec.kind != "hnsw"
+    check_answers(index, model, queries, 10, None, exact)
+    check_answers(index, model, queries, 10, EntityFilter(entity_types=("series",)), exact)
+    check_answers(index, model, queries, 10, EntityFilter(categories=("d",)), exact)
+    check_answers(index, model, queries, 10, EntityFilter(entity_types=("movie",), categories=("a", "b")), exact)
+    if spec.kind == "hnsw":  # approximate, but on clustered data nearly exact
+        hits = index.search(queries, 10)
+        mean = np.mean([recall([e for e, _ in hits.row(q)], model.top_k(queries[q], 10)) for q in range(20)])
+        assert mean >= 0.95
+
+
+def test_a_filter_admitting_fewer_than_k_returns_exactly_those(backend) -> None:  # type: ignore[no-untyped-def]
+    _, index, _ = backend
+    rows = entities(300)
+    index.upsert(rows)
+    index.upsert(
+        EntityRows(["rare1", "rare2"], ["movie", "movie"], [("zz",), ("zz",)], np.array([1, 1]), clustered(2, 9))
+    )
+    hits = index.search(clustered(3, seed=3), 10, EntityFilter(categories=("zz",)))
+    for q in range(3):
+        assert sorted(e for e, _ in hits.row(q)) == ["rare1", "rare2"]
+    assert all(not hits.row(q) for q in range(3) for hits in [index.search(clustered(3, 3), 5, EntityFilter(("nope",)))])
+
+
+def test_revisions_are_idempotent_and_never_go_back(backend) -> None:  # type: ignore[no-untyped-def]
+    _, index, _ = backend
+    index.upsert(entities(50, revision=5))
+    assert index.upsert(entities(50, revision=5)) == 0  # replay: nothing applied
+    assert index.upsert(entities(50, seed=1, revision=4)) == 0  # older: ignored
+    moved = entities(1, seed=2, revision=6)
+    assert index.upsert(moved) == 1
+    assert np.allclose(index.vectors_of(["e0"])[0], moved.vectors[0], atol=1e-6)
+    top = index.search(moved.vectors[:1], 1).row(0)
+    assert top[0][0] == "e0" and top[0][1] == pytest.approx(1.0, abs=1e-5)
+
+    assert index.delete(["e1", "e2"], [3, 9]) == 1  # e1's delete is older than its revision 5
+    assert index.upsert(entities(3, revision=8)) == 0 or "e2" not in index.revisions()  # no resurrection
+    assert "e2" not in index.revisions() and "e1" in index.revisions()
+    assert index.upsert(entities(3, revision=10)) == 3  # a newer upsert brings e2 back
+    assert index.revisions()["e2"] == 10 and len(index) == 50
+
+
+def test_random_operations_match_the_model(backend) -> None:  # type: ignore[no-untyped-def]
+    spec, index, _ = backend
+    rng = np.random.default_rng(11)
+    model = Model()
+    for step in range(30):
+        n = int(rng.integers(1, 40))
+        ids = [f"e{i}" for i in rng.integers(0, 120, n)]
+        revisions = rng.integers(0, 25, n).astype(np.int64)
+        if rng.random() < 0.7:
+            rows = EntityRows(
+                ids=ids,
+                types=[TYPES[int(rng.integers(0, 2))] for _ in ids],
+                categories=[(CATS[int(rng.integers(0, 4))],) for _ in ids],
+                revisions=revisions,
+                vectors=clustered(n, seed=step),
+            )
+            index.upsert(rows)
+            model.upsert(rows)
+        else:
+            index.delete(ids, revisions.tolist())
+            model.delete(ids, revisions.tolist())
+    assert index.revisions() == {e: v[2] for e, v in model.live.items()}
+    assert len(index) == len(model.live)
+    check_answers(index, model, clustered(10, seed=99), 8, None, spec.kind != "hnsw")
+    check_answers(index, model, clustered(10, seed=98), 8, EntityFilter(categories=("b",)), spec.kind != "hnsw")
+
+
+def test_saved_index_answers_the_same_and_corruption_fails_loudly(backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec, index, name = backend
+    index.upsert(entities(200))
+    index.delete(["e3"], [2])
+    before = index.search(clustered(5, seed=1), 10)
+    path = tmp_path / "saved"
+    save_index(index, path, spec=spec, meta={"offset": 42})
+    loaded, manifest = load_index(path, spec=spec, name=name, root=tmp_path)
+    assert manifest["offset"] == 42
+    after = loaded.search(clustered(5, seed=1), 10)
+    assert (before.ids == after.ids).all()
+    assert loaded.revisions() == index.revisions() and "e3" not in loaded.revisions()
+    assert loaded.upsert(entities(200)) == 0 and loaded.upsert(entities(4, revision=1)) == 0  # tombstone kept
+
+    victim = next(p for p in sorted(path.iterdir()) if p.name != "manifest.json")
+    victim.write_bytes(victim.read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_index(path, spec=spec, name=name, root=tmp_path)
+    victim.unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        load_index(path, spec=spec, name=name, root=tmp_path)
+    with pytest.raises(ArtifactError, match="missing"):
+        load_index(tmp_path / "nowhere", spec=spec, name=name, root=tmp_path)
+
+
+def test_faiss_compacts_dead_rows_and_keeps_answering(tmp_path: Path) -> None:
+    index = create_index(IndexSpec(kind="hnsw", compact_above=0.2, exact_below=0), DIM, name="c", root=tmp_path)
+    model = Model()
+    for revision in range(1, 5):
+        rows = entities(300, seed=revision, revision=revision)
+        index.upsert(rows)
+        model.upsert(rows)
+    assert index._faiss.ntotal < 2 * 300  # type: ignore[attr-defined]  # rebuilt, not 1200 rows
+    check_answers(index, model, clustered(10, seed=5), 10, EntityFilter(entity_types=("movie",)), exact=False)

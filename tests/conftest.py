@@ -57,3 +57,21 @@ def trained(config: ProjectConfig, prepared: PreparedData):
     from monorec.train import train
 
     return train(config, prepared, progress=False)
+
+
+@pytest.fixture(scope="session")
+def two_versions(tmp_path_factory: pytest.TempPathFactory, config: ProjectConfig, prepared: PreparedData):
+    """A registry with two published versions of the tiny model (different seeds, so different towers)."""
+    from monorec.registry import Registry
+    from monorec.train import train
+
+    registry = Registry(tmp_path_factory.mktemp("registry"))
+    for seed in (0, 1):
+        cfg = dataclasses.replace(
+            config,
+            train=dataclasses.replace(config.train, seed=seed),
+            deploy=dataclasses.replace(config.deploy, batch_size=16, checkpoint_batches=2, loader_checkpoint_s=0.05),
+        )
+        bundle = train(cfg, prepared, progress=False)
+        registry.publish(bundle, {"canvases": {}}, force=True)
+    return registry

@@ -9,6 +9,7 @@ Backends: :class:`~monorec.index.faiss_index.FaissIndex` (exact or HNSW, in proc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,21 @@ def create_index(spec: IndexSpec, dim: int, *, name: str, root: str | Path) -> V
     return FaissIndex(dim, kind=spec.kind, **_faiss_params(spec))
 
 
-def save_index(index: VectorIndex, path: str | Path, *, spec: IndexSpec, meta: dict[str, Any]) -> None:
-    """Writes ``index`` atomically into ``path`` (replacing an older checkpoint) with ``meta`` in its manifest."""
+def save_index(
+    index: VectorIndex,
+    path: str | Path,
+    *,
+    spec: IndexSpec,
+    meta: dict[str, Any],
+    attach: Callable[[Path], None] | None = None,
+) -> None:
+    """Writes ``index`` atomically into ``path`` (replacing an older checkpoint) with ``meta`` in its manifest;
+    ``attach(folder)`` may write more files into it (covered by the same checksums)."""
     manifest = {"kind": "index", "index": spec.kind, "dim": index.dim, "entities": len(index), **meta}
     with atomic_dir(path, manifest=manifest) as tmp:
         index.save(tmp)
+        if attach is not None:
+            attach(tmp)
 
 
 def load_index(path: str | Path, *, spec: IndexSpec, name: str, root: str | Path) -> tuple[VectorIndex, dict[str, Any]]:

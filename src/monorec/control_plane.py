@@ -1,0 +1,127 @@
+"""The deployment control plane: each deployed version's state, the serving pointers, dead letters.
+
+SQLite by default (one file beside the deployment's indexes); every transition is one transaction, so a
+restarted process finds each version exactly in the state it last reached.
+
+States of a deployed version::
+
+    staging  -> its consumer group exists (at ``start_offset``); bulk load and catch-up in progress
+    ready    -> built, caught up and validated
+    serving  -> the version new requests are pinned to (pointer ``serving``)
+    standby  -> the previous serving version, drained, still fed by its loader: rollback target
+    retired  -> its index is freed and its consumer group dropped
+    failed   -> validation failed (``error`` says why); never serves
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["LIVE_STATES", "ControlPlane", "DeadLetter", "Deployed"]
+
+LIVE_STATES = ("staging", "ready", "serving", "standby")  # versions whose index a loader keeps fresh
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deployed (
+    version TEXT PRIMARY KEY, state TEXT NOT NULL, start_offset TEXT, error TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pointers (name TEXT PRIMARY KEY, version TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, consumer TEXT NOT NULL, log_offset TEXT NOT NULL,
+    payload TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Deployed:
+    version: str
+    state: str
+    start_offset: str | None
+    error: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    consumer: str
+    log_offset: str
+    payload: str
+    reason: str
+
+
+class ControlPlane:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.path, timeout=60)) as db, db:
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+
+    def get(self, version: str) -> Deployed | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT version, state, start_offset, error, updated_at FROM deployed WHERE version = ?", (version,)
+            ).fetchone()
+        return None if row is None else Deployed(*row)
+
+    def all(self) -> list[Deployed]:
+        with self._db() as db:
+            rows = db.execute("SELECT version, state, start_offset, error, updated_at FROM deployed ORDER BY version")
+            return [Deployed(*r) for r in rows.fetchall()]
+
+    def in_state(self, *states: str) -> list[str]:
+        return [d.version for d in self.all() if d.state in states]
+
+    def set_state(self, version: str, state: str, *, start_offset: str | None = None, error: str | None = None) -> None:
+        now = time.time()
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO deployed VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(version) DO UPDATE SET "
+                "state = excluded.state, start_offset = COALESCE(excluded.start_offset, deployed.start_offset), "
+                "error = excluded.error, updated_at = excluded.updated_at",
+                (version, state, start_offset, error, now, now),
+            )
+
+    def pointer(self, name: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT version FROM pointers WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def switch(self, serving: str, previous: str | None, previous_state: str = "standby") -> None:
+        """One transaction: ``serving`` serves, ``previous`` (the old serving version) moves to standby."""
+        now = time.time()
+        with self._db() as db:
+            db.execute("UPDATE deployed SET state = 'serving', error = NULL, updated_at = ? WHERE version = ?",
+                       (now, serving))
+            db.execute("INSERT OR REPLACE INTO pointers VALUES ('serving', ?)", (serving,))
+            if previous is not None and previous != serving:
+                db.execute("UPDATE deployed SET state = ?, updated_at = ? WHERE version = ?",
+                           (previous_state, now, previous))
+                db.execute("INSERT OR REPLACE INTO pointers VALUES ('previous', ?)", (previous,))
+
+    def add_dead_letter(self, consumer: str, log_offset: str, payload: str, reason: str) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO dead_letters(consumer, log_offset, payload, reason, at) VALUES (?, ?, ?, ?, ?)",
+                (consumer, log_offset, payload[:65536], reason, time.time()),
+            )
+
+    def dead_letters(self, consumer: str | None = None) -> list[DeadLetter]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT consumer, log_offset, payload, reason FROM dead_letters "
+                "WHERE ? IS NULL OR consumer = ? ORDER BY id",
+                (consumer, consumer),
+            ).fetchall()
+        return [DeadLetter(*r) for r in rows]

@@ -1,0 +1,470 @@
+"""The embedding server's deployments: versions staged, validated, switched, drained and retired while
+catalogue changes keep streaming in (DESIGN section 6).
+
+A :class:`Deployment` owns one folder (a lock file makes it one process at a time; other processes talk to
+the owner through the API)::
+
+    control.sqlite      the control plane: each version's state, the serving pointers, dead letters
+    catalogue.sqlite    the current catalogue, materialised from the change log (what bulk loads read)
+    changes.sqlite      the embedded change log (unless a Redis stream is given)
+    indexes/vNNNN/      each version's last index checkpoint (checksummed; offset and bulk cursor inside)
+
+Deploying version N+1 under streaming:
+
+1. subscribe: N+1's consumer group is created at the log's current head H0, BEFORE anything is loaded;
+2. the catalogue catches up to at least H0, so the snapshot holds every change up to H0;
+3. bulk load: the catalogue, paged in id order, is embedded with N+1's item tower into N+1's index,
+   interleaved with N+1's own log consumption; checkpoints record the bulk cursor, so a crash resumes
+   after the last stored id (changes to ids already passed arrive through the log);
+4. catch up and validate: catalogue and N+1 are brought to the same log offset; N+1's index must hold
+   exactly the catalogue (every id at its latest revision), load from its checkpoint with valid checksums,
+   and answer canary queries with sane recall against exact search; otherwise the version is ``failed``;
+5. switch: one control-plane transaction; in process, new requests pin N+1 at once, requests already on N
+   finish there (drain); N stays on standby (fed by its loader) for rollback until it is retired.
+
+Every step is idempotent and driven by the persisted state, so after a crash ``deploy`` again resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import shutil
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from tqdm.auto import tqdm
+
+from monorec._failpoints import failpoint
+from monorec.artifacts import read_json
+from monorec.config import ProjectConfig
+from monorec.control_plane import LIVE_STATES, ControlPlane, Deployed
+from monorec.errors import ArtifactError, ChangeError, DeployError
+from monorec.index import create_index, load_index, save_index
+from monorec.index.base import top_k_rows
+from monorec.registry import Registry
+from monorec.stream.catalogue import CatalogueStore
+from monorec.stream.changes import Change, parse_change
+from monorec.stream.loader import Loader
+from monorec.stream.log import ChangeLog, SqliteChangeLog
+from monorec.versions import ItemFeatures, ServingVersion, VersionRouter
+
+__all__ = ["Deployment"]
+
+CATALOGUE_GROUP = "catalogue"
+BULK_DONE = "\U0010ffff"  # a bulk cursor after every possible id
+
+
+class _VersionSink:
+    """Applies changes to a version and checkpoints its index, features and bulk cursor together."""
+
+    def __init__(self, version: ServingVersion, path: Path, config: ProjectConfig) -> None:
+        self.version, self.path, self.config = version, path, config
+        self.bulk_cursor = ""
+        self._lock = threading.Lock()
+
+    def apply(self, changes: Sequence[Change]) -> int:
+        return self.version.apply(changes)
+
+    def checkpoint(self, offset: str) -> None:
+        with self._lock:
+            save_index(
+                self.version.index,
+                self.path,
+                spec=self.config.index,
+                meta={"version": self.version.name, "offset": offset, "bulk_cursor": self.bulk_cursor},
+                attach=lambda folder: self.version.features.save(folder / "features.npz"),
+            )
+
+
+class _CatalogueSink:
+    def __init__(self, store: CatalogueStore) -> None:
+        self.store = store
+        self._pending: list[Change] = []
+
+    def apply(self, changes: Sequence[Change]) -> int:
+        self._pending.extend(changes)
+        return len(changes)
+
+    def checkpoint(self, offset: str) -> None:
+        self.store.apply(self._pending, offset)  # changes and offset in one transaction
+        self._pending = []
+
+
+class Deployment:
+    """One deployment folder: versions, their indexes and loaders, the change log and the router."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        registry: Registry | str | Path,
+        *,
+        log: ChangeLog | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.root / ".owner.lock", "w")  # noqa: SIM115  (held for the object's life)
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise DeployError(f"{self.root} is owned by another running process; use its API") from None
+        self.registry = registry if isinstance(registry, Registry) else Registry(registry)
+        self.control = ControlPlane(self.root / "control.sqlite")
+        self.catalogue = CatalogueStore(self.root / "catalogue.sqlite")
+        self.log: ChangeLog = log if log is not None else SqliteChangeLog(self.root / "changes.sqlite")
+        self.progress = progress
+        self.router = VersionRouter()
+        self.versions: dict[str, ServingVersion] = {}
+        self.loaders: dict[str, Loader] = {}
+        self._sinks: dict[str, _VersionSink] = {}
+        self._ops = threading.RLock()  # one lifecycle operation at a time
+        self._types: tuple[str, ...] | None = None
+        self.log.subscribe(CATALOGUE_GROUP, "0")
+        self._catalogue_loader = Loader(
+            self.log,
+            CATALOGUE_GROUP,
+            _CatalogueSink(self.catalogue),
+            entity_types=self._entity_types(),
+            dead_letter=self.control.add_dead_letter,
+            checkpoint_s=0.0,
+        )
+
+    # ------------------------------------------------------------------------------------- helpers
+
+    def _entity_types(self) -> tuple[str, ...]:
+        """The declared entity types (of the newest published version; every version shares the schema)."""
+        if self._types is None:
+            versions = self.registry.versions()
+            if not versions:
+                raise DeployError(f"registry {self.registry.root} has no version yet; publish a model first")
+            self._types = self.registry.load(versions[-1].version).config.entity_types
+        return self._types
+
+    def _index_path(self, version: str) -> Path:
+        return self.root / "indexes" / version
+
+    @staticmethod
+    def _group(version: str) -> str:
+        return f"index-{version}"
+
+    def _loader_for(self, version: ServingVersion) -> Loader:
+        sink = _VersionSink(version, self._index_path(version.name), version.bundle.config)
+        self._sinks[version.name] = sink
+        spec = version.bundle.config.deploy
+        return Loader(
+            self.log,
+            self._group(version.name),
+            sink,
+            entity_types=version.bundle.config.entity_types,
+            dead_letter=self.control.add_dead_letter,
+            batch=spec.loader_batch,
+            checkpoint_s=spec.loader_checkpoint_s,
+        )
+
+    def _open_version(self, version: str, *, fresh: bool) -> tuple[ServingVersion, dict[str, Any]]:
+        """The version with its index: from its checkpoint, or a new empty index when ``fresh``."""
+        bundle = self.registry.load(version)
+        spec = bundle.config.index
+        path = self._index_path(version)
+        if fresh:
+            dim = int(bundle.model_kwargs["retrieval_dim"])  # type: ignore[call-overload]
+            index = create_index(spec, dim, name=version, root=self.root)
+            return ServingVersion(version, bundle, index, ItemFeatures(ServingVersion.feature_width(bundle))), {}
+        index, manifest = load_index(path, spec=spec, name=version, root=self.root)
+        features = ItemFeatures.load(path / "features.npz")
+        return ServingVersion(version, bundle, index, features), manifest
+
+    # --------------------------------------------------------------------------------- catalogue
+
+    def seed_catalogue(self, catalogue: pl.DataFrame, revision: int = 0) -> int:
+        """Loads an initial catalogue table into the store (before any deploy)."""
+        return self.catalogue.seed(catalogue, revision)
+
+    def publish(self, changes: Sequence[Change | dict[str, Any]]) -> list[str]:
+        """Validates changes and appends them to the log; returns their offsets.
+
+        Raises:
+            ChangeError: a change is malformed (nothing of the batch is published).
+        """
+        types = self._entity_types()
+        parsed = [c if isinstance(c, Change) else parse_change(c, types) for c in changes]
+        for c in parsed:
+            if c.op == "upsert" and c.entity_type not in types:
+                raise ChangeError("entity_type", f"{c.entity_type!r} is not declared; declared: {list(types)}")
+        return self.log.append([c.to_json() for c in parsed])
+
+    def sync_catalogue(self, target: str | None = None) -> None:
+        """Brings the catalogue store up to ``target`` (default: the log's head)."""
+        self._catalogue_loader.catch_up(target)
+
+    # ---------------------------------------------------------------------------------- lifecycle
+
+    def open(self, *, start_loaders: bool = True) -> Deployment:
+        """Loads the serving and standby versions from their checkpoints, catches them up and starts their
+        loaders (the state after a restart). Staging versions resume when ``deploy`` is called again."""
+        with self._ops:
+            for version in self.control.in_state("serving", "standby"):
+                if version in self.versions:
+                    continue
+                sv, _ = self._open_version(version, fresh=False)
+                self.versions[version] = sv
+                loader = self._loader_for(sv)
+                loader.catch_up()
+                self.loaders[version] = loader
+                if self.control.get(version).state == "serving":  # type: ignore[union-attr]
+                    self.router.switch(sv)
+            if start_loaders:
+                for loader in self.loaders.values():
+                    if loader._thread is None:
+                        loader.start()
+        return self
+
+    def deploy(
+        self, version: str, *, retire_previous: bool = False, progress_cb: Callable[[int], None] | None = None
+    ) -> Deployed:
+        """Stages, validates and switches to ``version`` (resuming wherever a previous attempt stopped)."""
+        with self._ops:
+            state = self.control.get(version)
+            if state is not None and state.state == "serving":
+                return state
+            if state is not None and state.state == "retired":
+                raise DeployError(f"{version} was retired; publish a new version to deploy it again")
+            if state is None or state.state in ("staging", "failed"):
+                self.stage(version, progress_cb=progress_cb)
+            self.switch(version)
+            previous = self.control.pointer("previous")
+            if retire_previous and previous is not None and previous != version:
+                self.retire(previous)
+            return self.control.get(version)  # type: ignore[return-value]
+
+    def stage(self, version: str, *, progress_cb: Callable[[int], None] | None = None) -> None:
+        """Steps 1-4 of the module docstring; leaves the version ``ready`` (or ``failed``, raising)."""
+        with self._ops:
+            self.registry.verify(version)
+            state = self.control.get(version)
+            if state is None or state.state == "failed":
+                if state is not None:  # a new attempt starts from scratch
+                    shutil.rmtree(self._index_path(version), ignore_errors=True)
+                    with contextlib.suppress(KeyError):
+                        self.log.drop(self._group(version))
+                start = self.log.head()
+                self.log.subscribe(self._group(version), start)  # 1. subscribe before loading anything
+                self.control.set_state(version, "staging", start_offset=start)
+            elif state.state != "staging":
+                raise DeployError(f"{version} is {state.state}; only a new or staging version can be staged")
+            state = self.control.get(version)
+            assert state is not None and state.start_offset is not None
+            failpoint("subscribed")
+            self.sync_catalogue(state.start_offset)  # 2. the snapshot holds every change up to the start
+
+            resume = (self._index_path(version) / "manifest.json").exists()
+            sv, manifest = self._open_version(version, fresh=not resume)
+            self.log.rewind(self._group(version))  # re-read what the last run applied after its checkpoint
+            loader = self._loader_for(sv)
+            sink = self._sinks[version]
+            sink.bulk_cursor = str(manifest.get("bulk_cursor", ""))
+            self._bulk_load(sv, loader, sink, progress_cb)
+            loader.catch_up()
+            self.validate(version, sv, loader)
+            self.versions[version] = sv
+            self.loaders[version] = loader
+
+    def _bulk_load(
+        self, sv: ServingVersion, loader: Loader, sink: _VersionSink, progress_cb: Callable[[int], None] | None
+    ) -> None:
+        spec = sv.bundle.config.deploy
+        total = self.catalogue.count()
+        bar = tqdm(total=total, desc=f"bulk-embedding {sv.name}", unit="entity", disable=not self.progress)
+        batches = 0
+        while sink.bulk_cursor != BULK_DONE:
+            page = self.catalogue.page(sink.bulk_cursor, spec.batch_size)
+            if page.height == 0:
+                sink.bulk_cursor = BULK_DONE
+            else:
+                sv.load_rows(page)
+                sink.bulk_cursor = str(page["entity_id"][-1])
+                bar.update(page.height)
+                if progress_cb is not None:
+                    progress_cb(page.height)
+            loader.step()  # changes made during the bulk load reach N+1 as it goes
+            batches += 1
+            if batches % spec.checkpoint_batches == 0 or sink.bulk_cursor == BULK_DONE:
+                self._force_checkpoint(loader, sink)
+            failpoint("bulk_batch")
+        bar.close()
+
+    def _force_checkpoint(self, loader: Loader, sink: _VersionSink) -> None:
+        """A checkpoint even when no log entry was applied since the last one (the bulk cursor moved)."""
+        if loader.uncommitted:
+            loader.checkpoint()
+        else:
+            offset = loader.applied_offset or self.control.get(sink.version.name).start_offset  # type: ignore[union-attr]
+            sink.checkpoint(str(offset))
+
+    def validate(self, version: str, sv: ServingVersion, loader: Loader) -> None:
+        """Marks the version ready, or failed (raising DeployError) when its index is not the catalogue."""
+        try:
+            target = self.log.head()
+            self.sync_catalogue(target)
+            loader.catch_up(target)
+            self._force_checkpoint(loader, self._sinks[version])
+            reloaded, _ = self._open_version(version, fresh=False)  # the checkpoint loads, checksums hold
+            reloaded.close()
+            failpoint("validating")
+            expected = self.catalogue.revisions()
+            got = sv.index.revisions()
+            if got != expected:
+                missing = len(expected.keys() - got.keys())
+                extra = len(got.keys() - expected.keys())
+                stale = sum(1 for e, r in got.items() if e in expected and expected[e] != r)
+                raise DeployError(
+                    f"{version}: index holds {len(got)} entities, the catalogue {len(expected)} "
+                    f"({missing} missing, {extra} extra, {stale} at another revision)"
+                )
+            recall = self.canary_recall(sv)
+            minimum = sv.bundle.config.deploy.canary_min_recall
+            if recall < minimum:
+                raise DeployError(f"{version}: canary recall@10 {recall:.3f} < {minimum} against exact search")
+        except (DeployError, ArtifactError) as exc:
+            self.control.set_state(version, "failed", error=str(exc))
+            raise DeployError(str(exc)) from None
+        self.control.set_state(version, "ready")
+
+    @staticmethod
+    def canary_recall(sv: ServingVersion, k: int = 10, seed: int = 0) -> float:
+        """Recall@k of the version's index against exact search, for catalogue entities as queries."""
+        ids = sorted(sv.index.revisions())
+        if not ids:
+            return 1.0
+        rng = np.random.default_rng(seed)
+        n = min(len(ids), sv.bundle.config.deploy.canary_queries)
+        probe = [ids[i] for i in rng.choice(len(ids), n, replace=False)]
+        queries = sv.index.vectors_of(probe)
+        every = sv.index.vectors_of(ids)
+        exact_pos, _ = top_k_rows(queries @ every.T, k)
+        hits = sv.index.search(queries, k)
+        found = 0
+        for q in range(n):
+            want = {ids[p] for p in exact_pos[q]}
+            found += len(want & {e for e, _ in hits.row(q)})
+        return found / (n * min(k, len(ids)))
+
+    def switch(self, version: str) -> None:
+        """Atomically serves ``version`` (ready or standby); the old serving version drains to standby."""
+        with self._ops:
+            state = self.control.get(version)
+            if state is None or state.state not in ("ready", "standby", "serving"):
+                current = "not deployed" if state is None else state.state
+                raise DeployError(f"{version} is {current}; only a ready or standby version can serve")
+            if version not in self.versions:  # e.g. ready before a restart: reload, catch up, revalidate
+                try:
+                    sv, _ = self._open_version(version, fresh=False)
+                except ArtifactError as exc:
+                    self.control.set_state(version, "failed", error=str(exc))
+                    raise DeployError(f"{version} cannot serve: {exc}") from None
+                loader = self._loader_for(sv)
+                self.validate(version, sv, loader)
+                self.versions[version], self.loaders[version] = sv, loader
+            sv = self.versions[version]
+            previous_name = self.control.pointer("serving")
+            failpoint("switching")
+            previous = self.router.switch(sv)
+            self.control.switch(version, previous_name if previous_name != version else None)
+            if self.loaders[version]._thread is None:
+                self.loaders[version].start()
+            if previous is not None and previous is not sv:
+                VersionRouter.drain(previous, sv.bundle.config.deploy.drain_timeout_s)
+            failpoint("switched")
+            for older in self.control.in_state("standby"):  # keep one rollback target
+                if older != previous_name:
+                    self.retire(older)
+
+    def rollback(self) -> str:
+        """Serves the previous version again (while it is kept on standby); returns its name."""
+        with self._ops:
+            previous = self.control.pointer("previous")
+            state = None if previous is None else self.control.get(previous)
+            if previous is None or state is None or state.state != "standby":
+                raise DeployError("nothing to roll back to: no previous version is on standby")
+            self.switch(previous)
+            return previous
+
+    def retire(self, version: str) -> None:
+        """Frees a version that does not serve: stops its loader, drops its group, index and files."""
+        with self._ops:
+            state = self.control.get(version)
+            if state is None:
+                raise DeployError(f"{version} is not deployed")
+            if state.state == "serving":
+                raise DeployError(f"{version} is serving; switch to another version before retiring it")
+            loader = self.loaders.pop(version, None)
+            if loader is not None:
+                loader.stop()
+            sv = self.versions.pop(version, None)
+            if sv is not None:
+                VersionRouter.drain(sv, sv.bundle.config.deploy.drain_timeout_s)
+                sv.index.drop()
+            elif state.state in LIVE_STATES or state.state == "failed":
+                with contextlib.suppress(ArtifactError):
+                    self._open_version(version, fresh=False)[0].index.drop()
+            with contextlib.suppress(KeyError):
+                self.log.drop(self._group(version))
+            shutil.rmtree(self._index_path(version), ignore_errors=True)
+            self._sinks.pop(version, None)
+            self.control.set_state(version, "retired")
+
+    # ------------------------------------------------------------------------------------- status
+
+    def status(self) -> list[dict[str, Any]]:
+        """One row per deployed version: state, entities, loader lag, requests in flight."""
+        rows = []
+        for d in self.control.all():
+            sv = self.versions.get(d.version)
+            lag: int | None = None
+            if d.state in LIVE_STATES:
+                loader = self.loaders.get(d.version)
+                try:
+                    lag = loader.lag() if loader is not None else self.log.lag(self._group(d.version))
+                except KeyError:
+                    lag = None
+            entities = len(sv.index) if sv is not None else None
+            if entities is None and d.state in LIVE_STATES:
+                manifest = self._index_path(d.version) / "manifest.json"
+                entities = read_json(manifest).get("entities") if manifest.exists() else None
+            rows.append(
+                {
+                    "version": d.version,
+                    "state": d.state,
+                    "entities": entities,
+                    "lag": lag,
+                    "in_flight": None if sv is None else sv.in_flight,
+                    "start_offset": d.start_offset,
+                    "error": d.error,
+                }
+            )
+        return rows
+
+    def close(self) -> None:
+        """Stops every loader (each checkpoints first) and releases the folder."""
+        for loader in self.loaders.values():
+            loader.stop()
+        for sv in self.versions.values():
+            sv.close()
+        self.loaders.clear()
+        self.versions.clear()
+        self.log.close()
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._lock_file.close()
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,164 @@
+"""A loader: one consumer group of the change log feeding one sink (a version's index, the catalogue).
+
+Each step reads a batch after the group's cursor, validates every change (a bad one goes to the dead
+letters with its reason and the loader goes on), applies the good ones to the sink in log order, and
+every ``checkpoint_s`` makes the sink durable and only then commits the offset. A crash between applying
+and committing replays those changes, which is harmless (revisions). When the broker is unreachable the
+loader retries with exponential backoff and then catches up; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from monorec.errors import ChangeError
+from monorec.stream.changes import Change, parse_change
+from monorec.stream.log import ChangeLog, LogEntry, StreamUnavailable, offset_key
+
+__all__ = ["Loader", "Sink"]
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    def apply(self, changes: Sequence[Change]) -> int:
+        """Applies validated changes in order (idempotently); returns how many changed something."""
+        ...
+
+    def checkpoint(self, offset: str) -> None:
+        """Makes everything applied so far durable, recorded as reflecting the log up to ``offset``."""
+        ...
+
+
+DeadLetterWriter = Callable[[str, str, str, str], None]  # (consumer, offset, payload, reason)
+
+
+class Loader:
+    def __init__(
+        self,
+        log: ChangeLog,
+        group: str,
+        sink: Sink,
+        *,
+        entity_types: Sequence[str],
+        dead_letter: DeadLetterWriter,
+        batch: int = 512,
+        checkpoint_s: float = 1.0,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.log, self.group, self.sink = log, group, sink
+        self.entity_types = tuple(entity_types)
+        self.dead_letter = dead_letter
+        self.batch, self.checkpoint_s, self.max_backoff_s = batch, checkpoint_s, max_backoff_s
+        self.applied_offset: str | None = None  # last offset applied (in memory, maybe not yet committed)
+        self.uncommitted = 0  # entries applied since the last commit
+        self.applied_total = 0
+        self.rejected_total = 0
+        self.unavailable_since: float | None = None
+        self._last_checkpoint = time.monotonic()
+        self._held: list[LogEntry] = []  # read past an ``until`` bound: applied by the next step
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --------------------------------------------------------------------------------------- steps
+
+    def _next_entries(self, block_s: float, until: str | None) -> list[LogEntry]:
+        if self._held:
+            entries, self._held = self._held, []
+        else:
+            entries = self.log.read(self.group, self.batch, block_s)
+        if until is not None:
+            bound = offset_key(until)
+            cut = next((i for i, e in enumerate(entries) if offset_key(e.offset) > bound), len(entries))
+            entries, self._held = entries[:cut], entries[cut:]
+        return entries
+
+    def step(self, block_s: float = 0.0, until: str | None = None) -> int:
+        """Reads and applies one batch (nothing past ``until``); returns how many entries it consumed.
+
+        Raises:
+            StreamUnavailable: the broker cannot be reached.
+        """
+        entries = self._next_entries(block_s, until)
+        if entries:
+            good: list[Change] = []
+            for entry in entries:
+                try:
+                    good.append(parse_change(entry.payload, self.entity_types))
+                except ChangeError as exc:
+                    self.dead_letter(self.group, entry.offset, entry.payload, str(exc))
+                    self.rejected_total += 1
+            self.applied_total += self.sink.apply(good)
+            self.applied_offset = entries[-1].offset
+            self.uncommitted += len(entries)
+        if self.uncommitted and time.monotonic() - self._last_checkpoint >= self.checkpoint_s:
+            self.checkpoint()
+        return len(entries)
+
+    def checkpoint(self) -> None:
+        """Sink durable first, then the offset committed (never the other way round)."""
+        if self.applied_offset is not None and self.uncommitted:
+            self.sink.checkpoint(self.applied_offset)
+            self.log.commit(self.group, self.applied_offset)
+        self.uncommitted = 0
+        self._last_checkpoint = time.monotonic()
+
+    def catch_up(self, target: str | None = None, timeout_s: float = 600.0) -> None:
+        """Applies everything up to ``target`` (default: the log's head now), then checkpoints."""
+        target = self.log.head() if target is None else target
+        deadline = time.monotonic() + timeout_s
+        while self.applied_offset is None or offset_key(self.applied_offset) < offset_key(target):
+            if self.step(block_s=0.01, until=target) == 0:
+                break  # nothing up to the target is left for this group (it may have started past it)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"loader {self.group} did not reach offset {target} in {timeout_s}s")
+        self.checkpoint()
+
+    def rewind(self) -> None:
+        """Forgets what was read but not committed: the next step reads it again (after a broker outage)."""
+        rewind = getattr(self.log, "rewind", None)
+        if rewind is not None:
+            rewind(self.group)
+        self._held = []
+        self.applied_offset, self.uncommitted = None, 0
+
+    def lag(self) -> int:
+        """Log entries not yet applied by this loader."""
+        return max(0, self.log.lag(self.group) - self.uncommitted)
+
+    # ------------------------------------------------------------------------------------- thread
+
+    def run(self) -> None:
+        """Steps until stopped; an unreachable broker means backoff and retry, never a skipped change."""
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                self.step(block_s=0.05)
+                backoff = 0.05
+                self.unavailable_since = None
+            except StreamUnavailable as exc:
+                if self.unavailable_since is None:
+                    self.unavailable_since = time.monotonic()
+                    log.warning("loader %s: %s; retrying with backoff", self.group, exc)
+                self._stop.wait(backoff)
+                backoff = min(self.max_backoff_s, backoff * 2)
+                self.rewind()
+        try:
+            self.checkpoint()
+        except StreamUnavailable:
+            pass  # the next start replays from the last commit
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name=f"loader-{self.group}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None

@@ -1,0 +1,266 @@
+"""A deployed model version in memory, and the router that pins each request to one of them.
+
+A :class:`ServingVersion` bundles what one request needs from one version: the context tower (query
+embedder), that version's index of item embeddings, the item features its ranker reads, and the ranker.
+:class:`VersionRouter` holds the serving version; ``pin()`` resolves it ONCE at the start of a request and
+counts the request in flight until it ends, so a switch never changes a request's version half-way and
+the old version can be drained before it is freed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from monorec.bundle import ModelBundle, context_tensors
+from monorec.errors import ArtifactError, DeployError
+from monorec.index import EntityFilter, EntityRows, VectorIndex
+from monorec.stream.changes import Change
+
+__all__ = ["Answer", "ItemFeatures", "ServingVersion", "VersionRouter", "changes_frame"]
+
+
+def changes_frame(changes: Sequence[Change]) -> pl.DataFrame:
+    """Upserts -> a catalogue-shaped table (entity_id, entity_type, title, categories, revision)."""
+    return pl.DataFrame(
+        {
+            "entity_id": [c.entity_id for c in changes],
+            "entity_type": [c.entity_type for c in changes],
+            "title": [c.title for c in changes],
+            "categories": ["|".join(c.categories) for c in changes],
+            "revision": [c.revision for c in changes],
+        },
+        schema={"entity_id": pl.String, "entity_type": pl.String, "title": pl.String, "categories": pl.String,
+                "revision": pl.Int64},
+    )
+
+
+class ItemFeatures:
+    """Entity id -> the item tower's features (F_i,) that the ranker reads beside the embedding.
+
+    Rows live in a buffer that doubles when full; overwritten rows are reclaimed by compaction."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self._rows = np.zeros((1024, width), dtype=np.float32)
+        self._used = 0
+        self._row_of: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def put(self, ids: Sequence[str], feats: np.ndarray) -> None:
+        with self._lock:
+            if self._used + len(ids) > len(self._rows):
+                if self._used > 2 * len(self._row_of):  # mostly dead rows: compact before growing
+                    keep = list(self._row_of.items())
+                    live = self._rows[[r for _, r in keep]]
+                    self._rows[: len(keep)] = live
+                    self._row_of = {e: i for i, (e, _) in enumerate(keep)}
+                    self._used = len(keep)
+                if self._used + len(ids) > len(self._rows):
+                    grown = np.zeros((max(2 * len(self._rows), self._used + len(ids)), self.width), np.float32)
+                    grown[: self._used] = self._rows[: self._used]
+                    self._rows = grown
+            self._rows[self._used : self._used + len(ids)] = feats
+            for i, entity_id in enumerate(ids):
+                self._row_of[entity_id] = self._used + i
+            self._used += len(ids)
+
+    def remove(self, ids: Sequence[str]) -> None:
+        with self._lock:
+            for entity_id in ids:
+                self._row_of.pop(entity_id, None)
+
+    def get(self, ids: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            return self._rows[[self._row_of[i] for i in ids]]
+
+    def save(self, path: Path) -> None:
+        with self._lock:
+            ids = list(self._row_of)
+            np.savez(path, ids=np.array(ids, dtype=np.str_), feats=self._rows[[self._row_of[i] for i in ids]])
+
+    @classmethod
+    def load(cls, path: Path) -> ItemFeatures:
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                ids, feats = [str(i) for i in arrays["ids"]], arrays["feats"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ArtifactError(f"{path}: item features do not load: {exc}") from None
+        table = cls(feats.shape[1])
+        table.put(ids, feats)
+        return table
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one request got: entity ids best first, their scores, and the version that produced them."""
+
+    version: str
+    ids: list[str]
+    scores: list[float]
+
+
+class ServingVersion:
+    """One model version with its own index (see the module docstring)."""
+
+    def __init__(self, name: str, bundle: ModelBundle, index: VectorIndex, features: ItemFeatures) -> None:
+        self.name = name
+        self.bundle = bundle
+        self.index = index
+        self.features = features
+        self.in_flight = 0
+        self._count_lock = threading.Lock()
+        self.bundle.model.eval()
+
+    @staticmethod
+    def feature_width(bundle: ModelBundle) -> int:
+        frame = changes_frame([Change("upsert", "<probe>", 0, bundle.config.entity_types[0])])
+        feats, _ = bundle.item_embeddings(frame)
+        return int(feats.shape[1])
+
+    # --------------------------------------------------------------------------------------- writes
+
+    @torch.no_grad()
+    def embed(self, catalogue: pl.DataFrame) -> tuple[EntityRows, np.ndarray]:
+        """Catalogue rows (with a ``revision`` column) -> index rows and item features (N, F_i)."""
+        feats, embs = self.bundle.item_embeddings(catalogue)
+        rows = EntityRows(
+            ids=catalogue["entity_id"].to_list(),
+            types=catalogue["entity_type"].to_list(),
+            categories=[tuple(c for c in s.split("|") if c) for s in catalogue["categories"].fill_null("").to_list()],
+            revisions=catalogue["revision"].to_numpy().astype(np.int64),
+            vectors=embs.cpu().numpy().astype(np.float32),
+        )
+        return rows, feats.cpu().numpy()
+
+    def load_rows(self, catalogue: pl.DataFrame) -> int:
+        """Embeds and upserts catalogue rows (bulk load); returns how many were newer than the index."""
+        if catalogue.height == 0:
+            return 0
+        rows, feats = self.embed(catalogue)
+        self.features.put(rows.ids, feats)  # before the index: a searchable entity always has features
+        return self.index.upsert(rows)
+
+    def apply(self, changes: Sequence[Change]) -> int:
+        """Applies validated changes in order (upserts embedded with this version's item tower)."""
+        applied = 0
+        batch: list[Change] = []
+        for change in [*changes, None]:
+            if change is not None and change.op == "upsert":
+                batch.append(change)
+                continue
+            if batch:
+                applied += self.load_rows(changes_frame(batch))
+                batch = []
+            if change is not None:
+                removed = self.index.delete([change.entity_id], [change.revision])
+                if removed:
+                    self.features.remove([change.entity_id])
+                applied += removed
+        return applied
+
+    # ---------------------------------------------------------------------------------------- reads
+
+    @torch.no_grad()
+    def encode_contexts(self, canvas: str, contexts: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw contexts of one canvas -> (features (B, F_c), embeddings (B, D)) from this version's tower."""
+        schema = self.bundle.schema
+        records = [schema.normalize(canvas, c) for c in contexts]
+        kinds = {f.name: f.kind for f in schema.fields}
+        frame = pl.DataFrame(
+            {name: [r[name] for r in records] for name in [*schema.field_names, "task_type"]},
+            schema={n: (pl.Float64 if kinds.get(n) == "numeric" else pl.String) for n in [*schema.field_names,
+                                                                                          "task_type"]},
+        )
+        ctx = context_tensors(self.bundle.featurizer.transform_context(frame))
+        feats, emb = self.bundle.model.encode_context(ctx)
+        return feats, emb
+
+    @torch.no_grad()
+    def recommend(
+        self, canvas: str, context: dict[str, Any], k: int, *, where: EntityFilter | None = None, depth: int = 100
+    ) -> Answer:
+        """Retrieval from this version's index, then this version's ranker on the candidates."""
+        model = self.bundle.model
+        cf, ce = self.encode_contexts(canvas, [context])
+        for _attempt in range(3):  # an entity deleted between search and lookup: search again
+            hits = self.index.search(ce.numpy(), max(k, depth), where).row(0)
+            if not hits:
+                return Answer(self.name, [], [])
+            ids = [e for e, _ in hits]
+            try:
+                item_emb = torch.as_tensor(self.index.vectors_of(ids))
+                item_feats = torch.as_tensor(self.features.get(ids))
+                break
+            except KeyError:
+                continue
+        else:
+            raise DeployError(f"{self.name}: the index changed under three searches in a row")
+        task = torch.full((len(ids),), self.bundle.schema.task_index(canvas), dtype=torch.long)
+        logits = model.rank(cf.expand(len(ids), -1), ce.expand(len(ids), -1), item_feats, item_emb, task)
+        scores = model.blend_scores(logits, task)
+        order = torch.argsort(scores, descending=True)[:k].tolist()
+        return Answer(self.name, [ids[i] for i in order], [float(scores[i]) for i in order])
+
+    # ---------------------------------------------------------------------------------- lifecycle
+
+    def enter(self) -> None:
+        with self._count_lock:
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        with self._count_lock:
+            self.in_flight -= 1
+
+    def close(self) -> None:
+        self.index.close()
+
+
+class VersionRouter:
+    """Holds the serving version; requests pin one version for their whole life."""
+
+    def __init__(self) -> None:
+        self._current: ServingVersion | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> ServingVersion | None:
+        return self._current
+
+    @contextmanager
+    def pin(self) -> Iterator[ServingVersion]:
+        """The serving version, resolved once; it stays usable (not freed) until the block ends."""
+        with self._lock:  # read and count in one step, so a drain can never miss this request
+            version = self._current
+            if version is None:
+                raise DeployError("no version is serving yet; deploy one first")
+            version.enter()
+        try:
+            yield version
+        finally:
+            version.leave()
+
+    def switch(self, version: ServingVersion) -> ServingVersion | None:
+        """Atomically makes ``version`` serve new requests; returns the previous one (still draining)."""
+        with self._lock:
+            previous, self._current = self._current, version
+        return previous
+
+    @staticmethod
+    def drain(version: ServingVersion, timeout_s: float) -> bool:
+        """Waits until no request is pinned to ``version``; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while version.in_flight > 0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True

@@ -1,0 +1,138 @@
+"""Deployments: stage -> validate -> switch -> standby/rollback -> retire, under streaming changes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from monorec.deploy import Deployment
+from monorec.errors import ChangeError, DeployError
+from monorec.registry import Registry
+
+
+def upsert(entity_id: str, revision: int, title: str = "fresh title", kind: str = "movie") -> dict:
+    return {"op": "upsert", "entity_id": entity_id, "revision": revision, "entity_type": kind,
+            "title": title, "categories": ["drama"]}
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, two_versions: Registry, prepared):  # type: ignore[no-untyped-def]
+    dep = Deployment(tmp_path / "dep", two_versions)
+    dep.seed_catalogue(prepared.catalogue)
+    yield dep
+    dep.close()
+
+
+def test_first_deploy_serves_exactly_the_catalogue(deployment: Deployment, prepared) -> None:  # type: ignore[no-untyped-def]
+    state = deployment.deploy("v0001")
+    assert state.state == "serving"
+    sv = deployment.versions["v0001"]
+    assert sv.index.revisions() == deployment.catalogue.revisions()
+    assert len(sv.index) == prepared.catalogue.height
+    with deployment.router.pin() as version:
+        answer = version.recommend("home", {"user_id": "u1"}, k=5)
+    assert answer.version == "v0001" and len(answer.ids) == 5
+    assert answer.scores == sorted(answer.scores, reverse=True)
+    row = next(r for r in deployment.status() if r["version"] == "v0001")
+    assert row["state"] == "serving" and row["entities"] == prepared.catalogue.height
+
+
+def test_streamed_changes_reach_the_serving_index_and_bad_ones_are_dead_lettered(deployment: Deployment) -> None:
+    deployment.deploy("v0001").state
+    sv = deployment.versions["v0001"]
+    deployment.log.append(['{"op": "upsert", "entity_id": "x"', '{"op":"upsert","entity_id":"y","revision":1,'
+                           '"entity_type":"spaceship"}'])
+    deployment.publish([upsert("new-1", 5), {"op": "delete", "entity_id": "m0", "revision": 9}])
+    wait_for(lambda: "new-1" in sv.index.revisions() and "m0" not in sv.index.revisions())
+    letters = deployment.control.dead_letters("index-v0001")
+    assert [("JSON" in d.reason, "entity_type" in d.reason) for d in letters] == [(True, False), (False, True)]
+    with pytest.raises(ChangeError, match="entity_type"):
+        deployment.publish([upsert("bad", 1, kind="spaceship")])
+    wait_for(lambda: deployment.loaders["v0001"].lag() == 0)
+
+
+def test_deploy_under_streaming_then_rollback_and_retire(deployment: Deployment) -> None:
+    deployment.deploy("v0001")
+    stop = threading.Event()
+    published: list[int] = []
+
+    def stream() -> None:
+        i = 0
+        while not stop.is_set():
+            deployment.publish([upsert(f"s{i % 40}", i + 1, title=f"streamed {i}")])
+            if i % 7 == 3:
+                deployment.publish([{"op": "delete", "entity_id": f"s{(i + 5) % 40}", "revision": i + 1}])
+            published.append(i)
+            i += 1
+            time.sleep(0.002)
+
+    writer = threading.Thread(target=stream)
+    writer.start()
+    try:
+        deployment.deploy("v0002")
+    finally:
+        stop.set()
+        writer.join()
+    assert len(published) > 10, "the stream must run during the deploy"
+    assert deployment.control.pointer("serving") == "v0002"
+    states = {r["version"]: r["state"] for r in deployment.status()}
+    assert states == {"v0001": "standby", "v0002": "serving"}
+    deployment.sync_catalogue()
+    expected = deployment.catalogue.revisions()
+    for name in ("v0001", "v0002"):  # both live versions end with exactly the catalogue
+        wait_for(lambda name=name: deployment.versions[name].index.revisions() == expected)
+
+    assert deployment.rollback() == "v0001"
+    with deployment.router.pin() as version:
+        assert version.name == "v0001"
+    with pytest.raises(DeployError, match="serving"):
+        deployment.retire("v0001")
+    deployment.retire("v0002")
+    assert {r["version"]: r["state"] for r in deployment.status()}["v0002"] == "retired"
+    assert not (deployment.root / "indexes" / "v0002").exists()
+    assert "index-v0002" not in deployment.log.groups()
+    with pytest.raises(DeployError, match="rolled back|standby"):
+        deployment.rollback()
+
+
+def test_restart_resumes_the_serving_version(tmp_path: Path, two_versions: Registry, prepared) -> None:  # type: ignore[no-untyped-def]
+    with Deployment(tmp_path / "dep", two_versions) as dep:
+        dep.seed_catalogue(prepared.catalogue)
+        dep.deploy("v0001")
+        with pytest.raises(DeployError, match="owned by another"):
+            Deployment(tmp_path / "dep", two_versions)
+        before = dep.versions["v0001"].recommend("search", {"query": "space"}, k=5)
+        dep.publish([upsert("late", 3)])
+    with Deployment(tmp_path / "dep", two_versions) as dep:  # e.g. after a restart
+        dep.open()
+        assert "late" in dep.versions["v0001"].index.revisions()
+        with dep.router.pin() as version:
+            after = version.recommend("search", {"query": "space"}, k=5)
+        assert after.version == "v0001"
+        assert [i for i in before.ids if i != "late"][:3] == [i for i in after.ids if i != "late"][:3]
+
+
+def test_a_corrupt_index_fails_validation_and_never_serves(deployment: Deployment) -> None:
+    deployment.deploy("v0001")
+    deployment.stage("v0002")
+    deployment.versions.pop("v0002")  # as after a restart: the switch reloads it from disk
+    deployment.loaders.pop("v0002")
+    victim = deployment.root / "indexes" / "v0002" / "vectors.faiss"
+    victim.write_bytes(b"not an index")
+    with pytest.raises(DeployError, match="checksum"):
+        deployment.switch("v0002")
+    assert deployment.control.get("v0002").state == "failed"
+    with deployment.router.pin() as version:
+        assert version.name == "v0001"
+    deployment.deploy("v0002")  # a failed version is staged again from scratch
+    assert deployment.control.pointer("serving") == "v0002"

@@ -14,8 +14,14 @@ from monorec.registry import Registry
 
 
 def upsert(entity_id: str, revision: int, title: str = "fresh title", kind: str = "movie") -> dict:
-    return {"op": "upsert", "entity_id": entity_id, "revision": revision, "entity_type": kind,
-            "title": title, "categories": ["drama"]}
+    return {
+        "op": "upsert",
+        "entity_id": entity_id,
+        "revision": revision,
+        "entity_type": kind,
+        "title": title,
+        "categories": ["drama"],
+    }
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -48,10 +54,11 @@ def test_first_deploy_serves_exactly_the_catalogue(deployment: Deployment, prepa
 
 
 def test_streamed_changes_reach_the_serving_index_and_bad_ones_are_dead_lettered(deployment: Deployment) -> None:
-    deployment.deploy("v0001").state
+    deployment.deploy("v0001")
     sv = deployment.versions["v0001"]
-    deployment.log.append(['{"op": "upsert", "entity_id": "x"', '{"op":"upsert","entity_id":"y","revision":1,'
-                           '"entity_type":"spaceship"}'])
+    deployment.log.append(
+        ['{"op": "upsert", "entity_id": "x"', '{"op":"upsert","entity_id":"y","revision":1,"entity_type":"spaceship"}']
+    )
     deployment.publish([upsert("new-1", 5), {"op": "delete", "entity_id": "m0", "revision": 9}])
     wait_for(lambda: "new-1" in sv.index.revisions() and "m0" not in sv.index.revisions())
     letters = deployment.control.dead_letters("index-v0001")
@@ -101,7 +108,7 @@ def test_deploy_under_streaming_then_rollback_and_retire(deployment: Deployment)
     assert {r["version"]: r["state"] for r in deployment.status()}["v0002"] == "retired"
     assert not (deployment.root / "indexes" / "v0002").exists()
     assert "index-v0002" not in deployment.log.groups()
-    with pytest.raises(DeployError, match="rolled back|standby"):
+    with pytest.raises(DeployError, match="standby"):
         deployment.rollback()
 
 

@@ -102,12 +102,14 @@ class ControlPlane:
         """One transaction: ``serving`` serves, ``previous`` (the old serving version) moves to standby."""
         now = time.time()
         with self._db() as db:
-            db.execute("UPDATE deployed SET state = 'serving', error = NULL, updated_at = ? WHERE version = ?",
-                       (now, serving))
+            db.execute(
+                "UPDATE deployed SET state = 'serving', error = NULL, updated_at = ? WHERE version = ?", (now, serving)
+            )
             db.execute("INSERT OR REPLACE INTO pointers VALUES ('serving', ?)", (serving,))
             if previous is not None and previous != serving:
-                db.execute("UPDATE deployed SET state = ?, updated_at = ? WHERE version = ?",
-                           (previous_state, now, previous))
+                db.execute(
+                    "UPDATE deployed SET state = ?, updated_at = ? WHERE version = ?", (previous_state, now, previous)
+                )
                 db.execute("INSERT OR REPLACE INTO pointers VALUES ('previous', ?)", (previous,))
 
     def add_dead_letter(self, consumer: str, log_offset: str, payload: str, reason: str) -> None:

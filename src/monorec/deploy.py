@@ -173,7 +173,7 @@ class Deployment:
         spec = bundle.config.index
         path = self._index_path(version)
         if fresh:
-            dim = int(bundle.model_kwargs["retrieval_dim"])  # type: ignore[call-overload]
+            dim = int(bundle.model_kwargs["retrieval_dim"])
             index = create_index(spec, dim, name=version, root=self.root)
             return ServingVersion(version, bundle, index, ItemFeatures(ServingVersion.feature_width(bundle))), {}
         index, manifest = load_index(path, spec=spec, name=version, root=self.root)

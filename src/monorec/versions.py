@@ -39,8 +39,13 @@ def changes_frame(changes: Sequence[Change]) -> pl.DataFrame:
             "categories": ["|".join(c.categories) for c in changes],
             "revision": [c.revision for c in changes],
         },
-        schema={"entity_id": pl.String, "entity_type": pl.String, "title": pl.String, "categories": pl.String,
-                "revision": pl.Int64},
+        schema={
+            "entity_id": pl.String,
+            "entity_type": pl.String,
+            "title": pl.String,
+            "categories": pl.String,
+            "revision": pl.Int64,
+        },
     )
 
 
@@ -178,8 +183,9 @@ class ServingVersion:
         kinds = {f.name: f.kind for f in schema.fields}
         frame = pl.DataFrame(
             {name: [r[name] for r in records] for name in [*schema.field_names, "task_type"]},
-            schema={n: (pl.Float64 if kinds.get(n) == "numeric" else pl.String) for n in [*schema.field_names,
-                                                                                          "task_type"]},
+            schema={
+                n: (pl.Float64 if kinds.get(n) == "numeric" else pl.String) for n in [*schema.field_names, "task_type"]
+            },
         )
         ctx = context_tensors(self.bundle.featurizer.transform_context(frame))
         feats, emb = self.bundle.model.encode_context(ctx)

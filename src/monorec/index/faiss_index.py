@@ -17,13 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import faiss
+import faiss as _faiss
 import numpy as np
 
 from monorec.errors import ArtifactError
 from monorec.index.base import EntityFilter, EntityRows, Hits, RevisionBook, empty_hits, top_k_rows
 
 __all__ = ["FaissIndex"]
+
+faiss: Any = _faiss  # its SWIG stubs lack SearchParametersHNSW, selectors in SearchParameters, get_xb...
 
 _CATEGORY_SEPARATOR = "\x1f"
 
@@ -67,7 +69,9 @@ class FaissIndex:
 
     def _reset_rows(self) -> None:
         self._faiss = self._new_faiss()
-        self._row_ids: list[str] = []  # row -> entity id (also for dead rows)
+        # row -> entity id (dead rows too), an object array with spare capacity so that a search maps labels
+        # to ids with one vectorised take; the slot after the last row stays None (label -1 maps there)
+        self._row_ids = np.full(1024, None, dtype=object)
         self._alive = np.zeros(0, dtype=np.bool_)
         self._row_types: list[str] = []
         self._row_categories: list[tuple[str, ...]] = []
@@ -94,7 +98,12 @@ class FaissIndex:
         self, start: int, ids: list[str], types: list[str], cats: list[tuple[str, ...]], alive: np.ndarray
     ) -> None:
         """Records the metadata of rows ``start..start+len(ids)`` (their vectors are already in faiss)."""
-        self._row_ids.extend(ids)
+        end = start + len(ids)
+        if end + 1 > len(self._row_ids):
+            grown = np.full(max(2 * len(self._row_ids), end + 1), None, dtype=object)
+            grown[:start] = self._row_ids[:start]
+            self._row_ids = grown
+        self._row_ids[start:end] = ids
         self._row_types.extend(types)
         self._row_categories.extend(cats)
         self._alive = np.concatenate([self._alive, alive])
@@ -192,11 +201,13 @@ class FaissIndex:
     def _search_params(self, mask: np.ndarray | None) -> tuple[Any, Any]:
         """faiss search parameters restricted to ``mask`` (and the bitmap, kept alive by the caller)."""
         bitmap = None if mask is None else np.packbits(mask, bitorder="little")
-        selector = None if bitmap is None else faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
+        selector = None if mask is None else faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
         if self.kind == "hnsw":
             ef = int(self.params["ef_search"])
-            params = faiss.SearchParametersHNSW(efSearch=ef) if selector is None else faiss.SearchParametersHNSW(
-                sel=selector, efSearch=ef
+            params = (
+                faiss.SearchParametersHNSW(efSearch=ef)
+                if selector is None
+                else faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
             )
         else:
             params = None if selector is None else faiss.SearchParameters(sel=selector)
@@ -226,9 +237,9 @@ class FaissIndex:
                     exact_labels, exact_scores = self._exact(q[short], k, rows)
                     labels[short, : exact_labels.shape[1]] = exact_labels
                     scores[short, : exact_scores.shape[1]] = exact_scores
-            row_ids = np.array(self._row_ids + [None], dtype=object)
-        width = labels.shape[1]
-        hits.ids[:, :width] = row_ids[np.where(labels < 0, len(row_ids) - 1, labels)]
+            none_slot = self._faiss.ntotal  # always None (see _reset_rows)
+            width = labels.shape[1]
+            hits.ids[:, :width] = self._row_ids[np.where(labels < 0, none_slot, labels)]
         hits.scores[:, :width] = np.where(labels < 0, -np.inf, scores)
         return hits
 
@@ -239,13 +250,14 @@ class FaissIndex:
         path.mkdir(parents=True, exist_ok=True)
         with self._lock:
             faiss.write_index(self._faiss, str(path / "vectors.faiss"))
+            arrays: dict[str, Any] = self.book.to_arrays()
             np.savez(
                 path / "rows.npz",
-                row_ids=np.array(self._row_ids, dtype=np.str_),
+                row_ids=self._row_ids[: self._faiss.ntotal].astype(np.str_),
                 alive=self._alive,
                 row_types=np.array(self._row_types, dtype=np.str_),
                 row_categories=np.array([_CATEGORY_SEPARATOR.join(c) for c in self._row_categories], dtype=np.str_),
-                **self.book.to_arrays(),
+                **arrays,
             )
 
     @classmethod

@@ -149,7 +149,8 @@ class QdrantIndex:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            np.savez(path / "revisions.npz", **self.book.to_arrays())
+            arrays: dict[str, Any] = self.book.to_arrays()
+            np.savez(path / "revisions.npz", **arrays)
 
     @classmethod
     def load(cls, path: str | Path, dim: int, *, location: str, collection: str) -> QdrantIndex:

@@ -43,8 +43,14 @@ class CatalogueStore:
     def seed(self, catalogue: pl.DataFrame, revision: int = 0) -> int:
         """Loads a validated catalogue table (entity_id, entity_type, title, categories) at ``revision``."""
         changes = [
-            Change("upsert", r["entity_id"], revision, r["entity_type"], r["title"] or "",
-                   tuple(c for c in (r["categories"] or "").split("|") if c))
+            Change(
+                "upsert",
+                r["entity_id"],
+                revision,
+                r["entity_type"],
+                r["title"] or "",
+                tuple(c for c in (r["categories"] or "").split("|") if c),
+            )
             for r in catalogue.iter_rows(named=True)
         ]
         return self.apply(changes)
@@ -92,8 +98,13 @@ class CatalogueStore:
             ).fetchall()
         return pl.DataFrame(
             rows,
-            schema={"entity_id": pl.String, "entity_type": pl.String, "title": pl.String,
-                    "categories": pl.String, "revision": pl.Int64},
+            schema={
+                "entity_id": pl.String,
+                "entity_type": pl.String,
+                "title": pl.String,
+                "categories": pl.String,
+                "revision": pl.Int64,
+            },
             orient="row",
         )
 

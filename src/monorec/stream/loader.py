@@ -9,6 +9,7 @@ loader retries with exponential backoff and then catches up; nothing is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -147,10 +148,8 @@ class Loader:
                 self._stop.wait(backoff)
                 backoff = min(self.max_backoff_s, backoff * 2)
                 self.rewind()
-        try:
+        with contextlib.suppress(StreamUnavailable):  # the next start replays from the last commit
             self.checkpoint()
-        except StreamUnavailable:
-            pass  # the next start replays from the last commit
 
     def start(self) -> None:
         self._stop.clear()

@@ -69,13 +69,15 @@ class RedisChangeLog:
     def read(self, group: str, count: int, block_s: float = 0.0) -> list[LogEntry]:
         def run() -> list[Any]:
             if group not in self._pending_done:
-                pending = self._redis.xreadgroup(self._group(group), CONSUMER, {self.stream: "0"}, count=count)
+                pending: Any = self._redis.xreadgroup(self._group(group), CONSUMER, {self.stream: "0"}, count=count)
                 entries = pending[0][1] if pending else []
                 if entries:
                     return list(entries)
                 self._pending_done.add(group)
             block = int(block_s * 1000) if block_s > 0 else None
-            fresh = self._redis.xreadgroup(self._group(group), CONSUMER, {self.stream: ">"}, count=count, block=block)
+            fresh: Any = self._redis.xreadgroup(
+                self._group(group), CONSUMER, {self.stream: ">"}, count=count, block=block
+            )
             return list(fresh[0][1]) if fresh else []
 
         try:

@@ -68,17 +68,19 @@ class RedisChangeLog:
 
     def read(self, group: str, count: int, block_s: float = 0.0) -> list[LogEntry]:
         def run() -> list[Any]:
-            if group not in self._pending_done:
+            entries: list[Any] = []
+            if group not in self._pending_done:  # first what was delivered before a restart, never acked
                 pending: Any = self._redis.xreadgroup(self._group(group), CONSUMER, {self.stream: "0"}, count=count)
-                entries = pending[0][1] if pending else []
-                if entries:
-                    return list(entries)
-                self._pending_done.add(group)
-            block = int(block_s * 1000) if block_s > 0 else None
-            fresh: Any = self._redis.xreadgroup(
-                self._group(group), CONSUMER, {self.stream: ">"}, count=count, block=block
-            )
-            return list(fresh[0][1]) if fresh else []
+                entries = list(pending[0][1]) if pending else []
+                if len(entries) < count:
+                    self._pending_done.add(group)
+            if len(entries) < count and group in self._pending_done:
+                block = int(block_s * 1000) if block_s > 0 and not entries else None
+                fresh: Any = self._redis.xreadgroup(
+                    self._group(group), CONSUMER, {self.stream: ">"}, count=count - len(entries), block=block
+                )
+                entries += list(fresh[0][1]) if fresh else []
+            return entries
 
         try:
             entries = self._call(run)

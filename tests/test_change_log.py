@@ -1,0 +1,114 @@
+"""The change log contract, against the embedded SQLite log and a real redis-server (Redis Streams)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from monorec.deploy import Deployment
+from monorec.registry import Registry
+from monorec.stream.log import ChangeLog, SqliteChangeLog, offset_key
+from monorec.stream.redis_log import RedisChangeLog
+from redis_server import RedisServer
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_log(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A factory: each call is a new client of the same log (a restarted process)."""
+    if request.param == "sqlite":
+        yield lambda: SqliteChangeLog(tmp_path / "changes.sqlite")
+    else:
+        server = RedisServer(tmp_path / "redis").start()
+        yield lambda: RedisChangeLog(server.url, stream="test:changes")
+        server.stop()
+
+
+def test_offsets_order_groups_commits_and_redelivery(make_log) -> None:  # type: ignore[no-untyped-def]
+    log: ChangeLog = make_log()
+    assert log.head() == "0"
+    first = log.append([f'{{"n": {i}}}' for i in range(5)])
+    assert [offset_key(a) < offset_key(b) for a, b in itertools.pairwise(first)] == [True] * 4
+    assert log.head() == first[-1]
+    log.subscribe("late", log.head())  # sees only what comes after its start
+    log.subscribe("early", "0")
+    later = log.append(['{"n": 5}', '{"n": 6}'])
+    assert [e.payload for e in log.read("late", 10)] == ['{"n": 5}', '{"n": 6}']
+    got = log.read("early", 3)
+    assert [e.offset for e in got] == first[:3]
+    log.commit("early", got[1].offset)  # the third one is read but not committed
+    assert log.lag("early") == 5
+    log.subscribe("early", "0")  # subscribing again changes nothing
+
+    restarted: ChangeLog = make_log()  # a new process: reads again after the last commit
+    again = restarted.read("early", 10)
+    assert [e.offset for e in again] == [*first[2:], *later]
+    restarted.commit("early", again[-1].offset)
+    assert restarted.lag("early") == 0 and restarted.read("early", 10, block_s=0.05) == []
+    assert set(restarted.groups()) >= {"early", "late"}
+    restarted.drop("late")
+    assert "late" not in restarted.groups()
+
+
+def test_a_blocking_read_wakes_up_for_a_new_entry(make_log) -> None:  # type: ignore[no-untyped-def]
+    log: ChangeLog = make_log()
+    log.subscribe("g", log.head())
+    threading.Timer(0.1, lambda: make_log().append(['{"late": true}'])).start()
+    started = time.monotonic()
+    entries = log.read("g", 10, block_s=5.0)
+    assert [e.payload for e in entries] == ['{"late": true}'] and time.monotonic() - started < 4
+
+
+def upsert(entity_id: str, revision: int) -> dict:
+    return {"op": "upsert", "entity_id": entity_id, "revision": revision, "entity_type": "movie", "title": "t"}
+
+
+def test_loader_survives_a_broker_outage_and_loses_nothing(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    two_versions: Registry,
+    prepared,  # type: ignore[no-untyped-def]
+) -> None:
+    log = RedisChangeLog(redis_server.url)
+    with Deployment(tmp_path / "dep", two_versions, log=log) as dep:
+        dep.seed_catalogue(prepared.catalogue)
+        dep.deploy("v0001")
+        sv, loader = dep.versions["v0001"], dep.loaders["v0001"]
+        dep.publish([upsert("before", 1)])
+        deadline = time.monotonic() + 10
+        while "before" not in sv.index.revisions():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+        redis_server.stop()  # the broker goes away
+        while loader.unavailable_since is None:
+            assert time.monotonic() < deadline + 10, "the loader never noticed the outage"
+            time.sleep(0.01)
+        with sv.index._lock:  # type: ignore[attr-defined]
+            pass  # serving goes on meanwhile
+        assert sv.recommend("home", {"user_id": "u1"}, k=3).version == "v0001"
+
+        redis_server.start()  # same port, same append-only file
+        dep.publish(
+            [upsert(f"after{i}", 1) for i in range(20)] + [{"op": "delete", "entity_id": "before", "revision": 2}]
+        )
+        deadline = time.monotonic() + 20
+        while not ({f"after{i}" for i in range(20)} <= set(sv.index.revisions())) or "before" in sv.index.revisions():
+            assert time.monotonic() < deadline, "the loader did not catch up after the outage"
+            time.sleep(0.02)
+        dep.sync_catalogue()
+        deadline = time.monotonic() + 10
+        while sv.index.revisions() != dep.catalogue.revisions():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert loader.unavailable_since is None

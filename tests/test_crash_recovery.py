@@ -1,0 +1,115 @@
+"""kill -9 at random points of a deploy under streaming: after a restart the live version answers and the
+new version ends with exactly the catalogue (same ids, each at its latest revision)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from monorec.deploy import Deployment
+from monorec.registry import Registry
+from monorec.stream.log import SqliteChangeLog
+
+CHILD = Path(__file__).with_name("deploy_child.py")
+POINTS = ["subscribed", "bulk_batch", "validating", "switching", "switched"]
+
+
+def run_child(root: Path, registry: Registry, kill_at: str | None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MONOREC_KILL_AT": kill_at or ""}
+    return subprocess.run(
+        [sys.executable, str(CHILD), str(root), str(registry.root), "v0002"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+class Publisher:
+    """Another process's view of the log: streams upserts and deletes while the deploy runs."""
+
+    def __init__(self, root: Path, seed: int) -> None:
+        self.log = SqliteChangeLog(root / "changes.sqlite")
+        self.rng = random.Random(seed)
+        self.stop = threading.Event()
+        self.count = 0
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        revision = 1000
+        while not self.stop.is_set():
+            revision += 1
+            entity = f"m{self.rng.randrange(120)}"  # existing and new ids
+            if self.rng.random() < 0.2:
+                change = {"op": "delete", "entity_id": entity, "revision": revision}
+            else:
+                change = {
+                    "op": "upsert",
+                    "entity_id": entity,
+                    "revision": revision,
+                    "entity_type": "movie",
+                    "title": f"title {revision}",
+                    "categories": ["drama"],
+                }
+            self.log.append([json.dumps(change)])
+            self.count += 1
+            time.sleep(0.003)
+
+    def __enter__(self) -> Publisher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_kill_9_during_a_streaming_deploy_loses_nothing(
+    seed: int,
+    tmp_path: Path,
+    two_versions: Registry,
+    prepared,  # type: ignore[no-untyped-def]
+) -> None:
+    rng = random.Random(seed)
+    point = POINTS[seed % len(POINTS)] if seed < len(POINTS) else rng.choice(POINTS)
+    kill_at = f"{point}:{rng.randint(1, 4) if point == 'bulk_batch' else 1}"
+    root = tmp_path / "dep"
+    with Deployment(root, two_versions) as dep:
+        dep.seed_catalogue(prepared.catalogue)
+        dep.deploy("v0001")
+
+    with Publisher(root, seed) as publisher:
+        killed = run_child(root, two_versions, kill_at)
+        assert killed.returncode == -9, f"expected a SIGKILL at {kill_at}: {killed.stderr[-2000:]}"
+
+        with Deployment(root, two_versions) as dep:  # after the crash, the live version keeps answering
+            dep.open()
+            with dep.router.pin() as version:
+                answer = version.recommend("home", {"user_id": "u2"}, k=5)
+            assert answer.version in ("v0001", "v0002") and len(answer.ids) == 5
+
+        finished = run_child(root, two_versions, None)  # the restart resumes the deploy
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        assert "deployed v0002" in finished.stdout
+    assert publisher.count > 20
+
+    with Deployment(root, two_versions) as dep:
+        dep.open()
+        dep.sync_catalogue()
+        expected = dep.catalogue.revisions()
+        assert dep.control.pointer("serving") == "v0002"
+        for name in ("v0002", "v0001"):  # serving and standby both hold exactly the catalogue
+            dep.loaders[name].catch_up()
+            assert dep.versions[name].index.revisions() == expected, name
+        assert len(dep.versions["v0002"].index) == dep.catalogue.count()
+        assert not dep.control.dead_letters()

@@ -47,7 +47,8 @@ class Publisher:
         revision = 1000
         while not self.stop.is_set():
             revision += 1
-            entity = f"m{self.rng.randrange(120)}"  # existing and new ids
+            n = self.rng.randrange(120)  # the catalogue has 80 entities: existing and new ids
+            entity = f"m{n:05d}" if n % 2 else f"new{n}"
             if self.rng.random() < 0.2:
                 change = {"op": "delete", "entity_id": entity, "revision": revision}
             else:

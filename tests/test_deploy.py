@@ -59,8 +59,8 @@ def test_streamed_changes_reach_the_serving_index_and_bad_ones_are_dead_lettered
     deployment.log.append(
         ['{"op": "upsert", "entity_id": "x"', '{"op":"upsert","entity_id":"y","revision":1,"entity_type":"spaceship"}']
     )
-    deployment.publish([upsert("new-1", 5), {"op": "delete", "entity_id": "m0", "revision": 9}])
-    wait_for(lambda: "new-1" in sv.index.revisions() and "m0" not in sv.index.revisions())
+    deployment.publish([upsert("new-1", 5), {"op": "delete", "entity_id": "m00001", "revision": 9}])
+    wait_for(lambda: "new-1" in sv.index.revisions() and "m00001" not in sv.index.revisions())
     letters = deployment.control.dead_letters("index-v0001")
     assert [("JSON" in d.reason, "entity_type" in d.reason) for d in letters] == [(True, False), (False, True)]
     with pytest.raises(ChangeError, match="entity_type"):

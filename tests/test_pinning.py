@@ -14,7 +14,7 @@ CANVAS_CONTEXTS = [
     ("home", {"user_id": "u3"}),
     ("home", {"user_id": "u17", "country": "fr"}),
     ("search", {"query": "space adventure"}),
-    ("related", {"source_item_id": "m5"}),
+    ("related", {"source_item_id": "m00001"}),
     ("browse", {"category": "drama"}),
 ]
 

@@ -7,6 +7,7 @@ monorec train      --prepared DIR --out DIR [--canvas NAME ...] [--device cpu|cu
 monorec evaluate   --run DIR --prepared DIR --out DIR [--split test]
 monorec publish    --run DIR --metrics FILE --registry DIR [--tolerance T] [--force]
 monorec config check FILE [FILE ...]
+monorec deploy | versions | switch | rollback | retire | stream   (see monorec.cli_deploy)
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from monorec.cli_deploy import COMMANDS as DEPLOY_COMMANDS
+from monorec.cli_deploy import add_deploy_commands, run_deploy_command
 from monorec.errors import ConfigError, MonorecError
 
 __all__ = ["main"]
@@ -68,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     csub = c.add_subparsers(dest="config_command", required=True)
     check = csub.add_parser("check", help="report every problem of config files")
     check.add_argument("files", nargs="+")
+    add_deploy_commands(sub)
     return p
 
 
@@ -93,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "config":
         return _config_check(args.files)
+    if args.command in DEPLOY_COMMANDS:
+        return run_deploy_command(args)
     if args.command == "demo":
         from monorec.demo import run_demo
 

@@ -53,10 +53,35 @@ from monorec.stream.loader import Loader
 from monorec.stream.log import ChangeLog, SqliteChangeLog
 from monorec.versions import ItemFeatures, ServingVersion, VersionRouter
 
-__all__ = ["Deployment"]
+__all__ = ["Deployment", "open_log", "publish_changes"]
 
 CATALOGUE_GROUP = "catalogue"
 BULK_DONE = "\U0010ffff"  # a bulk cursor after every possible id
+
+
+def open_log(root: str | Path, redis_url: str | None = None) -> ChangeLog:
+    """The deployment's change log: a Redis stream when ``redis_url`` is given, else ``root/changes.sqlite``."""
+    if redis_url:
+        from monorec.stream.redis_log import RedisChangeLog  # optional engine
+
+        return RedisChangeLog(redis_url)
+    return SqliteChangeLog(Path(root) / "changes.sqlite")
+
+
+def publish_changes(
+    log: ChangeLog, changes: Sequence[Change | dict[str, Any]], entity_types: Sequence[str]
+) -> list[str]:
+    """Validates changes and appends them to the log (all or none); returns their offsets. Producers need
+    no deployment: any process may publish while another owns the deployment folder.
+
+    Raises:
+        ChangeError: a change is malformed or of an undeclared entity type.
+    """
+    parsed = [c if isinstance(c, Change) else parse_change(c, entity_types) for c in changes]
+    for c in parsed:
+        if c.op == "upsert" and c.entity_type not in entity_types:
+            raise ChangeError("entity_type", f"{c.entity_type!r} is not declared; declared: {list(entity_types)}")
+    return log.append([c.to_json() for c in parsed])
 
 
 class _VersionSink:
@@ -117,7 +142,7 @@ class Deployment:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.control = ControlPlane(self.root / "control.sqlite")
         self.catalogue = CatalogueStore(self.root / "catalogue.sqlite")
-        self.log: ChangeLog = log if log is not None else SqliteChangeLog(self.root / "changes.sqlite")
+        self.log: ChangeLog = log if log is not None else open_log(self.root)
         self.progress = progress
         self.router = VersionRouter()
         self.versions: dict[str, ServingVersion] = {}
@@ -136,6 +161,9 @@ class Deployment:
         )
 
     # ------------------------------------------------------------------------------------- helpers
+
+    def entity_types(self) -> tuple[str, ...]:
+        return self._entity_types()
 
     def _entity_types(self) -> tuple[str, ...]:
         """The declared entity types (of the newest published version; every version shares the schema)."""
@@ -192,12 +220,7 @@ class Deployment:
         Raises:
             ChangeError: a change is malformed (nothing of the batch is published).
         """
-        types = self._entity_types()
-        parsed = [c if isinstance(c, Change) else parse_change(c, types) for c in changes]
-        for c in parsed:
-            if c.op == "upsert" and c.entity_type not in types:
-                raise ChangeError("entity_type", f"{c.entity_type!r} is not declared; declared: {list(types)}")
-        return self.log.append([c.to_json() for c in parsed])
+        return publish_changes(self.log, changes, self._entity_types())
 
     def sync_catalogue(self, target: str | None = None) -> None:
         """Brings the catalogue store up to ``target`` (default: the log's head)."""

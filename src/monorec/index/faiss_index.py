@@ -219,29 +219,56 @@ class FaissIndex:
         return rows[pos], vals
 
     def search(self, queries: np.ndarray, k: int, where: EntityFilter | None = None) -> Hits:
-        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.dim))
-        hits = empty_hits(len(q), k)
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if not q.flags.c_contiguous:
+            q = np.ascontiguousarray(q)
         with self._lock:
-            mask = self._mask(where)
-            allowed = self._faiss.ntotal if mask is None else int(mask.sum())
-            if allowed == 0 or k <= 0:
-                return hits
-            if mask is not None and allowed <= self.params["exact_below"]:
-                labels, scores = self._exact(q, k, np.flatnonzero(mask))
+            if k > 0 and self._faiss.ntotal and self._dead == 0 and (where is None or where.is_empty):
+                # the hot path: no filter, no dead rows; efSearch is set on the index itself
+                scores, labels = self._faiss.search(q, k)
             else:
-                params, _keep_alive = self._search_params(mask)
-                scores, labels = self._faiss.search(q, k, params=params)
-                short = np.flatnonzero((labels < 0).any(axis=1)) if allowed >= k else np.zeros(0, dtype=np.int64)
-                if len(short):  # the graph found fewer than k admissible rows: answer those exactly
-                    rows = np.arange(self._faiss.ntotal) if mask is None else np.flatnonzero(mask)
-                    exact_labels, exact_scores = self._exact(q[short], k, rows)
-                    labels[short, : exact_labels.shape[1]] = exact_labels
-                    scores[short, : exact_scores.shape[1]] = exact_scores
-            none_slot = self._faiss.ntotal  # always None (see _reset_rows)
-            width = labels.shape[1]
-            hits.ids[:, :width] = self._row_ids[np.where(labels < 0, none_slot, labels)]
-        hits.scores[:, :width] = np.where(labels < 0, -np.inf, scores)
-        return hits
+                found = self._filtered_search(q, k, where)
+                if found is None:
+                    return empty_hits(len(q), k)
+                labels, scores = found
+            # the slot after the last row is None, and so is the array's last slot, where label -1 lands
+            ids = self._row_ids[labels]
+        missing = labels < 0
+        if missing.any():
+            scores = np.where(missing, np.float32(-np.inf), scores)
+        if labels.shape[1] < k:  # fewer rows than k admitted: pad to the promised (Q, k)
+            padded = empty_hits(len(q), k)
+            padded.ids[:, : labels.shape[1]], padded.scores[:, : labels.shape[1]] = ids, scores
+            return padded
+        return Hits(ids, scores)
+
+    def _filtered_search(
+        self, q: np.ndarray, k: int, where: EntityFilter | None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(labels, scores) within the filter and the live rows (None when nothing is admissible)."""
+        mask = self._mask(where)
+        allowed = self._faiss.ntotal if mask is None else int(mask.sum())
+        if allowed == 0 or k <= 0:
+            return None
+        if mask is not None and allowed <= self.params["exact_below"]:
+            return self._exact(q, k, np.flatnonzero(mask))
+        params, _keep_alive = self._search_params(mask)
+        scores, labels = self._faiss.search(q, k, params=params)
+        short = np.flatnonzero((labels < 0).any(axis=1)) if allowed >= k else np.zeros(0, dtype=np.int64)
+        if len(short):  # the graph found fewer than k admissible rows: answer those exactly
+            rows = np.arange(self._faiss.ntotal) if mask is None else np.flatnonzero(mask)
+            exact_labels, exact_scores = self._exact(q[short], k, rows)
+            labels[short, : exact_labels.shape[1]] = exact_labels
+            scores[short, : exact_scores.shape[1]] = exact_scores
+        return labels, scores
+
+    def set_ef_search(self, ef: int) -> None:
+        """HNSW's search breadth (recall vs speed), for every following search."""
+        self.params["ef_search"] = ef
+        if self.kind == "hnsw":
+            self._faiss.hnsw.efSearch = ef
 
     # ------------------------------------------------------------------------------------ persistence
 

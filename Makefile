@@ -31,6 +31,10 @@ bench-quick: $(VENV)/.installed-test
 	$(PY) bench/q1_consolidated_vs_separate.py --quick --data $(DATA)/ml-latest-small --out runs/bench-quick/q1.json
 	$(PY) bench/q2_census_multitask.py --quick --data $(DATA)/census-income-kdd --out runs/bench-quick/q2.json
 	$(PY) bench/b7_training_throughput.py --quick --out runs/bench-quick/b7.json
+	$(PY) bench/b1_index.py --quick --out runs/bench-quick/b1.json
+	$(PY) bench/b5_switch_under_load.py --quick --out runs/bench-quick/b5.json
+	$(PY) bench/b6_freshness.py --quick --out runs/bench-quick/b6.json
+	$(PY) bench/b9_bulk_embed.py --quick --out runs/bench-quick/b9.json
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench

@@ -178,7 +178,7 @@ class DeploySpec:
     """Bulk loading, validation and streaming of a deployed version (see :mod:`monorec.deploy`)."""
 
     batch_size: int = 4096  # entities embedded per bulk batch
-    checkpoint_batches: int = 8  # bulk batches between checkpoints (a crash resumes from the last one)
+    checkpoint_batches: int = 64  # bulk batches between checkpoints (a crash resumes from the last one)
     canary_queries: int = 200  # random catalogue embeddings searched in the new index and exactly
     canary_min_recall: float = 0.9  # required recall@10 of the index against exact search
     drain_timeout_s: float = 30.0  # how long a switch waits for requests still on the old version

@@ -2,7 +2,8 @@
 
 generate -> prepare -> train the consolidated model and one dedicated model per canvas -> evaluate all
 on the same test requests (plus popularity, co-occurrence and BM25 baselines) -> report -> release gate
-(consolidated vs separate) -> publish an immutable version.
+(consolidated vs separate) -> publish an immutable version -> deploy it with the embedding server
+(bulk-embedded index, version pinning) and answer one request per canvas.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from monorec.evaluation.report import comparison_table, write_report
 from monorec.pipeline import compare_models, default_config, prepare_stage, write_comparison
 from monorec.registry import Registry
 
-__all__ = ["run_demo"]
+__all__ = ["deploy_and_ask", "run_demo"]
+
+SAMPLE_REQUESTS = [
+    ("home", {"user_id": "u1", "country": "us"}),
+    ("related", {"source_item_id": "m00001"}),
+    ("search", {"query": "space robot"}),
+    ("browse", {"category": "comedy"}),
+]
 
 QUICK_WORLD = WorldSpec(n_users=150, n_items=200, n_requests=1500, n_bots=1)
 
@@ -35,13 +43,13 @@ def run_demo(workdir: Path, *, quick: bool = False, seed: int = 0, progress: boo
         f"[1/5] generating a synthetic world: {spec.n_users} users, {spec.n_items} entities, {spec.n_requests} requests"
     )
     data = write_world(workdir / "world", spec)
-    print("[2/5] preparing labels per canvas, time split, stratified merge")
+    print("[2/6] preparing labels per canvas, time split, stratified merge")
     prepared = prepare_stage(config, data, workdir / "prepared")
     for canvas, counts in prepared.manifest["rows"].items():
         print(f"      {canvas:>8}: " + "  ".join(f"{s} {n:>6}" for s, n in counts.items()))
-    print("[3/5] training the consolidated model and one dedicated model per canvas")
+    print("[3/6] training the consolidated model and one dedicated model per canvas")
     bundle, results = compare_models(config, prepared, progress=progress)
-    print("[4/5] evaluating on the test split (same requests for every model)")
+    print("[4/6] evaluating on the test split (same requests for every model)")
     report = results["consolidated"]
     write_report(
         workdir / "report",
@@ -59,7 +67,7 @@ def run_demo(workdir: Path, *, quick: bool = False, seed: int = 0, progress: boo
         f"release gate (consolidated vs separate, tolerance {config.evaluate.gate_tolerance}): "
         + ("PASSED" if gate.passed else "REFUSED: " + "; ".join(gate.regressions))
     )
-    print("[5/5] publishing")
+    print("[5/6] publishing")
     version = None
     if gate.passed:
         try:  # the registry gates the candidate again, against the live version if there is one
@@ -70,5 +78,28 @@ def run_demo(workdir: Path, *, quick: bool = False, seed: int = 0, progress: boo
     else:
         print("      not published: the consolidated model regresses a canvas against the dedicated models")
     print(f"      report: {workdir / 'report' / 'report.md'}")
+    if version is not None:
+        deploy_and_ask(workdir, version, data / "catalogue.parquet", progress=progress)
     print(f"done in {time.perf_counter() - started:.0f}s")
     return {"version": version, "results": results, "gate": gate.passed}
+
+
+def deploy_and_ask(workdir: Path, version: str, catalogue: Path, *, progress: bool = True) -> None:
+    """Deploys ``version`` into ``workdir/deployment`` and prints one answer per canvas."""
+    from monorec.data.tables import read_table, validate_catalogue
+    from monorec.deploy import Deployment
+
+    print(f"[6/6] deploying {version} with the embedding server (bulk-embedded index, pinned requests)")
+    with Deployment(workdir / "deployment", workdir / "registry", progress=progress) as dep:
+        if dep.catalogue.count() == 0:
+            config = dep.registry.load(version).config
+            dep.seed_catalogue(validate_catalogue(read_table(catalogue), config, str(catalogue)))
+        dep.open()
+        dep.deploy(version, retire_previous=True)
+        for canvas, context in SAMPLE_REQUESTS:
+            with dep.router.pin() as serving:
+                answer = serving.recommend(canvas, context, k=3)
+            titles = dep.catalogue.titles(answer.ids)
+            shown = "; ".join(f"{titles.get(e, e)} ({s:.2f})" for e, s in zip(answer.ids, answer.scores, strict=True))
+            print(f"      {canvas:>8} {context} -> {answer.version}: {shown}")
+        print(f"      deployment: {workdir / 'deployment'} (monorec versions --root ... --registry ...)")

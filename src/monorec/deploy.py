@@ -37,15 +37,15 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import torch
 from tqdm.auto import tqdm
 
 from monorec._failpoints import failpoint
-from monorec.artifacts import read_json
+from monorec.artifacts import read_json, verify_manifest
 from monorec.config import ProjectConfig
 from monorec.control_plane import LIVE_STATES, ControlPlane, Deployed
 from monorec.errors import ArtifactError, ChangeError, DeployError
 from monorec.index import create_index, load_index, save_index
-from monorec.index.base import top_k_rows
 from monorec.registry import Registry
 from monorec.stream.catalogue import CatalogueStore
 from monorec.stream.changes import Change, parse_change
@@ -91,12 +91,22 @@ class _VersionSink:
         self.version, self.path, self.config = version, path, config
         self.bulk_cursor = ""
         self._lock = threading.Lock()
+        self._writes = 0  # changes applied (bulk rows included) since the last checkpoint
+        self._saved: tuple[str, str] | None = None  # (offset, bulk cursor) of the last checkpoint
 
     def apply(self, changes: Sequence[Change]) -> int:
+        self._writes += len(changes)
         return self.version.apply(changes)
+
+    def load_rows(self, page: pl.DataFrame) -> None:
+        self._writes += page.height
+        self.version.load_rows(page)
 
     def checkpoint(self, offset: str) -> None:
         with self._lock:
+            if self._saved == (offset, self.bulk_cursor) and self._writes == 0:
+                return  # nothing changed since the last checkpoint
+            self._saved, self._writes = (offset, self.bulk_cursor), 0
             save_index(
                 self.version.index,
                 self.path,
@@ -195,6 +205,9 @@ class Deployment:
             checkpoint_s=spec.loader_checkpoint_s,
         )
 
+    def _title(self, entity_id: str) -> str | None:
+        return self.catalogue.titles([entity_id]).get(entity_id)
+
     def _open_version(self, version: str, *, fresh: bool) -> tuple[ServingVersion, dict[str, Any]]:
         """The version with its index: from its checkpoint, or a new empty index when ``fresh``."""
         bundle = self.registry.load(version)
@@ -203,10 +216,11 @@ class Deployment:
         if fresh:
             dim = int(bundle.model_kwargs["retrieval_dim"])
             index = create_index(spec, dim, name=version, root=self.root)
-            return ServingVersion(version, bundle, index, ItemFeatures(ServingVersion.feature_width(bundle))), {}
+            features = ItemFeatures(ServingVersion.feature_width(bundle))
+            return ServingVersion(version, bundle, index, features, self._title), {}
         index, manifest = load_index(path, spec=spec, name=version, root=self.root)
         features = ItemFeatures.load(path / "features.npz")
-        return ServingVersion(version, bundle, index, features), manifest
+        return ServingVersion(version, bundle, index, features, self._title), manifest
 
     # --------------------------------------------------------------------------------- catalogue
 
@@ -310,7 +324,7 @@ class Deployment:
             if page.height == 0:
                 sink.bulk_cursor = BULK_DONE
             else:
-                sv.load_rows(page)
+                sink.load_rows(page)
                 sink.bulk_cursor = str(page["entity_id"][-1])
                 bar.update(page.height)
                 if progress_cb is not None:
@@ -337,8 +351,7 @@ class Deployment:
             self.sync_catalogue(target)
             loader.catch_up(target)
             self._force_checkpoint(loader, self._sinks[version])
-            reloaded, _ = self._open_version(version, fresh=False)  # the checkpoint loads, checksums hold
-            reloaded.close()
+            verify_manifest(self._index_path(version))  # the checkpoint is complete and its checksums hold
             failpoint("validating")
             expected = self.catalogue.revisions()
             got = sv.index.revisions()
@@ -361,22 +374,29 @@ class Deployment:
 
     @staticmethod
     def canary_recall(sv: ServingVersion, k: int = 10, seed: int = 0) -> float:
-        """Recall@k of the version's index against exact search, for catalogue entities as queries."""
+        """Recall@k of the version's index against exact search, for catalogue entities as queries.
+
+        Tie-aware: a hit counts when its exact score reaches the exact k-th score (entities with identical
+        features, e.g. cold ones with the same title, have identical embeddings)."""
         ids = sorted(sv.index.revisions())
         if not ids:
             return 1.0
         rng = np.random.default_rng(seed)
         n = min(len(ids), sv.bundle.config.deploy.canary_queries)
+        k = min(k, len(ids))
         probe = [ids[i] for i in rng.choice(len(ids), n, replace=False)]
         queries = sv.index.vectors_of(probe)
-        every = sv.index.vectors_of(ids)
-        exact_pos, _ = top_k_rows(queries @ every.T, k)
+        scores = torch.from_numpy(queries) @ torch.from_numpy(sv.index.vectors_of(ids)).T  # (n, N)
+        exact_scores = torch.topk(scores, k, dim=1).values.numpy()  # (n, k), best first
         hits = sv.index.search(queries, k)
         found = 0
         for q in range(n):
-            want = {ids[p] for p in exact_pos[q]}
-            found += len(want & {e for e, _ in hits.row(q)})
-        return found / (n * min(k, len(ids)))
+            returned = [e for e, _ in hits.row(q)]
+            if not returned:
+                continue
+            true_scores = sv.index.vectors_of(returned) @ queries[q]  # re-scored, not the index's own claim
+            found += int((true_scores >= exact_scores[q, -1] - 1e-5).sum())
+        return found / (n * k)
 
     def switch(self, version: str) -> None:
         """Atomically serves ``version`` (ready or standby); the old serving version drains to standby."""

@@ -24,6 +24,7 @@ import torch
 from monorec.bundle import ModelBundle, context_tensors
 from monorec.errors import ArtifactError, DeployError
 from monorec.index import EntityFilter, EntityRows, VectorIndex
+from monorec.schema import TitleLookup
 from monorec.stream.changes import Change
 
 __all__ = ["Answer", "ItemFeatures", "ServingVersion", "VersionRouter", "changes_frame"]
@@ -117,8 +118,16 @@ class Answer:
 class ServingVersion:
     """One model version with its own index (see the module docstring)."""
 
-    def __init__(self, name: str, bundle: ModelBundle, index: VectorIndex, features: ItemFeatures) -> None:
+    def __init__(
+        self,
+        name: str,
+        bundle: ModelBundle,
+        index: VectorIndex,
+        features: ItemFeatures,
+        titles: TitleLookup | None = None,
+    ) -> None:
         self.name = name
+        self.titles = titles  # entity id -> title, for imputation rules such as related's query
         self.bundle = bundle
         self.index = index
         self.features = features
@@ -179,7 +188,7 @@ class ServingVersion:
     def encode_contexts(self, canvas: str, contexts: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw contexts of one canvas -> (features (B, F_c), embeddings (B, D)) from this version's tower."""
         schema = self.bundle.schema
-        records = [schema.normalize(canvas, c) for c in contexts]
+        records = [schema.normalize(canvas, c, self.titles) for c in contexts]
         kinds = {f.name: f.kind for f in schema.fields}
         frame = pl.DataFrame(
             {name: [r[name] for r in records] for name in [*schema.field_names, "task_type"]},

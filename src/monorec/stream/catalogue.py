@@ -88,6 +88,13 @@ class CatalogueStore:
         with self._db() as db:
             return dict(db.execute("SELECT entity_id, revision FROM entities WHERE deleted = 0").fetchall())
 
+    def titles(self, ids: list[str]) -> dict[str, str]:
+        """Entity id -> title for the given ids that exist (display and ``title_of`` imputation)."""
+        marks = ",".join("?" * len(ids))
+        with self._db() as db:
+            query = f"SELECT entity_id, title FROM entities WHERE deleted = 0 AND entity_id IN ({marks})"
+            return dict(db.execute(query, ids).fetchall())
+
     def page(self, after: str, limit: int) -> pl.DataFrame:
         """Up to ``limit`` live entities with ids after ``after``, in id order (a bulk-load batch)."""
         with self._db() as db:

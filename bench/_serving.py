@@ -1,0 +1,58 @@
+"""Shared set-up of the serving benchmarks (B5, B6, B9): a registry with two trained versions of the
+synthetic model, and synthetic catalogues of any size in the same vocabulary."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from monorec.config import ProjectConfig, load_config
+from monorec.data.prepared import prepare
+from monorec.data.tables import validate_catalogue, validate_logs
+from monorec.data.world import TOPICS, WorldSpec, generate_world
+from monorec.pipeline import default_config
+from monorec.registry import Registry
+from monorec.train import train
+
+SMALL_WORLD = WorldSpec(n_users=400, n_items=400, n_requests=3000, seed=0)
+
+
+def bench_config(**deploy: object) -> ProjectConfig:
+    cfg = load_config(default_config("synthetic"))
+    return dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(cfg.train, epochs=1, val_requests=50),
+        deploy=dataclasses.replace(cfg.deploy, **deploy),  # type: ignore[arg-type]
+    )
+
+
+def two_version_registry(root: Path, config: ProjectConfig) -> tuple[Registry, pl.DataFrame]:
+    """Two versions (seeds 0 and 1) trained for one epoch on a small world; returns the registry and the
+    world's catalogue."""
+    catalogue, logs = generate_world(SMALL_WORLD)
+    catalogue, logs = validate_catalogue(catalogue, config), validate_logs(logs, config)
+    prepared = prepare(config, catalogue, logs)
+    registry = Registry(root)
+    for seed in (0, 1):
+        cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+        registry.publish(train(cfg, prepared, progress=False), {"canvases": {}}, force=True)
+    return registry, catalogue
+
+
+def synthetic_catalogue(n: int, seed: int = 0, prefix: str = "x") -> pl.DataFrame:
+    """``n`` entities with titles and categories from the synthetic world's topics."""
+    rng = np.random.default_rng(seed)
+    topics = list(TOPICS)
+    main = rng.integers(0, len(topics), n)
+    titles = [" ".join(rng.choice(TOPICS[topics[t]], 3, replace=True)).title() for t in main]
+    return pl.DataFrame(
+        {
+            "entity_id": [f"{prefix}{i:07d}" for i in range(n)],
+            "entity_type": np.where(rng.random(n) < 0.7, "movie", "series").tolist(),
+            "title": titles,
+            "categories": [topics[t] for t in main],
+        }
+    )

@@ -1,0 +1,214 @@
+"""B5: version switches under load, with catalogue changes streaming in.
+
+Two versions are deployed over the same catalogue (one serving, one on standby, both fed by their
+loaders). Requests arrive open-loop at ~70% of the measured capacity (mixed canvases) for the whole run;
+changes stream at 50/s; the serving version is switched twice (a switch, then a rollback). Every request
+pins a version, and the record counts:
+
+- ``failed``: requests that raised;
+- ``mismatched``: answers whose version is not the version object the request pinned;
+- ``stale_after_switch``: requests that STARTED after a switch had returned but were served by the old one;
+- ``p99_ms_steady`` / ``p99_ms_switch``: latency (from the scheduled arrival, queueing included) outside /
+  inside the switch windows (0.5 s before a switch until 2 s after it returned). Target: 0 / 0 / 0, and
+  p99 in the switch windows <= 2x steady.
+
+    python bench/b5_switch_under_load.py --out b5.json [--items 100000 --seconds 60] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_record
+from _serving import bench_config, synthetic_catalogue, two_version_registry
+from monorec.deploy import Deployment
+
+CANVASES = [("home", 0.6), ("related", 0.25), ("search", 0.15)]
+WORDS = ["space", "love", "war", "ghost", "city", "family", "robot", "dream"]
+
+
+def make_request(rng: random.Random, ids: list[str]) -> tuple[str, dict[str, Any]]:
+    canvas = rng.choices([c for c, _ in CANVASES], [w for _, w in CANVASES])[0]
+    if canvas == "home":
+        return canvas, {"user_id": f"u{rng.randrange(400)}", "country": rng.choice(["us", "fr", "de"])}
+    if canvas == "related":
+        return canvas, {"source_item_id": rng.choice(ids)}
+    return canvas, {"query": " ".join(rng.sample(WORDS, 2))}
+
+
+def serve(dep: Deployment, canvas: str, context: dict[str, Any]) -> tuple[str, str]:
+    """One request: (the pinned version's name, the version named by the answer)."""
+    with dep.router.pin() as version:
+        answer = version.recommend(canvas, context, k=10)
+        return version.name, answer.version
+
+
+def capacity(dep: Deployment, ids: list[str], seconds: float, threads: int = 4) -> float:
+    done = 0
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker(seed: int) -> None:
+        nonlocal done
+        rng = random.Random(seed)
+        while time.monotonic() < stop:
+            serve(dep, *make_request(rng, ids))
+            with lock:
+                done += 1
+
+    pool = [threading.Thread(target=worker, args=(s,)) for s in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return done / seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--load", type=float, default=0.7, help="share of the measured capacity")
+    ap.add_argument("--quick", action="store_true", help="5k entities, 6 s (checks the script runs)")
+    args = ap.parse_args()
+    n, seconds = (5_000, 6.0) if args.quick else (args.items, args.seconds)
+    tmp = Path(tempfile.mkdtemp())
+    registry, _ = two_version_registry(tmp / "registry", bench_config())
+    catalogue = synthetic_catalogue(n)
+    ids = catalogue["entity_id"].to_list()
+
+    with Deployment(tmp / "dep", registry) as dep:
+        dep.seed_catalogue(catalogue)
+        dep.deploy("v0001")
+        dep.deploy("v0002")  # v0001 on standby
+
+        results: list[tuple[float, float, float, str, str, bool]] = []  # scheduled, start, end, pinned, named, ok
+        lock = threading.Lock()
+
+        def request(scheduled: float, seed: int) -> None:
+            start = time.monotonic()
+            ok, pinned, named = True, "", ""
+            try:
+                pinned, named = serve(dep, *make_request(random.Random(seed), ids))
+            except Exception:
+                ok = False
+            with lock:
+                results.append((scheduled, start, time.monotonic(), pinned, named, ok))
+
+        stop = threading.Event()
+
+        def stream() -> None:
+            i, revision = 0, 1
+            while not stop.is_set():
+                revision += 1
+                dep.publish(
+                    [
+                        {
+                            "op": "upsert",
+                            "entity_id": ids[i % len(ids)],
+                            "revision": revision,
+                            "entity_type": "movie",
+                            "title": f"updated title {i}",
+                            "categories": ["drama"],
+                        }
+                    ]
+                )
+                i += 1
+                stop.wait(0.02)
+
+        switches: list[dict[str, Any]] = []
+
+        def switcher() -> None:
+            for when, action in ((seconds / 3, "switch"), (2 * seconds / 3, "rollback")):
+                while time.monotonic() - t0 < when:
+                    time.sleep(0.01)
+                before = dep.router.current.name  # type: ignore[union-attr]
+                began = time.monotonic()
+                if action == "switch":
+                    dep.switch("v0001" if before == "v0002" else "v0002")
+                else:
+                    dep.rollback()
+                switches.append(
+                    {
+                        "began": began,
+                        "returned": time.monotonic(),
+                        "from": before,
+                        "to": dep.router.current.name,
+                        "action": action,
+                    }
+                )  # type: ignore[union-attr]
+
+        streamer = threading.Thread(target=stream)
+        streamer.start()  # capacity is measured with the loaders busy, as during the run
+        cap = capacity(dep, ids, 2.0 if args.quick else 8.0)
+        rate = args.load * cap
+        print(f"capacity {cap:.0f} req/s (closed loop, 4 threads, changes streaming); offered {rate:.0f} req/s")
+
+        t0 = time.monotonic()
+        threads = [streamer, threading.Thread(target=switcher)]
+        threads[1].start()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            i = 0
+            while (now := time.monotonic()) - t0 < seconds:
+                scheduled = t0 + i / rate
+                if scheduled > now:
+                    time.sleep(scheduled - now)
+                pool.submit(request, scheduled, i)
+                i += 1
+        stop.set()
+        for t in threads:
+            t.join()
+
+    failed = sum(not ok for *_, ok in results)
+    mismatched = sum(ok and pinned != named for _, _, _, pinned, named, ok in results)
+    stale = 0
+    in_window = np.zeros(len(results), dtype=bool)
+    latency = np.array([(end - scheduled) * 1000 for scheduled, _, end, *_ in results])
+    for j, s in enumerate(switches):
+        next_began = switches[j + 1]["began"] if j + 1 < len(switches) else float("inf")
+        for r, (_, start, _, pinned, _, ok) in enumerate(results):
+            if ok and s["returned"] < start < next_began and pinned == s["from"]:
+                stale += 1  # began after this switch returned (and before the next), yet on the old version
+            if s["began"] - 0.5 <= start <= s["returned"] + 2.0:
+                in_window[r] = True
+    p99_steady = float(np.percentile(latency[~in_window], 99))
+    p99_switch = float(np.percentile(latency[in_window], 99)) if in_window.any() else float("nan")
+    record = {
+        "benchmark": "B5",
+        "items": n,
+        "seconds": seconds,
+        "capacity_rps": cap,
+        "offered_rps": rate,
+        "achieved_rps": len(results) / seconds,
+        "requests": len(results),
+        "failed": failed,
+        "mismatched": mismatched,
+        "stale_after_switch": stale,
+        "p50_ms_steady": float(np.percentile(latency[~in_window], 50)),
+        "p99_ms_steady": p99_steady,
+        "p99_ms_switch": p99_switch,
+        "switch_p99_ratio": p99_switch / p99_steady,
+        "switches": [{**s, "switch_ms": (s["returned"] - s["began"]) * 1000} for s in switches],
+        "quick": args.quick,
+    }
+    print(
+        f"failed {failed}, mismatched {mismatched}, stale after switch {stale}; p99 steady {p99_steady:.1f} ms, "
+        f"in switch windows {p99_switch:.1f} ms"
+    )
+    write_record(args.out, record)
+
+
+if __name__ == "__main__":
+    main()

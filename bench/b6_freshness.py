@@ -1,0 +1,195 @@
+"""B6: freshness — a catalogue change until it is returned by search in EVERY live version.
+
+Two versions are live (serving + standby, each with its loader). New entities are published to the
+embedded change log at 10, 100 and 1000 changes/s; each carries a unique category, and a checker searches
+every live version with that category as filter until the entity comes back. Meanwhile a query thread
+measures recommendation latency; the same queries are measured idle first.
+
+Anchor: the direct in-process insert (embed the entity with the version's item tower, upsert it into its
+index) followed by the same search. Targets: p99 <= 1 s; query p99 during ingest <= 1.5x idle.
+
+    python bench/b6_freshness.py --out b6.json [--items 100000 --seconds 10] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_record
+from _serving import bench_config, synthetic_catalogue, two_version_registry
+from monorec.deploy import Deployment
+from monorec.index import EntityFilter
+from monorec.stream.changes import Change
+from monorec.versions import ServingVersion
+
+
+def fresh_change(tag: str, revision: int = 1) -> Change:
+    return Change("upsert", tag, revision, "movie", f"brand new {tag}", (tag,))
+
+
+def visible(version: ServingVersion, tag: str) -> bool:
+    return (
+        version.index.search(np.zeros((1, version.index.dim), np.float32), 1, EntityFilter(categories=(tag,))).row(0)
+        != []
+    )
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    a = np.array(values) if values else np.array([np.nan])
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "n": len(values)}
+
+
+def query_latencies(dep: Deployment, stop: threading.Event, out: list[float], rate: float = 50.0) -> None:
+    rng = random.Random(0)
+    while not stop.is_set():
+        started = time.perf_counter()
+        with dep.router.pin() as version:
+            version.recommend("home", {"user_id": f"u{rng.randrange(400)}"}, k=10)
+        out.append((time.perf_counter() - started) * 1000)
+        stop.wait(max(0.0, 1 / rate - (time.perf_counter() - started)))
+
+
+def run_rate(dep: Deployment, rate: int, seconds: float) -> dict[str, Any]:
+    versions = list(dep.versions.values())
+    published: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    pending: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def publisher() -> None:
+        tick = 0.01 if rate >= 100 else 1.0 / rate
+        per_tick = max(1, round(rate * tick))
+        started, i = time.monotonic(), 0
+        while time.monotonic() - started < seconds:
+            tags = [f"f{rate}-{i + j}" for j in range(per_tick)]
+            now = time.monotonic()
+            dep.publish([fresh_change(t) for t in tags])
+            with lock:
+                for t in tags:
+                    published[t] = now
+                    pending.append(t)
+            i += per_tick
+            time.sleep(max(0.0, started + (i / per_tick) * tick - time.monotonic()))
+
+    def checker() -> None:
+        while not stop.is_set() or pending:
+            with lock:
+                head = list(pending[:64])
+            if not head:
+                time.sleep(0.001)
+                continue
+            done = []
+            for tag in head:  # loaders apply in log order: stop at the first one not yet visible
+                if all(visible(v, tag) for v in versions):
+                    seen[tag] = time.monotonic()
+                    done.append(tag)
+                else:
+                    break
+            with lock:
+                for tag in done:
+                    pending.remove(tag)
+            if not done:
+                time.sleep(0.001)
+
+    queries: list[float] = []
+    q_stop = threading.Event()
+    threads = [threading.Thread(target=publisher), threading.Thread(target=checker)]
+    q_thread = threading.Thread(target=query_latencies, args=(dep, q_stop, queries))
+    q_thread.start()
+    threads[1].start()
+    threads[0].start()
+    threads[0].join()
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    q_stop.set()
+    threads[1].join()
+    q_thread.join()
+    delays = [(seen[t] - published[t]) * 1000 for t in seen]
+    return {
+        "rate": rate,
+        "published": len(published),
+        "never_visible": len(published) - len(seen),
+        "freshness": percentiles(delays),
+        "query_during_ingest": percentiles(queries),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rates", type=int, nargs="+", default=[10, 100, 1000])
+    ap.add_argument("--quick", action="store_true", help="5k entities, 2 s per rate (checks the script runs)")
+    args = ap.parse_args()
+    n, seconds, rates = (5_000, 2.0, [10, 100]) if args.quick else (args.items, args.seconds, args.rates)
+    tmp = Path(tempfile.mkdtemp())
+    registry, _ = two_version_registry(tmp / "registry", bench_config())
+
+    with Deployment(tmp / "dep", registry) as dep:
+        dep.seed_catalogue(synthetic_catalogue(n))
+        dep.deploy("v0001")
+        dep.deploy("v0002")  # both live: serving and standby
+
+        idle: list[float] = []
+        stop = threading.Event()
+        t = threading.Thread(target=query_latencies, args=(dep, stop, idle))
+        t.start()
+        time.sleep(min(5.0, seconds))
+        stop.set()
+        t.join()
+
+        # anchor: the direct in-process insert into one version, then the same search
+        version = dep.versions["v0002"]
+        direct = []
+        for i in range(200):
+            tag = f"direct-{i}"
+            started = time.monotonic()
+            version.apply([fresh_change(tag)])
+            assert visible(version, tag)
+            direct.append((time.monotonic() - started) * 1000)
+
+        runs = [run_rate(dep, rate, seconds) for rate in rates]
+
+    idle_p = percentiles(idle)
+    for r in runs:
+        r["query_p99_ratio"] = r["query_during_ingest"]["p99_ms"] / idle_p["p99_ms"]
+        print(
+            f"{r['rate']:>5}/s: freshness p50 {r['freshness']['p50_ms']:.1f} ms, p99 {r['freshness']['p99_ms']:.1f} ms;"
+            f" query p99 {r['query_during_ingest']['p99_ms']:.1f} ms ({r['query_p99_ratio']:.2f}x idle)"
+        )
+    anchor = percentiles(direct)
+    print(
+        f"direct insert: p50 {anchor['p50_ms']:.2f} ms, p99 {anchor['p99_ms']:.2f} ms; idle query p99 "
+        f"{idle_p['p99_ms']:.1f} ms"
+    )
+    write_record(
+        args.out,
+        {
+            "benchmark": "B6",
+            "items": n,
+            "seconds_per_rate": seconds,
+            "live_versions": 2,
+            "idle_query": idle_p,
+            "direct_insert": anchor,
+            "rates": runs,
+            "quick": args.quick,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

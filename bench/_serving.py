@@ -20,11 +20,13 @@ from monorec.train import train
 SMALL_WORLD = WorldSpec(n_users=400, n_items=400, n_requests=3000, seed=0)
 
 
-def bench_config(**deploy: object) -> ProjectConfig:
+def bench_config(index: str = "exact", **deploy: object) -> ProjectConfig:
+    """The synthetic config, one training epoch; ``index`` kind ("hnsw" for serving 100k+ entities)."""
     cfg = load_config(default_config("synthetic"))
     return dataclasses.replace(
         cfg,
         train=dataclasses.replace(cfg.train, epochs=1, val_requests=50),
+        index=dataclasses.replace(cfg.index, kind=index),  # type: ignore[arg-type]
         deploy=dataclasses.replace(cfg.deploy, **deploy),  # type: ignore[arg-type]
     )
 

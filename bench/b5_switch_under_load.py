@@ -85,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     n, seconds = (5_000, 6.0) if args.quick else (args.items, args.seconds)
     tmp = Path(tempfile.mkdtemp())
-    registry, _ = two_version_registry(tmp / "registry", bench_config())
+    registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"))
     catalogue = synthetic_catalogue(n)
     ids = catalogue["entity_id"].to_list()
 

@@ -137,7 +137,7 @@ def main() -> None:
     args = ap.parse_args()
     n, seconds, rates = (5_000, 2.0, [10, 100]) if args.quick else (args.items, args.seconds, args.rates)
     tmp = Path(tempfile.mkdtemp())
-    registry, _ = two_version_registry(tmp / "registry", bench_config())
+    registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"))
 
     with Deployment(tmp / "dep", registry) as dep:
         dep.seed_catalogue(synthetic_catalogue(n))

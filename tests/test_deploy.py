@@ -143,3 +143,37 @@ def test_a_corrupt_index_fails_validation_and_never_serves(deployment: Deploymen
         assert version.name == "v0001"
     deployment.deploy("v0002")  # a failed version is staged again from scratch
     assert deployment.control.pointer("serving") == "v0002"
+
+
+def test_a_qdrant_backed_deployment_streams_switches_and_retires(
+    tmp_path: Path, two_versions: Registry, prepared
+) -> None:  # type: ignore[no-untyped-def]
+    """The same lifecycle with one Qdrant collection per version (qdrant-client's local mode)."""
+    import dataclasses
+
+    from monorec.config import IndexSpec
+    from monorec.index.qdrant_index import qdrant_client_for
+
+    registry = Registry(tmp_path / "registry")
+    for name in ("v0001", "v0002"):
+        bundle = two_versions.load(name)
+        bundle = dataclasses.replace(bundle, config=dataclasses.replace(bundle.config, index=IndexSpec(kind="qdrant")))
+        registry.publish(bundle, {"canvases": {}}, force=True)
+    with Deployment(tmp_path / "dep", registry) as dep:
+        dep.seed_catalogue(prepared.catalogue)
+        dep.deploy("v0001")
+        dep.publish([upsert("q-new", 4), {"op": "delete", "entity_id": "m00001", "revision": 4}])
+        dep.deploy("v0002")
+        client = qdrant_client_for(str(dep.root / "qdrant"))
+        aliases = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
+        assert aliases["monorec_serving"] == "monorec_v0002"
+        dep.sync_catalogue()
+        expected = dep.catalogue.revisions()
+        for name in ("v0001", "v0002"):
+            wait_for(lambda name=name: dep.versions[name].index.revisions() == expected)
+            assert len(dep.versions[name].index) == len(expected)
+        with dep.router.pin() as version:
+            answer = version.recommend("browse", {"category": "drama"}, k=5)
+        assert answer.version == "v0002" and len(answer.ids) == 5
+        dep.retire("v0001")
+        assert not client.collection_exists("monorec_v0001")

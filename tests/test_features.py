@@ -94,3 +94,37 @@ def test_id_list_features_use_the_shared_vocabulary(config, prepared):
     assert hist.shape == (2, 3)
     assert hist[0].tolist() == [fz.entity_vocab_.index(e) + 2 for e in known[1:]]  # the 3 most recent
     assert (hist[1] == 0).all()
+
+
+def test_record_path_equals_the_frame_path(config, prepared):
+    """The serving path (records, no DataFrame) gives exactly the training path's arrays."""
+    from monorec.schema import ContextSchema
+
+    featurizer = Featurizer(config).fit(prepared.rows("train"), prepared.catalogue)
+    schema = ContextSchema.from_config(config)
+    rng = np.random.default_rng(0)
+    train = prepared.rows("train")
+    users = [*train["user_id"].drop_nulls().unique().sort().to_list()[:20], "nobody", None]
+    items = [*prepared.catalogue["entity_id"].to_list()[:20], "ghost"]
+    records = []
+    for i in range(60):
+        canvas = config.canvas_names[i % len(config.canvas_names)]
+        context = {
+            "user_id": users[rng.integers(len(users))],
+            "country": ["us", "fr", "zz", None][i % 4],
+            "source_item_id": items[rng.integers(len(items))],
+            "query": ["space robot", "", None, "Ünïcode words 42"][i % 4],
+            "category": ["drama", "nothing", None][i % 3],
+            "hour": [None, 3.0, 23.5][i % 3],
+        }
+        records.append(schema.normalize(canvas, context))
+    kinds = {f.name: f.kind for f in schema.fields}
+    frame = pl.DataFrame(
+        {n: [r[n] for r in records] for n in [*schema.field_names, "task_type"]},
+        schema={n: pl.Float64 if kinds.get(n) == "numeric" else pl.String for n in [*schema.field_names, "task_type"]},
+    )
+    fast, slow = featurizer.transform_records(records), featurizer.transform_context(frame)
+    assert fast.keys() == slow.keys()
+    for name in fast:
+        np.testing.assert_array_equal(fast[name], slow[name], err_msg=name)
+    assert (fast["user_id"] == UNKNOWN_INDEX).any() and (fast["user_id"] == MISSING_INDEX).any()

@@ -56,6 +56,7 @@ from monorec.versions import ItemFeatures, ServingVersion, VersionRouter
 __all__ = ["Deployment", "open_log", "publish_changes"]
 
 CATALOGUE_GROUP = "catalogue"
+SERVING_ALIAS = "monorec_serving"  # Qdrant alias of the serving version's collection (readers outside monorec)
 BULK_DONE = "\U0010ffff"  # a bulk cursor after every possible id
 
 
@@ -257,8 +258,8 @@ class Deployment:
                 if self.control.get(version).state == "serving":  # type: ignore[union-attr]
                     self.router.switch(sv)
             if start_loaders:
-                for loader in self.loaders.values():
-                    if loader._thread is None:
+                for loader in [self._catalogue_loader, *self.loaders.values()]:
+                    if not loader.running:
                         loader.start()
         return self
 
@@ -419,7 +420,10 @@ class Deployment:
             failpoint("switching")
             previous = self.router.switch(sv)
             self.control.switch(version, previous_name if previous_name != version else None)
-            if self.loaders[version]._thread is None:
+            set_alias = getattr(sv.index, "set_alias", None)
+            if set_alias is not None:  # Qdrant: external readers follow the alias
+                set_alias(SERVING_ALIAS)
+            if not self.loaders[version].running:
                 self.loaders[version].start()
             if previous is not None and previous is not sv:
                 VersionRouter.drain(previous, sv.bundle.config.deploy.drain_timeout_s)
@@ -495,7 +499,7 @@ class Deployment:
 
     def close(self) -> None:
         """Stops every loader (each checkpoints first) and releases the folder."""
-        for loader in self.loaders.values():
+        for loader in [self._catalogue_loader, *self.loaders.values()]:
             loader.stop()
         for sv in self.versions.values():
             sv.close()

@@ -90,9 +90,10 @@ class ItemFeatures:
             return self._rows[[self._row_of[i] for i in ids]]
 
     def save(self, path: Path) -> None:
-        with self._lock:
+        with self._lock:  # snapshot under the lock, write outside it
             ids = list(self._row_of)
-            np.savez(path, ids=np.array(ids, dtype=np.str_), feats=self._rows[[self._row_of[i] for i in ids]])
+            feats = self._rows[[self._row_of[i] for i in ids]]
+        np.savez(path, ids=np.array(ids, dtype=np.str_), feats=feats)
 
     @classmethod
     def load(cls, path: Path) -> ItemFeatures:
@@ -128,6 +129,7 @@ class ServingVersion:
     ) -> None:
         self.name = name
         self.titles = titles  # entity id -> title, for imputation rules such as related's query
+        self.schema = bundle.schema  # derived from the config on each access: keep one
         self.bundle = bundle
         self.index = index
         self.features = features
@@ -187,16 +189,8 @@ class ServingVersion:
     @torch.no_grad()
     def encode_contexts(self, canvas: str, contexts: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw contexts of one canvas -> (features (B, F_c), embeddings (B, D)) from this version's tower."""
-        schema = self.bundle.schema
-        records = [schema.normalize(canvas, c, self.titles) for c in contexts]
-        kinds = {f.name: f.kind for f in schema.fields}
-        frame = pl.DataFrame(
-            {name: [r[name] for r in records] for name in [*schema.field_names, "task_type"]},
-            schema={
-                n: (pl.Float64 if kinds.get(n) == "numeric" else pl.String) for n in [*schema.field_names, "task_type"]
-            },
-        )
-        ctx = context_tensors(self.bundle.featurizer.transform_context(frame))
+        records = [self.schema.normalize(canvas, c, self.titles) for c in contexts]
+        ctx = context_tensors(self.bundle.featurizer.transform_records(records))
         feats, emb = self.bundle.model.encode_context(ctx)
         return feats, emb
 
@@ -220,7 +214,7 @@ class ServingVersion:
                 continue
         else:
             raise DeployError(f"{self.name}: the index changed under three searches in a row")
-        task = torch.full((len(ids),), self.bundle.schema.task_index(canvas), dtype=torch.long)
+        task = torch.full((len(ids),), self.schema.task_index(canvas), dtype=torch.long)
         logits = model.rank(cf.expand(len(ids), -1), ce.expand(len(ids), -1), item_feats, item_emb, task)
         scores = model.blend_scores(logits, task)
         order = torch.argsort(scores, descending=True)[:k].tolist()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -90,6 +90,7 @@ class Featurizer:
 
     def fit(self, train: pl.DataFrame, catalogue: pl.DataFrame) -> Featurizer:
         """Learns vocabularies and statistics from training rows (never validation or test)."""
+        self.__dict__.pop("_lookups", None)  # vocabularies change: drop the record path's lookups
         cfg = self.config
         # entity ids get an embedding only if someone responded to them in training (primary objective
         # = 1): an entity seen only as a sampled negative would get an id embedding trained on noise
@@ -177,6 +178,48 @@ class Featurizer:
         if spec.vocabulary == "category":
             return self.category_vocab_
         return self.vocabs_.get(field, [])
+
+    def _lookup(self, field: str) -> dict[str, int]:
+        """value -> index for a field's vocabulary (built once per fitted featurizer, for the record path)."""
+        cache: dict[str, dict[str, int]] = self.__dict__.setdefault("_lookups", {})
+        if field not in cache:
+            cache[field] = {v: i + 2 for i, v in enumerate(self._vocab_for(field))}
+        return cache[field]
+
+    def transform_records(self, records: Sequence[Mapping[str, Any]]) -> ContextArrays:
+        """Normalized unified-context records (``ContextSchema.normalize`` output, with ``task_type``) ->
+        the same arrays as :meth:`transform_context`, without building a DataFrame: the serving path,
+        where a request holds one or a few records and a frame's fixed cost would dominate."""
+        self._check_fitted()
+        cfg = self.config
+        n = len(records)
+        out: ContextArrays = {}
+        for f in cfg.fields:
+            values = [r.get(f.name) for r in records]
+            if f.kind in ("id", "categorical"):
+                lookup = self._lookup(f.name)
+                out[f.name] = np.array(
+                    [MISSING_INDEX if v is None else lookup.get(str(v), UNKNOWN_INDEX) for v in values], dtype=np.int64
+                )
+            elif f.kind == "text":
+                out[f.name] = hash_texts(values, cfg.model.text_buckets, f.max_tokens)
+            elif f.kind == "id_list":
+                lookup = self._lookup(f.name)
+                lists = np.zeros((n, f.max_tokens), dtype=np.int64)
+                for r, v in enumerate(values):
+                    if v:
+                        ids = [lookup.get(x, UNKNOWN_INDEX) for x in str(v).split("|") if x][-f.max_tokens :]
+                        lists[r, : len(ids)] = ids
+                out[f.name] = lists
+            else:
+                mean, std = self.numeric_stats_.get(f.name, (0.0, 1.0))
+                x = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+                missing = np.isnan(x)
+                z = np.where(missing, 0.0, (x - mean) / std)
+                out[f.name] = np.stack([z, missing.astype(np.float64)], axis=1).astype(np.float32)
+        names = cfg.canvas_names
+        out["task_type"] = np.array([names.index(r["task_type"]) for r in records], dtype=np.int64)
+        return out
 
     def transform_context(self, frame: pl.DataFrame) -> ContextArrays:
         """Unified-context rows (with ``task_type``) -> model input arrays (see ``ContextArrays``)."""

@@ -275,17 +275,22 @@ class FaissIndex:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            faiss.write_index(self._faiss, str(path / "vectors.faiss"))
-            arrays: dict[str, Any] = self.book.to_arrays()
-            np.savez(
-                path / "rows.npz",
-                row_ids=self._row_ids[: self._faiss.ntotal].astype(np.str_),
-                alive=self._alive,
-                row_types=np.array(self._row_types, dtype=np.str_),
-                row_categories=np.array([_CATEGORY_SEPARATOR.join(c) for c in self._row_categories], dtype=np.str_),
-                **arrays,
-            )
+        with self._lock:  # a consistent snapshot at memory speed; searches wait only for this part
+            blob = faiss.serialize_index(self._faiss)
+            n = self._faiss.ntotal
+            row_ids, alive = self._row_ids[:n].copy(), self._alive.copy()
+            row_types, row_categories = list(self._row_types), list(self._row_categories)
+            book = RevisionBook(self.book.applied, self.book.deleted)
+        blob.tofile(path / "vectors.faiss")
+        arrays: dict[str, Any] = book.to_arrays()
+        np.savez(
+            path / "rows.npz",
+            row_ids=row_ids.astype(np.str_),
+            alive=alive,
+            row_types=np.array(row_types, dtype=np.str_),
+            row_categories=np.array([_CATEGORY_SEPARATOR.join(c) for c in row_categories], dtype=np.str_),
+            **arrays,
+        )
 
     @classmethod
     def load(cls, path: str | Path, dim: int, kind: Literal["exact", "hnsw"], **params: Any) -> FaissIndex:

@@ -63,6 +63,7 @@ class Loader:
         self._last_checkpoint = time.monotonic()
         self._held: list[LogEntry] = []  # read past an ``until`` bound: applied by the next step
         self._stop = threading.Event()
+        self._step_lock = threading.RLock()  # the thread and a caller's catch_up may both step
         self._thread: threading.Thread | None = None
 
     # --------------------------------------------------------------------------------------- steps
@@ -84,29 +85,31 @@ class Loader:
         Raises:
             StreamUnavailable: the broker cannot be reached.
         """
-        entries = self._next_entries(block_s, until)
-        if entries:
-            good: list[Change] = []
-            for entry in entries:
-                try:
-                    good.append(parse_change(entry.payload, self.entity_types))
-                except ChangeError as exc:
-                    self.dead_letter(self.group, entry.offset, entry.payload, str(exc))
-                    self.rejected_total += 1
-            self.applied_total += self.sink.apply(good)
-            self.applied_offset = entries[-1].offset
-            self.uncommitted += len(entries)
-        if self.uncommitted and time.monotonic() - self._last_checkpoint >= self.checkpoint_s:
-            self.checkpoint()
-        return len(entries)
+        with self._step_lock:
+            entries = self._next_entries(block_s, until)
+            if entries:
+                good: list[Change] = []
+                for entry in entries:
+                    try:
+                        good.append(parse_change(entry.payload, self.entity_types))
+                    except ChangeError as exc:
+                        self.dead_letter(self.group, entry.offset, entry.payload, str(exc))
+                        self.rejected_total += 1
+                self.applied_total += self.sink.apply(good)
+                self.applied_offset = entries[-1].offset
+                self.uncommitted += len(entries)
+            if self.uncommitted and time.monotonic() - self._last_checkpoint >= self.checkpoint_s:
+                self.checkpoint()
+            return len(entries)
 
     def checkpoint(self) -> None:
         """Sink durable first, then the offset committed (never the other way round)."""
-        if self.applied_offset is not None and self.uncommitted:
-            self.sink.checkpoint(self.applied_offset)
-            self.log.commit(self.group, self.applied_offset)
-        self.uncommitted = 0
-        self._last_checkpoint = time.monotonic()
+        with self._step_lock:
+            if self.applied_offset is not None and self.uncommitted:
+                self.sink.checkpoint(self.applied_offset)
+                self.log.commit(self.group, self.applied_offset)
+            self.uncommitted = 0
+            self._last_checkpoint = time.monotonic()
 
     def catch_up(self, target: str | None = None, timeout_s: float = 600.0) -> None:
         """Applies everything up to ``target`` (default: the log's head now), then checkpoints."""
@@ -121,11 +124,10 @@ class Loader:
 
     def rewind(self) -> None:
         """Forgets what was read but not committed: the next step reads it again (after a broker outage)."""
-        rewind = getattr(self.log, "rewind", None)
-        if rewind is not None:
-            rewind(self.group)
-        self._held = []
-        self.applied_offset, self.uncommitted = None, 0
+        with self._step_lock:
+            self.log.rewind(self.group)
+            self._held = []
+            self.applied_offset, self.uncommitted = None, 0
 
     def lag(self) -> int:
         """Log entries not yet applied by this loader."""
@@ -150,6 +152,10 @@ class Loader:
                 self.rewind()
         with contextlib.suppress(StreamUnavailable):  # the next start replays from the last commit
             self.checkpoint()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
 
     def start(self) -> None:
         self._stop.clear()

@@ -245,6 +245,8 @@ class ProjectConfig:
             "model": clean(self.model),
             "train": clean(self.train),
             "evaluate": clean(self.evaluate),
+            "index": clean(self.index),
+            "deploy": clean(self.deploy),
         }
 
 
@@ -270,6 +272,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
             "model",
             "train",
             "evaluate",
+            "index",
+            "deploy",
         }:
             p.add(key, "unknown section")
     project = raw.get("project", {})

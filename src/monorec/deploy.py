@@ -346,7 +346,13 @@ class Deployment:
             sink.checkpoint(str(offset))
 
     def validate(self, version: str, sv: ServingVersion, loader: Loader) -> None:
-        """Marks the version ready, or failed (raising DeployError) when its index is not the catalogue."""
+        """Marks the version ready, or failed (raising DeployError) when its index is not the catalogue.
+
+        The catalogue and the version are compared at the SAME log offset: the catalogue's own loader
+        pauses, then both are brought exactly to the log's head as of now (which nothing read beyond).
+        """
+        catalogue_was_running = self._catalogue_loader.running
+        self._catalogue_loader.stop()
         try:
             target = self.log.head()
             self.sync_catalogue(target)
@@ -371,6 +377,9 @@ class Deployment:
         except (DeployError, ArtifactError) as exc:
             self.control.set_state(version, "failed", error=str(exc))
             raise DeployError(str(exc)) from None
+        finally:
+            if catalogue_was_running:
+                self._catalogue_loader.start()
         self.control.set_state(version, "ready")
 
     @staticmethod

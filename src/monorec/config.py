@@ -183,7 +183,9 @@ class DeploySpec:
     canary_min_recall: float = 0.9  # required recall@10 of the index against exact search
     drain_timeout_s: float = 30.0  # how long a switch waits for requests still on the old version
     loader_batch: int = 512  # changes read from the log per step
-    loader_checkpoint_s: float = 10.0  # at most this long between a loader's index checkpoints (replay window)
+    # between a serving loader's index checkpoints: the log is the write-ahead log, so this bounds the replay
+    # after a crash; each checkpoint writes a full snapshot, so shorter means more I/O and more tail latency
+    loader_checkpoint_s: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,11 @@ States of a deployed version::
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from monorec._sqlite import SqliteFile
 
 __all__ = ["LIVE_STATES", "ControlPlane", "DeadLetter", "Deployed"]
 
@@ -57,16 +56,7 @@ class DeadLetter:
 class ControlPlane:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=60)) as db, db:
-            db.execute("PRAGMA synchronous=FULL")
-            yield db
+        self._db = SqliteFile(self.path, _SCHEMA).transaction
 
     def get(self, version: str) -> Deployed | None:
         with self._db() as db:

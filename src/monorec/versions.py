@@ -25,29 +25,9 @@ from monorec.bundle import ModelBundle, context_tensors
 from monorec.errors import ArtifactError, DeployError
 from monorec.index import EntityFilter, EntityRows, VectorIndex
 from monorec.schema import TitleLookup
-from monorec.stream.changes import Change
+from monorec.stream.changes import Change, changes_frame
 
-__all__ = ["Answer", "ItemFeatures", "ServingVersion", "VersionRouter", "changes_frame"]
-
-
-def changes_frame(changes: Sequence[Change]) -> pl.DataFrame:
-    """Upserts -> a catalogue-shaped table (entity_id, entity_type, title, categories, revision)."""
-    return pl.DataFrame(
-        {
-            "entity_id": [c.entity_id for c in changes],
-            "entity_type": [c.entity_type for c in changes],
-            "title": [c.title for c in changes],
-            "categories": ["|".join(c.categories) for c in changes],
-            "revision": [c.revision for c in changes],
-        },
-        schema={
-            "entity_id": pl.String,
-            "entity_type": pl.String,
-            "title": pl.String,
-            "categories": pl.String,
-            "revision": pl.Int64,
-        },
-    )
+__all__ = ["Answer", "ItemFeatures", "ServingVersion", "VersionRouter"]
 
 
 class ItemFeatures:

@@ -124,6 +124,17 @@ class RevisionBook:
     def newer(self, entity_id: str, revision: int) -> bool:
         return revision > self.applied.get(entity_id, -1)
 
+    def newer_rows(self, ids: Sequence[str], revisions: np.ndarray) -> list[int]:
+        """Positions of the rows to apply: newer than what is applied, and within the batch the highest
+        revision of each id (ascending positions)."""
+        latest: dict[str, int] = {}
+        for i, (entity_id, revision) in enumerate(zip(ids, revisions.tolist(), strict=True)):
+            if self.newer(entity_id, revision) and (
+                entity_id not in latest or revision > revisions[latest[entity_id]]
+            ):
+                latest[entity_id] = i
+        return sorted(latest.values())
+
     def record(self, entity_id: str, revision: int, *, deleted: bool) -> None:
         self.applied[entity_id] = int(revision)
         if deleted:

@@ -143,15 +143,10 @@ class FaissIndex:
         if len(rows) and rows.vectors.shape[1] != self.dim:
             raise ValueError(f"vectors have dimension {rows.vectors.shape[1]}, the index {self.dim}")
         with self._lock:
-            latest: dict[str, int] = {}  # within a batch, the highest revision of an id wins
-            for i, (entity_id, revision) in enumerate(zip(rows.ids, rows.revisions.tolist(), strict=True)):
-                if self.book.newer(entity_id, revision) and (
-                    entity_id not in latest or revision > rows.revisions[latest[entity_id]]
-                ):
-                    latest[entity_id] = i
-            if not latest:
+            positions = self.book.newer_rows(rows.ids, rows.revisions)
+            if not positions:
                 return 0
-            keep = rows.take(sorted(latest.values()))
+            keep = rows.take(positions)
             for entity_id, revision in zip(keep.ids, keep.revisions.tolist(), strict=True):
                 self._kill(entity_id)
                 self.book.record(entity_id, revision, deleted=False)

@@ -67,13 +67,8 @@ class QdrantIndex:
 
     def upsert(self, rows: EntityRows) -> int:
         with self._lock:
-            latest: dict[str, int] = {}
-            for i, (entity_id, revision) in enumerate(zip(rows.ids, rows.revisions.tolist(), strict=True)):
-                if self.book.newer(entity_id, revision) and (
-                    entity_id not in latest or revision > rows.revisions[latest[entity_id]]
-                ):
-                    latest[entity_id] = i
-            if not latest:
+            positions = self.book.newer_rows(rows.ids, rows.revisions)
+            if not positions:
                 return 0
             points = [
                 qm.PointStruct(
@@ -86,10 +81,10 @@ class QdrantIndex:
                         "revision": int(rows.revisions[i]),
                     },
                 )
-                for i in sorted(latest.values())
+                for i in positions
             ]
             self.client.upsert(self.collection, points=points, wait=True)
-            for i in latest.values():
+            for i in positions:
                 self.book.record(rows.ids[i], int(rows.revisions[i]), deleted=False)
             return len(points)
 

@@ -8,14 +8,13 @@ as fresh as that offset says.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
 
-from monorec.stream.changes import Change
+from monorec._sqlite import SqliteFile
+from monorec.stream.changes import ENTITY_FRAME_SCHEMA, Change
 
 __all__ = ["CatalogueStore"]
 
@@ -30,15 +29,7 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 class CatalogueStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=60)) as db, db:
-            yield db
+        self._db = SqliteFile(self.path, _SCHEMA).transaction
 
     def seed(self, catalogue: pl.DataFrame, revision: int = 0) -> int:
         """Loads a validated catalogue table (entity_id, entity_type, title, categories) at ``revision``."""
@@ -103,17 +94,7 @@ class CatalogueStore:
                 "WHERE deleted = 0 AND entity_id > ? ORDER BY entity_id LIMIT ?",
                 (after, limit),
             ).fetchall()
-        return pl.DataFrame(
-            rows,
-            schema={
-                "entity_id": pl.String,
-                "entity_type": pl.String,
-                "title": pl.String,
-                "categories": pl.String,
-                "revision": pl.Int64,
-            },
-            orient="row",
-        )
+        return pl.DataFrame(rows, schema=ENTITY_FRAME_SCHEMA, orient="row")
 
     def frame(self) -> pl.DataFrame:
         """Every live entity (the catalogue table as of :meth:`offset`)."""

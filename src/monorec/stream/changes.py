@@ -13,9 +13,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import polars as pl
+
 from monorec.errors import ChangeError
 
-__all__ = ["MAX_CHANGE_BYTES", "Change", "parse_change"]
+__all__ = ["ENTITY_FRAME_SCHEMA", "MAX_CHANGE_BYTES", "Change", "changes_frame", "parse_change"]
+
+# entities as a table (a catalogue page, a batch of upserts): the catalogue columns plus the revision
+ENTITY_FRAME_SCHEMA = {
+    "entity_id": pl.String,
+    "entity_type": pl.String,
+    "title": pl.String,
+    "categories": pl.String,  # "|"-separated
+    "revision": pl.Int64,
+}
 
 MAX_CHANGE_BYTES = 64 * 1024  # a catalogue entity is small; anything bigger is refused
 MAX_TITLE_CHARS = 2000
@@ -91,3 +102,9 @@ def parse_change(payload: str | bytes | dict[str, Any], entity_types: Sequence[s
     ):
         raise ChangeError("categories", f"must be a list of at most {MAX_CATEGORIES} non-empty strings")
     return Change("upsert", entity_id, revision, str(entity_type), title, tuple(categories))
+
+
+def changes_frame(changes: Sequence[Change]) -> pl.DataFrame:
+    """Upserts -> an entity table (:data:`ENTITY_FRAME_SCHEMA`)."""
+    rows = [(c.entity_id, c.entity_type, c.title, "|".join(c.categories), c.revision) for c in changes]
+    return pl.DataFrame(rows, schema=ENTITY_FRAME_SCHEMA, orient="row")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from monorec._sqlite import SqliteFile
 from monorec.errors import MonorecError
 
 __all__ = ["ChangeLog", "LogEntry", "SqliteChangeLog", "StreamUnavailable", "offset_key"]
@@ -70,30 +70,21 @@ class ChangeLog(Protocol):
     def close(self) -> None: ...
 
 
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS changes (offset INTEGER PRIMARY KEY AUTOINCREMENT, payload TEXT NOT NULL, ts REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, committed INTEGER NOT NULL);
+"""
+
+
 class SqliteChangeLog:
     """The embedded log: ``changes(offset INTEGER PRIMARY KEY, payload, ts)`` and ``groups(name, committed)``
     in one SQLite file in WAL mode (readers never block the writer; a commit is durable on return)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._cursors: dict[str, int] = {}
         self._lock = threading.Lock()
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS changes (offset INTEGER PRIMARY KEY AUTOINCREMENT,
-                                                    payload TEXT NOT NULL, ts REAL NOT NULL);
-                CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, committed INTEGER NOT NULL);
-                """
-            )
-
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=60)) as db, db:
-            db.execute("PRAGMA synchronous=FULL")
-            yield db
+        self._db = SqliteFile(self.path, _SCHEMA).transaction
 
     def append(self, payloads: Sequence[str]) -> list[str]:
         now = time.time()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from monorec.control_plane import ControlPlane
 from monorec.deploy import Deployment
 from monorec.registry import Registry
 from monorec.stream.log import SqliteChangeLog
@@ -107,6 +108,11 @@ def test_kill_9_during_a_streaming_deploy_loses_nothing(
             assert killed.returncode == -9, f"expected a SIGKILL at {kill_at}: {killed.stderr[-2000:]}"
         else:  # killed at a random moment, or it finished first
             assert killed.returncode in (-9, 0), killed.stderr[-2000:]
+        control = ControlPlane(root / "control.sqlite")
+        if kill_at is not None and kill_at.split(":")[0] in ("subscribed", "bulk_batch", "validating"):
+            # killed before validation passed: the half-built version is not ready and nothing switched
+            assert control.get("v0002").state == "staging"  # type: ignore[union-attr]
+            assert control.pointer("serving") == "v0001"
 
         with Deployment(root, two_versions) as dep:  # after the crash, the live version keeps answering
             dep.open()

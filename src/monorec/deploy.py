@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import shutil
 import threading
 from collections.abc import Callable, Sequence
@@ -223,6 +224,15 @@ class Deployment:
         features = ItemFeatures.load(path / "features.npz")
         return ServingVersion(version, bundle, index, features, self._title), manifest
 
+    @staticmethod
+    def _settle_gc() -> None:
+        """Moves the long-lived state (indexes, vocabularies, revision books) out of the collector's
+        generations: a full collection over it takes ~0.2 s at 100k entities and would stall requests at
+        random. Runs after each lifecycle step (and lets retired versions' cycles be collected first)."""
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
     # --------------------------------------------------------------------------------- catalogue
 
     def seed_catalogue(self, catalogue: pl.DataFrame, revision: int = 0) -> int:
@@ -261,6 +271,7 @@ class Deployment:
                 for loader in [self._catalogue_loader, *self.loaders.values()]:
                     if not loader.running:
                         loader.start()
+            self._settle_gc()
         return self
 
     def deploy(
@@ -440,6 +451,7 @@ class Deployment:
             for older in self.control.in_state("standby"):  # keep one rollback target
                 if older != previous_name:
                     self.retire(older)
+            self._settle_gc()
 
     def rollback(self) -> str:
         """Serves the previous version again (while it is kept on standby); returns its name."""

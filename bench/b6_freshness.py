@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
@@ -135,6 +137,10 @@ def main() -> None:
     ap.add_argument("--rates", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--quick", action="store_true", help="5k entities, 2 s per rate (checks the script runs)")
     args = ap.parse_args()
+    # request-level parallelism (threads) instead of intra-op parallelism: with several requests in flight,
+    # torch's and faiss's own thread pools only oversubscribe the 2 cores
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     n, seconds, rates = (5_000, 2.0, [10, 100]) if args.quick else (args.items, args.seconds, args.rates)
     tmp = Path(tempfile.mkdtemp())
     registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"))

@@ -5,9 +5,14 @@ def test_public_api_is_curated():
     """Changing the public API is a decision: update this list on purpose."""
     assert sorted(monorec.__all__) == [
         "ArtifactError",
+        "Change",
+        "ChangeError",
         "ConfigError",
         "ContextSchema",
         "DataError",
+        "DeployError",
+        "Deployment",
+        "EntityFilter",
         "Featurizer",
         "GateError",
         "GateResult",
@@ -36,5 +41,14 @@ def test_public_api_is_curated():
 
 
 def test_every_error_is_a_monorec_error():
-    for name in ("ArtifactError", "ConfigError", "DataError", "GateError", "RegistryError", "RequestError"):
+    for name in (
+        "ArtifactError",
+        "ChangeError",
+        "ConfigError",
+        "DataError",
+        "DeployError",
+        "GateError",
+        "RegistryError",
+        "RequestError",
+    ):
         assert issubclass(getattr(monorec, name), monorec.MonorecError)

@@ -11,10 +11,13 @@ from monorec.data.movielens import read_movielens
 from monorec.data.prepared import PreparedData, prepare
 from monorec.data.tables import load_dataset
 from monorec.data.world import WorldSpec, generate_world
+from monorec.deploy import Deployment
 from monorec.errors import (
     ArtifactError,
+    ChangeError,
     ConfigError,
     DataError,
+    DeployError,
     GateError,
     MonorecError,
     RegistryError,
@@ -22,18 +25,25 @@ from monorec.errors import (
 )
 from monorec.evaluation.evaluate import evaluate_bundle
 from monorec.evaluation.gate import GateResult, compare_reports
+from monorec.index import EntityFilter
 from monorec.models.model import MonorecModel
 from monorec.registry import Registry
 from monorec.schema import ContextSchema
+from monorec.stream.changes import Change
 from monorec.train import train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArtifactError",
+    "Change",
+    "ChangeError",
     "ConfigError",
     "ContextSchema",
     "DataError",
+    "DeployError",
+    "Deployment",
+    "EntityFilter",
     "Featurizer",
     "GateError",
     "GateResult",

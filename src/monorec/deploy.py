@@ -151,6 +151,13 @@ class Deployment:
         except BlockingIOError:
             self._lock_file.close()
             raise DeployError(f"{self.root} is owned by another running process; use its API") from None
+        try:
+            self._open_stores(registry, log, progress)
+        except BaseException:
+            self._lock_file.close()  # releases the folder: nothing was started
+            raise
+
+    def _open_stores(self, registry: Registry | str | Path, log: ChangeLog | None, progress: bool) -> None:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.control = ControlPlane(self.root / "control.sqlite")
         self.catalogue = CatalogueStore(self.root / "catalogue.sqlite")
@@ -167,7 +174,7 @@ class Deployment:
             self.log,
             CATALOGUE_GROUP,
             _CatalogueSink(self.catalogue),
-            entity_types=self._entity_types(),
+            entity_types=self.entity_types(),
             dead_letter=self.control.add_dead_letter,
             checkpoint_s=0.0,
         )
@@ -175,9 +182,6 @@ class Deployment:
     # ------------------------------------------------------------------------------------- helpers
 
     def entity_types(self) -> tuple[str, ...]:
-        return self._entity_types()
-
-    def _entity_types(self) -> tuple[str, ...]:
         """The declared entity types (of the newest published version; every version shares the schema)."""
         if self._types is None:
             versions = self.registry.versions()
@@ -245,7 +249,7 @@ class Deployment:
         Raises:
             ChangeError: a change is malformed (nothing of the batch is published).
         """
-        return publish_changes(self.log, changes, self._entity_types())
+        return publish_changes(self.log, changes, self.entity_types())
 
     def sync_catalogue(self, target: str | None = None) -> None:
         """Brings the catalogue store up to ``target`` (default: the log's head)."""

@@ -1,0 +1,49 @@
+"""Catalogue changes: every malformed change is refused with a typed error naming its field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from monorec.errors import ChangeError
+from monorec.stream.changes import MAX_CHANGE_BYTES, Change, changes_frame, parse_change
+
+TYPES = ("movie", "series")
+GOOD = {"op": "upsert", "entity_id": "m1", "revision": 3, "entity_type": "movie", "title": "T", "categories": ["a"]}
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ("{not json", "*"),
+        ("[1, 2]", "*"),
+        ("x" * (MAX_CHANGE_BYTES + 1), "*"),
+        ({**GOOD, "op": "merge"}, "op"),
+        ({**GOOD, "entity_id": ""}, "entity_id"),
+        ({**GOOD, "entity_id": 7}, "entity_id"),
+        ({**GOOD, "revision": -1}, "revision"),
+        ({**GOOD, "revision": True}, "revision"),
+        ({**GOOD, "revision": "3"}, "revision"),
+        ({**GOOD, "entity_type": "spaceship"}, "entity_type"),
+        ({**GOOD, "title": 5}, "title"),
+        ({**GOOD, "title": "t" * 5000}, "title"),
+        ({**GOOD, "categories": [""]}, "categories"),
+        ({**GOOD, "categories": ["c"] * 65}, "categories"),
+    ],
+)
+def test_malformed_changes_name_their_field(payload, field: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ChangeError) as info:
+        parse_change(payload, TYPES)
+    assert info.value.field == field
+
+
+def test_valid_changes_round_trip_through_json() -> None:
+    upsert = parse_change(json.dumps(GOOD), TYPES)
+    assert upsert == Change("upsert", "m1", 3, "movie", "T", ("a",))
+    assert parse_change(upsert.to_json(), TYPES) == upsert
+    assert parse_change({**GOOD, "categories": "a|b"}, TYPES).categories == ("a", "b")
+    delete = parse_change({"op": "delete", "entity_id": "m1", "revision": 4}, TYPES)
+    assert delete == Change("delete", "m1", 4) and parse_change(delete.to_json(), TYPES) == delete
+    frame = changes_frame([upsert])
+    assert frame.row(0) == ("m1", "movie", "T", "a", 3)

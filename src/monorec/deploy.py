@@ -229,12 +229,14 @@ class Deployment:
         return ServingVersion(version, bundle, index, features, self._title), manifest
 
     @staticmethod
-    def _settle_gc() -> None:
+    def _settle_gc(collect: bool = False) -> None:
         """Moves the long-lived state (indexes, vocabularies, revision books) out of the collector's
         generations: a full collection over it takes ~0.2 s at 100k entities and would stall requests at
-        random. Runs after each lifecycle step (and lets retired versions' cycles be collected first)."""
-        gc.unfreeze()
-        gc.collect()
+        random. ``gc.freeze`` itself is O(1); the full collection first (``collect``) only runs at start,
+        before traffic (it holds the GIL for that long)."""
+        if collect:
+            gc.unfreeze()
+            gc.collect()
         gc.freeze()
 
     # --------------------------------------------------------------------------------- catalogue
@@ -275,7 +277,7 @@ class Deployment:
                 for loader in [self._catalogue_loader, *self.loaders.values()]:
                     if not loader.running:
                         loader.start()
-            self._settle_gc()
+            self._settle_gc(collect=True)
         return self
 
     def deploy(

@@ -133,7 +133,8 @@ def b5(r: dict[str, Any]) -> str:
             "",
             f"{r['items']:,} entities, two live versions, {r['seconds']:.0f} s of open-loop requests at "
             f"{r['offered_rps']:.0f} req/s (70% of the measured {r['capacity_rps']:.0f} req/s; 60% home, 25% related, "
-            f"15% search), 50 changes/s streaming, two switches ({switches}). In process (the HTTP API is issue 3).",
+            f"15% search), 50 changes/s streaming, two switches ({switches}). In process, 4 request threads, torch and "
+            "faiss single-threaded per request (the HTTP API comes with issue [3 of 3]).",
             "",
             "| failed | mismatched | stale after switch | p50 steady ms | p99 steady ms | p99 in switch windows ms "
             "| ratio |",
@@ -183,7 +184,7 @@ def b9(r: dict[str, Any]) -> str:
             "|---|---|---|",
             f"| monorec bulk stage | {r['ours_items_per_s']:,.0f} | {r['ours_seconds']:.1f} |",
             f"| item tower forward alone | {r['anchor_items_per_s']:,.0f} | {r['anchor_seconds']:.1f} |",
-        f"| featurize + forward (for the breakdown) | {r['featurize_forward_items_per_s']:,.0f} | |",
+            f"| featurize + forward (for the breakdown) | {r['featurize_forward_items_per_s']:,.0f} | |",
             f"| **ratio** (target >= 0.7) | **{r['ratio']:.3f}** | |",
             "",
         ]

@@ -102,4 +102,4 @@ def deploy_and_ask(workdir: Path, version: str, catalogue: Path, *, progress: bo
             titles = dep.catalogue.titles(answer.ids)
             shown = "; ".join(f"{titles.get(e, e)} ({s:.2f})" for e, s in zip(answer.ids, answer.scores, strict=True))
             print(f"      {canvas:>8} {context} -> {answer.version}: {shown}")
-        print(f"      deployment: {workdir / 'deployment'} (monorec versions --root ... --registry ...)")
+        print(f"      try: monorec versions --root {workdir / 'deployment'} --registry {workdir / 'registry'}")

@@ -24,6 +24,7 @@ def test_public_api_is_curated():
         "Registry",
         "RegistryError",
         "RequestError",
+        "StreamUnavailable",
         "WorldSpec",
         "check_config",
         "compare_reports",
@@ -41,14 +42,8 @@ def test_public_api_is_curated():
 
 
 def test_every_error_is_a_monorec_error():
-    for name in (
-        "ArtifactError",
-        "ChangeError",
-        "ConfigError",
-        "DataError",
-        "DeployError",
-        "GateError",
-        "RegistryError",
-        "RequestError",
-    ):
-        assert issubclass(getattr(monorec, name), monorec.MonorecError)
+    from monorec import errors
+
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), monorec.MonorecError)
+        assert name in monorec.__all__  # every error is part of the public API

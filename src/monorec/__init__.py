@@ -22,6 +22,7 @@ from monorec.errors import (
     MonorecError,
     RegistryError,
     RequestError,
+    StreamUnavailable,
 )
 from monorec.evaluation.evaluate import evaluate_bundle
 from monorec.evaluation.gate import GateResult, compare_reports
@@ -55,6 +56,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "RequestError",
+    "StreamUnavailable",
     "WorldSpec",
     "check_config",
     "compare_reports",

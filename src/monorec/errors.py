@@ -16,6 +16,7 @@ __all__ = [
     "MonorecError",
     "RegistryError",
     "RequestError",
+    "StreamUnavailable",
 ]
 
 
@@ -90,3 +91,7 @@ class ChangeError(MonorecError):
 
 class DeployError(MonorecError):
     """A deployment step is not allowed in the version's current state, or a version failed validation."""
+
+
+class StreamUnavailable(MonorecError):
+    """The change log's broker cannot be reached right now; loaders retry with backoff."""

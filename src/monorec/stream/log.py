@@ -18,13 +18,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from monorec._sqlite import SqliteFile
-from monorec.errors import MonorecError
+from monorec.errors import StreamUnavailable
 
 __all__ = ["ChangeLog", "LogEntry", "SqliteChangeLog", "StreamUnavailable", "offset_key"]
-
-
-class StreamUnavailable(MonorecError):
-    """The log's broker cannot be reached right now; consumers retry with backoff."""
 
 
 @dataclass(frozen=True)

@@ -47,3 +47,16 @@ def test_valid_changes_round_trip_through_json() -> None:
     assert delete == Change("delete", "m1", 4) and parse_change(delete.to_json(), TYPES) == delete
     frame = changes_frame([upsert])
     assert frame.row(0) == ("m1", "movie", "T", "a", 3)
+
+
+def test_a_publish_batch_is_bounded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from monorec.deploy import MAX_PUBLISH_BATCH, publish_changes
+    from monorec.stream.log import SqliteChangeLog
+
+    log = SqliteChangeLog(tmp_path / "changes.sqlite")
+    with pytest.raises(ChangeError, match="at most"):
+        publish_changes(log, [GOOD] * (MAX_PUBLISH_BATCH + 1), TYPES)
+    with pytest.raises(ChangeError, match="entity_type"):  # one bad change: none of the batch is appended
+        publish_changes(log, [GOOD, {**GOOD, "entity_type": "ufo"}], TYPES)
+    assert log.head() == "0"
+    assert publish_changes(log, [GOOD, {**GOOD, "revision": 4}], TYPES) == ["1", "2"]

@@ -16,21 +16,22 @@ from pathlib import Path
 import pytest
 
 from monorec.control_plane import ControlPlane
-from monorec.deploy import Deployment
+from monorec.deploy import Deployment, open_log
 from monorec.registry import Registry
-from monorec.stream.log import SqliteChangeLog
+from monorec.stream.log import ChangeLog
+from redis_server import RedisServer
 
 CHILD = Path(__file__).with_name("deploy_child.py")
 POINTS = ["subscribed", "bulk_batch", "validating", "switching", "switched"]
 
 
 def run_child(
-    root: Path, registry: Registry, kill_at: str | None, kill_after_s: float | None = None
+    root: Path, registry: Registry, kill_at: str | None, kill_after_s: float | None = None, redis_url: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """Runs the deploy in a child process; it SIGKILLs itself at ``kill_at``, or is killed by us after
     ``kill_after_s`` (a random point in time, unless it finished first)."""
     env = {**os.environ, "MONOREC_KILL_AT": kill_at or ""}
-    args = [sys.executable, str(CHILD), str(root), str(registry.root), "v0002"]
+    args = [sys.executable, str(CHILD), str(root), str(registry.root), "v0002", *([redis_url] if redis_url else [])]
     with subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
         try:
             out, err = child.communicate(timeout=kill_after_s if kill_after_s is not None else 300)
@@ -43,8 +44,8 @@ def run_child(
 class Publisher:
     """Another process's view of the log: streams upserts and deletes while the deploy runs."""
 
-    def __init__(self, root: Path, seed: int) -> None:
-        self.log = SqliteChangeLog(root / "changes.sqlite")
+    def __init__(self, log: ChangeLog, seed: int) -> None:
+        self.log = log
         self.rng = random.Random(seed)
         self.stop = threading.Event()
         self.count = 0
@@ -80,16 +81,20 @@ class Publisher:
         self.thread.join()
 
 
+CASES = [("sqlite", seed) for seed in range(7)] + [("redis", 1), ("redis", 5)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(7))
+@pytest.mark.parametrize(("log_kind", "seed"), CASES)
 def test_kill_9_during_a_streaming_deploy_loses_nothing(
+    log_kind: str,
     seed: int,
     tmp_path: Path,
     two_versions: Registry,
     prepared,  # type: ignore[no-untyped-def]
 ) -> None:
     """Seeds 0-4 die at each named point in turn (deterministic); seeds 5-6 are killed by the test at a
-    seeded random moment of the deploy."""
+    seeded random moment of the deploy. The embedded SQLite log, and a real redis-server's stream."""
     rng = random.Random(seed)
     kill_at, kill_after_s = None, None
     if seed < len(POINTS):
@@ -97,13 +102,24 @@ def test_kill_9_during_a_streaming_deploy_loses_nothing(
         kill_at = f"{point}:{rng.randint(1, 4) if point == 'bulk_batch' else 1}"
     else:
         kill_after_s = rng.uniform(0.5, 2.5)
+    server = RedisServer(tmp_path / "redis").start() if log_kind == "redis" else None
+    try:
+        run_case(tmp_path, two_versions, prepared, seed, kill_at, kill_after_s, server.url if server else "")
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def run_case(  # type: ignore[no-untyped-def]
+    tmp_path: Path, two_versions: Registry, prepared, seed: int, kill_at, kill_after_s, redis_url: str
+) -> None:
     root = tmp_path / "dep"
-    with Deployment(root, two_versions) as dep:
+    with Deployment(root, two_versions, log=open_log(root, redis_url or None)) as dep:
         dep.seed_catalogue(prepared.catalogue)
         dep.deploy("v0001")
 
-    with Publisher(root, seed) as publisher:
-        killed = run_child(root, two_versions, kill_at, kill_after_s)
+    with Publisher(open_log(root, redis_url or None), seed) as publisher:
+        killed = run_child(root, two_versions, kill_at, kill_after_s, redis_url)
         if kill_at is not None:
             assert killed.returncode == -9, f"expected a SIGKILL at {kill_at}: {killed.stderr[-2000:]}"
         else:  # killed at a random moment, or it finished first
@@ -114,18 +130,18 @@ def test_kill_9_during_a_streaming_deploy_loses_nothing(
             assert control.get("v0002").state == "staging"  # type: ignore[union-attr]
             assert control.pointer("serving") == "v0001"
 
-        with Deployment(root, two_versions) as dep:  # after the crash, the live version keeps answering
+        with Deployment(root, two_versions, log=open_log(root, redis_url or None)) as dep:  # after the crash
             dep.open()
             with dep.router.pin() as version:
                 answer = version.recommend("home", {"user_id": "u2"}, k=5)
             assert answer.version in ("v0001", "v0002") and len(answer.ids) == 5
 
-        finished = run_child(root, two_versions, None)  # the restart resumes the deploy
+        finished = run_child(root, two_versions, None, redis_url=redis_url)  # the restart resumes the deploy
         assert finished.returncode == 0, finished.stderr[-3000:]
         assert "deployed v0002" in finished.stdout
     assert publisher.count > 20
 
-    with Deployment(root, two_versions) as dep:
+    with Deployment(root, two_versions, log=open_log(root, redis_url or None)) as dep:
         dep.open()
         dep.sync_catalogue()
         expected = dep.catalogue.revisions()

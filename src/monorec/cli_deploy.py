@@ -68,7 +68,7 @@ def _print_versions(rows: list[dict[str, Any]]) -> None:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from monorec.deploy import open_log, publish_changes
+    from monorec.deploy import MAX_PUBLISH_BATCH, open_log, publish_changes
     from monorec.registry import Registry
 
     registry = Registry(args.registry)
@@ -87,7 +87,10 @@ def _publish(args: argparse.Namespace) -> int:
             changes.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise ChangeError("*", f"line {number}: not valid JSON ({exc})") from None
-    offsets = publish_changes(open_log(args.root, args.redis), changes, types)
+    log = open_log(args.root, args.redis)
+    offsets: list[str] = []
+    for start in range(0, len(changes), MAX_PUBLISH_BATCH):  # each batch all-or-nothing, in file order
+        offsets += publish_changes(log, changes[start : start + MAX_PUBLISH_BATCH], types)
     print(f"published {len(offsets)} change(s); last offset {offsets[-1] if offsets else '-'}")
     return 0
 

@@ -57,6 +57,7 @@ from monorec.versions import ItemFeatures, ServingVersion, VersionRouter
 __all__ = ["Deployment", "open_log", "publish_changes"]
 
 CATALOGUE_GROUP = "catalogue"
+MAX_PUBLISH_BATCH = 10_000  # changes appended in one transaction
 SERVING_ALIAS = "monorec_serving"  # Qdrant alias of the serving version's collection (readers outside monorec)
 BULK_DONE = "\U0010ffff"  # a bulk cursor after every possible id
 
@@ -77,8 +78,10 @@ def publish_changes(
     no deployment: any process may publish while another owns the deployment folder.
 
     Raises:
-        ChangeError: a change is malformed or of an undeclared entity type.
+        ChangeError: a change is malformed or of an undeclared entity type, or the batch is too large.
     """
+    if len(changes) > MAX_PUBLISH_BATCH:
+        raise ChangeError("*", f"{len(changes)} changes in one batch; at most {MAX_PUBLISH_BATCH}")
     parsed = [c if isinstance(c, Change) else parse_change(c, entity_types) for c in changes]
     for c in parsed:
         if c.op == "upsert" and c.entity_type not in entity_types:

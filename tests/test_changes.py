@@ -50,8 +50,8 @@ def test_valid_changes_round_trip_through_json() -> None:
 
 
 def test_a_publish_batch_is_bounded(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from monorec.deploy import MAX_PUBLISH_BATCH, publish_changes
     from monorec.stream.log import SqliteChangeLog
+    from monorec.stream.publish import MAX_PUBLISH_BATCH, publish_changes
 
     log = SqliteChangeLog(tmp_path / "changes.sqlite")
     with pytest.raises(ChangeError, match="at most"):

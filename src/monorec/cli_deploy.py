@@ -68,8 +68,8 @@ def _print_versions(rows: list[dict[str, Any]]) -> None:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from monorec.deploy import MAX_PUBLISH_BATCH, open_log, publish_changes
     from monorec.registry import Registry
+    from monorec.stream.publish import MAX_PUBLISH_BATCH, open_log, publish_changes
 
     registry = Registry(args.registry)
     versions = registry.versions()

@@ -36,103 +36,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
-import torch
 from tqdm.auto import tqdm
 
 from monorec._failpoints import failpoint
 from monorec.artifacts import read_json, verify_manifest
-from monorec.config import ProjectConfig
 from monorec.control_plane import LIVE_STATES, ControlPlane, Deployed
-from monorec.errors import ArtifactError, ChangeError, DeployError
-from monorec.index import create_index, load_index, save_index
+from monorec.errors import ArtifactError, DeployError
+from monorec.index import create_index, load_index
 from monorec.registry import Registry
 from monorec.stream.catalogue import CatalogueStore
-from monorec.stream.changes import Change, parse_change
+from monorec.stream.changes import Change
 from monorec.stream.loader import Loader
-from monorec.stream.log import ChangeLog, SqliteChangeLog
-from monorec.versions import ItemFeatures, ServingVersion, VersionRouter
+from monorec.stream.log import ChangeLog
+from monorec.stream.publish import open_log, publish_changes
+from monorec.stream.sinks import CatalogueSink, VersionSink
+from monorec.versions import ItemFeatures, ServingVersion, VersionRouter, canary_recall
 
-__all__ = ["Deployment", "open_log", "publish_changes"]
+__all__ = ["Deployment", "open_log", "publish_changes"]  # the last two re-exported from monorec.stream.publish
 
 CATALOGUE_GROUP = "catalogue"
-MAX_PUBLISH_BATCH = 10_000  # changes appended in one transaction
 SERVING_ALIAS = "monorec_serving"  # Qdrant alias of the serving version's collection (readers outside monorec)
 BULK_DONE = "\U0010ffff"  # a bulk cursor after every possible id
-
-
-def open_log(root: str | Path, redis_url: str | None = None) -> ChangeLog:
-    """The deployment's change log: a Redis stream when ``redis_url`` is given, else ``root/changes.sqlite``."""
-    if redis_url:
-        from monorec.stream.redis_log import RedisChangeLog  # optional engine
-
-        return RedisChangeLog(redis_url)
-    return SqliteChangeLog(Path(root) / "changes.sqlite")
-
-
-def publish_changes(
-    log: ChangeLog, changes: Sequence[Change | dict[str, Any]], entity_types: Sequence[str]
-) -> list[str]:
-    """Validates changes and appends them to the log (all or none); returns their offsets. Producers need
-    no deployment: any process may publish while another owns the deployment folder.
-
-    Raises:
-        ChangeError: a change is malformed or of an undeclared entity type, or the batch is too large.
-    """
-    if len(changes) > MAX_PUBLISH_BATCH:
-        raise ChangeError("*", f"{len(changes)} changes in one batch; at most {MAX_PUBLISH_BATCH}")
-    parsed = [c if isinstance(c, Change) else parse_change(c, entity_types) for c in changes]
-    for c in parsed:
-        if c.op == "upsert" and c.entity_type not in entity_types:
-            raise ChangeError("entity_type", f"{c.entity_type!r} is not declared; declared: {list(entity_types)}")
-    return log.append([c.to_json() for c in parsed])
-
-
-class _VersionSink:
-    """Applies changes to a version and checkpoints its index, features and bulk cursor together."""
-
-    def __init__(self, version: ServingVersion, path: Path, config: ProjectConfig) -> None:
-        self.version, self.path, self.config = version, path, config
-        self.bulk_cursor = ""
-        self._lock = threading.Lock()
-        self._writes = 0  # changes applied (bulk rows included) since the last checkpoint
-        self._saved: tuple[str, str] | None = None  # (offset, bulk cursor) of the last checkpoint
-
-    def apply(self, changes: Sequence[Change]) -> int:
-        self._writes += len(changes)
-        return self.version.apply(changes)
-
-    def load_rows(self, page: pl.DataFrame) -> None:
-        self._writes += page.height
-        self.version.load_rows(page)
-
-    def checkpoint(self, offset: str) -> None:
-        with self._lock:
-            if self._saved == (offset, self.bulk_cursor) and self._writes == 0:
-                return  # nothing changed since the last checkpoint
-            self._saved, self._writes = (offset, self.bulk_cursor), 0
-            save_index(
-                self.version.index,
-                self.path,
-                spec=self.config.index,
-                meta={"version": self.version.name, "offset": offset, "bulk_cursor": self.bulk_cursor},
-                attach=lambda folder: self.version.features.save(folder / "features.npz"),
-            )
-
-
-class _CatalogueSink:
-    def __init__(self, store: CatalogueStore) -> None:
-        self.store = store
-        self._pending: list[Change] = []
-
-    def apply(self, changes: Sequence[Change]) -> int:
-        self._pending.extend(changes)
-        return len(changes)
-
-    def checkpoint(self, offset: str) -> None:
-        self.store.apply(self._pending, offset)  # changes and offset in one transaction
-        self._pending = []
 
 
 class Deployment:
@@ -169,14 +94,14 @@ class Deployment:
         self.router = VersionRouter()
         self.versions: dict[str, ServingVersion] = {}
         self.loaders: dict[str, Loader] = {}
-        self._sinks: dict[str, _VersionSink] = {}
+        self._sinks: dict[str, VersionSink] = {}
         self._ops = threading.RLock()  # one lifecycle operation at a time
         self._types: tuple[str, ...] | None = None
         self.log.subscribe(CATALOGUE_GROUP, "0")
         self._catalogue_loader = Loader(
             self.log,
             CATALOGUE_GROUP,
-            _CatalogueSink(self.catalogue),
+            CatalogueSink(self.catalogue),
             entity_types=self.entity_types(),
             dead_letter=self.control.add_dead_letter,
             checkpoint_s=0.0,
@@ -201,7 +126,7 @@ class Deployment:
         return f"index-{version}"
 
     def _loader_for(self, version: ServingVersion) -> Loader:
-        sink = _VersionSink(version, self._index_path(version.name), version.bundle.config)
+        sink = VersionSink(version, self._index_path(version.name), version.bundle.config)
         self._sinks[version.name] = sink
         spec = version.bundle.config.deploy
         return Loader(
@@ -334,7 +259,7 @@ class Deployment:
             self.loaders[version] = loader
 
     def _bulk_load(
-        self, sv: ServingVersion, loader: Loader, sink: _VersionSink, progress_cb: Callable[[int], None] | None
+        self, sv: ServingVersion, loader: Loader, sink: VersionSink, progress_cb: Callable[[int], None] | None
     ) -> None:
         spec = sv.bundle.config.deploy
         total = self.catalogue.count()
@@ -357,7 +282,7 @@ class Deployment:
             failpoint("bulk_batch")
         bar.close()
 
-    def _force_checkpoint(self, loader: Loader, sink: _VersionSink) -> None:
+    def _force_checkpoint(self, loader: Loader, sink: VersionSink) -> None:
         """A checkpoint even when no log entry was applied since the last one (the bulk cursor moved)."""
         if loader.uncommitted:
             loader.checkpoint()
@@ -390,7 +315,7 @@ class Deployment:
                     f"{version}: index holds {len(got)} entities, the catalogue {len(expected)} "
                     f"({missing} missing, {extra} extra, {stale} at another revision)"
                 )
-            recall = self.canary_recall(sv)
+            recall = canary_recall(sv)
             minimum = sv.bundle.config.deploy.canary_min_recall
             if recall < minimum:
                 raise DeployError(f"{version}: canary recall@10 {recall:.3f} < {minimum} against exact search")
@@ -401,32 +326,6 @@ class Deployment:
             if catalogue_was_running:
                 self._catalogue_loader.start()
         self.control.set_state(version, "ready")
-
-    @staticmethod
-    def canary_recall(sv: ServingVersion, k: int = 10, seed: int = 0) -> float:
-        """Recall@k of the version's index against exact search, for catalogue entities as queries.
-
-        Tie-aware: a hit counts when its exact score reaches the exact k-th score (entities with identical
-        features, e.g. cold ones with the same title, have identical embeddings)."""
-        ids = sorted(sv.index.revisions())
-        if not ids:
-            return 1.0
-        rng = np.random.default_rng(seed)
-        n = min(len(ids), sv.bundle.config.deploy.canary_queries)
-        k = min(k, len(ids))
-        probe = [ids[i] for i in rng.choice(len(ids), n, replace=False)]
-        queries = sv.index.vectors_of(probe)
-        scores = torch.from_numpy(queries) @ torch.from_numpy(sv.index.vectors_of(ids)).T  # (n, N)
-        exact_scores = torch.topk(scores, k, dim=1).values.numpy()  # (n, k), best first
-        hits = sv.index.search(queries, k)
-        found = 0
-        for q in range(n):
-            returned = [e for e, _ in hits.row(q)]
-            if not returned:
-                continue
-            true_scores = sv.index.vectors_of(returned) @ queries[q]  # re-scored, not the index's own claim
-            found += int((true_scores >= exact_scores[q, -1] - 1e-5).sum())
-        return found / (n * k)
 
     def switch(self, version: str) -> None:
         """Atomically serves ``version`` (ready or standby); the old serving version drains to standby."""

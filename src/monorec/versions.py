@@ -27,7 +27,7 @@ from monorec.index import EntityFilter, EntityRows, VectorIndex
 from monorec.schema import TitleLookup
 from monorec.stream.changes import Change, changes_frame
 
-__all__ = ["Answer", "ItemFeatures", "ServingVersion", "VersionRouter"]
+__all__ = ["Answer", "ItemFeatures", "ServingVersion", "VersionRouter", "canary_recall"]
 
 
 class ItemFeatures:
@@ -253,3 +253,29 @@ class VersionRouter:
                 return False
             time.sleep(0.001)
         return True
+
+
+def canary_recall(sv: ServingVersion, k: int = 10, seed: int = 0) -> float:
+    """Recall@k of the version's index against exact search, for catalogue entities as queries.
+
+    Tie-aware: a hit counts when its exact score reaches the exact k-th score (entities with identical
+    features, e.g. cold ones with the same title, have identical embeddings)."""
+    ids = sorted(sv.index.revisions())
+    if not ids:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    n = min(len(ids), sv.bundle.config.deploy.canary_queries)
+    k = min(k, len(ids))
+    probe = [ids[i] for i in rng.choice(len(ids), n, replace=False)]
+    queries = sv.index.vectors_of(probe)
+    scores = torch.from_numpy(queries) @ torch.from_numpy(sv.index.vectors_of(ids)).T  # (n, N)
+    exact_scores = torch.topk(scores, k, dim=1).values.numpy()  # (n, k), best first
+    hits = sv.index.search(queries, k)
+    found = 0
+    for q in range(n):
+        returned = [e for e, _ in hits.row(q)]
+        if not returned:
+            continue
+        true_scores = sv.index.vectors_of(returned) @ queries[q]  # re-scored, not the index's own claim
+        found += int((true_scores >= exact_scores[q, -1] - 1e-5).sum())
+    return found / (n * k)

@@ -1,0 +1,64 @@
+"""What loaders apply changes to: a deployed version (index + item features, checkpointed together with
+the bulk cursor) and the catalogue store (changes and offset in one transaction)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from monorec.config import ProjectConfig
+from monorec.index import save_index
+from monorec.stream.catalogue import CatalogueStore
+from monorec.stream.changes import Change
+from monorec.versions import ServingVersion
+
+__all__ = ["CatalogueSink", "VersionSink"]
+
+
+class VersionSink:
+    """Applies changes to a version and checkpoints its index, features and bulk cursor together."""
+
+    def __init__(self, version: ServingVersion, path: Path, config: ProjectConfig) -> None:
+        self.version, self.path, self.config = version, path, config
+        self.bulk_cursor = ""
+        self._lock = threading.Lock()
+        self._writes = 0  # changes applied (bulk rows included) since the last checkpoint
+        self._saved: tuple[str, str] | None = None  # (offset, bulk cursor) of the last checkpoint
+
+    def apply(self, changes: Sequence[Change]) -> int:
+        self._writes += len(changes)
+        return self.version.apply(changes)
+
+    def load_rows(self, page: pl.DataFrame) -> None:
+        self._writes += page.height
+        self.version.load_rows(page)
+
+    def checkpoint(self, offset: str) -> None:
+        with self._lock:
+            if self._saved == (offset, self.bulk_cursor) and self._writes == 0:
+                return  # nothing changed since the last checkpoint
+            self._saved, self._writes = (offset, self.bulk_cursor), 0
+            save_index(
+                self.version.index,
+                self.path,
+                spec=self.config.index,
+                meta={"version": self.version.name, "offset": offset, "bulk_cursor": self.bulk_cursor},
+                attach=lambda folder: self.version.features.save(folder / "features.npz"),
+            )
+
+
+class CatalogueSink:
+    def __init__(self, store: CatalogueStore) -> None:
+        self.store = store
+        self._pending: list[Change] = []
+
+    def apply(self, changes: Sequence[Change]) -> int:
+        self._pending.extend(changes)
+        return len(changes)
+
+    def checkpoint(self, offset: str) -> None:
+        self.store.apply(self._pending, offset)  # changes and offset in one transaction
+        self._pending = []

@@ -76,7 +76,7 @@ def _publish(args: argparse.Namespace) -> int:
     if not versions:
         print(f"error: registry {args.registry} has no version; publish a model first", file=sys.stderr)
         return 1
-    types = registry.load(versions[-1].version).config.entity_types
+    types = registry.config(versions[-1].version).entity_types
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     lines = text.splitlines()
     changes = []
@@ -105,7 +105,7 @@ def run_deploy_command(args: argparse.Namespace) -> int:
             if args.catalogue and dep.catalogue.count() == 0:
                 from monorec.data.tables import read_table, validate_catalogue
 
-                config = dep.registry.load(args.version).config
+                config = dep.registry.config(args.version)
                 dep.seed_catalogue(validate_catalogue(read_table(args.catalogue), config, args.catalogue))
             dep.open(start_loaders=False)
             state = dep.deploy(args.version, retire_previous=args.retire_previous)

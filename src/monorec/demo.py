@@ -92,7 +92,7 @@ def deploy_and_ask(workdir: Path, version: str, catalogue: Path, *, progress: bo
     print(f"[6/6] deploying {version} with the embedding server (bulk-embedded index, pinned requests)")
     with Deployment(workdir / "deployment", workdir / "registry", progress=progress) as dep:
         if dep.catalogue.count() == 0:
-            config = dep.registry.load(version).config
+            config = dep.registry.config(version)
             dep.seed_catalogue(validate_catalogue(read_table(catalogue), config, str(catalogue)))
         dep.open()
         dep.deploy(version, retire_previous=True)

@@ -94,7 +94,6 @@ class Deployment:
         self.router = VersionRouter()
         self.versions: dict[str, ServingVersion] = {}
         self.loaders: dict[str, Loader] = {}
-        self._sinks: dict[str, VersionSink] = {}
         self._ops = threading.RLock()  # one lifecycle operation at a time
         self._types: tuple[str, ...] | None = None
         self.log.subscribe(CATALOGUE_GROUP, "0")
@@ -115,7 +114,7 @@ class Deployment:
             versions = self.registry.versions()
             if not versions:
                 raise DeployError(f"registry {self.registry.root} has no version yet; publish a model first")
-            self._types = self.registry.load(versions[-1].version).config.entity_types
+            self._types = self.registry.config(versions[-1].version).entity_types
         return self._types
 
     def _index_path(self, version: str) -> Path:
@@ -125,11 +124,12 @@ class Deployment:
     def _group(version: str) -> str:
         return f"index-{version}"
 
-    def _loader_for(self, version: ServingVersion) -> Loader:
+    def _loader_for(self, version: ServingVersion) -> tuple[Loader, VersionSink]:
+        """The version's loader and the sink it feeds (whose bulk cursor the stage moves)."""
         sink = VersionSink(version, self._index_path(version.name), version.bundle.config)
-        self._sinks[version.name] = sink
         spec = version.bundle.config.deploy
-        return Loader(
+        state = self.control.get(version.name)
+        loader = Loader(
             self.log,
             self._group(version.name),
             sink,
@@ -137,7 +137,9 @@ class Deployment:
             dead_letter=self.control.add_dead_letter,
             batch=spec.loader_batch,
             checkpoint_s=spec.loader_checkpoint_s,
+            start_offset=state.start_offset if state is not None and state.start_offset else "0",
         )
+        return loader, sink
 
     def _title(self, entity_id: str) -> str | None:
         return self.catalogue.titles([entity_id]).get(entity_id)
@@ -196,7 +198,7 @@ class Deployment:
                     continue
                 sv, _ = self._open_version(version, fresh=False)
                 self.versions[version] = sv
-                loader = self._loader_for(sv)
+                loader, _ = self._loader_for(sv)
                 loader.catch_up()
                 self.loaders[version] = loader
                 if self.control.get(version).state == "serving":  # type: ignore[union-attr]
@@ -249,8 +251,7 @@ class Deployment:
             resume = (self._index_path(version) / "manifest.json").exists()
             sv, manifest = self._open_version(version, fresh=not resume)
             self.log.rewind(self._group(version))  # re-read what the last run applied after its checkpoint
-            loader = self._loader_for(sv)
-            sink = self._sinks[version]
+            loader, sink = self._loader_for(sv)
             sink.bulk_cursor = str(manifest.get("bulk_cursor", ""))
             self._bulk_load(sv, loader, sink, progress_cb)
             loader.catch_up()
@@ -278,17 +279,9 @@ class Deployment:
             loader.step()  # changes made during the bulk load reach N+1 as it goes
             batches += 1
             if batches % spec.checkpoint_batches == 0 or sink.bulk_cursor == BULK_DONE:
-                self._force_checkpoint(loader, sink)
+                loader.checkpoint(force=True)
             failpoint("bulk_batch")
         bar.close()
-
-    def _force_checkpoint(self, loader: Loader, sink: VersionSink) -> None:
-        """A checkpoint even when no log entry was applied since the last one (the bulk cursor moved)."""
-        if loader.uncommitted:
-            loader.checkpoint()
-        else:
-            offset = loader.applied_offset or self.control.get(sink.version.name).start_offset  # type: ignore[union-attr]
-            sink.checkpoint(str(offset))
 
     def validate(self, version: str, sv: ServingVersion, loader: Loader) -> None:
         """Marks the version ready, or failed (raising DeployError) when its index is not the catalogue.
@@ -302,7 +295,7 @@ class Deployment:
             target = self.log.head()
             self.sync_catalogue(target)
             loader.catch_up(target)
-            self._force_checkpoint(loader, self._sinks[version])
+            loader.checkpoint(force=True)
             verify_manifest(self._index_path(version))  # the checkpoint is complete and its checksums hold
             failpoint("validating")
             expected = self.catalogue.revisions()
@@ -340,7 +333,7 @@ class Deployment:
                 except ArtifactError as exc:
                     self.control.set_state(version, "failed", error=str(exc))
                     raise DeployError(f"{version} cannot serve: {exc}") from None
-                loader = self._loader_for(sv)
+                loader, _ = self._loader_for(sv)
                 self.validate(version, sv, loader)
                 self.versions[version], self.loaders[version] = sv, loader
             sv = self.versions[version]
@@ -392,7 +385,6 @@ class Deployment:
             with contextlib.suppress(KeyError):
                 self.log.drop(self._group(version))
             shutil.rmtree(self._index_path(version), ignore_errors=True)
-            self._sinks.pop(version, None)
             self.control.set_state(version, "retired")
 
     # ------------------------------------------------------------------------------------- status

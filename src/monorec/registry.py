@@ -20,6 +20,7 @@ from typing import Any
 
 from monorec.artifacts import read_json, verify_manifest
 from monorec.bundle import ModelBundle
+from monorec.config import ProjectConfig, parse_config
 from monorec.errors import GateError, RegistryError
 from monorec.evaluation.gate import GateResult, compare_reports
 
@@ -78,6 +79,13 @@ class Registry:
                 "ON CONFLICT(name) DO UPDATE SET version = excluded.version",
                 (version,),
             )
+
+    def config(self, version: str) -> ProjectConfig:
+        """A version's project config alone (no weights loaded), e.g. for its entity types."""
+        if not self.path(version).exists():
+            raise RegistryError(f"unknown version {version!r} in {self.root}")
+        path = self.path(version) / "config.json"
+        return parse_config(read_json(path), str(path))
 
     def metrics(self, version: str) -> dict[str, Any]:
         return dict(read_json(self.path(version) / "metrics.json"))

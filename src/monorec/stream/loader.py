@@ -50,11 +50,13 @@ class Loader:
         batch: int = 512,
         checkpoint_s: float = 1.0,
         max_backoff_s: float = 5.0,
+        start_offset: str = "0",
     ) -> None:
         self.log, self.group, self.sink = log, group, sink
         self.entity_types = tuple(entity_types)
         self.dead_letter = dead_letter
         self.batch, self.checkpoint_s, self.max_backoff_s = batch, checkpoint_s, max_backoff_s
+        self.start_offset = start_offset  # where the group began: what a checkpoint records before any entry
         self.applied_offset: str | None = None  # last offset applied (in memory, maybe not yet committed)
         self.uncommitted = 0  # entries applied since the last commit
         self.applied_total = 0
@@ -102,12 +104,15 @@ class Loader:
                 self.checkpoint()
             return len(entries)
 
-    def checkpoint(self) -> None:
-        """Sink durable first, then the offset committed (never the other way round)."""
+    def checkpoint(self, *, force: bool = False) -> None:
+        """Sink durable first, then the offset committed (never the other way round). ``force`` checkpoints
+        the sink even when no log entry arrived since the last one (its own state moved, e.g. a bulk load)."""
         with self._step_lock:
             if self.applied_offset is not None and self.uncommitted:
                 self.sink.checkpoint(self.applied_offset)
                 self.log.commit(self.group, self.applied_offset)
+            elif force:
+                self.sink.checkpoint(self.applied_offset or self.start_offset)
             self.uncommitted = 0
             self._last_checkpoint = time.monotonic()
 

@@ -2,7 +2,8 @@
 
 Saved as plain files, loadable without unpickling anything:
 ``config.json`` (the project config), ``schema.json`` (the unified context contract), ``featurizer.json``,
-``model.json`` (constructor arguments), ``model.safetensors`` (weights), ``meta.json`` (training record).
+``model.json`` (constructor arguments), ``model.safetensors`` (weights), ``meta.json`` (training record),
+``popular.json`` (popular entities per canvas: the serving fallback).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from monorec.config import ProjectConfig, parse_config
 from monorec.data.features import Featurizer, ItemArrays
 from monorec.errors import ArtifactError
 from monorec.models.model import MonorecModel, build_model
+from monorec.popular import PopularLists
 from monorec.schema import ContextSchema
 
 __all__ = ["ModelBundle", "context_tensors", "item_tensors"]
@@ -47,6 +49,7 @@ class ModelBundle:
     model: MonorecModel
     model_kwargs: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+    popular: PopularLists = field(default_factory=PopularLists)
 
     @property
     def schema(self) -> ContextSchema:
@@ -76,6 +79,7 @@ class ModelBundle:
             self.featurizer.save(tmp / "featurizer.json")
             write_json(tmp / "model.json", self.model_kwargs)
             write_json(tmp / "meta.json", self.meta)
+            write_json(tmp / "popular.json", self.popular.to_dict())
             # save_model de-duplicates the embedding tables shared by the two towers
             save_model(self.model, str(tmp / "model.safetensors"))
             for name, payload in (extra or {}).items():
@@ -100,4 +104,6 @@ class ModelBundle:
         except (RuntimeError, OSError, ValueError) as exc:
             raise ArtifactError(f"{path}: weights do not load into the model: {exc}") from None
         model.to(device).eval()
-        return cls(config, featurizer, model, kwargs, read_json(path / "meta.json"))
+        # bundles written before popular lists existed have none: their fallback answers an empty list
+        popular = PopularLists.from_dict(read_json(path / "popular.json")) if (path / "popular.json").exists() else None
+        return cls(config, featurizer, model, kwargs, read_json(path / "meta.json"), popular or PopularLists())

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from monorec._typed_tables import Problems, parse_dataclass
+from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, parse_environments
 from monorec.errors import ConfigError
 
 __all__ = [
@@ -205,6 +206,7 @@ class ProjectConfig:
     evaluate: EvaluateSpec = EvaluateSpec()
     index: IndexSpec = IndexSpec()
     deploy: DeploySpec = DeploySpec()
+    environments: dict[str, EnvironmentSpec] = field(default_factory=dict)  # serving environments by name
 
     def field(self, name: str) -> FieldSpec:
         return next(f for f in self.fields if f.name == name)
@@ -214,6 +216,17 @@ class ProjectConfig:
 
     def canvas(self, name: str) -> CanvasSpec:
         return next(c for c in self.canvases if c.name == name)
+
+    def environment(self, name: str) -> EnvironmentSpec:
+        """A serving environment by name (``default`` exists when the config declares none).
+
+        Raises:
+            ConfigError: no environment of that name.
+        """
+        declared = self.environments or {DEFAULT_ENVIRONMENT: EnvironmentSpec(DEFAULT_ENVIRONMENT)}
+        if name not in declared:
+            raise ConfigError("environments", [f"{name}: unknown environment (declared: {', '.join(declared)})"])
+        return declared[name]
 
     @property
     def canvas_names(self) -> tuple[str, ...]:
@@ -249,6 +262,7 @@ class ProjectConfig:
             "evaluate": clean(self.evaluate),
             "index": clean(self.index),
             "deploy": clean(self.deploy),
+            "environments": {name: env.to_dict() for name, env in self.environments.items()},
         }
 
 
@@ -276,6 +290,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
             "evaluate",
             "index",
             "deploy",
+            "environments",
         }:
             p.add(key, "unknown section")
     project = raw.get("project", {})
@@ -410,9 +425,12 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
     if not 0 <= dep.canary_min_recall <= 1:
         p.add("deploy.canary_min_recall", "must be in [0, 1]")
 
+    environments = parse_environments(raw.get("environments"), {c.name: c.fields for c in canvases}, p)
+
     if p.items:
         raise ConfigError(source, p.items)
     return ProjectConfig(
+        environments=environments,
         name=str(name),
         schema_version=int(version),
         entity_types=tuple(entity_types),

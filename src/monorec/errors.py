@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ArtifactError",
+    "CanvasNotServed",
     "ChangeError",
     "ConfigError",
     "DataError",
@@ -16,6 +17,7 @@ __all__ = [
     "MonorecError",
     "RegistryError",
     "RequestError",
+    "ServingUnavailable",
     "StreamUnavailable",
 ]
 
@@ -61,6 +63,18 @@ class RequestError(MonorecError):
         self.field = field
         self.reason = reason
         super().__init__(f"field {field!r}: {reason}")
+
+
+class CanvasNotServed(RequestError):
+    """The canvas exists but this serving environment does not serve it (HTTP 404)."""
+
+    def __init__(self, canvas: str, served: tuple[str, ...]) -> None:
+        super().__init__("canvas", f"{canvas!r} is not served in this environment (served: {', '.join(served)})")
+
+
+class ServingUnavailable(MonorecError):
+    """No answer can be given: no version is serving, or the model failed and the request's fallback is
+    ``none`` (HTTP 503)."""
 
 
 class ArtifactError(MonorecError):

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from monorec.bundle import ModelBundle, context_tensors, item_tensors
+from monorec.popular import PopularLists
 from monorec.config import ProjectConfig
 from monorec.data.features import UNKNOWN_INDEX, Featurizer
 from monorec.data.prepared import PreparedData
@@ -252,7 +253,7 @@ def train(
     val_data = None
     if t.selection == "loss":
         val_data = TrainingData.build(cfg, featurizer, prepared.rows("valid", names), prepared.catalogue, dev)
-    bundle = ModelBundle(cfg, featurizer, model, kwargs)
+    bundle = ModelBundle(cfg, featurizer, model, kwargs, popular=PopularLists.fit(prepared.responses("train"), cfg))
 
     history: list[dict[str, Any]] = []
     best_score, best_state, best_epoch, start_epoch = float("-inf"), copy.deepcopy(model.state_dict()), -1, 0

@@ -65,6 +65,11 @@ class ItemFeatures:
             for entity_id in ids:
                 self._row_of.pop(entity_id, None)
 
+    def known(self, ids: Sequence[str]) -> list[str]:
+        """The given ids that have features, in order."""
+        with self._lock:
+            return [i for i in ids if i in self._row_of]
+
     def get(self, ids: Sequence[str]) -> np.ndarray:
         with self._lock:
             return self._rows[[self._row_of[i] for i in ids]]
@@ -169,17 +174,63 @@ class ServingVersion:
     @torch.no_grad()
     def encode_contexts(self, canvas: str, contexts: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw contexts of one canvas -> (features (B, F_c), embeddings (B, D)) from this version's tower."""
-        records = [self.schema.normalize(canvas, c, self.titles) for c in contexts]
+        return self.encode_records([self.schema.normalize(canvas, c, self.titles) for c in contexts])
+
+    @torch.no_grad()
+    def encode_records(self, records: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized records (any canvases, ``task_type`` set) -> (features (B, F_c), embeddings (B, D))."""
         ctx = context_tensors(self.bundle.featurizer.transform_records(records))
         feats, emb = self.bundle.model.encode_context(ctx)
         return feats, emb
+
+    def candidate_rows(self, ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entity ids -> (item features (N, F_i), embeddings (N, D)) as stored by this version.
+
+        Raises:
+            KeyError: an id is not (or no longer) in the index.
+        """
+        return torch.as_tensor(self.features.get(ids)), torch.as_tensor(self.index.vectors_of(ids))
+
+    def known(self, ids: Sequence[str]) -> list[str]:
+        """The ids this version holds (features are stored before and removed after the index row)."""
+        return self.features.known(ids)
+
+    @torch.no_grad()
+    def rank(
+        self,
+        ctx_feats: torch.Tensor,
+        ctx_emb: torch.Tensor,
+        item_feats: torch.Tensor,
+        item_emb: torch.Tensor,
+        task: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row-aligned (context, entity) pairs (N, ...) -> (blended scores (N,), objective logits (N, O))."""
+        logits = self.bundle.model.rank(ctx_feats, ctx_emb, item_feats, item_emb, task)
+        return self.bundle.model.blend_scores(logits, task), logits
+
+    def predictions(self, logits: torch.Tensor, canvas: str) -> dict[str, np.ndarray]:
+        """(N, O) logits -> each of the canvas's objectives in its own unit: a probability for binary
+        objectives, the predicted value (de-standardized, transform inverted) for regression ones."""
+        config = self.bundle.config
+        stats = self.bundle.featurizer.label_stats_
+        out: dict[str, np.ndarray] = {}
+        for j, objective in enumerate(config.objectives):
+            if objective.name not in config.canvas(canvas).objectives:
+                continue
+            column = logits[:, j]
+            if objective.kind == "binary":
+                out[objective.name] = torch.sigmoid(column).numpy()
+            else:
+                mean, std = stats.get(objective.name, (0.0, 1.0))
+                value = column.numpy() * std + mean
+                out[objective.name] = np.expm1(value) if objective.transform == "log1p" else value
+        return out
 
     @torch.no_grad()
     def recommend(
         self, canvas: str, context: dict[str, Any], k: int, *, where: EntityFilter | None = None, depth: int = 100
     ) -> Answer:
         """Retrieval from this version's index, then this version's ranker on the candidates."""
-        model = self.bundle.model
         cf, ce = self.encode_contexts(canvas, [context])
         for _attempt in range(3):  # an entity deleted between search and lookup: search again
             hits = self.index.search(ce.numpy(), max(k, depth), where).row(0)
@@ -187,16 +238,14 @@ class ServingVersion:
                 return Answer(self.name, [], [])
             ids = [e for e, _ in hits]
             try:
-                item_emb = torch.as_tensor(self.index.vectors_of(ids))
-                item_feats = torch.as_tensor(self.features.get(ids))
+                item_feats, item_emb = self.candidate_rows(ids)
                 break
             except KeyError:
                 continue
         else:
             raise DeployError(f"{self.name}: the index changed under three searches in a row")
         task = torch.full((len(ids),), self.schema.task_index(canvas), dtype=torch.long)
-        logits = model.rank(cf.expand(len(ids), -1), ce.expand(len(ids), -1), item_feats, item_emb, task)
-        scores = model.blend_scores(logits, task)
+        scores, _ = self.rank(cf.expand(len(ids), -1), ce.expand(len(ids), -1), item_feats, item_emb, task)
         order = torch.argsort(scores, descending=True)[:k].tolist()
         return Answer(self.name, [ids[i] for i in order], [float(scores[i]) for i in order])
 

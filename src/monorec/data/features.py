@@ -171,6 +171,15 @@ class Featurizer:
                 out[r, : len(ids)] = ids
         return out
 
+    def known_values(self, field: str) -> list[str]:
+        """The values of a context field the model has an embedding for (ids seen in training, entity ids
+        with responses, categories); most responded-to first for entity fields."""
+        self._check_fitted()
+        values = list(self._vocab_for(field))
+        if self.config.field(field).vocabulary == "entity":
+            values.sort(key=lambda e: -self.popularity_.get(e, 0.0))
+        return values
+
     def _vocab_for(self, field: str) -> list[str]:
         spec = self.config.field(field)
         if spec.vocabulary == "entity":

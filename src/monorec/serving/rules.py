@@ -11,9 +11,24 @@ run after ranking and before the answer is cut to ``k``, so the engine retrieves
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-__all__ = ["Rule", "Scored", "apply_rules", "boost", "dedupe", "diversify", "exclude", "pin"]
+from monorec.environments import CanvasRules
+
+__all__ = [
+    "Rule",
+    "Scored",
+    "apply_rules",
+    "boost",
+    "canvas_rules",
+    "dedupe",
+    "diversify",
+    "exclude",
+    "needs_entity_info",
+    "normalized_title",
+    "pin",
+    "scale",
+]
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,7 @@ class Scored:
     entity_type: str = ""
     categories: tuple[str, ...] = ()
     title: str = ""
+    predictions: dict[str, float] = field(default_factory=dict)
 
 
 Rule = Callable[[list[Scored]], list[Scored]]
@@ -90,9 +106,14 @@ def boost(predicate: Callable[[Scored], bool], factor: float) -> Rule:
     """Multiplies the score of the matching candidates by ``factor`` and re-sorts (stable for ties)."""
     if factor <= 0:
         raise ValueError("factor must be > 0")
+    return scale(lambda c: factor if predicate(c) else 1.0)
+
+
+def scale(factor_of: Callable[[Scored], float]) -> Rule:
+    """Multiplies each candidate's score by ``factor_of(candidate)`` and re-sorts (stable for ties)."""
 
     def rule(candidates: list[Scored]) -> list[Scored]:
-        scored = [replace(c, score=c.score * factor) if predicate(c) else c for c in candidates]
+        scored = [replace(c, score=c.score * f) if (f := factor_of(c)) != 1.0 else c for c in candidates]
         return sorted(scored, key=lambda c: -c.score)
 
     return rule
@@ -112,3 +133,35 @@ def pin(positions: Mapping[str, int]) -> Rule:
         return out
 
     return rule
+
+
+def normalized_title(c: Scored) -> str:
+    """The title compared by ``dedupe_titles``: case and surrounding spaces ignored."""
+    return " ".join(c.title.lower().split())
+
+
+def needs_entity_info(spec: CanvasRules) -> bool:
+    """Whether the rules read entity types, categories or titles (else ids and scores suffice, and the
+    engine looks up the descriptions of the answered entities only)."""
+    return bool(spec.dedupe_titles or spec.max_per_category or spec.boost_types or spec.boost_categories)
+
+
+def canvas_rules(spec: CanvasRules, excluded: Collection[str]) -> list[Rule]:
+    """A canvas's configured rules, in a fixed order: exclude (the request's exclusions and, with
+    ``exclude_seen``, the entities its context names), boosts, dedupe by title, diversity, pins."""
+    rules: list[Rule] = []
+    if excluded:
+        rules.append(exclude(excluded))
+    if spec.boost_types:
+        types = spec.boost_types
+        rules.append(scale(lambda c: types.get(c.entity_type, 1.0)))
+    if spec.boost_categories:
+        cats = spec.boost_categories  # an entity in several boosted categories gets the largest factor
+        rules.append(scale(lambda c: max((cats.get(x, 1.0) for x in c.categories), default=1.0)))
+    if spec.dedupe_titles:
+        rules.append(dedupe(normalized_title))
+    if spec.max_per_category:
+        rules.append(diversify(spec.max_per_category))
+    if spec.pins:
+        rules.append(pin(spec.pins))
+    return rules

@@ -9,6 +9,7 @@ as fresh as that offset says.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +17,18 @@ import polars as pl
 from monorec._sqlite import SqliteFile
 from monorec.stream.changes import ENTITY_FRAME_SCHEMA, Change
 
-__all__ = ["CatalogueStore"]
+__all__ = ["CatalogueStore", "Entity"]
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One live catalogue entity as stored."""
+
+    entity_id: str
+    entity_type: str
+    title: str
+    categories: tuple[str, ...]
+    revision: int
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entities (
@@ -85,6 +97,19 @@ class CatalogueStore:
         with self._db() as db:
             query = f"SELECT entity_id, title FROM entities WHERE deleted = 0 AND entity_id IN ({marks})"
             return dict(db.execute(query, ids).fetchall())
+
+    def entities(self, ids: Sequence[str]) -> dict[str, Entity]:
+        """Entity id -> its stored description, for the given ids that exist (answers and rules)."""
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT entity_id, entity_type, title, categories, revision FROM entities "
+                f"WHERE deleted = 0 AND entity_id IN ({marks})",
+                list(ids),
+            ).fetchall()
+        return {r[0]: Entity(r[0], r[1], r[2], tuple(c for c in r[3].split("|") if c), r[4]) for r in rows}
 
     def page(self, after: str, limit: int) -> pl.DataFrame:
         """Up to ``limit`` live entities with ids after ``after``, in id order (a bulk-load batch)."""

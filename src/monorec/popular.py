@@ -1,0 +1,92 @@
+"""Popular entities per canvas, and per canvas and context value (e.g. per category, per country).
+
+Learned from the training responses (rows where the canvas's primary objective is 1) when a model is
+trained, and published with it: they are the precomputed fallback that answers a request when the model
+path misses its deadline or fails, so they must be ready before any request arrives and cost a dict look-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from monorec.config import ProjectConfig
+
+__all__ = ["PopularLists"]
+
+
+@dataclass(frozen=True)
+class PopularLists:
+    """Entity ids, most responded-to first, under keys ``canvas`` and ``canvas|field=value``.
+
+    Only categorical context fields get per-value lists: they have few values (countries, categories,
+    devices), where an id field (a user) would give one list per user, which is what the model is for.
+    """
+
+    lists: dict[str, list[str]] = field(default_factory=dict)
+    fields: dict[str, list[str]] = field(default_factory=dict)  # canvas -> its keyed fields, most specific first
+
+    @classmethod
+    def fit(cls, responses: pl.DataFrame, config: ProjectConfig, top_n: int = 200) -> PopularLists:
+        """Counts responses per canvas (and per value of each categorical field the canvas uses).
+
+        Args:
+            responses: rows with ``canvas`` and ``entity_id`` (one per response) and the context columns.
+            config: gives each canvas's fields.
+            top_n: entities kept per list.
+        """
+        lists: dict[str, list[str]] = {}
+        fields: dict[str, list[str]] = {}
+        for canvas in config.canvases:
+            rows = responses.filter(pl.col("canvas") == canvas.name)
+            if rows.height == 0:
+                continue
+            lists[canvas.name] = _top(rows, [], top_n)[""]
+            keyed = [
+                f.name
+                for f in config.fields
+                if f.name in canvas.fields and f.kind == "categorical" and f.name in rows.columns
+            ]
+            # a shared category vocabulary describes the entities themselves: the most telling key
+            keyed.sort(key=lambda name: config.field(name).vocabulary != "category")
+            fields[canvas.name] = keyed
+            for name in keyed:
+                for value, ids in _top(rows.filter(pl.col(name).is_not_null()), [name], top_n).items():
+                    lists[f"{canvas.name}|{name}={value}"] = ids
+        return cls(lists, fields)
+
+    def lookup(self, canvas: str, record: Mapping[str, Any]) -> tuple[list[str], str]:
+        """The most specific list for a normalized request record, and its key ("" when none exists)."""
+        for name in self.fields.get(canvas, []):
+            value = record.get(name)
+            key = f"{canvas}|{name}={value}"
+            if value is not None and key in self.lists:
+                return self.lists[key], key
+        if canvas in self.lists:
+            return self.lists[canvas], canvas
+        return [], ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lists": self.lists, "fields": self.fields}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> PopularLists:
+        return cls(
+            {str(k): [str(e) for e in v] for k, v in raw.get("lists", {}).items()},
+            {str(k): [str(f) for f in v] for k, v in raw.get("fields", {}).items()},
+        )
+
+
+def _top(rows: pl.DataFrame, by: list[str], top_n: int) -> dict[str, list[str]]:
+    """value of ``by`` ("" when ``by`` is empty) -> the ``top_n`` most frequent entity ids (ties by id)."""
+    keys = [*by, "entity_id"]
+    counts = rows.group_by(keys).len().sort([*by, "len", "entity_id"], descending=[*[False] * len(by), True, False])
+    if not by:
+        return {"": counts["entity_id"].head(top_n).to_list()}
+    out: dict[str, list[str]] = {}
+    for (value,), group in counts.group_by(by, maintain_order=True):
+        out[str(value)] = group["entity_id"].head(top_n).to_list()
+    return out

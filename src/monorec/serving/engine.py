@@ -1,0 +1,363 @@
+"""The serving engine: one canvas-agnostic request path over a deployment, without any web framework.
+
+``recommend(request)``:
+
+1. validate + impute: the canvas must be served by the environment, k and explicit candidates within its
+   limits, the context normalized to the unified record (unknown ids are cold start, not errors);
+2. answer cache (``cache_ttl_s``) and precomputed tables (``mode = "precomputed"``), when they hold an
+   answer of the serving version;
+3. the model path on a worker (micro-batched with concurrent requests): pin ONE version -> retrieve
+   (context embedding -> that version's index, filtered by entity type / category) or take the explicit
+   candidates -> rank them together (whatever their entity types) -> business rules -> the best k, with
+   every objective's prediction;
+4. the caller waits until the deadline at most; a miss or a failure is answered by the fallback (popular
+   for this canvas / category / country, or the last good answer to the same request), and says so.
+
+The HTTP layer (:mod:`monorec.serving.app`) is a thin shell over this class.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from monorec.deploy import Deployment
+from monorec.environments import EnvironmentSpec
+from monorec.errors import CanvasNotServed, RequestError, ServingUnavailable
+from monorec.index import EntityFilter
+from monorec.serving.batcher import Job, MicroBatcher
+from monorec.serving.cache import LruCache
+from monorec.serving.messages import FallbackInfo, RecommendRequest, RecommendResponse, ScoredEntity
+from monorec.serving.precomputed import PrecomputedTables
+from monorec.serving.rules import Scored, apply_rules, canvas_rules, needs_entity_info
+from monorec.stream.catalogue import Entity
+from monorec.versions import ServingVersion
+
+__all__ = ["ServingEngine"]
+
+
+@dataclass(frozen=True)
+class _Work:
+    """A validated request on its way through the model path."""
+
+    request: RecommendRequest
+    record: dict[str, Any]  # the normalized unified context
+    excluded: frozenset[str]
+    where: EntityFilter | None
+    depth: int
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    version: str
+    items: list[ScoredEntity]
+    unknown: list[str]
+
+
+class ServingEngine:
+    """Answers :class:`RecommendRequest` s over a :class:`Deployment` with one environment's knobs."""
+
+    def __init__(self, deployment: Deployment, env: EnvironmentSpec) -> None:
+        self.deployment = deployment
+        self.env = env
+        self._cache: LruCache[RecommendResponse] | None = (
+            LruCache(env.cache_size, env.cache_ttl_s) if env.cache_ttl_s > 0 else None
+        )
+        self._last_good: LruCache[RecommendResponse] = LruCache(env.cache_size)
+        self._batcher: MicroBatcher[_Work] = MicroBatcher(
+            self._run_batch, workers=env.worker_threads, max_batch=env.max_batch, max_wait_s=env.max_wait_ms / 1000
+        )
+        self.precomputed: PrecomputedTables | None = None
+        if env.mode == "precomputed":
+            self.precomputed = PrecomputedTables(self)
+        self._closed = threading.Event()
+
+    # ------------------------------------------------------------------------------------ requests
+
+    def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        """One answer, within the request's deadline (plus the fallback's own ~1 ms).
+
+        Raises:
+            RequestError: the request does not fit the schema or the environment's limits (field named).
+            CanvasNotServed: the environment does not serve the canvas.
+            ServingUnavailable: no version is serving, or the model failed and the fallback is ``none``.
+        """
+        start = time.monotonic()
+        version = self.deployment.router.current
+        if version is None:
+            raise ServingUnavailable("no version is serving yet; deploy one first")
+        work = self.validate(request, version)
+        deadline = start + self._budget_s(request)
+        key = request_key(request)
+        if self._cache is not None:
+            hit = self._cache.get(key)
+            if hit is not None and hit.version == version.name:
+                return hit.model_copy(update={"source": "cache", "took_ms": _ms_since(start)})
+        if self.precomputed is not None:
+            items = self.precomputed.answer(work, version.name)
+            if items is not None:
+                return RecommendResponse(
+                    canvas=request.canvas,
+                    version=version.name,
+                    items=items,
+                    took_ms=_ms_since(start),
+                    source="precomputed",
+                )
+        future = self._batcher.submit(work, deadline)
+        try:
+            ranked: _Ranked = future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except (FutureTimeout, TimeoutError):
+            future.cancel()
+            return self._fallback(work, "deadline", start, version)
+        except RequestError:
+            raise
+        except Exception as exc:  # the model path failed: the request still gets an answer
+            return self._fallback(work, f"error: {type(exc).__name__}", start, version)
+        response = RecommendResponse(
+            canvas=request.canvas,
+            version=ranked.version,
+            items=ranked.items,
+            took_ms=_ms_since(start),
+            source="model",
+            unknown_candidates=ranked.unknown,
+        )
+        self._last_good.put(key, response)
+        if self._cache is not None:
+            self._cache.put(key, response)
+        return response
+
+    def _budget_s(self, request: RecommendRequest) -> float:
+        budget = self.env.latency_budget_ms
+        return (min(budget, request.timeout_ms) if request.timeout_ms else budget) / 1000
+
+    def validate(self, request: RecommendRequest, version: ServingVersion, *, max_k: int | None = None) -> _Work:
+        """Checks a request against the schema and the environment and resolves what the model path needs.
+
+        Raises:
+            RequestError: naming the field at fault. CanvasNotServed: the environment does not serve it.
+        """
+        env = self.env
+        if request.canvas not in version.schema.canvas_names:
+            version.schema.task_index(request.canvas)  # raises RequestError naming the declared canvases
+        if not env.serves(request.canvas):
+            raise CanvasNotServed(request.canvas, env.canvases)
+        if request.k > (max_k or env.max_k):
+            raise RequestError("k", f"{request.k} exceeds this environment's max_k {max_k or env.max_k}")
+        explicit = request.candidates.ids
+        if explicit is not None and len(explicit) > env.max_explicit_candidates:
+            raise RequestError(
+                "candidates.ids", f"{len(explicit)} ids exceed the limit of {env.max_explicit_candidates}"
+            )
+        types = request.candidates.entity_types
+        declared = version.bundle.config.entity_types
+        for t in types or ():
+            if t not in declared:
+                raise RequestError("candidates.entity_types", f"unknown entity type {t!r}; declared: {declared}")
+        record = version.schema.normalize(request.canvas, request.context, version.titles)
+        excluded = set(request.candidates.exclude)
+        if env.rules_for(request.canvas).exclude_seen:
+            excluded |= _named_entities(version, request.context)
+        where = None
+        if types or request.candidates.categories:
+            where = EntityFilter(
+                entity_types=tuple(types) if types else None,
+                categories=tuple(request.candidates.categories) if request.candidates.categories else None,
+            )
+        depth = max(env.retrieval_depth, request.k) + min(len(excluded), env.retrieval_depth)
+        return _Work(request, record, frozenset(excluded), where, depth)
+
+    # ---------------------------------------------------------------------------------- model path
+
+    def _run_batch(self, jobs: Sequence[Job[_Work]]) -> None:
+        """The model path for a micro-batch, on a worker thread: every job of the batch sees ONE version."""
+        with self.deployment.router.pin() as version:
+            results = self.rank_works(version, [j.payload for j in jobs])
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+
+    @torch.no_grad()
+    def rank_works(self, version: ServingVersion, works: Sequence[_Work]) -> list[_Ranked | BaseException]:
+        """Retrieve and rank a batch with one version: one context forward, one search per distinct filter,
+        one ranker forward over every (request, candidate) pair."""
+        cf, ce = version.encode_records([w.record for w in works])
+        candidates: list[list[str]] = [[] for _ in works]
+        unknown: list[list[str]] = [[] for _ in works]
+        by_filter: dict[EntityFilter | None, list[int]] = {}
+        for i, w in enumerate(works):
+            explicit = w.request.candidates.ids
+            if explicit is None:
+                by_filter.setdefault(w.where, []).append(i)
+                continue
+            wanted = [e for e in dict.fromkeys(explicit) if e not in w.excluded]
+            known = version.known(wanted)
+            held = set(known)
+            unknown[i] = [e for e in wanted if e not in held]
+            if w.where is not None:  # explicit candidates still obey the request's type/category filter
+                info = self.deployment.catalogue.entities(known)
+                known = [e for e in known if e in info and _matches(info[e], w.where)]
+            candidates[i] = known
+        queries = ce.numpy()
+        for where, rows in by_filter.items():
+            depth = max(works[i].depth for i in rows)
+            hits = version.index.search(queries[rows], depth, where)
+            for q, i in enumerate(rows):
+                candidates[i] = [e for e, _ in hits.row(q)][: works[i].depth]
+        flat = [e for ids in candidates for e in ids]
+        try:
+            item_feats, item_emb = version.candidate_rows(flat)
+        except KeyError:  # deleted since the search: rank what is still there
+            candidates = [version.known(ids) for ids in candidates]
+            flat = [e for ids in candidates for e in ids]
+            item_feats, item_emb = version.candidate_rows(flat)
+        owner = torch.repeat_interleave(torch.arange(len(works)), torch.tensor([len(c) for c in candidates]))
+        task = torch.tensor([version.schema.task_index(w.request.canvas) for w in works], dtype=torch.long)[owner]
+        scores, logits = version.rank(cf[owner], ce[owner], item_feats, item_emb, task)
+        out: list[_Ranked | BaseException] = []
+        start = 0
+        for i, w in enumerate(works):
+            end = start + len(candidates[i])
+            try:
+                items = self._finish(version, w, candidates[i], scores[start:end], logits[start:end])
+                out.append(_Ranked(version.name, items, unknown[i]))
+            except Exception as exc:  # one bad request never fails its batch-mates
+                out.append(exc)
+            start = end
+        return out
+
+    def _finish(
+        self, version: ServingVersion, work: _Work, ids: list[str], scores: torch.Tensor, logits: torch.Tensor
+    ) -> list[ScoredEntity]:
+        """Ranked candidates -> rules -> the best k, described."""
+        canvas = work.request.canvas
+        spec = self.env.rules_for(canvas)
+        order = torch.argsort(scores, descending=True).tolist()
+        preds = version.predictions(logits, canvas)
+        info: Mapping[str, Entity] = {}
+        if needs_entity_info(spec):
+            info = self.deployment.catalogue.entities(ids)
+        ranked = [_scored(ids[j], float(scores[j]), {n: float(v[j]) for n, v in preds.items()}, info) for j in order]
+        kept = apply_rules(ranked, canvas_rules(spec, work.excluded), work.request.k)
+        if not info:
+            info = self.deployment.catalogue.entities([c.entity_id for c in kept])
+        return [_entity_out(c, info.get(c.entity_id), c.score) for c in kept]
+
+    # ------------------------------------------------------------------------------------- fallback
+
+    def _fallback(self, work: _Work, reason: str, start: float, version: ServingVersion) -> RecommendResponse:
+        request = work.request
+        policy = request.fallback or self.env.fallback
+        if policy == "none":
+            raise ServingUnavailable(f"the model path did not answer ({reason}) and the request's fallback is none")
+        key = request_key(request)
+        if policy == "cached":
+            hit = self._last_good.get(key)
+            if hit is not None:
+                return hit.model_copy(
+                    update={
+                        "source": "fallback",
+                        "took_ms": _ms_since(start),
+                        "fallback": FallbackInfo(reason=reason, source="cached", key=key[:200]),
+                    }
+                )
+        items, list_key = self.popular(version, work)
+        return RecommendResponse(
+            canvas=request.canvas,
+            version=version.name,
+            items=items,
+            took_ms=_ms_since(start),
+            source="fallback",
+            fallback=FallbackInfo(reason=reason, source="popular", key=list_key),
+        )
+
+    def popular(self, version: ServingVersion, work: _Work) -> tuple[list[ScoredEntity], str]:
+        """The precomputed popular answer: the most specific list for this canvas and context, filtered by
+        the request's candidates and exclusions; explicit candidates are ordered by it."""
+        request = work.request
+        ids, key = version.bundle.popular.lookup(request.canvas, work.record)
+        if request.candidates.ids is not None:
+            rank = {e: i for i, e in enumerate(ids)}
+            ids = sorted(dict.fromkeys(request.candidates.ids), key=lambda e: rank.get(e, len(rank)))
+        ids = [e for e in ids if e not in work.excluded]
+        info = self.deployment.catalogue.entities(ids)
+        where = work.where
+        out = []
+        for e in ids:
+            entity = info.get(e)
+            if entity is None or (where is not None and not _matches(entity, where)):
+                continue
+            out.append(_entity_out(Scored(e, 0.0), entity, None))
+            if len(out) == request.k:
+                break
+        return out, key
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            if self.precomputed is not None:
+                self.precomputed.close()
+            self._batcher.close()
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def request_key(request: RecommendRequest) -> str:
+    """What identifies a request's answer (deadline and fallback policy do not change it)."""
+    return json.dumps(request.model_dump(exclude={"timeout_ms", "fallback"}), sort_keys=True, separators=(",", ":"))
+
+
+def _ms_since(start: float) -> float:
+    return round((time.monotonic() - start) * 1000, 3)
+
+
+def _named_entities(version: ServingVersion, context: Mapping[str, Any]) -> set[str]:
+    """Entity ids the context names (source item, history): already seen, so not worth answering."""
+    out: set[str] = set()
+    for f in version.schema.fields:
+        value = context.get(f.name)
+        if f.vocabulary != "entity" or value is None:
+            continue
+        if isinstance(value, list):
+            out.update(str(v) for v in value)
+        elif f.kind == "id_list" and isinstance(value, str):
+            out.update(v for v in value.split("|") if v)
+        else:
+            out.add(str(value))
+    return out
+
+
+def _matches(entity: Entity, where: EntityFilter) -> bool:
+    if where.entity_types and entity.entity_type not in where.entity_types:
+        return False
+    return not where.categories or any(c in where.categories for c in entity.categories)
+
+
+def _scored(entity_id: str, score: float, predictions: dict[str, float], info: Mapping[str, Entity]) -> Scored:
+    e = info.get(entity_id)
+    if e is None:
+        return Scored(entity_id, score, predictions=predictions)
+    return Scored(entity_id, score, e.entity_type, e.categories, e.title, predictions)
+
+
+def _entity_out(c: Scored, entity: Entity | None, score: float | None) -> ScoredEntity:
+    return ScoredEntity(
+        entity_id=c.entity_id,
+        entity_type=entity.entity_type if entity else c.entity_type,
+        title=entity.title if entity else c.title,
+        categories=list(entity.categories if entity else c.categories),
+        score=None if score is None else float(np.float32(score)),
+        predictions={k: float(np.float32(v)) for k, v in c.predictions.items()},
+    )

@@ -1,0 +1,117 @@
+"""What a request asks and what an answer holds: the serving API's contract, shared by the engine (plain
+Python) and the HTTP layer (which documents it in OpenAPI). Sizes are bounded here so that an oversized
+request is refused before it costs anything; the environment's own limits (k, explicit candidates) and
+the context schema's (unknown fields, text length) are checked by the engine with the field named.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_K",
+    "BatchRequest",
+    "BatchResponse",
+    "Candidates",
+    "EntityOut",
+    "EntityWrite",
+    "FallbackInfo",
+    "RecommendRequest",
+    "RecommendResponse",
+    "ScoredEntity",
+]
+
+MAX_K = 1000  # the schema's ceiling; an environment's max_k is usually far lower
+MAX_BATCH = 256  # the schema's ceiling on a batch call; the environment's max_batch_requests applies first
+MAX_IDS = 5000
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ContextValue = str | int | float | list[str | int] | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Candidates(_Strict):
+    """Which entities may be answered: a filter on the catalogue, exclusions, or an explicit list to rank."""
+
+    entity_types: list[Label] | None = Field(default=None, max_length=64, description="only these entity types")
+    categories: list[Label] | None = Field(default=None, max_length=256, description="only entities in any of these")
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_IDS, description="never answer these ids")
+    ids: list[Id] | None = Field(
+        default=None, max_length=MAX_IDS, description="rank exactly these ids (no retrieval); unknown ids are skipped"
+    )
+
+
+class RecommendRequest(_Strict):
+    """One ranked list for one canvas."""
+
+    canvas: Label = Field(description="the canvas: home, related, search, browse...")
+    context: dict[Label, ContextValue] = Field(
+        default_factory=dict, max_length=64, description="any subset of the unified context fields"
+    )
+    candidates: Candidates = Field(default_factory=Candidates)
+    k: int = Field(default=10, ge=1, le=MAX_K, description="how many entities to answer")
+    timeout_ms: float | None = Field(
+        default=None, gt=0, le=60_000, description="deadline; at most the environment's latency budget"
+    )
+    fallback: Literal["popular", "cached", "none"] | None = Field(
+        default=None,
+        description="what answers when the model misses the deadline or fails (default: the environment's)",
+    )
+
+
+class BatchRequest(_Strict):
+    requests: list[RecommendRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ScoredEntity(BaseModel):
+    entity_id: str
+    entity_type: str
+    title: str
+    categories: list[str]
+    score: float | None = Field(description="the canvas's blended score; null when a fallback answered")
+    predictions: dict[str, float] = Field(default_factory=dict, description="each objective of the canvas")
+
+
+class FallbackInfo(BaseModel):
+    reason: str = Field(description="why the model did not answer: deadline, error: <kind>, no_version")
+    source: Literal["popular", "cached"]
+    key: str = Field(default="", description="which popular list or cached request answered")
+
+
+class RecommendResponse(BaseModel):
+    canvas: str
+    version: str | None = Field(description="the model version that produced (or would have produced) it")
+    items: list[ScoredEntity]
+    took_ms: float
+    source: Literal["model", "cache", "precomputed", "fallback"]
+    fallback: FallbackInfo | None = None
+    unknown_candidates: list[str] = Field(default_factory=list, description="explicit ids not in the catalogue")
+
+
+class BatchResponse(BaseModel):
+    responses: list[RecommendResponse]
+
+
+class EntityWrite(_Strict):
+    """An entity upsert through the API (it goes to the change log like any producer's change)."""
+
+    entity_type: Label
+    title: str = Field(default="", max_length=2000)
+    categories: list[Label] = Field(default_factory=list, max_length=64)
+    revision: int | None = Field(default=None, ge=0, description="default: the current time in microseconds")
+
+
+class EntityOut(BaseModel):
+    entity_id: str
+    entity_type: str
+    title: str
+    categories: list[str]
+    revision: int
+    versions: dict[str, int] = Field(default_factory=dict, description="live version -> revision it holds")

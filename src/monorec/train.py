@@ -23,7 +23,6 @@ import torch
 from tqdm.auto import tqdm
 
 from monorec.bundle import ModelBundle, context_tensors, item_tensors
-from monorec.popular import PopularLists
 from monorec.config import ProjectConfig
 from monorec.data.features import UNKNOWN_INDEX, Featurizer
 from monorec.data.prepared import PreparedData
@@ -32,6 +31,7 @@ from monorec.evaluation.recommenders import ModelRecommender
 from monorec.evaluation.requests import entity_positions
 from monorec.models.losses import FixedWeighting, UncertaintyWeighting, masked_objective_losses, sampled_softmax_loss
 from monorec.models.model import MonorecModel, build_model, model_kwargs
+from monorec.popular import PopularLists
 
 __all__ = ["TrainStep", "TrainingData", "resolve_device", "train"]
 

@@ -129,9 +129,7 @@ class RevisionBook:
         revision of each id (ascending positions)."""
         latest: dict[str, int] = {}
         for i, (entity_id, revision) in enumerate(zip(ids, revisions.tolist(), strict=True)):
-            if self.newer(entity_id, revision) and (
-                entity_id not in latest or revision > revisions[latest[entity_id]]
-            ):
+            if self.newer(entity_id, revision) and (entity_id not in latest or revision > revisions[latest[entity_id]]):
                 latest[entity_id] = i
         return sorted(latest.values())
 

@@ -30,6 +30,7 @@ class Entity:
     categories: tuple[str, ...]
     revision: int
 
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entities (
     entity_id TEXT PRIMARY KEY, entity_type TEXT NOT NULL, title TEXT NOT NULL, categories TEXT NOT NULL,

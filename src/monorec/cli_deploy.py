@@ -7,6 +7,7 @@ monorec rollback
 monorec retire   VERSION
 monorec stream publish FILE|-      (JSON lines: {"op": "upsert"|"delete", "entity_id", "revision", ...})
 monorec stream status
+monorec serve    [--env NAME] [--config FILE] [--host H] [--port P]   (the HTTP API and the page)
 
 Every command takes --root DIR (the deployment folder), --registry DIR and --redis URL (a Redis stream as
 the change log instead of the embedded one). Commands that change versions own the folder while they run;
@@ -25,7 +26,7 @@ from monorec.errors import ChangeError
 
 __all__ = ["add_deploy_commands", "run_deploy_command"]
 
-COMMANDS = ("deploy", "versions", "switch", "rollback", "retire", "stream")
+COMMANDS = ("deploy", "versions", "switch", "rollback", "retire", "stream", "serve")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -35,6 +36,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_deploy_commands(sub: Any) -> None:
+    sv = sub.add_parser("serve", help="serve the deployment over HTTP: the API, /metrics and a page to try it")
+    sv.add_argument("--env", default="default", help="the serving environment (an [environments.NAME] table)")
+    sv.add_argument("--config", default=None, help="read environments from this TOML (default: the model's config)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    _common(sv)
     d = sub.add_parser("deploy", help="stage, validate and switch to a version (resumes an interrupted deploy)")
     d.add_argument("version")
     d.add_argument("--catalogue", help="initial catalogue table (Parquet/CSV) when the folder has none yet")
@@ -95,7 +102,43 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+    import secrets
+
+    import torch
+    import uvicorn
+
+    from monorec.registry import Registry
+    from monorec.serving.app import ServeSettings, create_app
+
+    token = os.environ.get("MONOREC_ADMIN_TOKEN")
+    if not token:
+        token = secrets.token_urlsafe(24)
+        print(f"admin token for this run (set MONOREC_ADMIN_TOKEN to choose one): {token}", flush=True)
+    settings = ServeSettings(
+        root=Path(args.root),
+        registry=Path(args.registry),
+        env=args.env,
+        config=Path(args.config) if args.config else None,
+        redis_url=args.redis,
+        admin_token=token,
+        read_token=os.environ.get("MONOREC_READ_TOKEN") or None,
+    )
+    registry = Registry(args.registry)
+    versions = registry.versions()
+    if versions and not args.config:
+        env = registry.config(versions[-1].version).environment(args.env)  # fails early on an unknown name
+        # each worker thread runs whole requests: intra-op threads beyond cores / workers only contend
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.worker_threads))
+    print(f"serving environment {args.env!r} on http://{args.host}:{args.port}/ (the page; API docs at /docs)")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def run_deploy_command(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "stream" and args.stream_command == "publish":
         return _publish(args)
     from monorec.deploy import Deployment, open_log
@@ -123,10 +166,11 @@ def run_deploy_command(args: argparse.Namespace) -> int:
         elif args.command == "versions":
             _print_versions(dep.status())
         elif args.command == "stream":
-            print(f"log head {dep.log.head()}")
-            for group in dep.log.groups():
-                print(f"  group {group:<20} lag {dep.log.lag(group)}")
-            print(f"dead letters: {len(dep.control.dead_letters())}")
-            for letter in dep.control.dead_letters()[-5:]:
-                print(f"  {letter.consumer} @ {letter.log_offset}: {letter.reason}")
+            status = dep.stream_status()
+            print(f"log head {status['head']}")
+            for group, lag in status["lag"].items():
+                print(f"  group {group:<20} lag {lag}")
+            print(f"dead letters: {status['dead_letters']}")
+            for letter in status["recent_dead_letters"]:
+                print(f"  {letter['consumer']} @ {letter['offset']}: {letter['reason']}")
     return 0

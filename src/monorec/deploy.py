@@ -418,6 +418,18 @@ class Deployment:
             )
         return rows
 
+    def stream_status(self) -> dict[str, Any]:
+        """The change log's head, each consumer group's lag, and the dead letters (count and the last five)."""
+        letters = self.control.dead_letters()
+        return {
+            "head": self.log.head(),
+            "lag": {group: self.log.lag(group) for group in self.log.groups()},
+            "dead_letters": len(letters),
+            "recent_dead_letters": [
+                {"consumer": d.consumer, "offset": d.log_offset, "reason": d.reason} for d in letters[-5:]
+            ],
+        }
+
     def close(self) -> None:
         """Stops every loader (each checkpoints first) and releases the folder."""
         for loader in [self._catalogue_loader, *self.loaders.values()]:

@@ -19,9 +19,11 @@ The HTTP layer (:mod:`monorec.serving.app`) is a thin shell over this class.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +43,9 @@ from monorec.serving.rules import Scored, apply_rules, canvas_rules, needs_entit
 from monorec.stream.catalogue import Entity
 from monorec.versions import ServingVersion
 
-__all__ = ["ServingEngine"]
+__all__ = ["ServingEngine", "request_key"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,19 @@ class _Work:
     excluded: frozenset[str]
     where: EntityFilter | None
     depth: int
+
+
+@dataclass(frozen=True)
+class _Started:
+    """A request after validation: answered already (cache, precomputed) or waiting on the model path."""
+
+    work: _Work
+    key: str
+    start: float
+    version: ServingVersion
+    ready: RecommendResponse | None
+    future: Future[Any] | None = None
+    deadline: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -90,48 +107,72 @@ class ServingEngine:
             CanvasNotServed: the environment does not serve the canvas.
             ServingUnavailable: no version is serving, or the model failed and the fallback is ``none``.
         """
+        return self._finish_request(self._start_request(request))
+
+    def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[RecommendResponse]:
+        """Several answers at once: all are validated first (a bad one fails the call, its position named),
+        then submitted together, so the workers can batch them; each keeps its own deadline."""
+        if len(requests) > self.env.max_batch_requests:
+            raise RequestError(
+                "requests", f"{len(requests)} requests exceed the limit of {self.env.max_batch_requests}"
+            )
+        started = []
+        for i, request in enumerate(requests):
+            try:
+                started.append(self._start_request(request))
+            except CanvasNotServed:
+                raise
+            except RequestError as exc:  # the same error, named by its position in the batch
+                raise RequestError(f"requests.{i}.{exc.field}", exc.reason) from None
+        return [self._finish_request(s) for s in started]
+
+    def _start_request(self, request: RecommendRequest) -> _Started:
         start = time.monotonic()
         version = self.deployment.router.current
         if version is None:
             raise ServingUnavailable("no version is serving yet; deploy one first")
         work = self.validate(request, version)
-        deadline = start + self._budget_s(request)
         key = request_key(request)
         if self._cache is not None:
             hit = self._cache.get(key)
             if hit is not None and hit.version == version.name:
-                return hit.model_copy(update={"source": "cache", "took_ms": _ms_since(start)})
+                return _Started(work, key, start, version, hit.model_copy(update={"source": "cache"}))
         if self.precomputed is not None:
             items = self.precomputed.answer(work, version.name)
             if items is not None:
-                return RecommendResponse(
-                    canvas=request.canvas,
-                    version=version.name,
-                    items=items,
-                    took_ms=_ms_since(start),
-                    source="precomputed",
+                ready = RecommendResponse(
+                    canvas=request.canvas, version=version.name, items=items, took_ms=0.0, source="precomputed"
                 )
-        future = self._batcher.submit(work, deadline)
+                return _Started(work, key, start, version, ready)
+        deadline = start + self._budget_s(request)
+        return _Started(work, key, start, version, None, self._batcher.submit(work, deadline), deadline)
+
+    def _finish_request(self, started: _Started) -> RecommendResponse:
+        if started.ready is not None:
+            return started.ready.model_copy(update={"took_ms": _ms_since(started.start)})
+        assert started.future is not None
         try:
-            ranked: _Ranked = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            ranked: _Ranked = started.future.result(timeout=max(0.0, started.deadline - time.monotonic()))
         except (FutureTimeout, TimeoutError):
-            future.cancel()
-            return self._fallback(work, "deadline", start, version)
+            started.future.cancel()
+            return self._fallback(started, "deadline")
         except RequestError:
             raise
         except Exception as exc:  # the model path failed: the request still gets an answer
-            return self._fallback(work, f"error: {type(exc).__name__}", start, version)
+            log.warning("model path failed, fallback answers: %r", exc)
+            return self._fallback(started, f"error: {type(exc).__name__}")
+        request = started.work.request
         response = RecommendResponse(
             canvas=request.canvas,
             version=ranked.version,
             items=ranked.items,
-            took_ms=_ms_since(start),
+            took_ms=_ms_since(started.start),
             source="model",
             unknown_candidates=ranked.unknown,
         )
-        self._last_good.put(key, response)
+        self._last_good.put(started.key, response)
         if self._cache is not None:
-            self._cache.put(key, response)
+            self._cache.put(started.key, response)
         return response
 
     def _budget_s(self, request: RecommendRequest) -> float:
@@ -254,28 +295,27 @@ class ServingEngine:
 
     # ------------------------------------------------------------------------------------- fallback
 
-    def _fallback(self, work: _Work, reason: str, start: float, version: ServingVersion) -> RecommendResponse:
-        request = work.request
+    def _fallback(self, started: _Started, reason: str) -> RecommendResponse:
+        request = started.work.request
         policy = request.fallback or self.env.fallback
         if policy == "none":
             raise ServingUnavailable(f"the model path did not answer ({reason}) and the request's fallback is none")
-        key = request_key(request)
         if policy == "cached":
-            hit = self._last_good.get(key)
+            hit = self._last_good.get(started.key)
             if hit is not None:
                 return hit.model_copy(
                     update={
                         "source": "fallback",
-                        "took_ms": _ms_since(start),
-                        "fallback": FallbackInfo(reason=reason, source="cached", key=key[:200]),
+                        "took_ms": _ms_since(started.start),
+                        "fallback": FallbackInfo(reason=reason, source="cached", key=hit.version or ""),
                     }
                 )
-        items, list_key = self.popular(version, work)
+        items, list_key = self.popular(started.version, started.work)
         return RecommendResponse(
             canvas=request.canvas,
-            version=version.name,
+            version=started.version.name,
             items=items,
-            took_ms=_ms_since(start),
+            took_ms=_ms_since(started.start),
             source="fallback",
             fallback=FallbackInfo(reason=reason, source="popular", key=list_key),
         )

@@ -1,0 +1,379 @@
+"""The HTTP API: a thin FastAPI layer over :class:`~monorec.serving.engine.ServingEngine` and the
+:class:`~monorec.deploy.Deployment` it serves (DESIGN section 7).
+
+Reads (recommend, entities, info, the page) are open unless the environment sets ``open_reads = false``;
+writes (entity upserts and deletes, which go to the change log) and admin calls (deploy, switch, rollback,
+retire, stream status) need ``Authorization: Bearer <admin token>``. Without a configured token they are
+refused, never open.
+
+Errors: a request that does not fit gets a 422 whose ``detail[].loc`` names the field (FastAPI's own
+format, also for the schema and environment checks of the engine); 401 without the token; 404 for an
+unknown entity or a canvas the environment does not serve; 409 for a lifecycle step not allowed now;
+413 for an oversized body; 503 when no version serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from monorec.config import load_config
+from monorec.deploy import Deployment
+from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec
+from monorec.errors import CanvasNotServed, ChangeError, DeployError, RequestError, ServingUnavailable
+from monorec.serving.engine import ServingEngine
+from monorec.serving.messages import (
+    BatchRequest,
+    BatchResponse,
+    EntityOut,
+    EntityWrite,
+    RecommendRequest,
+    RecommendResponse,
+)
+from monorec.serving.metrics import ServingMetrics
+from monorec.stream.changes import Change
+
+__all__ = ["ServeSettings", "create_app", "resolve_environment"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Where the deployment lives and how this process serves it."""
+
+    root: Path  # the deployment folder (control plane, indexes, embedded log)
+    registry: Path  # the model registry
+    env: str = DEFAULT_ENVIRONMENT
+    config: Path | None = None  # environments from this TOML (default: the newest published version's config)
+    redis_url: str | None = None  # a Redis stream as the change log
+    admin_token: str | None = None  # None: admin and write endpoints refuse every call
+    read_token: str | None = None  # for environments with open_reads = false (default: the admin token)
+    max_body_bytes: int = 1 << 20
+
+
+def resolve_environment(settings: ServeSettings, deployment: Deployment) -> EnvironmentSpec:
+    """The environment named in the settings, from the given config file or the registry's newest version.
+
+    Raises:
+        ConfigError: no environment of that name.
+    """
+    if settings.config is not None:
+        return load_config(settings.config).environment(settings.env)
+    versions = deployment.registry.versions()
+    if not versions:
+        raise DeployError(f"registry {deployment.registry.root} has no version; publish one first")
+    return deployment.registry.config(versions[-1].version).environment(settings.env)
+
+
+class _BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with 413, counting what arrives (a missing or false
+    Content-Length does not get past it)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(self.limit, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(self.limit, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    body = JSONResponse(
+        {"detail": [{"loc": ["body"], "msg": f"request body exceeds {limit} bytes", "type": "too_large"}]},
+        status_code=413,
+    ).body
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _loc(field: str) -> list[str | int]:
+    """An engine field name ("requests.3.k", "user_id") -> a FastAPI ``loc`` under the body."""
+    parts: list[str | int] = [int(p) if p.isdigit() else p for p in field.split(".")]
+    top = {"canvas", "context", "candidates", "k", "timeout_ms", "fallback", "requests", "*"}
+    if parts and parts[0] not in top:
+        parts = ["context", *parts]  # schema errors name the context field itself
+    return ["body", *parts]
+
+
+class VersionBody(BaseModel):
+    version: str = Field(min_length=1, max_length=64)
+
+
+class _DeployJob:
+    """The one deploy that may run in the background (deploys take minutes; requests keep flowing)."""
+
+    def __init__(self) -> None:
+        self.version: str | None = None
+        self.state = "idle"
+        self.error: str | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self, deployment: Deployment, version: str) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            raise DeployError(f"a deploy of {self.version} is running; wait for it to finish")
+        self.version, self.state, self.error = version, "running", None
+
+        def run() -> None:
+            try:
+                deployment.deploy(version)
+                self.state = "done"
+            except Exception as exc:
+                self.state, self.error = "failed", str(exc)
+
+        self.thread = threading.Thread(target=run, name=f"monorec-deploy-{version}", daemon=True)
+        self.thread.start()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "state": self.state, "error": self.error}
+
+
+def create_app(settings: ServeSettings, *, deployment: Deployment | None = None) -> FastAPI:
+    """The serving app. Resources open in the lifespan: the deployment folder (unless one is given, which
+    the caller keeps owning), its serving and standby versions with their loaders, and the engine."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = deployment is None
+        if deployment is None:
+            from monorec.stream.publish import open_log
+
+            dep = Deployment(settings.root, settings.registry, log=open_log(settings.root, settings.redis_url))
+            dep.open()
+        else:
+            dep = deployment
+        env = resolve_environment(settings, dep)
+        engine = ServingEngine(dep, env)
+        app.state.deployment, app.state.env, app.state.engine = dep, env, engine
+        app.state.metrics = ServingMetrics(dep)
+        app.state.deploy_job = _DeployJob()
+        try:
+            yield
+        finally:
+            engine.close()
+            if owned:
+                dep.close()
+
+    app = FastAPI(
+        title="monorec",
+        summary="One canvas-agnostic API for every search and recommendation canvas.",
+        version="1",
+        lifespan=lifespan,
+    )
+    bearer = HTTPBearer(auto_error=False)
+    Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+    def _check(credentials: HTTPAuthorizationCredentials | None, *tokens: str | None) -> None:
+        given = credentials.credentials if credentials is not None else None
+        if given is None or not any(t and secrets.compare_digest(given.encode(), t.encode()) for t in tokens):
+            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+    def admin(credentials: Credentials) -> None:
+        _check(credentials, settings.admin_token)
+
+    def reader(request: Request, credentials: Credentials) -> None:
+        if not request.app.state.env.open_reads:
+            _check(credentials, settings.read_token or settings.admin_token, settings.admin_token)
+
+    Admin = Depends(admin)
+    Reader = Depends(reader)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError) -> JSONResponse:
+        status = 404 if isinstance(exc, CanvasNotServed) else 422
+        request.app.state.metrics.errors.labels(str(status)).inc()
+        detail = [{"loc": _loc(exc.field), "msg": exc.reason, "type": "request_error"}]
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.exception_handler(ChangeError)
+    async def change_error(request: Request, exc: ChangeError) -> JSONResponse:
+        detail = [{"loc": ["body", exc.field], "msg": exc.reason, "type": "change_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(ServingUnavailable)
+    async def unavailable(request: Request, exc: ServingUnavailable) -> JSONResponse:
+        request.app.state.metrics.errors.labels("503").inc()
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(DeployError)
+    async def deploy_error(request: Request, exc: DeployError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    # ----------------------------------------------------------------------------------- reads
+
+    @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=[Reader], tags=["recommend"])
+    def recommend(body: RecommendRequest, request: Request) -> RecommendResponse:
+        """One ranked list for any canvas: retrieval + ranking by the serving version, or a fallback."""
+        response = request.app.state.engine.recommend(body)
+        request.app.state.metrics.observe(response)
+        return response
+
+    @app.post("/v1/recommend/batch", response_model=BatchResponse, dependencies=[Reader], tags=["recommend"])
+    def recommend_batch(body: BatchRequest, request: Request) -> BatchResponse:
+        """Several requests in one call, answered together (each with its own deadline)."""
+        responses = request.app.state.engine.recommend_many(body.requests)
+        for r in responses:
+            request.app.state.metrics.observe(r)
+        return BatchResponse(responses=responses)
+
+    @app.get("/v1/entities/{entity_id}", response_model=EntityOut, dependencies=[Reader], tags=["entities"])
+    def get_entity(entity_id: str, request: Request) -> EntityOut:
+        """A catalogue entity and which live versions hold it."""
+        dep: Deployment = request.app.state.deployment
+        entity = dep.catalogue.entities([entity_id]).get(entity_id)
+        if entity is None:
+            raise HTTPException(404, f"unknown entity {entity_id!r}")
+        return EntityOut(
+            entity_id=entity.entity_id,
+            entity_type=entity.entity_type,
+            title=entity.title,
+            categories=list(entity.categories),
+            revision=entity.revision,
+            versions={name: bool(sv.known([entity_id])) for name, sv in list(dep.versions.items())},
+        )
+
+    @app.get("/v1/info", dependencies=[Reader], tags=["info"])
+    def info(request: Request) -> dict[str, Any]:
+        """What this server serves: environment, canvases and their fields, entity types, example values."""
+        dep: Deployment = request.app.state.deployment
+        env: EnvironmentSpec = request.app.state.env
+        version = dep.router.current
+        out: dict[str, Any] = {"environment": env.name, "mode": env.mode, "version": None, "canvases": []}
+        if version is None:
+            return out
+        config = version.bundle.config
+        featurizer = version.bundle.featurizer
+        examples = {
+            f.name: featurizer.known_values(f.name)[:50]
+            for f in config.fields
+            if f.kind in ("id", "categorical") and f.vocabulary != "entity"
+        }
+        out.update(
+            version=version.name,
+            canvases=[{"name": c.name, "fields": list(c.fields)} for c in config.canvases if env.serves(c.name)],
+            fields=[{"name": f.name, "kind": f.kind, "vocabulary": f.vocabulary} for f in config.fields],
+            entity_types=list(config.entity_types),
+            examples=examples,
+            latency_budget_ms=env.latency_budget_ms,
+            max_k=env.max_k,
+        )
+        return out
+
+    # ---------------------------------------------------------------------------------- writes
+
+    @app.put("/v1/entities/{entity_id}", status_code=202, dependencies=[Admin], tags=["entities"])
+    def put_entity(entity_id: str, body: EntityWrite, request: Request) -> dict[str, Any]:
+        """Upserts an entity through the change log (every live version and the catalogue apply it)."""
+        revision = body.revision if body.revision is not None else time.time_ns() // 1000
+        change = Change("upsert", entity_id, revision, body.entity_type, body.title, tuple(body.categories))
+        offsets = request.app.state.deployment.publish([change.to_dict()])
+        return {"entity_id": entity_id, "revision": revision, "offset": offsets[0]}
+
+    @app.delete("/v1/entities/{entity_id}", status_code=202, dependencies=[Admin], tags=["entities"])
+    def delete_entity(
+        entity_id: str, request: Request, revision: Annotated[int | None, Query(ge=0)] = None
+    ) -> dict[str, Any]:
+        """Deletes an entity through the change log."""
+        revision = revision if revision is not None else time.time_ns() // 1000
+        offsets = request.app.state.deployment.publish([Change("delete", entity_id, revision).to_dict()])
+        return {"entity_id": entity_id, "revision": revision, "offset": offsets[0]}
+
+    # ----------------------------------------------------------------------------------- admin
+
+    @app.get("/v1/admin/versions", dependencies=[Admin], tags=["admin"])
+    def versions(request: Request) -> dict[str, Any]:
+        dep: Deployment = request.app.state.deployment
+        published = [v.version for v in dep.registry.versions()]
+        return {"deployed": dep.status(), "published": published, "deploy": request.app.state.deploy_job.to_dict()}
+
+    @app.post("/v1/admin/deploy", status_code=202, dependencies=[Admin], tags=["admin"])
+    def deploy(body: VersionBody, request: Request) -> dict[str, Any]:
+        """Starts deploying a published version (bulk load, validation, switch) in the background."""
+        dep: Deployment = request.app.state.deployment
+        if body.version not in {v.version for v in dep.registry.versions()}:
+            raise HTTPException(404, f"unknown version {body.version!r}")
+        request.app.state.deploy_job.start(dep, body.version)
+        return request.app.state.deploy_job.to_dict()
+
+    @app.post("/v1/admin/switch", dependencies=[Admin], tags=["admin"])
+    def switch(body: VersionBody, request: Request) -> dict[str, Any]:
+        request.app.state.deployment.switch(body.version)
+        return {"serving": body.version}
+
+    @app.post("/v1/admin/rollback", dependencies=[Admin], tags=["admin"])
+    def rollback(request: Request) -> dict[str, Any]:
+        return {"serving": request.app.state.deployment.rollback()}
+
+    @app.post("/v1/admin/retire", dependencies=[Admin], tags=["admin"])
+    def retire(body: VersionBody, request: Request) -> dict[str, Any]:
+        request.app.state.deployment.retire(body.version)
+        return {"retired": body.version}
+
+    @app.get("/v1/admin/stream", dependencies=[Admin], tags=["admin"])
+    def stream(request: Request) -> dict[str, Any]:
+        return request.app.state.deployment.stream_status()
+
+    # ------------------------------------------------------------------------------ operations
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    def readyz(request: Request) -> JSONResponse:
+        """Ready when a version serves."""
+        version = request.app.state.deployment.router.current
+        if version is None:
+            return JSONResponse({"status": "no version serving"}, status_code=503)
+        return JSONResponse({"status": "ready", "version": version.name})
+
+    @app.get("/metrics", tags=["operations"])
+    def metrics(request: Request) -> Response:
+        return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("monorec.serving").joinpath("static/index.html").read_text("utf-8"))
+
+    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    return app

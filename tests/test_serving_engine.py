@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving_fixtures import deployed, engine_for
 
 from monorec.deploy import Deployment
 from monorec.environments import CanvasRules
@@ -18,6 +17,7 @@ from monorec.errors import CanvasNotServed, RequestError, ServingUnavailable
 from monorec.registry import Registry
 from monorec.serving.messages import RecommendRequest, RecommendResponse
 from monorec.versions import ServingVersion
+from serving_fixtures import deployed, engine_for
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +261,9 @@ def test_cached_fallback_repeats_the_last_good_answer_and_none_refuses(
 
 
 def test_no_serving_version_is_unavailable(tmp_path: Path, two_versions: Registry) -> None:
-    with Deployment(tmp_path / "empty", two_versions) as empty, engine_for(empty) as engine:
-        with pytest.raises(ServingUnavailable):
-            engine.recommend(req("home", {"user_id": "u1"}))
+    with (
+        Deployment(tmp_path / "empty", two_versions) as empty,
+        engine_for(empty) as engine,
+        pytest.raises(ServingUnavailable),
+    ):
+        engine.recommend(req("home", {"user_id": "u1"}))

@@ -25,6 +25,8 @@ __all__ = ["MISSING", "UNKNOWN", "ContextSchema"]
 MISSING = "<missing>"  # a field the canvas does not use, or that the request left empty
 UNKNOWN = "<unknown>"  # a value never seen in training (cold start): a learned embedding, not an error
 
+MAX_NUMBER = 1e15  # numeric context values beyond this are refused (and huge ints would not convert)
+
 TitleLookup = Callable[[str], str | None]
 
 
@@ -172,8 +174,10 @@ def _check_value(spec: FieldSpec, value: Any) -> Any:
             raise RequestError(spec.name, f"{len(items)} ids exceed the limit of 1000")
         return "|".join(str(v) for v in items[-spec.max_tokens :])
     if spec.kind == "numeric":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise RequestError(spec.name, f"expected a finite number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RequestError(spec.name, f"expected a finite number, got {type(value).__name__}")
+        if not math.isfinite(value) or abs(value) > MAX_NUMBER:
+            raise RequestError(spec.name, f"expected a finite number within +-{MAX_NUMBER:g}")
         return float(value)
     if isinstance(value, int) and not isinstance(value, bool) and spec.kind in ("id", "categorical"):
         value = str(value)

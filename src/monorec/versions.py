@@ -222,8 +222,10 @@ class ServingVersion:
                 out[objective.name] = torch.sigmoid(column).numpy()
             else:
                 mean, std = stats.get(objective.name, (0.0, 1.0))
-                value = column.numpy() * std + mean
-                out[objective.name] = np.expm1(value) if objective.transform == "log1p" else value
+                value = column.numpy().astype(np.float64) * std + mean
+                if objective.transform == "log1p":
+                    value = np.expm1(np.clip(value, None, 80.0))  # e^80: beyond any real quantity, still finite
+                out[objective.name] = value
         return out
 
     @torch.no_grad()

@@ -37,6 +37,18 @@ FORMAT_VERSION = 1
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+Z_LIMIT = 1000.0  # standardized numeric inputs are clipped here: farther out says nothing more, and
+# unbounded values (a request's 1e300) would overflow float32 inside the towers
+
+
+def standardize(x: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """(N,) float64 with NaN for missing -> (N, 2) float32: the clipped z-score (0 when missing), is-missing."""
+    missing = np.isnan(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = np.clip(np.where(missing, 0.0, (x - mean) / std), -Z_LIMIT, Z_LIMIT)
+    return np.stack([z, missing.astype(np.float64)], axis=1).astype(np.float32)
+
+
 def tokenize(text: str) -> list[str]:
     """Words, then character trigrams of each word (``#word#`` padded), in order of appearance."""
     words = _WORD.findall(text.lower())
@@ -223,9 +235,7 @@ class Featurizer:
             else:
                 mean, std = self.numeric_stats_.get(f.name, (0.0, 1.0))
                 x = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
-                missing = np.isnan(x)
-                z = np.where(missing, 0.0, (x - mean) / std)
-                out[f.name] = np.stack([z, missing.astype(np.float64)], axis=1).astype(np.float32)
+                out[f.name] = standardize(x, mean, std)
         names = cfg.canvas_names
         out["task_type"] = np.array([names.index(r["task_type"]) for r in records], dtype=np.int64)
         return out
@@ -246,10 +256,7 @@ class Featurizer:
                 out[f.name] = self._index_lists(col, self._vocab_for(f.name), f.max_tokens)
             else:
                 mean, std = self.numeric_stats_.get(f.name, (0.0, 1.0))
-                values = col.cast(pl.Float64).to_numpy()
-                missing = np.isnan(values)
-                z = np.where(missing, 0.0, (values - mean) / std)
-                out[f.name] = np.stack([z, missing.astype(np.float64)], axis=1).astype(np.float32)
+                out[f.name] = standardize(col.cast(pl.Float64).to_numpy(), mean, std)
         tasks = frame["task_type"].to_list() if "task_type" in frame.columns else frame["canvas"].to_list()
         names = cfg.canvas_names
         out["task_type"] = np.array([names.index(t) for t in tasks], dtype=np.int64)

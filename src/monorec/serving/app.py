@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from monorec.config import load_config
+from monorec.config import FieldSpec, ProjectConfig, load_config
 from monorec.deploy import Deployment
 from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec
 from monorec.errors import CanvasNotServed, ChangeError, DeployError, RequestError, ServingUnavailable
@@ -47,6 +47,8 @@ from monorec.stream.changes import Change
 
 __all__ = ["ServeSettings", "create_app", "resolve_environment"]
 
+_bearer = HTTPBearer(auto_error=False)  # a missing token is our 401 (not FastAPI's 403)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -61,6 +63,7 @@ class ServeSettings:
     registry: Path  # the model registry
     env: str = DEFAULT_ENVIRONMENT
     config: Path | None = None  # environments from this TOML (default: the newest published version's config)
+    environment: EnvironmentSpec | None = None  # given directly (embedding, tests): overrides env and config
     redis_url: str | None = None  # a Redis stream as the change log
     admin_token: str | None = None  # None: admin and write endpoints refuse every call
     read_token: str | None = None  # for environments with open_reads = false (default: the admin token)
@@ -73,6 +76,8 @@ def resolve_environment(settings: ServeSettings, deployment: Deployment) -> Envi
     Raises:
         ConfigError: no environment of that name.
     """
+    if settings.environment is not None:
+        return settings.environment
     if settings.config is not None:
         return load_config(settings.config).environment(settings.env)
     versions = deployment.registry.versions()
@@ -135,6 +140,45 @@ def _loc(field: str) -> list[str | int]:
     return ["body", *parts]
 
 
+def _contract_openapi(app: FastAPI, config: ProjectConfig, env: EnvironmentSpec) -> None:
+    """Makes ``/openapi.json`` state this server's contract: the canvases it serves, each declared context
+    field with its type and limits, the entity types and the environment's k limit (clients and the
+    property-based tests generate requests from it)."""
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = base()
+        schemas = spec["components"]["schemas"]
+        request = schemas["RecommendRequest"]["properties"]
+        request["canvas"] = {"type": "string", "enum": [c.name for c in config.canvases if env.serves(c.name)]}
+        request["k"] = {"type": "integer", "minimum": 1, "maximum": env.max_k, "default": 10}
+        request["context"] = {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "any subset of the unified context fields (unknown ids are cold start)",
+            "properties": {f.name: _field_schema(f) for f in config.fields},
+        }
+        types = {"type": "array", "items": {"type": "string", "enum": list(config.entity_types)}, "maxItems": 64}
+        schemas["Candidates"]["properties"]["entity_types"] = {"anyOf": [types, {"type": "null"}]}
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi_schema = None
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _field_schema(f: FieldSpec) -> dict[str, Any]:
+    if f.kind == "numeric":
+        return {"anyOf": [{"type": "number"}, {"type": "null"}]}
+    if f.kind == "id_list":
+        ids = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 256}, "maxItems": 1000}
+        return {"anyOf": [ids, {"type": "null"}]}
+    limit = f.max_length if f.kind == "text" else 256
+    return {"anyOf": [{"type": "string", "maxLength": limit}, {"type": "null"}], "description": f.description}
+
+
 class VersionBody(BaseModel):
     version: str = Field(min_length=1, max_length=64)
 
@@ -182,6 +226,9 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         else:
             dep = deployment
         env = resolve_environment(settings, dep)
+        versions = dep.registry.versions()
+        if versions:
+            _contract_openapi(app, dep.registry.config(versions[-1].version), env)
         engine = ServingEngine(dep, env)
         app.state.deployment, app.state.env, app.state.engine = dep, env, engine
         app.state.metrics = ServingMetrics(dep)
@@ -199,9 +246,6 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         version="1",
         lifespan=lifespan,
     )
-    bearer = HTTPBearer(auto_error=False)
-    Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-
     def _check(credentials: HTTPAuthorizationCredentials | None, *tokens: str | None) -> None:
         given = credentials.credentials if credentials is not None else None
         if given is None or not any(t and secrets.compare_digest(given.encode(), t.encode()) for t in tokens):

@@ -126,9 +126,9 @@ def test_limits_and_bad_fields_are_named(dep: Deployment) -> None:
         cases = [
             (req("nowhere"), "canvas"),
             (req("home", k=21), "k"),
-            (req("home", {"favourite_colour": "red"}), "favourite_colour"),
-            (req("search", {"query": "x" * 10_000}), "query"),
-            (req("home", {"hour": "noon"}), "hour"),
+            (req("home", {"favourite_colour": "red"}), "context.favourite_colour"),
+            (req("search", {"query": "x" * 10_000}), "context.query"),
+            (req("home", {"hour": "noon"}), "context.hour"),
             (req("home", candidates={"entity_types": ["spaceship"]}), "candidates.entity_types"),
         ]
         for request, field in cases:

@@ -132,12 +132,8 @@ async def _too_large(limit: int, send: Send) -> None:
 
 
 def _loc(field: str) -> list[str | int]:
-    """An engine field name ("requests.3.k", "user_id") -> a FastAPI ``loc`` under the body."""
-    parts: list[str | int] = [int(p) if p.isdigit() else p for p in field.split(".")]
-    top = {"canvas", "context", "candidates", "k", "timeout_ms", "fallback", "requests", "*"}
-    if parts and parts[0] not in top:
-        parts = ["context", *parts]  # schema errors name the context field itself
-    return ["body", *parts]
+    """An engine field name ("requests.3.context.hour") -> a FastAPI ``loc`` in the body."""
+    return ["body", *(int(p) if p.isdigit() else p for p in field.split("."))]
 
 
 def _contract_openapi(app: FastAPI, config: ProjectConfig, env: EnvironmentSpec) -> None:
@@ -222,9 +218,9 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
             from monorec.stream.publish import open_log
 
             dep = Deployment(settings.root, settings.registry, log=open_log(settings.root, settings.redis_url))
-            dep.open()
         else:
             dep = deployment
+        dep.open()  # idempotent: live versions loaded, every loader (the catalogue's too) running
         env = resolve_environment(settings, dep)
         versions = dep.registry.versions()
         if versions:
@@ -246,6 +242,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         version="1",
         lifespan=lifespan,
     )
+
     def _check(credentials: HTTPAuthorizationCredentials | None, *tokens: str | None) -> None:
         given = credentials.credentials if credentials is not None else None
         if given is None or not any(t and secrets.compare_digest(given.encode(), t.encode()) for t in tokens):

@@ -202,7 +202,10 @@ class ServingEngine:
         for t in types or ():
             if t not in declared:
                 raise RequestError("candidates.entity_types", f"unknown entity type {t!r}; declared: {declared}")
-        record = version.schema.normalize(request.canvas, request.context, version.titles)
+        try:
+            record = version.schema.normalize(request.canvas, request.context, version.titles)
+        except RequestError as exc:  # the schema names the context field; the API names its place in the body
+            raise RequestError(f"context.{exc.field}", exc.reason) from None
         excluded = set(request.candidates.exclude)
         if env.rules_for(request.canvas).exclude_seen:
             excluded |= _named_entities(version, request.context)

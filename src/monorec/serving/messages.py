@@ -114,4 +114,4 @@ class EntityOut(BaseModel):
     title: str
     categories: list[str]
     revision: int
-    versions: dict[str, int] = Field(default_factory=dict, description="live version -> revision it holds")
+    versions: dict[str, bool] = Field(default_factory=dict, description="live version -> whether its index holds it")

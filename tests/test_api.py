@@ -1,0 +1,139 @@
+"""The HTTP API end to end on a real deployment and server: every canvas, the batch endpoint, entity reads
+and writes through the change log, admin deploy / switch / rollback with the token, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from live_server import live_server
+from monorec.deploy import Deployment
+from monorec.registry import Registry
+from monorec.serving.app import ServeSettings, create_app
+from serving_fixtures import deployed
+
+TOKEN = "admin-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def api(tmp_path: Path, two_versions: Registry, prepared) -> Iterator[tuple[httpx.Client, Deployment]]:  # type: ignore[no-untyped-def]
+    dep = deployed(tmp_path / "dep", two_versions, prepared.catalogue)
+    app = create_app(
+        ServeSettings(root=tmp_path / "dep", registry=two_versions.root, admin_token=TOKEN), deployment=dep
+    )
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client, dep
+    dep.close()
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_every_canvas_and_the_batch_endpoint(api: tuple[httpx.Client, Deployment], prepared) -> None:  # type: ignore[no-untyped-def]
+    client, _ = api
+    source = prepared.catalogue["entity_id"][0]
+    bodies = [
+        {"canvas": "home", "context": {"user_id": "u1", "country": "US"}, "k": 5},
+        {"canvas": "related", "context": {"source_item_id": source}, "k": 5},
+        {"canvas": "search", "context": {"query": "space"}, "k": 5, "candidates": {"entity_types": ["movie"]}},
+        {"canvas": "browse", "context": {"category": "drama"}, "k": 5},
+    ]
+    for body in bodies:
+        r = client.post("/v1/recommend", json=body)
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert data["version"] == "v0001" and data["source"] == "model" and data["fallback"] is None
+        assert len(data["items"]) == 5 and data["took_ms"] > 0
+        assert all(set(i) >= {"entity_id", "title", "score", "predictions"} for i in data["items"])
+    assert all(i["entity_type"] == "movie" for i in client.post("/v1/recommend", json=bodies[2]).json()["items"])
+    batch = client.post("/v1/recommend/batch", json={"requests": bodies})
+    assert batch.status_code == 200
+    assert [r["canvas"] for r in batch.json()["responses"]] == ["home", "related", "search", "browse"]
+    bad = client.post("/v1/recommend/batch", json={"requests": [bodies[0], {**bodies[0], "context": {"hour": "x"}}]})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "requests", 1, "context", "hour"]
+
+
+def test_entities_are_read_and_written_through_the_change_log(api: tuple[httpx.Client, Deployment]) -> None:
+    client, dep = api
+    assert client.get("/v1/entities/nope").status_code == 404
+    r = client.put(
+        "/v1/entities/m-fresh",
+        json={"entity_type": "movie", "title": "Fresh Arrival", "categories": ["drama"]},
+        headers=AUTH,
+    )
+    assert r.status_code == 202, r.text
+    wait_for(lambda: client.get("/v1/entities/m-fresh").json().get("versions", {}).get("v0001") is True)
+    entity = client.get("/v1/entities/m-fresh").json()
+    assert entity["title"] == "Fresh Arrival" and entity["revision"] == r.json()["revision"]
+    ranked = client.post("/v1/recommend", json={"canvas": "home", "candidates": {"ids": ["m-fresh"]}, "k": 1})
+    assert [i["entity_id"] for i in ranked.json()["items"]] == ["m-fresh"]  # searchable in the serving version
+    bad = client.put("/v1/entities/m-bad", json={"entity_type": "spaceship"}, headers=AUTH)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "entity_type"]
+    gone = client.delete("/v1/entities/m-fresh", headers=AUTH)
+    assert gone.status_code == 202
+    wait_for(lambda: client.get("/v1/entities/m-fresh").status_code == 404)
+    wait_for(lambda: not dep.versions["v0001"].known(["m-fresh"]))
+
+
+def test_admin_deploy_switch_and_rollback(api: tuple[httpx.Client, Deployment]) -> None:
+    client, _ = api
+    assert client.post("/v1/admin/deploy", json={"version": "v9999"}, headers=AUTH).status_code == 404
+    r = client.post("/v1/admin/deploy", json={"version": "v0002"}, headers=AUTH)
+    assert r.status_code == 202 and r.json()["state"] == "running"
+    wait_for(lambda: client.get("/v1/admin/versions", headers=AUTH).json()["deploy"]["state"] != "running")
+    assert client.get("/v1/admin/versions", headers=AUTH).json()["deploy"]["state"] == "done"
+    assert client.get("/readyz").json() == {"status": "ready", "version": "v0002"}
+    assert client.post("/v1/recommend", json={"canvas": "home"}).json()["version"] == "v0002"
+    assert client.post("/v1/admin/rollback", headers=AUTH).json() == {"serving": "v0001"}
+    assert client.post("/v1/recommend", json={"canvas": "home"}).json()["version"] == "v0001"
+    assert client.post("/v1/admin/switch", json={"version": "v0002"}, headers=AUTH).json() == {"serving": "v0002"}
+    refused = client.post("/v1/admin/retire", json={"version": "v0002"}, headers=AUTH)
+    assert refused.status_code == 409 and "serving" in refused.json()["detail"]
+    assert client.post("/v1/admin/retire", json={"version": "v0001"}, headers=AUTH).status_code == 200
+    states = {row["version"]: row["state"] for row in client.get("/v1/admin/versions", headers=AUTH).json()["deployed"]}
+    assert states == {"v0001": "retired", "v0002": "serving"}
+    stream = client.get("/v1/admin/stream", headers=AUTH).json()
+    assert set(stream) >= {"head", "lag", "dead_letters"} and "index-v0002" in stream["lag"]
+
+
+def test_health_readiness_metrics_openapi_and_the_page(api: tuple[httpx.Client, Deployment]) -> None:
+    client, _ = api
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    client.post("/v1/recommend", json={"canvas": "home", "context": {"user_id": "u1"}})
+    client.post("/v1/recommend", json={"canvas": "search", "context": {"query": "x"}, "timeout_ms": 0.001})
+    text = client.get("/metrics").text
+    assert 'monorec_request_seconds_count{canvas="home"} 1.0' in text
+    assert 'monorec_fallbacks_total{canvas="search",reason="deadline"} 1.0' in text
+    assert 'monorec_version_live{state="serving",version="v0001"} 1.0' in text
+    assert 'monorec_stream_lag{consumer="index-v0001"}' in text
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/recommend", "/v1/recommend/batch", "/v1/entities/{entity_id}", "/v1/admin/deploy"} <= set(
+        spec["paths"]
+    )
+    assert spec["components"]["schemas"]["RecommendRequest"]["properties"]["canvas"]["enum"] == [
+        "home",
+        "related",
+        "search",
+        "browse",
+    ]
+    page = client.get("/")
+    assert page.status_code == 200 and "monorec" in page.text and "/v1/recommend" in page.text
+
+
+def test_not_ready_without_a_serving_version(tmp_path: Path, two_versions: Registry) -> None:
+    with Deployment(tmp_path / "empty", two_versions) as dep:
+        app = create_app(ServeSettings(root=tmp_path / "empty", registry=two_versions.root), deployment=dep)
+        with live_server(app) as url, httpx.Client(base_url=url) as client:
+            assert client.get("/readyz").status_code == 503
+            r = client.post("/v1/recommend", json={"canvas": "home"})
+            assert r.status_code == 503 and "deploy" in r.json()["detail"]

@@ -1,0 +1,143 @@
+"""The try-it page in a real headless Chromium (the system's, from apt) against a real server: every canvas,
+a user picked from the list, the search box, related items of a clicked entity, category browse, and what
+each answer shows (entities, scores, version, latency, fallback)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from live_server import live_server
+from monorec.registry import Registry
+from monorec.serving.app import ServeSettings, create_app
+from serving_fixtures import deployed
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"),
+    reason="no system chromium (CI installs it with apt-get; the test never skips there)",
+)
+
+
+@pytest.fixture(scope="module")
+def page_url(tmp_path_factory: pytest.TempPathFactory, two_versions: Registry, prepared) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("page") / "dep"
+    dep = deployed(root, two_versions, prepared.catalogue)
+    try:
+        with live_server(create_app(ServeSettings(root=root, registry=two_versions.root), deployment=dep)) as url:
+            yield url
+    finally:
+        dep.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM is not None, "chromium is not installed (.ci/run installs it)"
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=FLAGS
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def rows(page: Any) -> list[dict[str, str]]:
+    return page.eval_on_selector_all(
+        "#results tbody tr",
+        "trs => trs.map(tr => ({id: tr.dataset.entityId, type: tr.dataset.entityType,"
+        " score: tr.querySelector('.score').textContent}))",
+    )
+
+
+def ask(page: Any) -> list[dict[str, str]]:
+    with page.expect_response(lambda r: r.url.endswith("/v1/recommend")) as response:
+        page.click("#go")
+    assert response.value.status == 200
+    page.wait_for_selector("#meta-version")
+    return rows(page)
+
+
+def test_every_canvas_from_the_page(browser: Any, page_url: str) -> None:
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(page_url)
+    page.wait_for_selector("body[data-ready=true]")
+    assert "serving v0001" in page.text_content("#server")
+    assert page.eval_on_selector_all("#canvas option", "os => os.map(o => o.value)") == [
+        "home",
+        "related",
+        "search",
+        "browse",
+    ]
+
+    # home: pick a user from the list
+    page.select_option("#canvas", "home")
+    users = page.eval_on_selector_all("#field-user_id option", "os => os.map(o => o.value).filter(v => v)")
+    assert users, "the page offers users to pick"
+    page.select_option("#field-user_id", users[0])
+    home = ask(page)
+    assert len(home) == 10
+    scores = [float(r["score"]) for r in home]
+    assert scores == sorted(scores, reverse=True)
+    assert page.text_content("#meta-version") == "version v0001"
+    assert "took" in page.text_content("#meta-latency")
+    assert page.text_content("#meta-fallback") == "fallback none"
+
+    # search box, restricted to one entity type
+    page.select_option("#canvas", "search")
+    page.fill("#field-query", "space wedding")
+    page.select_option("#types", "series")
+    found = ask(page)
+    assert found and all(r["type"] == "series" for r in found)
+    page.select_option("#types", [])
+
+    # related items of a clicked entity
+    clicked = found[0]["id"]
+    with page.expect_response(lambda r: r.url.endswith("/v1/recommend")):
+        page.click(f"#results tbody tr[data-entity-id='{clicked}'] a.entity")
+    page.wait_for_function(f"document.querySelector('#field-source_item_id')?.value === '{clicked}'")
+    page.wait_for_function(
+        "document.querySelectorAll('#results tbody tr').length > 0 && "
+        f"!document.querySelector(\"#results tbody tr[data-entity-id='{clicked}']\")"
+    )
+    assert page.input_value("#canvas") == "related"
+    related = rows(page)
+    assert related and clicked not in [r["id"] for r in related]  # the source item is excluded
+
+    # category browse
+    page.select_option("#canvas", "browse")
+    categories = page.eval_on_selector_all("#field-category option", "os => os.map(o => o.value).filter(v => v)")
+    assert "drama" in categories
+    page.select_option("#field-category", "drama")
+    assert len(ask(page)) == 10
+
+    # a deadline the model cannot meet: the page shows that a fallback answered
+    page.evaluate(
+        "() => { const f = window.fetch; window.fetch = (u, o) => { if (o && o.body) { const b = JSON.parse(o.body);"
+        " b.timeout_ms = 0.001; o.body = JSON.stringify(b); } return f(u, o); }; }"
+    )
+    assert ask(page)
+    assert page.text_content("#meta-fallback") == "fallback popular (deadline)"
+    assert page.text_content("#meta-source") == "source fallback"
+    assert not errors, errors

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q -c constraints.txt
 DATA   ?= ../shared/data
 
-.PHONY: demo test lint typecheck bench-quick clean
+.PHONY: demo serve test lint typecheck bench-quick clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/monorec demo --workdir runs/demo
+
+# the demo's deployment over HTTP: the page at http://127.0.0.1:8000/, the API docs at /docs
+serve: $(VENV)/.installed
+	$(VENV)/bin/monorec serve --root runs/demo/deployment --registry runs/demo/registry --env $(or $(ENV),default)
 
 test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench

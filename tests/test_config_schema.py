@@ -178,3 +178,46 @@ def test_id_list_fields():
     raw["context"]["fields"].append({"name": "bad_list", "kind": "id_list"})
     with pytest.raises(ConfigError, match="needs a shared vocabulary"):
         parse_config(raw)
+
+
+def test_environments_are_validated_with_every_problem_named():
+    raw = _raw()
+    raw["environments"] = {
+        "bad": {
+            "canvases": ["home", "nowhere"],
+            "mode": "precomputed",
+            "max_k": 500,
+            "worker_threads": 0,
+            "precompute": {"home": "query"},
+            "rules": {"ghost": {"max_per_category": 2}, "home": {"boost_types": {"movie": -1.0}}},
+            "latency_budget": 10,
+        }
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    text = "\n".join(info.value.problems)
+    for expected in (
+        "environments.bad: unknown canvas 'nowhere'",
+        "environments.bad.worker_threads: must be >= 1",
+        "environments.bad.retrieval_depth: must be >= max_k (500)",
+        "environments.bad.precompute.home: 'query' is not a field of canvas 'home'",
+        "environments.bad.rules.ghost: unknown canvas",
+        "environments.bad.rules.home: boost factors must be > 0",
+        "environments.bad.latency_budget: unknown key",
+    ):
+        assert expected in text, expected
+
+
+def test_environments_round_trip_and_unknown_names_are_refused():
+    cfg = load_config(default_config("synthetic"))
+    assert {"default", "prod", "batch"} <= set(cfg.environments)
+    assert cfg.environment("prod").rules_for("home").max_per_category == 3
+    assert cfg.environment("batch").precompute == {
+        "home": "user_id",
+        "related": "source_item_id",
+        "browse": "category",
+    }
+    with pytest.raises(ConfigError, match="staging: unknown environment"):
+        cfg.environment("staging")
+    bare = dataclasses.replace(cfg, environments={})
+    assert bare.environment("default").mode == "online"  # a config without environments still serves

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 from monorec.config import load_config
 from monorec.data.world import WorldSpec, write_world
@@ -22,7 +23,7 @@ from monorec.registry import Registry
 
 __all__ = ["deploy_and_ask", "run_demo"]
 
-SAMPLE_REQUESTS = [
+SAMPLE_REQUESTS: list[tuple[str, dict[str, Any]]] = [
     ("home", {"user_id": "u1", "country": "us"}),
     ("related", {"source_item_id": "m00001"}),
     ("search", {"query": "space robot"}),
@@ -96,10 +97,17 @@ def deploy_and_ask(workdir: Path, version: str, catalogue: Path, *, progress: bo
             dep.seed_catalogue(validate_catalogue(read_table(catalogue), config, str(catalogue)))
         dep.open()
         dep.deploy(version, retire_previous=True)
-        for canvas, context in SAMPLE_REQUESTS:
-            with dep.router.pin() as serving:
-                answer = serving.recommend(canvas, context, k=3)
-            titles = dep.catalogue.titles(answer.ids)
-            shown = "; ".join(f"{titles.get(e, e)} ({s:.2f})" for e, s in zip(answer.ids, answer.scores, strict=True))
-            print(f"      {canvas:>8} {context} -> {answer.version}: {shown}")
+        from monorec.serving.engine import ServingEngine
+        from monorec.serving.messages import RecommendRequest
+
+        engine = ServingEngine(dep, dep.registry.config(version).environment("default"))
+        try:
+            for canvas, context in SAMPLE_REQUESTS:  # through the serving engine, as the API answers them
+                r = engine.recommend(RecommendRequest(canvas=canvas, context=context, k=3))
+                shown = "; ".join(f"{i.title or i.entity_id} ({i.score or 0:.2f})" for i in r.items)
+                print(f"      {canvas:>8} {context} -> {r.version} in {r.took_ms:.1f} ms: {shown}")
+        finally:
+            engine.close()
         print(f"      try: monorec versions --root {workdir / 'deployment'} --registry {workdir / 'registry'}")
+    serve = f"monorec serve --root {workdir / 'deployment'} --registry {workdir / 'registry'}"
+    print(f"\nTry every canvas in the browser: {serve}   (or `make serve`), then open http://127.0.0.1:8000/")

@@ -282,19 +282,23 @@ class ServingEngine:
     def _finish(
         self, version: ServingVersion, work: _Work, ids: list[str], scores: torch.Tensor, logits: torch.Tensor
     ) -> list[ScoredEntity]:
-        """Ranked candidates -> rules -> the best k, described."""
+        """Ranked candidates -> rules -> the best k, described. Rules see ids and scores (plus entity
+        descriptions only when a configured rule reads them); predictions are computed for the k kept."""
         canvas = work.request.canvas
         spec = self.env.rules_for(canvas)
         order = torch.argsort(scores, descending=True).tolist()
-        preds = version.predictions(logits, canvas)
-        info: Mapping[str, Entity] = {}
-        if needs_entity_info(spec):
-            info = self.deployment.catalogue.entities(ids)
-        ranked = [_scored(ids[j], float(scores[j]), {n: float(v[j]) for n, v in preds.items()}, info) for j in order]
+        values = scores.tolist()
+        info: Mapping[str, Entity] = self.deployment.catalogue.entities(ids) if needs_entity_info(spec) else {}
+        ranked = [_scored(ids[j], values[j], info) for j in order]
         kept = apply_rules(ranked, canvas_rules(spec, work.excluded), work.request.k)
+        row_of = {e: j for j, e in enumerate(ids)}
+        predictions = version.predictions(logits[[row_of[c.entity_id] for c in kept]], canvas)
         if not info:
             info = self.deployment.catalogue.entities([c.entity_id for c in kept])
-        return [_entity_out(c, info.get(c.entity_id), c.score) for c in kept]
+        return [
+            _entity_out(c, info.get(c.entity_id), c.score, {n: float(v[i]) for n, v in predictions.items()})
+            for i, c in enumerate(kept)
+        ]
 
     # ------------------------------------------------------------------------------------- fallback
 
@@ -388,19 +392,21 @@ def _matches(entity: Entity, where: EntityFilter) -> bool:
     return not where.categories or any(c in where.categories for c in entity.categories)
 
 
-def _scored(entity_id: str, score: float, predictions: dict[str, float], info: Mapping[str, Entity]) -> Scored:
+def _scored(entity_id: str, score: float, info: Mapping[str, Entity]) -> Scored:
     e = info.get(entity_id)
     if e is None:
-        return Scored(entity_id, score, predictions=predictions)
-    return Scored(entity_id, score, e.entity_type, e.categories, e.title, predictions)
+        return Scored(entity_id, score)
+    return Scored(entity_id, score, e.entity_type, e.categories, e.title)
 
 
-def _entity_out(c: Scored, entity: Entity | None, score: float | None) -> ScoredEntity:
+def _entity_out(
+    c: Scored, entity: Entity | None, score: float | None, predictions: Mapping[str, float] | None = None
+) -> ScoredEntity:
     return ScoredEntity(
         entity_id=c.entity_id,
         entity_type=entity.entity_type if entity else c.entity_type,
         title=entity.title if entity else c.title,
         categories=list(entity.categories if entity else c.categories),
         score=None if score is None else float(np.float32(score)),
-        predictions={k: float(np.float32(v)) for k, v in c.predictions.items()},
+        predictions={k: float(np.float32(v)) for k, v in (predictions or {}).items()},
     )

@@ -11,7 +11,7 @@ run after ranking and before the answer is cut to ``k``, so the engine retrieves
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from monorec.environments import CanvasRules
 
@@ -40,7 +40,6 @@ class Scored:
     entity_type: str = ""
     categories: tuple[str, ...] = ()
     title: str = ""
-    predictions: dict[str, float] = field(default_factory=dict)
 
 
 Rule = Callable[[list[Scored]], list[Scored]]

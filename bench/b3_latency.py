@@ -1,0 +1,89 @@
+"""B3: ``POST /v1/recommend`` latency per canvas, p50 / p99, at concurrency 1 and 16, over 100k entities,
+next to a bare FastAPI echo endpoint with the same request and response schema, measured in the same run
+with the same uvicorn settings (uvloop + httptools). The load comes from a separate process on loopback
+(``bench/_load.py``: closed loop, keep-alive connections). Target: p99 <= 20 ms on 2 cores; ours minus echo
+is reported.
+
+    python bench/b3_latency.py --out b3.json [--items 100000 --seconds 10] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_record
+from _http import BENCH_ENV, bench_deployment, echo_app, load, monorec_app, percentiles, served
+
+CANVASES = ("home", "related", "search", "browse")
+CONCURRENCY = (1, 16)
+
+
+def measure(port: int, items: int, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for concurrency in CONCURRENCY:
+        for canvas in CANVASES:
+            r = load(port, concurrency=concurrency, seconds=seconds, mix=f"{canvas}=1", items=items)
+            out[f"{canvas}@{concurrency}"] = {
+                **percentiles(r["latencies_ms"][canvas]),
+                "rps": r["rps"],
+                "statuses": r["statuses"],
+                "fallbacks": r["fallbacks"],
+            }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--seconds", type=float, default=10.0, help="per canvas and concurrency level")
+    ap.add_argument("--quick", action="store_true", help="5k entities, 1 s per cell (checks the script runs)")
+    args = ap.parse_args()
+    items, seconds = (5_000, 1.0) if args.quick else (args.items, args.seconds)
+    with bench_deployment(items) as (dep, root, registry):
+        with served(echo_app()) as port:
+            echo = measure(port, items, seconds)
+        with served(monorec_app(dep, root, registry)) as port:
+            ours = measure(port, items, seconds)
+    rows = {
+        cell: {
+            "ours_p50_ms": ours[cell]["p50"],
+            "ours_p99_ms": ours[cell]["p99"],
+            "echo_p50_ms": echo[cell]["p50"],
+            "echo_p99_ms": echo[cell]["p99"],
+            "p99_minus_echo_ms": ours[cell]["p99"] - echo[cell]["p99"],
+            "ours_rps": ours[cell]["rps"],
+            "fallbacks": ours[cell]["fallbacks"],
+            "non_200": sum(v for k, v in ours[cell]["statuses"].items() if k != "200"),
+        }
+        for cell in ours
+    }
+    worst = max(r["ours_p99_ms"] for r in rows.values())
+    for cell, r in rows.items():
+        print(
+            f"{cell:>12}: ours p50 {r['ours_p50_ms']:6.2f} p99 {r['ours_p99_ms']:6.2f} ms | echo p50 "
+            f"{r['echo_p50_ms']:5.2f} p99 {r['echo_p99_ms']:5.2f} ms | {r['ours_rps']:6.0f} req/s"
+        )
+    write_record(
+        args.out,
+        {
+            "benchmark": "B3",
+            "items": items,
+            "seconds_per_cell": seconds,
+            "environment_knobs": BENCH_ENV.to_dict(),
+            "index": "hnsw",
+            "cells": rows,
+            "worst_p99_ms": worst,
+            "target_p99_ms": 20.0,
+            "met": worst <= 20.0,
+            "raw": {"ours": ours, "echo": echo},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -84,10 +84,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: list[tuple[str, float, int, bool]] = []
     start = time.perf_counter()
     await asyncio.gather(
-        *(
-            connection(args.port, requests, start + args.seconds, out, 1000 + i)
-            for i in range(args.concurrency)
-        )
+        *(connection(args.port, requests, start + args.seconds, out, 1000 + i) for i in range(args.concurrency))
     )
     wall = time.perf_counter() - start
     per_canvas: dict[str, list[float]] = {}

@@ -119,6 +119,10 @@ def test_business_rules_per_canvas(dep: Deployment, prepared) -> None:  # type: 
         assert firsts[:distinct] == list(dict.fromkeys(firsts))[:distinct]  # one per category first
         assert ids != home
         assert engine.recommend(req("search", {"query": "space"}, k=10)).items == search  # rules are per canvas
+    with engine_for(dep, rules={"home": CanvasRules(pins={pinned: 2})}) as pins_only:  # ids-only rules path
+        ids = [i.entity_id for i in pins_only.recommend(req("home", {"user_id": "u1"}, k=10)).items]
+        assert ids[2] == pinned
+        assert [e for e in ids if e != pinned] == [e for e in home if e != pinned][:9]
 
 
 def test_limits_and_bad_fields_are_named(dep: Deployment) -> None:

@@ -175,6 +175,12 @@ def _field_schema(f: FieldSpec) -> dict[str, Any]:
     return {"anyOf": [{"type": "string", "maxLength": limit}, {"type": "null"}], "description": f.description}
 
 
+def _json(model: BaseModel) -> Response:
+    """The engine's answers are already validated models: serialized once, without FastAPI validating them
+    again against ``response_model`` (which stays on the route for the OpenAPI docs)."""
+    return Response(model.__pydantic_serializer__.to_json(model), media_type="application/json")
+
+
 class VersionBody(BaseModel):
     version: str = Field(min_length=1, max_length=64)
 
@@ -282,19 +288,19 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
     # ----------------------------------------------------------------------------------- reads
 
     @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=[Reader], tags=["recommend"])
-    def recommend(body: RecommendRequest, request: Request) -> RecommendResponse:
+    async def recommend(body: RecommendRequest, request: Request) -> Response:
         """One ranked list for any canvas: retrieval + ranking by the serving version, or a fallback."""
-        response = request.app.state.engine.recommend(body)
+        response = await request.app.state.engine.recommend_async(body)
         request.app.state.metrics.observe(response)
-        return response
+        return _json(response)
 
     @app.post("/v1/recommend/batch", response_model=BatchResponse, dependencies=[Reader], tags=["recommend"])
-    def recommend_batch(body: BatchRequest, request: Request) -> BatchResponse:
+    async def recommend_batch(body: BatchRequest, request: Request) -> Response:
         """Several requests in one call, answered together (each with its own deadline)."""
-        responses = request.app.state.engine.recommend_many(body.requests)
+        responses = await request.app.state.engine.recommend_many_async(body.requests)
         for r in responses:
             request.app.state.metrics.observe(r)
-        return BatchResponse(responses=responses)
+        return _json(BatchResponse(responses=responses))
 
     @app.get("/v1/entities/{entity_id}", response_model=EntityOut, dependencies=[Reader], tags=["entities"])
     def get_entity(entity_id: str, request: Request) -> EntityOut:

@@ -18,6 +18,7 @@ The HTTP layer (:mod:`monorec.serving.app`) is a thin shell over this class.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -112,10 +113,12 @@ class ServingEngine:
     def recommend_many(self, requests: Sequence[RecommendRequest]) -> list[RecommendResponse]:
         """Several answers at once: all are validated first (a bad one fails the call, its position named),
         then submitted together, so the workers can batch them; each keeps its own deadline."""
+        return [self._finish_request(s) for s in self._start_many(requests)]
+
+    def _start_many(self, requests: Sequence[RecommendRequest]) -> list[_Started]:
         if len(requests) > self.env.max_batch_requests:
-            raise RequestError(
-                "requests", f"{len(requests)} requests exceed the limit of {self.env.max_batch_requests}"
-            )
+            limit = self.env.max_batch_requests
+            raise RequestError("requests", f"{len(requests)} requests exceed the limit of {limit}")
         started = []
         for i, request in enumerate(requests):
             try:
@@ -124,7 +127,7 @@ class ServingEngine:
                 raise
             except RequestError as exc:  # the same error, named by its position in the batch
                 raise RequestError(f"requests.{i}.{exc.field}", exc.reason) from None
-        return [self._finish_request(s) for s in started]
+        return started
 
     def _start_request(self, request: RecommendRequest) -> _Started:
         start = time.monotonic()
@@ -159,11 +162,40 @@ class ServingEngine:
         except RequestError:
             raise
         except Exception as exc:  # the model path failed: the request still gets an answer
-            log.warning("model path failed, fallback answers: %r", exc)
-            return self._fallback(started, f"error: {type(exc).__name__}")
-        request = started.work.request
+            return self._failed(started, exc)
+        return self._answered(started, ranked)
+
+    async def recommend_async(self, request: RecommendRequest) -> RecommendResponse:
+        """:meth:`recommend` for an event loop: the caller awaits the worker instead of blocking a thread."""
+        return await self._finish_async(self._start_request(request))
+
+    async def recommend_many_async(self, requests: Sequence[RecommendRequest]) -> list[RecommendResponse]:
+        """:meth:`recommend_many` for an event loop."""
+        return [await self._finish_async(s) for s in self._start_many(requests)]
+
+    async def _finish_async(self, started: _Started) -> RecommendResponse:
+        if started.ready is not None:
+            return started.ready.model_copy(update={"took_ms": _ms_since(started.start)})
+        assert started.future is not None
+        try:  # a timeout cancels the wrapped future, so a job still queued is dropped
+            ranked: _Ranked = await asyncio.wait_for(
+                asyncio.wrap_future(started.future), timeout=max(0.0, started.deadline - time.monotonic())
+            )
+        except TimeoutError:
+            return self._fallback(started, "deadline")
+        except RequestError:
+            raise
+        except Exception as exc:
+            return self._failed(started, exc)
+        return self._answered(started, ranked)
+
+    def _failed(self, started: _Started, exc: Exception) -> RecommendResponse:
+        log.warning("model path failed, the fallback answers: %r", exc)
+        return self._fallback(started, f"error: {type(exc).__name__}")
+
+    def _answered(self, started: _Started, ranked: _Ranked) -> RecommendResponse:
         response = RecommendResponse(
-            canvas=request.canvas,
+            canvas=started.work.request.canvas,
             version=ranked.version,
             items=ranked.items,
             took_ms=_ms_since(started.start),
@@ -288,7 +320,12 @@ class ServingEngine:
         spec = self.env.rules_for(canvas)
         order = torch.argsort(scores, descending=True).tolist()
         values = scores.tolist()
-        info: Mapping[str, Entity] = self.deployment.catalogue.entities(ids) if needs_entity_info(spec) else {}
+        info: Mapping[str, Entity] = {}
+        if needs_entity_info(spec):
+            info = self.deployment.catalogue.entities(ids)
+        else:  # only exclusions and pins: the best k + |excluded| + |pins| (and the pinned) decide the answer
+            limit = work.request.k + len(work.excluded) + len(spec.pins)
+            order = order[:limit] + [j for j in order[limit:] if ids[j] in spec.pins]
         ranked = [_scored(ids[j], values[j], info) for j in order]
         kept = apply_rules(ranked, canvas_rules(spec, work.excluded), work.request.k)
         row_of = {e: j for j, e in enumerate(ids)}

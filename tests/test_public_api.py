@@ -5,6 +5,9 @@ def test_public_api_is_curated():
     """Changing the public API is a decision: update this list on purpose."""
     assert sorted(monorec.__all__) == [
         "ArtifactError",
+        "Candidates",
+        "CanvasNotServed",
+        "CanvasRules",
         "Change",
         "ChangeError",
         "ConfigError",
@@ -13,6 +16,7 @@ def test_public_api_is_curated():
         "DeployError",
         "Deployment",
         "EntityFilter",
+        "EnvironmentSpec",
         "Featurizer",
         "GateError",
         "GateResult",
@@ -21,9 +25,13 @@ def test_public_api_is_curated():
         "MonorecModel",
         "PreparedData",
         "ProjectConfig",
+        "RecommendRequest",
+        "RecommendResponse",
         "Registry",
         "RegistryError",
         "RequestError",
+        "ServingEngine",
+        "ServingUnavailable",
         "StreamUnavailable",
         "WorldSpec",
         "check_config",
@@ -39,6 +47,16 @@ def test_public_api_is_curated():
     ]
     for name in monorec.__all__:
         assert getattr(monorec, name) is not None
+
+
+def test_importing_monorec_does_not_import_the_web_stack():
+    """Training users pay nothing for the HTTP layer: ``monorec.serving.app`` is imported on its own."""
+    import subprocess
+    import sys
+
+    code = "import sys, monorec; print('fastapi' in sys.modules, 'uvicorn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
 
 
 def test_every_error_is_a_monorec_error():

@@ -12,8 +12,10 @@ from monorec.data.prepared import PreparedData, prepare
 from monorec.data.tables import load_dataset
 from monorec.data.world import WorldSpec, generate_world
 from monorec.deploy import Deployment
+from monorec.environments import CanvasRules, EnvironmentSpec
 from monorec.errors import (
     ArtifactError,
+    CanvasNotServed,
     ChangeError,
     ConfigError,
     DataError,
@@ -22,6 +24,7 @@ from monorec.errors import (
     MonorecError,
     RegistryError,
     RequestError,
+    ServingUnavailable,
     StreamUnavailable,
 )
 from monorec.evaluation.evaluate import evaluate_bundle
@@ -30,6 +33,7 @@ from monorec.index import EntityFilter
 from monorec.models.model import MonorecModel
 from monorec.registry import Registry
 from monorec.schema import ContextSchema
+from monorec.serving import Candidates, RecommendRequest, RecommendResponse, ServingEngine
 from monorec.stream.changes import Change
 from monorec.train import train
 
@@ -37,6 +41,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArtifactError",
+    "CanvasNotServed",
+    "CanvasRules",
+    "Candidates",
     "Change",
     "ChangeError",
     "ConfigError",
@@ -45,6 +52,7 @@ __all__ = [
     "DeployError",
     "Deployment",
     "EntityFilter",
+    "EnvironmentSpec",
     "Featurizer",
     "GateError",
     "GateResult",
@@ -53,9 +61,13 @@ __all__ = [
     "MonorecModel",
     "PreparedData",
     "ProjectConfig",
+    "RecommendRequest",
+    "RecommendResponse",
     "Registry",
     "RegistryError",
     "RequestError",
+    "ServingEngine",
+    "ServingUnavailable",
     "StreamUnavailable",
     "WorldSpec",
     "check_config",

@@ -1,2 +1,14 @@
-"""Online serving over the deployed versions (DESIGN section 7): business rules so far; the engine, the
-environments and the HTTP API follow (issue [3 of 3])."""
+"""Online serving over the deployed versions (DESIGN section 7).
+
+- :mod:`~monorec.serving.engine`: :class:`ServingEngine`, the framework-free request path;
+- :mod:`~monorec.serving.messages`: the request and answer contract (pydantic models);
+- :mod:`~monorec.serving.rules`: business rules as small composable functions;
+- :mod:`~monorec.serving.app`: the HTTP API (``create_app``; imported on its own, it brings in FastAPI);
+- :mod:`~monorec.serving.batcher`, :mod:`~monorec.serving.cache`, :mod:`~monorec.serving.precomputed`,
+  :mod:`~monorec.serving.metrics`: micro-batching, answer caches, precomputed mode, Prometheus metrics.
+"""
+
+from monorec.serving.engine import ServingEngine
+from monorec.serving.messages import Candidates, RecommendRequest, RecommendResponse, ScoredEntity
+
+__all__ = ["Candidates", "RecommendRequest", "RecommendResponse", "ScoredEntity", "ServingEngine"]

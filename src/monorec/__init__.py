@@ -41,9 +41,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArtifactError",
+    "Candidates",
     "CanvasNotServed",
     "CanvasRules",
-    "Candidates",
     "Change",
     "ChangeError",
     "ConfigError",

@@ -191,8 +191,93 @@ def b9(r: dict[str, Any]) -> str:
     )
 
 
+def _knobs(r: dict[str, Any]) -> str:
+    k = r["environment_knobs"]
+    return (
+        f"Environment: {k['worker_threads']} worker threads, micro-batches of up to {k['max_batch']} "
+        f"(max wait {k['max_wait_ms']:g} ms), retrieval depth {k['retrieval_depth']}, {r['index']} index, "
+        f"deadline {k['latency_budget_ms']:g} ms (fallbacks counted), one torch and faiss thread per worker."
+    )
+
+
+def b3(r: dict[str, Any]) -> str:
+    lines = [
+        "## B3: `/v1/recommend` latency per canvas vs a bare FastAPI echo",
+        "",
+        _env(r),
+        "",
+        f"{r['items']:,} entities; {r['seconds_per_cell']:g} s per cell; load from a separate process on loopback "
+        "(closed loop, keep-alive). Echo = FastAPI with the same request and response schema, same uvicorn "
+        "settings (uvloop, httptools), same run. " + _knobs(r),
+        "",
+        "| canvas @ concurrency | ours p50 / p99 ms | echo p50 / p99 ms | ours - echo p99 ms | ours req/s "
+        "| fallbacks |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cell, c in r["cells"].items():
+        lines.append(
+            f"| {cell} | {c['ours_p50_ms']:.1f} / {c['ours_p99_ms']:.1f} | {c['echo_p50_ms']:.2f} / "
+            f"{c['echo_p99_ms']:.2f} | {c['p99_minus_echo_ms']:.1f} | {c['ours_rps']:.0f} | {c['fallbacks']} |"
+        )
+    verdict = "met" if r["met"] else "**missed**"
+    lines += ["", f"Worst p99 {r['worst_p99_ms']:.1f} ms; target p99 <= {r['target_p99_ms']:g} ms: {verdict}.", ""]
+    return "\n".join(lines)
+
+
+def b4(r: dict[str, Any]) -> str:
+    ms = r["ms"]
+    verdict = "met" if r["met"] else "**missed**"
+    return "\n".join(
+        [
+            "## B4: ranking 200 candidates, serving path vs the model called directly",
+            "",
+            _env(r),
+            "",
+            f"Median of {r['calls_per_round']} calls, best of {r['rounds']} interleaved rounds, {r['items']:,} "
+            "entities, 200 explicit candidates per request (mixed canvases), top 10 answered.",
+            "",
+            "| path | ms per request | serving / this |",
+            "|---|---|---|",
+            f"| serving path (`ServingEngine.recommend`) | {ms['serving']:.2f} | 1.00x |",
+            f"| ranker alone: context tower (1 row) + ranker (200 rows), ready tensors | {ms['ranker']:.2f} | "
+            f"{r['ratio_vs_ranker']:.2f}x |",
+            f"| `MonorecModel.forward` on 200 ready (context, entity) rows | {ms['forward']:.2f} | "
+            f"{r['ratio_vs_forward']:.2f}x |",
+            "",
+            f"Target serving <= {r['target']}x the ranker alone: {verdict}.",
+            "",
+        ]
+    )
+
+
+def b8(r: dict[str, Any]) -> str:
+    lines = [
+        f"## B8: capacity at p99 <= {r['slo_p99_ms']:g} ms, mixed canvases",
+        "",
+        _env(r),
+        "",
+        f"{r['items']:,} entities; mix {r['mix']}; closed-loop connections from a separate process, "
+        f"{r['seconds_per_level']:g} s per level. " + _knobs(r),
+        "",
+        "| concurrency | ours req/s | ours p50 / p99 ms | echo req/s | echo p50 / p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    echo = {row["concurrency"]: row for row in r["echo"]["levels"]}
+    for row in r["ours"]["levels"]:
+        e = echo.get(row["concurrency"])
+        tail = f"{e['rps']:.0f} | {e['p50']:.2f} / {e['p99']:.2f}" if e else "- | -"
+        lines.append(f"| {row['concurrency']} | {row['rps']:.0f} | {row['p50']:.1f} / {row['p99']:.1f} | {tail} |")
+    lines += [
+        "",
+        f"Capacity at the SLO: ours {r['ours']['capacity_rps']:.0f} req/s, echo {r['echo']['capacity_rps']:.0f} "
+        f"req/s: ratio {r['ratio']:.3f}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
-    render = {"Q1": q1, "Q2": q2, "B7": b7, "B1": b1, "B5": b5, "B6": b6, "B9": b9}
+    render = {"Q1": q1, "Q2": q2, "B7": b7, "B1": b1, "B5": b5, "B6": b6, "B9": b9, "B3": b3, "B4": b4, "B8": b8}
     for path in sys.argv[1:]:
         record = json.loads(Path(path).read_text())
         print(render[record["benchmark"]](record))

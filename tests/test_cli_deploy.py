@@ -55,3 +55,59 @@ def test_deploy_stream_switch_rollback_retire_from_the_command_line(
     assert main(["stream", "status", *common]) == 0
     out = capsys.readouterr().out
     assert "group index-v0002" in out and "index-v0001" not in out and "dead letters: 0" in out
+
+
+def test_monorec_serve_runs_the_api_for_a_named_environment(
+    tmp_path: Path,
+    two_versions: Registry,
+    prepared,  # type: ignore[no-untyped-def]
+) -> None:
+    """`monorec serve --env NAME` in its own process: ready, answers, refuses the canvases the environment
+    does not serve, takes its admin token from MONOREC_ADMIN_TOKEN, stops cleanly on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from live_server import free_port
+    from monorec.deploy import Deployment
+
+    with Deployment(tmp_path / "dep", two_versions) as dep:
+        dep.seed_catalogue(prepared.catalogue)
+        dep.deploy("v0001")
+    config = tmp_path / "serving.toml"  # an operator's file of environments only
+    config.write_text('[environments.edge]\ncanvases = ["home", "search"]\nlatency_budget_ms = 500\n')
+    port = free_port()
+    env = {**os.environ, "MONOREC_ADMIN_TOKEN": "cli-token"}
+    cmd = [sys.executable, "-m", "monorec.cli", "serve", "--env", "edge", "--config", str(config)]
+    cmd += ["--root", str(tmp_path / "dep"), "--registry", str(two_versions.root), "--port", str(port)]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stdout.read() if server.stdout else ""
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.2)
+        home = httpx.post(f"{url}/v1/recommend", json={"canvas": "home", "context": {"user_id": "u1"}})
+        assert home.status_code == 200 and home.json()["version"] == "v0001"
+        assert httpx.post(f"{url}/v1/recommend", json={"canvas": "browse"}).status_code == 404
+        assert httpx.get(f"{url}/v1/info").json()["environment"] == "edge"
+        auth = {"Authorization": "Bearer cli-token"}
+        assert httpx.get(f"{url}/v1/admin/versions", headers=auth).status_code == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=30)
+    # uvicorn shuts down gracefully (lifespan exit: loaders stopped, folder released), then re-raises SIGTERM
+    assert server.returncode in (0, -signal.SIGTERM) and "Traceback" not in output, output
+    assert "admin token" not in output  # the token came from MONOREC_ADMIN_TOKEN, nothing random was printed
+    with Deployment(tmp_path / "dep", two_versions):  # the folder's lock was released
+        pass

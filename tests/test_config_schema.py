@@ -221,3 +221,20 @@ def test_environments_round_trip_and_unknown_names_are_refused():
         cfg.environment("staging")
     bare = dataclasses.replace(cfg, environments={})
     assert bare.environment("default").mode == "online"  # a config without environments still serves
+
+
+def test_an_environments_file_of_its_own(tmp_path):
+    from monorec.environments import load_environments
+
+    canvases = {c.name: c.fields for c in load_config(default_config("synthetic")).canvases}
+    good = tmp_path / "envs.toml"
+    good.write_text('[environments.edge]\ncanvases = ["home"]\n[environments.edge.rules.home]\npins = { m1 = 0 }\n')
+    envs = load_environments(good, canvases)
+    assert envs["edge"].canvases == ("home",) and envs["edge"].rules_for("home").pins == {"m1": 0}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[environments.edge]\ncanvases = ["nowhere"]\nmax_batch = 0\n')
+    with pytest.raises(ConfigError) as info:
+        load_environments(bad, canvases)
+    assert len(info.value.problems) == 2
+    with pytest.raises(ConfigError, match="file not found"):
+        load_environments(tmp_path / "missing.toml", canvases)

@@ -38,7 +38,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_deploy_commands(sub: Any) -> None:
     sv = sub.add_parser("serve", help="serve the deployment over HTTP: the API, /metrics and a page to try it")
     sv.add_argument("--env", default="default", help="the serving environment (an [environments.NAME] table)")
-    sv.add_argument("--config", default=None, help="read environments from this TOML (default: the model's config)")
+    sv.add_argument("--config", default=None, help="environments from this TOML (default: the model's config)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     _common(sv)
@@ -103,12 +103,14 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import dataclasses
     import os
     import secrets
 
     import torch
     import uvicorn
 
+    from monorec.environments import load_environments
     from monorec.registry import Registry
     from monorec.serving.app import ServeSettings, create_app
 
@@ -127,8 +129,12 @@ def _serve(args: argparse.Namespace) -> int:
     )
     registry = Registry(args.registry)
     versions = registry.versions()
-    if versions and not args.config:
-        env = registry.config(versions[-1].version).environment(args.env)  # fails early on an unknown name
+    if versions:
+        config = registry.config(versions[-1].version)
+        envs = config.environments
+        if args.config:
+            envs = load_environments(args.config, {c.name: c.fields for c in config.canvases})
+        env = dataclasses.replace(config, environments=envs).environment(args.env)  # an unknown name fails now
         # each worker thread runs whole requests: intra-op threads beyond cores / workers only contend
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.worker_threads))
     print(f"serving environment {args.env!r} on http://{args.host}:{args.port}/ (the page; API docs at /docs)")

@@ -24,7 +24,7 @@ from monorec.registry import Registry
 __all__ = ["deploy_and_ask", "run_demo"]
 
 SAMPLE_REQUESTS: list[tuple[str, dict[str, Any]]] = [
-    ("home", {"user_id": "u1", "country": "us"}),
+    ("home", {"user_id": "u00001", "country": "US"}),
     ("related", {"source_item_id": "m00001"}),
     ("search", {"query": "space robot"}),
     ("browse", {"category": "comedy"}),

@@ -18,17 +18,21 @@ relaxed staging one; each is an ``[environments.NAME]`` table of the project con
     [environments.prod.rules.home]             # business rules per canvas
     max_per_category = 3
 
-A config without environments gets one, ``default``, with every knob at its default.
+A config without environments gets one, ``default``, with every knob at its default. Operators may keep
+environments in a file of their own (only ``[environments.*]`` tables), read by :func:`load_environments`
+(``monorec serve --config FILE``), so serving knobs change without publishing a model.
 """
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from monorec._typed_tables import Problems, parse_dataclass
 
-__all__ = ["DEFAULT_ENVIRONMENT", "CanvasRules", "EnvironmentSpec", "parse_environments"]
+__all__ = ["DEFAULT_ENVIRONMENT", "CanvasRules", "EnvironmentSpec", "load_environments", "parse_environments"]
 
 DEFAULT_ENVIRONMENT = "default"
 Fallback = Literal["popular", "cached", "none"]
@@ -140,3 +144,25 @@ def parse_environments(raw: Any, canvas_fields: dict[str, tuple[str, ...]], p: P
                 p.add(f"{where}.rules.{canvas}", "boost factors must be > 0")
         out[name] = env
     return out
+
+
+def load_environments(path: str | Path, canvas_fields: dict[str, tuple[str, ...]]) -> dict[str, EnvironmentSpec]:
+    """The ``[environments.*]`` tables of a TOML file (a whole project config or a file of environments only).
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or has any problem (all listed).
+    """
+    from monorec.errors import ConfigError
+
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    p = Problems()
+    envs = parse_environments(raw.get("environments"), canvas_fields, p)
+    if p.items:
+        raise ConfigError(str(path), p.items)
+    return envs

@@ -15,6 +15,8 @@ unknown entity or a canvas the environment does not serve; 409 for a lifecycle s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import gc
 import secrets
 import threading
 import time
@@ -29,9 +31,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from monorec.config import FieldSpec, ProjectConfig, load_config
+from monorec.config import FieldSpec, ProjectConfig
 from monorec.deploy import Deployment
-from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec
+from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, load_environments
 from monorec.errors import CanvasNotServed, ChangeError, DeployError, RequestError, ServingUnavailable
 from monorec.serving.engine import ServingEngine
 from monorec.serving.messages import (
@@ -62,7 +64,7 @@ class ServeSettings:
     root: Path  # the deployment folder (control plane, indexes, embedded log)
     registry: Path  # the model registry
     env: str = DEFAULT_ENVIRONMENT
-    config: Path | None = None  # environments from this TOML (default: the newest published version's config)
+    config: Path | None = None  # environments from this TOML (default: those of the newest published version)
     environment: EnvironmentSpec | None = None  # given directly (embedding, tests): overrides env and config
     redis_url: str | None = None  # a Redis stream as the change log
     admin_token: str | None = None  # None: admin and write endpoints refuse every call
@@ -78,12 +80,14 @@ def resolve_environment(settings: ServeSettings, deployment: Deployment) -> Envi
     """
     if settings.environment is not None:
         return settings.environment
-    if settings.config is not None:
-        return load_config(settings.config).environment(settings.env)
     versions = deployment.registry.versions()
     if not versions:
         raise DeployError(f"registry {deployment.registry.root} has no version; publish one first")
-    return deployment.registry.config(versions[-1].version).environment(settings.env)
+    config = deployment.registry.config(versions[-1].version)
+    if settings.config is not None:
+        envs = load_environments(settings.config, {c.name: c.fields for c in config.canvases})
+        config = dataclasses.replace(config, environments=envs)
+    return config.environment(settings.env)
 
 
 class _BodyLimit:
@@ -235,6 +239,10 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         app.state.deployment, app.state.env, app.state.engine = dep, env, engine
         app.state.metrics = ServingMetrics(dep)
         app.state.deploy_job = _DeployJob()
+        # the app, its routes and schemas are long-lived: out of the collector's generations, so that a full
+        # collection walks only what requests allocate (measured: 40 ms pauses at 100k entities without it)
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -86,10 +86,12 @@ class ServingEngine:
     def __init__(self, deployment: Deployment, env: EnvironmentSpec) -> None:
         self.deployment = deployment
         self.env = env
-        self._cache: LruCache[RecommendResponse] | None = (
+        # answers are cached as (version, JSON bytes): two objects per entry where a live answer is hundreds,
+        # which the garbage collector would walk on every full collection (measured: 40 ms pauses)
+        self._cache: LruCache[tuple[str, bytes]] | None = (
             LruCache(env.cache_size, env.cache_ttl_s) if env.cache_ttl_s > 0 else None
         )
-        self._last_good: LruCache[RecommendResponse] = LruCache(env.cache_size)
+        self._last_good: LruCache[tuple[str, bytes]] = LruCache(env.cache_size)
         self._batcher: MicroBatcher[_Work] = MicroBatcher(
             self._run_batch, workers=env.worker_threads, max_batch=env.max_batch, max_wait_s=env.max_wait_ms / 1000
         )
@@ -138,8 +140,9 @@ class ServingEngine:
         key = request_key(request)
         if self._cache is not None:
             hit = self._cache.get(key)
-            if hit is not None and hit.version == version.name:
-                return _Started(work, key, start, version, hit.model_copy(update={"source": "cache"}))
+            if hit is not None and hit[0] == version.name:
+                cached = RecommendResponse.model_validate_json(hit[1]).model_copy(update={"source": "cache"})
+                return _Started(work, key, start, version, cached)
         if self.precomputed is not None:
             items = self.precomputed.answer(work, version.name)
             if items is not None:
@@ -202,9 +205,10 @@ class ServingEngine:
             source="model",
             unknown_candidates=ranked.unknown,
         )
-        self._last_good.put(started.key, response)
+        stored = (ranked.version, response.__pydantic_serializer__.to_json(response))
+        self._last_good.put(started.key, stored)
         if self._cache is not None:
-            self._cache.put(started.key, response)
+            self._cache.put(started.key, stored)
         return response
 
     def _budget_s(self, request: RecommendRequest) -> float:
@@ -347,11 +351,11 @@ class ServingEngine:
         if policy == "cached":
             hit = self._last_good.get(started.key)
             if hit is not None:
-                return hit.model_copy(
+                return RecommendResponse.model_validate_json(hit[1]).model_copy(
                     update={
                         "source": "fallback",
                         "took_ms": _ms_since(started.start),
-                        "fallback": FallbackInfo(reason=reason, source="cached", key=hit.version or ""),
+                        "fallback": FallbackInfo(reason=reason, source="cached", key=hit[0]),
                     }
                 )
         items, list_key = self.popular(started.version, started.work)

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from pydantic import TypeAdapter
+
 from monorec.serving.messages import Candidates, RecommendRequest, ScoredEntity
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ __all__ = ["PrecomputedTables"]
 
 SCORE_BATCH = 256
 log = logging.getLogger(__name__)
+_ITEMS = TypeAdapter(list[ScoredEntity])
 
 
 class PrecomputedTables:
@@ -32,7 +35,9 @@ class PrecomputedTables:
         self.engine = engine
         self.env = engine.env
         self.version: str | None = None
-        self._tables: dict[tuple[str, str], list[ScoredEntity]] = {}
+        # entries are JSON bytes: one object each where live models would be ~100 per key, all walked by every
+        # full garbage collection (tables hold up to precompute_max_keys x precompute_k entities)
+        self._tables: dict[tuple[str, str], bytes] = {}
         self.refreshes = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -50,9 +55,10 @@ class PrecomputedTables:
             self._wake.set()  # a switch happened: score the new version's tables
             return None
         value = request.context.get(field)
-        stored = self._tables.get((request.canvas, str(value))) if value is not None else None
-        if stored is None:
+        raw = self._tables.get((request.canvas, str(value))) if value is not None else None
+        if raw is None:
             return None
+        stored = _ITEMS.validate_json(raw)
         where = work.where
         out = [
             e
@@ -68,13 +74,13 @@ class PrecomputedTables:
     def refresh(self) -> None:
         """Scores every table with the serving version and swaps them in at once."""
         with self.engine.deployment.router.pin() as version:
-            tables: dict[tuple[str, str], list[ScoredEntity]] = {}
+            tables: dict[tuple[str, str], bytes] = {}
             for canvas, field in self.env.precompute.items():
                 values = version.bundle.featurizer.known_values(field)[: self.env.precompute_max_keys]
                 for start in range(0, len(values), SCORE_BATCH):
                     chunk = values[start : start + SCORE_BATCH]
                     for value, items in zip(chunk, self._score(version, canvas, field, chunk), strict=True):
-                        tables[(canvas, value)] = items
+                        tables[(canvas, value)] = _ITEMS.dump_json(items)
             self._tables, self.version = tables, version.name
             self.refreshes += 1
 

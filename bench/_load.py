@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 WORDS = ["space", "love", "war", "ghost", "city", "family", "robot", "dream", "legend", "river"]
-COUNTRIES = ["us", "fr", "de", "br", "gb"]
+COUNTRIES = ["US", "FR", "DE", "BR", "GB"]
 CATEGORIES = ["drama", "comedy", "action", "horror", "scifi", "romance", "animation", "documentary"]
 
 

@@ -4,11 +4,15 @@ at the first (used by :mod:`monorec.config`)."""
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["Problems", "parse_dataclass"]
+from monorec.errors import ConfigError
+
+__all__ = ["Problems", "parse_dataclass", "read_toml"]
 
 
 class Problems:
@@ -104,3 +108,18 @@ def parse_dataclass(cls: type, raw: Any, where: str, problems: Problems, **fixed
             continue
         kwargs[name] = value
     return cls(**kwargs) if ok_all else None
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict.
+
+    Raises:
+        ConfigError: the file is missing or is not TOML.
+    """
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None

@@ -10,13 +10,12 @@ The TOML shape mirrors the dataclasses one to one, so ``parse_config(config.to_d
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from monorec._typed_tables import Problems, parse_dataclass
+from monorec._typed_tables import Problems, parse_dataclass, read_toml
 from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, parse_environments
 from monorec.errors import ConfigError
 
@@ -447,14 +446,7 @@ def load_config(path: str | Path) -> ProjectConfig:
     Raises:
         ConfigError: the file is missing, is not TOML, or has any problem (all listed).
     """
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
-    return parse_config(raw, str(path))
+    return parse_config(read_toml(path), str(path))
 
 
 def check_config(path: str | Path) -> list[str]:

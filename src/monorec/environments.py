@@ -25,12 +25,12 @@ environments in a file of their own (only ``[environments.*]`` tables), read by 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from monorec._typed_tables import Problems, parse_dataclass
+from monorec._typed_tables import Problems, parse_dataclass, read_toml
+from monorec.errors import ConfigError
 
 __all__ = ["DEFAULT_ENVIRONMENT", "CanvasRules", "EnvironmentSpec", "load_environments", "parse_environments"]
 
@@ -152,17 +152,8 @@ def load_environments(path: str | Path, canvas_fields: dict[str, tuple[str, ...]
     Raises:
         ConfigError: the file is missing, is not TOML, or has any problem (all listed).
     """
-    from monorec.errors import ConfigError
-
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
     p = Problems()
-    envs = parse_environments(raw.get("environments"), canvas_fields, p)
+    envs = parse_environments(read_toml(path).get("environments"), canvas_fields, p)
     if p.items:
         raise ConfigError(str(path), p.items)
     return envs

@@ -234,7 +234,7 @@ def b4(r: dict[str, Any]) -> str:
             _env(r),
             "",
             f"Median of {r['calls_per_round']} calls, best of {r['rounds']} interleaved rounds, {r['items']:,} "
-            "entities, 200 explicit candidates per request (mixed canvases), top 10 answered.",
+            "entities, 200 explicit candidates per request (mixed canvases), top 10 answered; one torch thread.",
             "",
             "| path | ms per request | serving / this |",
             "|---|---|---|",

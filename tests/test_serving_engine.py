@@ -186,6 +186,19 @@ def test_precomputed_mode_serves_stored_answers_and_goes_online_for_new_keys(dep
         assert [i.entity_id for i in stored.items] == [i.entity_id for i in live.items]
         assert engine.recommend(req("home", {"user_id": "brand-new-user"}, k=5)).source == "model"
         assert engine.recommend(req("search", {"query": "space"}, k=5)).source == "model"
+        filtered = engine.recommend(req("home", {"user_id": user}, k=5, candidates={"entity_types": ["series"]}))
+        assert filtered.source == "precomputed" and {i.entity_type for i in filtered.items} == {"series"}
+
+
+def test_precomputed_tables_are_refreshed_on_schedule(dep: Deployment) -> None:
+    knobs = {"mode": "precomputed", "precompute": {"browse": "category"}, "refresh_s": 0.2}
+    with engine_for(dep, **knobs) as engine:
+        assert engine.precomputed is not None
+        deadline = time.monotonic() + 30
+        while engine.precomputed.refreshes < 3:
+            assert time.monotonic() < deadline, "the tables were not scored again on schedule"
+            time.sleep(0.05)
+        assert engine.recommend(req("browse", {"category": "drama"}, k=5)).source == "precomputed"
 
 
 # ------------------------------------------------------------------------------------------ fallbacks

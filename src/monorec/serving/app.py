@@ -20,7 +20,7 @@ import gc
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,10 +31,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from monorec.config import FieldSpec, ProjectConfig
 from monorec.deploy import Deployment
 from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, load_environments
 from monorec.errors import CanvasNotServed, ChangeError, DeployError, RequestError, ServingUnavailable
+from monorec.serving.body_limit import BodyLimit
 from monorec.serving.engine import ServingEngine
 from monorec.serving.messages import (
     BatchRequest,
@@ -45,16 +45,13 @@ from monorec.serving.messages import (
     RecommendResponse,
 )
 from monorec.serving.metrics import ServingMetrics
+from monorec.serving.openapi import contract_openapi
 from monorec.stream.changes import Change
 
 __all__ = ["ServeSettings", "create_app", "resolve_environment"]
 
 _bearer = HTTPBearer(auto_error=False)  # a missing token is our 401 (not FastAPI's 403)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -90,93 +87,9 @@ def resolve_environment(settings: ServeSettings, deployment: Deployment) -> Envi
     return config.environment(settings.env)
 
 
-class _BodyLimit:
-    """Refuses request bodies over ``limit`` bytes with 413, counting what arrives (a missing or false
-    Content-Length does not get past it)."""
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(self.limit, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _too_large(self.limit, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _too_large(limit: int, send: Send) -> None:
-    body = JSONResponse(
-        {"detail": [{"loc": ["body"], "msg": f"request body exceeds {limit} bytes", "type": "too_large"}]},
-        status_code=413,
-    ).body
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})
-
-
 def _loc(field: str) -> list[str | int]:
     """An engine field name ("requests.3.context.hour") -> a FastAPI ``loc`` in the body."""
     return ["body", *(int(p) if p.isdigit() else p for p in field.split("."))]
-
-
-def _contract_openapi(app: FastAPI, config: ProjectConfig, env: EnvironmentSpec) -> None:
-    """Makes ``/openapi.json`` state this server's contract: the canvases it serves, each declared context
-    field with its type and limits, the entity types and the environment's k limit (clients and the
-    property-based tests generate requests from it)."""
-    base = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        spec = base()
-        schemas = spec["components"]["schemas"]
-        request = schemas["RecommendRequest"]["properties"]
-        request["canvas"] = {"type": "string", "enum": [c.name for c in config.canvases if env.serves(c.name)]}
-        request["k"] = {"type": "integer", "minimum": 1, "maximum": env.max_k, "default": 10}
-        request["context"] = {
-            "type": "object",
-            "additionalProperties": False,
-            "description": "any subset of the unified context fields (unknown ids are cold start)",
-            "properties": {f.name: _field_schema(f) for f in config.fields},
-        }
-        types = {"type": "array", "items": {"type": "string", "enum": list(config.entity_types)}, "maxItems": 64}
-        schemas["Candidates"]["properties"]["entity_types"] = {"anyOf": [types, {"type": "null"}]}
-        app.openapi_schema = spec
-        return spec
-
-    app.openapi_schema = None
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _field_schema(f: FieldSpec) -> dict[str, Any]:
-    if f.kind == "numeric":
-        return {"anyOf": [{"type": "number"}, {"type": "null"}]}
-    if f.kind == "id_list":
-        ids = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 256}, "maxItems": 1000}
-        return {"anyOf": [ids, {"type": "null"}]}
-    limit = f.max_length if f.kind == "text" else 256
-    return {"anyOf": [{"type": "string", "maxLength": limit}, {"type": "null"}], "description": f.description}
 
 
 def _json(model: BaseModel) -> Response:
@@ -234,7 +147,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         env = resolve_environment(settings, dep)
         versions = dep.registry.versions()
         if versions:
-            _contract_openapi(app, dep.registry.config(versions[-1].version), env)
+            contract_openapi(app, dep.registry.config(versions[-1].version), env)
         engine = ServingEngine(dep, env)
         app.state.deployment, app.state.env, app.state.engine = dep, env, engine
         app.state.metrics = ServingMetrics(dep)
@@ -430,5 +343,5 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
     def page() -> HTMLResponse:
         return HTMLResponse(resources.files("monorec.serving").joinpath("static/index.html").read_text("utf-8"))
 
-    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

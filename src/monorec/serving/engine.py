@@ -29,13 +29,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from monorec.deploy import Deployment
 from monorec.environments import EnvironmentSpec
 from monorec.errors import CanvasNotServed, RequestError, ServingUnavailable
 from monorec.index import EntityFilter
+from monorec.serving.answers import entity_out, matches, popular_answer
 from monorec.serving.batcher import Job, MicroBatcher
 from monorec.serving.cache import LruCache
 from monorec.serving.messages import FallbackInfo, RecommendRequest, RecommendResponse, ScoredEntity
@@ -285,7 +285,7 @@ class ServingEngine:
             unknown[i] = [e for e in wanted if e not in held]
             if w.where is not None:  # explicit candidates still obey the request's type/category filter
                 info = self.deployment.catalogue.entities(known)
-                known = [e for e in known if e in info and _matches(info[e], w.where)]
+                known = [e for e in known if e in info and matches(info[e], w.where)]
             candidates[i] = known
         queries = ce.numpy()
         for where, rows in by_filter.items():
@@ -337,14 +337,15 @@ class ServingEngine:
         if not info:
             info = self.deployment.catalogue.entities([c.entity_id for c in kept])
         return [
-            _entity_out(c, info.get(c.entity_id), c.score, {n: float(v[i]) for n, v in predictions.items()})
+            entity_out(c, info.get(c.entity_id), c.score, {n: float(v[i]) for n, v in predictions.items()})
             for i, c in enumerate(kept)
         ]
 
     # ------------------------------------------------------------------------------------- fallback
 
     def _fallback(self, started: _Started, reason: str) -> RecommendResponse:
-        request = started.work.request
+        work = started.work
+        request = work.request
         policy = request.fallback or self.env.fallback
         if policy == "none":
             raise ServingUnavailable(f"the model path did not answer ({reason}) and the request's fallback is none")
@@ -358,7 +359,9 @@ class ServingEngine:
                         "fallback": FallbackInfo(reason=reason, source="cached", key=hit[0]),
                     }
                 )
-        items, list_key = self.popular(started.version, started.work)
+        items, list_key = popular_answer(
+            started.version.bundle.popular, self.deployment.catalogue, request, work.record, work.excluded, work.where
+        )
         return RecommendResponse(
             canvas=request.canvas,
             version=started.version.name,
@@ -367,27 +370,6 @@ class ServingEngine:
             source="fallback",
             fallback=FallbackInfo(reason=reason, source="popular", key=list_key),
         )
-
-    def popular(self, version: ServingVersion, work: _Work) -> tuple[list[ScoredEntity], str]:
-        """The precomputed popular answer: the most specific list for this canvas and context, filtered by
-        the request's candidates and exclusions; explicit candidates are ordered by it."""
-        request = work.request
-        ids, key = version.bundle.popular.lookup(request.canvas, work.record)
-        if request.candidates.ids is not None:
-            rank = {e: i for i, e in enumerate(ids)}
-            ids = sorted(dict.fromkeys(request.candidates.ids), key=lambda e: rank.get(e, len(rank)))
-        ids = [e for e in ids if e not in work.excluded]
-        info = self.deployment.catalogue.entities(ids)
-        where = work.where
-        out = []
-        for e in ids:
-            entity = info.get(e)
-            if entity is None or (where is not None and not _matches(entity, where)):
-                continue
-            out.append(_entity_out(Scored(e, 0.0), entity, None))
-            if len(out) == request.k:
-                break
-        return out, key
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -427,27 +409,8 @@ def _named_entities(version: ServingVersion, context: Mapping[str, Any]) -> set[
     return out
 
 
-def _matches(entity: Entity, where: EntityFilter) -> bool:
-    if where.entity_types and entity.entity_type not in where.entity_types:
-        return False
-    return not where.categories or any(c in where.categories for c in entity.categories)
-
-
 def _scored(entity_id: str, score: float, info: Mapping[str, Entity]) -> Scored:
     e = info.get(entity_id)
     if e is None:
         return Scored(entity_id, score)
     return Scored(entity_id, score, e.entity_type, e.categories, e.title)
-
-
-def _entity_out(
-    c: Scored, entity: Entity | None, score: float | None, predictions: Mapping[str, float] | None = None
-) -> ScoredEntity:
-    return ScoredEntity(
-        entity_id=c.entity_id,
-        entity_type=entity.entity_type if entity else c.entity_type,
-        title=entity.title if entity else c.title,
-        categories=list(entity.categories if entity else c.categories),
-        score=None if score is None else float(np.float32(score)),
-        predictions={k: float(np.float32(v)) for k, v in (predictions or {}).items()},
-    )

@@ -72,6 +72,7 @@ def test_entities_are_read_and_written_through_the_change_log(api: tuple[httpx.C
     )
     assert r.status_code == 202, r.text
     wait_for(lambda: client.get("/v1/entities/m-fresh").json().get("versions", {}).get("v0001") is True)
+    wait_for(lambda: client.get("/v1/admin/stream", headers=AUTH).json()["lag"]["index-v0001"] == 0)
     entity = client.get("/v1/entities/m-fresh").json()
     assert entity["title"] == "Fresh Arrival" and entity["revision"] == r.json()["revision"]
     ranked = client.post("/v1/recommend", json={"canvas": "home", "candidates": {"ids": ["m-fresh"]}, "k": 1})

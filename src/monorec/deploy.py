@@ -419,11 +419,14 @@ class Deployment:
         return rows
 
     def stream_status(self) -> dict[str, Any]:
-        """The change log's head, each consumer group's lag, and the dead letters (count and the last five)."""
+        """The change log's head, each consumer group's lag (entries not yet applied), and the dead letters
+        (count and the last five)."""
         letters = self.control.dead_letters()
+        # a running loader knows what it applied but has not committed yet (commits wait for checkpoints)
+        loaders = {CATALOGUE_GROUP: self._catalogue_loader, **{self._group(v): ld for v, ld in self.loaders.items()}}
         return {
             "head": self.log.head(),
-            "lag": {group: self.log.lag(group) for group in self.log.groups()},
+            "lag": {g: loaders[g].lag() if g in loaders else self.log.lag(g) for g in self.log.groups()},
             "dead_letters": len(letters),
             "recent_dead_letters": [
                 {"consumer": d.consumer, "offset": d.log_offset, "reason": d.reason} for d in letters[-5:]

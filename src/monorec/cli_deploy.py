@@ -103,16 +103,14 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import dataclasses
     import os
     import secrets
 
     import torch
     import uvicorn
 
-    from monorec.environments import load_environments
     from monorec.registry import Registry
-    from monorec.serving.app import ServeSettings, create_app
+    from monorec.serving.app import ServeSettings, create_app, resolve_environment
 
     token = os.environ.get("MONOREC_ADMIN_TOKEN")
     if not token:
@@ -127,16 +125,9 @@ def _serve(args: argparse.Namespace) -> int:
         admin_token=token,
         read_token=os.environ.get("MONOREC_READ_TOKEN") or None,
     )
-    registry = Registry(args.registry)
-    versions = registry.versions()
-    if versions:
-        config = registry.config(versions[-1].version)
-        envs = config.environments
-        if args.config:
-            envs = load_environments(args.config, {c.name: c.fields for c in config.canvases})
-        env = dataclasses.replace(config, environments=envs).environment(args.env)  # an unknown name fails now
-        # each worker thread runs whole requests: intra-op threads beyond cores / workers only contend
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.worker_threads))
+    env = resolve_environment(settings, Registry(args.registry))  # an unknown name fails before start-up
+    # each worker thread runs whole requests: intra-op threads beyond cores / workers only contend
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.worker_threads))
     print(f"serving environment {args.env!r} on http://{args.host}:{args.port}/ (the page; API docs at /docs)")
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     return 0

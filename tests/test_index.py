@@ -216,3 +216,16 @@ def test_faiss_compacts_dead_rows_and_keeps_answering(tmp_path: Path) -> None:
         model.upsert(rows)
     assert index._faiss.ntotal < 2 * 300  # type: ignore[attr-defined]  # rebuilt, not 1200 rows
     check_answers(index, model, clustered(10, seed=5), 10, EntityFilter(entity_types=("movie",)), exact=False)
+
+
+def test_ids_survive_a_save_and_load_exactly(backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Regression (issue 9.3): numpy's fixed-width strings dropped trailing NULs, so "zz\\x00" came back as
+    "zz" after a restart while the catalogue kept "zz\\x00". Whatever an id holds, it survives as it is."""
+    spec, index, name = backend
+    odd = ["zz\x00", "\x00", "tab\tin", "é ü 東京", "trailing ", "a\x1fb"]
+    rows = entities(len(odd))
+    index.upsert(EntityRows(odd, rows.types, [("x\x00",), ()] * 3, rows.revisions, rows.vectors))
+    save_index(index, tmp_path / "saved", spec=spec, meta={})
+    loaded, _ = load_index(tmp_path / "saved", spec=spec, name=name, root=tmp_path)
+    assert sorted(loaded.revisions()) == sorted(odd)
+    assert {e for e, _ in loaded.search(rows.vectors, len(odd)).row(0)} == set(odd)

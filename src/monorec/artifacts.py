@@ -16,9 +16,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from monorec._failpoints import failpoint
 from monorec.errors import ArtifactError
 
-__all__ = ["atomic_dir", "atomic_write", "file_sha256", "read_json", "verify_manifest", "write_json"]
+__all__ = [
+    "atomic_dir",
+    "atomic_write",
+    "file_sha256",
+    "pack_strings",
+    "read_json",
+    "recover_dirs",
+    "unpack_strings",
+    "verify_manifest",
+    "write_json",
+]
 
 MANIFEST = "manifest.json"
 
@@ -69,6 +82,10 @@ def atomic_dir(path: str | Path, *, manifest: dict[str, Any] | None = None, over
 
     A ``manifest.json`` (``manifest`` plus the sha256 of every file) is written last, so a directory
     with a manifest is complete. With ``overwrite=False`` an existing ``path`` is an error.
+
+    Replacing an existing ``path`` takes two renames (the old one aside to ``.NAME.old``, the new one in);
+    a crash between them leaves no ``path`` but a complete ``.NAME.old``, which :func:`recover_dirs`
+    puts back (the owner of the folder calls it at open).
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -90,6 +107,7 @@ def atomic_dir(path: str | Path, *, manifest: dict[str, Any] | None = None, over
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
+            failpoint("checkpoint_swap")  # the crash window recover_dirs() repairs
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -114,3 +132,60 @@ def verify_manifest(path: str | Path) -> dict[str, Any]:
         if file_sha256(target) != digest:
             raise ArtifactError(f"{path}: {name} does not match its checksum (corrupt or modified)")
     return dict(manifest)
+
+
+def recover_dirs(parent: str | Path) -> list[str]:
+    """Repairs what a crash inside :func:`atomic_dir` left in ``parent``; returns what it did.
+
+    A folder moved aside (``.NAME.old``) whose replacement never arrived becomes ``NAME`` again when it is
+    complete (its manifest verifies); leftover temporary folders (``.NAME.*.tmp``) and old folders whose
+    replacement did arrive are removed. Only the single owner of ``parent`` may call it (nothing else may
+    be writing there).
+    """
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    done: list[str] = []
+    for old in sorted(parent.glob(".*.old")):
+        target = parent / old.name[1 : -len(".old")]
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(f"removed {old.name} ({target.name} exists)")
+            continue
+        try:
+            verify_manifest(old)
+        except ArtifactError as exc:
+            done.append(f"left {old.name}: {exc}")
+            continue
+        os.replace(old, target)
+        done.append(f"restored {target.name} from {old.name}")
+    for tmp in sorted(parent.glob(".*.tmp")):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        done.append(f"removed {tmp.name}")
+    return done
+
+
+def pack_strings(strings: list[str]) -> np.ndarray:
+    """Strings -> one uint8 array (their JSON list as UTF-8) for an ``.npz`` file, losslessly.
+
+    numpy's fixed-width string arrays drop trailing NUL characters (``"zz\\x00"`` comes back as ``"zz"``),
+    which would rename an entity on restart; JSON escapes every character and loads without pickling."""
+    return np.frombuffer(json.dumps(strings, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
+
+
+def unpack_strings(packed: np.ndarray) -> list[str]:
+    """The inverse of :func:`pack_strings`.
+
+    Raises:
+        ArtifactError: the array does not hold a JSON list of strings.
+    """
+    try:
+        strings = json.loads(packed.astype(np.uint8).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"a packed string array does not decode: {exc}") from None
+    if not isinstance(strings, list) or not all(isinstance(x, str) for x in strings):
+        raise ArtifactError("a packed string array does not hold a list of strings")
+    return strings

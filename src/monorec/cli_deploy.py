@@ -17,7 +17,6 @@ the change log instead of the embedded one). Commands that change versions own t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,6 +75,7 @@ def _print_versions(rows: list[dict[str, Any]]) -> None:
 
 def _publish(args: argparse.Namespace) -> int:
     from monorec.registry import Registry
+    from monorec.stream.changes import parse_change
     from monorec.stream.publish import MAX_PUBLISH_BATCH, open_log, publish_changes
 
     registry = Registry(args.registry)
@@ -87,13 +87,13 @@ def _publish(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     lines = text.splitlines()
     changes = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(lines, start=1):  # every line checked before anything is published
         if not line.strip():
             continue
         try:
-            changes.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ChangeError("*", f"line {number}: not valid JSON ({exc})") from None
+            changes.append(parse_change(line, types))
+        except ChangeError as exc:
+            raise ChangeError(exc.field, f"line {number}: {exc.reason}") from None
     log = open_log(args.root, args.redis)
     offsets: list[str] = []
     for start in range(0, len(changes), MAX_PUBLISH_BATCH):  # each batch all-or-nothing, in file order

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import logging
 import shutil
 import threading
 from collections.abc import Callable, Sequence
@@ -40,7 +41,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from monorec._failpoints import failpoint
-from monorec.artifacts import read_json, verify_manifest
+from monorec.artifacts import read_json, recover_dirs, verify_manifest
 from monorec.control_plane import LIVE_STATES, ControlPlane, Deployed
 from monorec.errors import ArtifactError, DeployError
 from monorec.index import create_index, load_index
@@ -54,6 +55,8 @@ from monorec.stream.sinks import CatalogueSink, VersionSink
 from monorec.versions import ItemFeatures, ServingVersion, VersionRouter, canary_recall
 
 __all__ = ["Deployment", "open_log", "publish_changes"]  # the last two re-exported from monorec.stream.publish
+
+_log = logging.getLogger(__name__)
 
 CATALOGUE_GROUP = "catalogue"
 SERVING_ALIAS = "monorec_serving"  # Qdrant alias of the serving version's collection (readers outside monorec)
@@ -86,6 +89,8 @@ class Deployment:
             raise
 
     def _open_stores(self, registry: Registry | str | Path, log: ChangeLog | None, progress: bool) -> None:
+        for action in recover_dirs(self.root / "indexes"):  # a crash mid-checkpoint: before anything reads them
+            _log.warning("index checkpoints: %s", action)
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.control = ControlPlane(self.root / "control.sqlite")
         self.catalogue = CatalogueStore(self.root / "catalogue.sqlite")
@@ -215,11 +220,10 @@ class Deployment:
     ) -> Deployed:
         """Stages, validates and switches to ``version`` (resuming wherever a previous attempt stopped)."""
         with self._ops:
+            self.check_deployable(version)
             state = self.control.get(version)
             if state is not None and state.state == "serving":
                 return state
-            if state is not None and state.state == "retired":
-                raise DeployError(f"{version} was retired; publish a new version to deploy it again")
             if state is None or state.state in ("staging", "failed"):
                 self.stage(version, progress_cb=progress_cb)
             self.switch(version)
@@ -227,6 +231,18 @@ class Deployment:
             if retire_previous and previous is not None and previous != version:
                 self.retire(previous)
             return self.control.get(version)  # type: ignore[return-value]
+
+    def check_deployable(self, version: str) -> None:
+        """Refuses up front what :meth:`deploy` would refuse: an unpublished or a retired version.
+
+        Raises:
+            DeployError: naming the reason.
+        """
+        if version not in {v.version for v in self.registry.versions()}:
+            raise DeployError(f"{version} is not published in {self.registry.root}")
+        state = self.control.get(version)
+        if state is not None and state.state == "retired":
+            raise DeployError(f"{version} was retired; publish a new version to deploy it again")
 
     def stage(self, version: str, *, progress_cb: Callable[[int], None] | None = None) -> None:
         """Steps 1-4 of the module docstring; leaves the version ``ready`` (or ``failed``, raising)."""
@@ -418,15 +434,29 @@ class Deployment:
             )
         return rows
 
+    def _all_loaders(self) -> dict[str, Loader]:
+        """Consumer group -> the loader this process runs for it (the catalogue's and each live version's)."""
+        return {CATALOGUE_GROUP: self._catalogue_loader, **{self._group(v): ld for v, ld in list(self.loaders.items())}}
+
+    def unhealthy_loaders(self) -> dict[str, str]:
+        """Consumer group -> why its loader does not apply changes (a failing sink, a dead thread); empty
+        when every loader of this process is well. Readiness depends on it."""
+        out = {}
+        for group, loader in self._all_loaders().items():
+            if not loader.healthy:
+                out[group] = loader.error or "the loader thread stopped"
+        return out
+
     def stream_status(self) -> dict[str, Any]:
-        """The change log's head, each consumer group's lag (entries not yet applied), and the dead letters
-        (count and the last five)."""
+        """The change log's head, each consumer group's lag (entries not yet applied), each loader's health
+        (running, error, applied and rejected counts) and the dead letters (count and the last five)."""
         letters = self.control.dead_letters()
         # a running loader knows what it applied but has not committed yet (commits wait for checkpoints)
-        loaders = {CATALOGUE_GROUP: self._catalogue_loader, **{self._group(v): ld for v, ld in self.loaders.items()}}
+        loaders = self._all_loaders()
         return {
             "head": self.log.head(),
             "lag": {g: loaders[g].lag() if g in loaders else self.log.lag(g) for g in self.log.groups()},
+            "loaders": {g: loader.health() for g, loader in loaders.items()},
             "dead_letters": len(letters),
             "recent_dead_letters": [
                 {"consumer": d.consumer, "offset": d.log_offset, "reason": d.reason} for d in letters[-5:]
@@ -434,7 +464,9 @@ class Deployment:
         }
 
     def close(self) -> None:
-        """Stops every loader (each checkpoints first) and releases the folder."""
+        """Stops every loader (each checkpoints first) and releases the folder (again: a no-op)."""
+        if self._lock_file.closed:
+            return
         for loader in [self._catalogue_loader, *self.loaders.values()]:
             loader.stop()
         for sv in self.versions.values():

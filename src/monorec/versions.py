@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from monorec.artifacts import pack_strings, unpack_strings
 from monorec.bundle import ModelBundle, context_tensors
 from monorec.errors import ArtifactError, DeployError
 from monorec.index import EntityFilter, EntityRows, VectorIndex
@@ -78,13 +79,13 @@ class ItemFeatures:
         with self._lock:  # snapshot under the lock, write outside it
             ids = list(self._row_of)
             feats = self._rows[[self._row_of[i] for i in ids]]
-        np.savez(path, ids=np.array(ids, dtype=np.str_), feats=feats)
+        np.savez(path, ids=pack_strings(ids), feats=feats)
 
     @classmethod
     def load(cls, path: Path) -> ItemFeatures:
         try:
             with np.load(path, allow_pickle=False) as arrays:
-                ids, feats = [str(i) for i in arrays["ids"]], arrays["feats"]
+                ids, feats = unpack_strings(arrays["ids"]), arrays["feats"]
         except (OSError, ValueError, KeyError) as exc:
             raise ArtifactError(f"{path}: item features do not load: {exc}") from None
         table = cls(feats.shape[1])

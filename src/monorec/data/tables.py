@@ -92,6 +92,17 @@ def validate_catalogue(frame: pl.DataFrame, config: ProjectConfig, file: str = "
     nulls = int(frame["entity_id"].null_count())
     if nulls:
         raise DataError(file, "entity_id must not be empty", column="entity_id", rows=nulls)
+    control = frame.filter(pl.col("entity_id").str.contains(r"[\x00-\x1f\x7f-\x9f]"))
+    if control.height:  # the change log refuses such ids too (monorec.stream.changes.check_entity_id)
+        raise DataError(
+            file,
+            f"entity ids must not contain control characters, e.g. {control['entity_id'][0]!r}",
+            column="entity_id",
+            rows=control.height,
+        )
+    long = frame.filter(pl.col("entity_id").str.len_chars() > 256)
+    if long.height:
+        raise DataError(file, "entity ids have at most 256 characters", column="entity_id", rows=long.height)
     dup = frame.filter(pl.col("entity_id").is_duplicated())
     if dup.height:
         raise DataError(file, f"duplicate ids, e.g. {dup['entity_id'][0]!r}", column="entity_id", rows=dup.height)

@@ -18,6 +18,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from monorec.artifacts import pack_strings, unpack_strings
+
 __all__ = ["EntityFilter", "EntityRows", "Hits", "RevisionBook", "VectorIndex"]
 
 
@@ -146,14 +148,14 @@ class RevisionBook:
     def to_arrays(self) -> dict[str, np.ndarray]:
         ids = list(self.applied)
         return {
-            "book_ids": np.array(ids, dtype=np.str_),
+            "book_ids": pack_strings(ids),
             "book_revisions": np.array([self.applied[i] for i in ids], dtype=np.int64),
             "book_deleted": np.array([i in self.deleted for i in ids], dtype=np.bool_),
         }
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> RevisionBook:
-        ids = [str(i) for i in arrays["book_ids"]]
+        ids = unpack_strings(arrays["book_ids"])
         revisions = arrays["book_revisions"].tolist()
         deleted = arrays["book_deleted"].tolist()
         return cls(dict(zip(ids, revisions, strict=True)), (i for i, d in zip(ids, deleted, strict=True) if d))

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import faiss as _faiss
 import numpy as np
 
+from monorec.artifacts import pack_strings, unpack_strings
 from monorec.errors import ArtifactError
 from monorec.index.base import EntityFilter, EntityRows, Hits, RevisionBook, empty_hits, top_k_rows
 
@@ -280,10 +281,10 @@ class FaissIndex:
         arrays: dict[str, Any] = book.to_arrays()
         np.savez(
             path / "rows.npz",
-            row_ids=row_ids.astype(np.str_),
+            row_ids=pack_strings([str(i) for i in row_ids]),
             alive=alive,
-            row_types=np.array(row_types, dtype=np.str_),
-            row_categories=np.array([_CATEGORY_SEPARATOR.join(c) for c in row_categories], dtype=np.str_),
+            row_types=pack_strings(row_types),
+            row_categories=pack_strings([_CATEGORY_SEPARATOR.join(c) for c in row_categories]),
             **arrays,
         )
 
@@ -297,13 +298,13 @@ class FaissIndex:
                 data = {k: arrays[k] for k in arrays.files}
         except (RuntimeError, OSError, ValueError, KeyError) as exc:
             raise ArtifactError(f"{path}: the index does not load: {exc}") from None
-        if index._faiss.d != dim or index._faiss.ntotal != len(data["row_ids"]):
+        ids = unpack_strings(data["row_ids"])
+        types = unpack_strings(data["row_types"])
+        cats = [tuple(c.split(_CATEGORY_SEPARATOR)) if c else () for c in unpack_strings(data["row_categories"])]
+        if index._faiss.d != dim or index._faiss.ntotal != len(ids):
             raise ArtifactError(f"{path}: the index does not match its rows (dimension or row count)")
         if kind == "hnsw":
             index._faiss.hnsw.efSearch = int(index.params["ef_search"])
-        ids = [str(i) for i in data["row_ids"]]
-        types = [str(t) for t in data["row_types"]]
-        cats = [tuple(c.split(_CATEGORY_SEPARATOR)) if c else () for c in data["row_categories"]]
         index._register(0, ids, types, cats, data["alive"].astype(np.bool_))
         index.book = RevisionBook.from_arrays(data)
         return index

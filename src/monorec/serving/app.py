@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import json
 import secrets
 import threading
 import time
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -38,6 +41,7 @@ from monorec.registry import Registry
 from monorec.serving.body_limit import BodyLimit
 from monorec.serving.engine import ServingEngine
 from monorec.serving.messages import (
+    ENTITY_ID_PATTERN,
     BatchRequest,
     BatchResponse,
     EntityOut,
@@ -47,12 +51,21 @@ from monorec.serving.messages import (
 )
 from monorec.serving.metrics import ServingMetrics
 from monorec.serving.openapi import contract_openapi
-from monorec.stream.changes import Change
+from monorec.stream.changes import MAX_REVISION, Change
 
 __all__ = ["ServeSettings", "create_app", "resolve_environment"]
 
 _bearer = HTTPBearer(auto_error=False)  # a missing token is our 401 (not FastAPI's 403)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+EntityId = Annotated[
+    str,
+    PathParam(
+        min_length=1,
+        max_length=256,
+        pattern=ENTITY_ID_PATTERN,
+        description="an entity id: 1-256 characters, no control characters",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,21 @@ def resolve_environment(settings: ServeSettings, registry: Registry) -> Environm
 def _loc(field: str) -> list[str | int]:
     """An engine field name ("requests.3.context.hour") -> a FastAPI ``loc`` in the body."""
     return ["body", *(int(p) if p.isdigit() else p for p in field.split("."))]
+
+
+def _plain_error(error: Any) -> dict[str, Any]:
+    """One validation error as JSON-safe fields: loc, msg, type and the input when it encodes as JSON."""
+    out: dict[str, Any] = {
+        "loc": list(error.get("loc", ())),
+        "msg": str(error.get("msg", "")),
+        "type": error.get("type"),
+    }
+    try:
+        json.dumps(error.get("input"), allow_nan=False)
+        out["input"] = error.get("input")
+    except (TypeError, ValueError):
+        out["input"] = repr(error.get("input"))[:200]
+    return out
 
 
 def _json(model: BaseModel) -> Response:
@@ -186,6 +214,13 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
     Admin = Depends(admin)
     Reader = Depends(reader)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 format, with the offending value echoed only when it is plain JSON: a NaN or an
+        infinity (which Python's JSON parser accepts) cannot be encoded and must not turn a 422 into a 500."""
+        request.app.state.metrics.errors.labels("422").inc()
+        return JSONResponse({"detail": [_plain_error(e) for e in exc.errors()]}, status_code=422)
+
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError) -> JSONResponse:
         status = 404 if isinstance(exc, CanvasNotServed) else 422
@@ -225,7 +260,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         return _json(BatchResponse(responses=responses))
 
     @app.get("/v1/entities/{entity_id}", response_model=EntityOut, dependencies=[Reader], tags=["entities"])
-    def get_entity(entity_id: str, request: Request) -> EntityOut:
+    def get_entity(entity_id: EntityId, request: Request) -> EntityOut:
         """A catalogue entity and which live versions hold it."""
         dep: Deployment = request.app.state.deployment
         entity = dep.catalogue.entities([entity_id]).get(entity_id)
@@ -270,7 +305,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
     # ---------------------------------------------------------------------------------- writes
 
     @app.put("/v1/entities/{entity_id}", status_code=202, dependencies=[Admin], tags=["entities"])
-    def put_entity(entity_id: str, body: EntityWrite, request: Request) -> dict[str, Any]:
+    def put_entity(entity_id: EntityId, body: EntityWrite, request: Request) -> dict[str, Any]:
         """Upserts an entity through the change log (every live version and the catalogue apply it)."""
         revision = body.revision if body.revision is not None else time.time_ns() // 1000
         change = Change("upsert", entity_id, revision, body.entity_type, body.title, tuple(body.categories))
@@ -279,7 +314,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
 
     @app.delete("/v1/entities/{entity_id}", status_code=202, dependencies=[Admin], tags=["entities"])
     def delete_entity(
-        entity_id: str, request: Request, revision: Annotated[int | None, Query(ge=0)] = None
+        entity_id: EntityId, request: Request, revision: Annotated[int | None, Query(ge=0, le=MAX_REVISION)] = None
     ) -> dict[str, Any]:
         """Deletes an entity through the change log."""
         revision = revision if revision is not None else time.time_ns() // 1000
@@ -300,6 +335,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         dep: Deployment = request.app.state.deployment
         if body.version not in {v.version for v in dep.registry.versions()}:
             raise HTTPException(404, f"unknown version {body.version!r}")
+        dep.check_deployable(body.version)  # a retired version: 409 now, not a failure in the background
         request.app.state.deploy_job.start(dep, body.version)
         return request.app.state.deploy_job.to_dict()
 
@@ -330,10 +366,15 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
 
     @app.get("/readyz", tags=["operations"])
     def readyz(request: Request) -> JSONResponse:
-        """Ready when a version serves."""
-        version = request.app.state.deployment.router.current
+        """Ready when a version serves and every loader applies the change log (a stopped or failing loader
+        would serve an ever staler catalogue while writes answer 202)."""
+        dep: Deployment = request.app.state.deployment
+        version = dep.router.current
         if version is None:
             return JSONResponse({"status": "no version serving"}, status_code=503)
+        failing = dep.unhealthy_loaders()
+        if failing:
+            return JSONResponse({"status": "loaders failing", "loaders": failing}, status_code=503)
         return JSONResponse({"status": "ready", "version": version.name})
 
     @app.get("/metrics", tags=["operations"])

@@ -18,7 +18,11 @@ Send = Callable[[Message], Awaitable[None]]
 
 class BodyLimit:
     """Refuses request bodies over ``limit`` bytes with 413, counting what arrives (a missing or false
-    Content-Length does not get past it)."""
+    Content-Length, or a chunked body, does not get past it).
+
+    The body is read here in full (at most ``limit`` bytes are held) before the app sees any of it: an
+    error raised from inside the app's ``receive`` would be caught by the framework's body parsing and
+    answered 400, not 413."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
         self.app = app
@@ -32,20 +36,30 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await _too_large(self.limit, send)
             return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] != "http.request":  # the client went away: nobody to answer
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
             if seen > self.limit:
-                raise _TooLarge
-            return message
+                await _too_large(self.limit, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        delivered = False
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _too_large(self.limit, send)
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # after the body: the disconnect, when it comes
+
+        await self.app(scope, replay, send)
 
 
 class _TooLarge(Exception):

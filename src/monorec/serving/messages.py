@@ -10,7 +10,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from monorec.stream.changes import MAX_REVISION
+
 __all__ = [
+    "ENTITY_ID_PATTERN",
     "MAX_BATCH",
     "MAX_K",
     "BatchRequest",
@@ -30,6 +33,11 @@ MAX_IDS = 5000
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# what an entity id may be (the change log's rule, stated in the API): no control characters
+ENTITY_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+# a category as stored: no control characters and not the catalogue's "|" separator
+Category = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^|\x00-\x1f\x7f-\x9f]+$")]
+Revision = Annotated[int, Field(ge=0, le=MAX_REVISION)]
 ContextValue = str | int | float | list[str | int] | None
 
 
@@ -100,12 +108,15 @@ class BatchResponse(BaseModel):
 
 
 class EntityWrite(_Strict):
-    """An entity upsert through the API (it goes to the change log like any producer's change)."""
+    """An entity upsert through the API (it goes to the change log like any producer's change). It is a full
+    replace: the entity becomes exactly what the body says, so every field is required."""
 
     entity_type: Label
-    title: str = Field(default="", max_length=2000)
-    categories: list[Label] = Field(default_factory=list, max_length=64)
-    revision: int | None = Field(default=None, ge=0, description="default: the current time in microseconds")
+    title: str = Field(max_length=2000, description="required: an upsert replaces the whole entity")
+    categories: list[Category] = Field(max_length=64, description="required ([] for none); no '|' in a category")
+    revision: Revision | None = Field(
+        default=None, description="at most 2^63 - 1; default: the current time in microseconds"
+    )
 
 
 class EntityOut(BaseModel):

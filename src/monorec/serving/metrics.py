@@ -33,14 +33,26 @@ class _DeploymentCollector(Collector):
         lag = GaugeMetricFamily(
             "monorec_stream_lag", "change-log entries not yet applied, per consumer", labels=["consumer"]
         )
+        healthy = GaugeMetricFamily(
+            "monorec_loader_healthy",
+            "1 while a consumer's loader applies the log, 0 when it fails",
+            labels=["consumer"],
+        )
+        dead = GaugeMetricFamily("monorec_dead_letters", "changes no consumer could apply (dead letters)")
         for row in self.deployment.status():
             if row["state"] in ("serving", "standby", "staging", "ready"):
                 live.add_metric([row["version"], row["state"]], 1.0)
-        with contextlib.suppress(Exception):  # a broker away must not break the scrape: the lag is then absent
-            for group, entries in self.deployment.stream_status()["lag"].items():
+        with contextlib.suppress(Exception):  # a broker away must not break the scrape: these are then absent
+            status = self.deployment.stream_status()
+            for group, entries in status["lag"].items():
                 lag.add_metric([group], float(entries))
+            for group, health in status["loaders"].items():
+                healthy.add_metric([group], 1.0 if health["healthy"] else 0.0)
+            dead.add_metric([], float(status["dead_letters"]))
         yield live
         yield lag
+        yield healthy
+        yield dead
 
 
 class ServingMetrics:

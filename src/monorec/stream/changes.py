@@ -17,7 +17,17 @@ import polars as pl
 
 from monorec.errors import ChangeError
 
-__all__ = ["ENTITY_FRAME_SCHEMA", "MAX_CHANGE_BYTES", "Change", "changes_frame", "parse_change"]
+__all__ = [
+    "ENTITY_FRAME_SCHEMA",
+    "MAX_CHANGE_BYTES",
+    "MAX_REVISION",
+    "Change",
+    "changes_frame",
+    "check_category",
+    "check_entity_id",
+    "check_revision",
+    "parse_change",
+]
 
 # entities as a table (a catalogue page, a batch of upserts): the catalogue columns plus the revision
 ENTITY_FRAME_SCHEMA = {
@@ -31,11 +41,67 @@ ENTITY_FRAME_SCHEMA = {
 MAX_CHANGE_BYTES = 64 * 1024  # a catalogue entity is small; anything bigger is refused
 MAX_TITLE_CHARS = 2000
 MAX_CATEGORIES = 64
+MAX_ID_CHARS = 256
+# revisions are stored as signed 64-bit integers everywhere (SQLite INTEGER, numpy int64, Parquet Int64):
+# a larger one must be refused where it enters, never reach a consumer that cannot store it
+MAX_REVISION = 2**63 - 1
+CATEGORY_SEPARATOR = "|"  # how the catalogue table stores a list of categories in one column
+
+
+def _control_character(text: str) -> str | None:
+    """The first control character (C0, DEL or C1) in ``text``, if any."""
+    for ch in text:
+        if ch < " " or "\x7f" <= ch <= "\x9f":
+            return ch
+    return None
+
+
+def check_entity_id(entity_id: object, field: str = "entity_id") -> str:
+    """A valid entity id: a non-empty string of at most 256 characters without control characters
+    (ids are keys in every store and index; a control character such as a trailing NUL does not survive
+    every one of them, and an id that changes on restart would make the index differ from the catalogue).
+
+    Raises:
+        ChangeError: naming ``field``.
+    """
+    if not isinstance(entity_id, str) or not entity_id or len(entity_id) > MAX_ID_CHARS:
+        raise ChangeError(field, f"must be a non-empty string of at most {MAX_ID_CHARS} characters")
+    bad = _control_character(entity_id)
+    if bad is not None:
+        raise ChangeError(field, f"must not contain control characters (found {bad!r})")
+    return entity_id
+
+
+def check_revision(revision: object, field: str = "revision") -> int:
+    """A valid revision: an integer in [0, 2^63 - 1].
+
+    Raises:
+        ChangeError: naming ``field``.
+    """
+    if isinstance(revision, bool) or not isinstance(revision, int) or not 0 <= revision <= MAX_REVISION:
+        raise ChangeError(field, f"must be an integer between 0 and {MAX_REVISION} (2^63 - 1), got {revision!r}")
+    return revision
+
+
+def check_category(category: object, field: str = "categories") -> str:
+    """A valid category: a non-empty string without the catalogue's separator or control characters.
+
+    Raises:
+        ChangeError: naming ``field``.
+    """
+    if not isinstance(category, str) or not category or len(category) > 128:
+        raise ChangeError(field, "each category must be a non-empty string of at most 128 characters")
+    if CATEGORY_SEPARATOR in category or _control_character(category) is not None:
+        raise ChangeError(
+            field, f"a category must not contain {CATEGORY_SEPARATOR!r} or control characters: {category!r}"
+        )
+    return category
 
 
 @dataclass(frozen=True)
 class Change:
-    """One upsert or delete. ``entity_type``, ``title`` and ``categories`` matter for upserts only."""
+    """One upsert or delete. ``entity_type``, ``title`` and ``categories`` matter for upserts only: an upsert
+    is the entity's whole new state (a full replace, never a merge of the fields given)."""
 
     op: Literal["upsert", "delete"]
     entity_id: str
@@ -78,33 +144,32 @@ def parse_change(payload: str | bytes | dict[str, Any], entity_types: Sequence[s
     op = payload.get("op")
     if op not in ("upsert", "delete"):
         raise ChangeError("op", f"must be 'upsert' or 'delete', got {op!r}")
-    entity_id = payload.get("entity_id")
-    if not isinstance(entity_id, str) or not entity_id or len(entity_id) > 256:
-        raise ChangeError("entity_id", "must be a non-empty string of at most 256 characters")
-    revision = payload.get("revision")
-    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
-        raise ChangeError("revision", f"must be a non-negative integer, got {revision!r}")
+    entity_id = check_entity_id(payload.get("entity_id"))
+    revision = check_revision(payload.get("revision"))
     if op == "delete":
         return Change("delete", entity_id, revision)
     entity_type = payload.get("entity_type")
     if entity_type not in entity_types:
         raise ChangeError("entity_type", f"{entity_type!r} is not declared; declared: {list(entity_types)}")
-    title = payload.get("title", "")
+    # an upsert is the entity's whole new state (what makes applying by revision order-free), so it
+    # carries every field: a missing title would silently blank the stored one
+    for name in ("title", "categories"):
+        if name not in payload:
+            raise ChangeError(name, "is required: an upsert replaces the whole entity (use [] for no categories)")
+    title = payload["title"]
     if not isinstance(title, str) or len(title) > MAX_TITLE_CHARS:
         raise ChangeError("title", f"must be a string of at most {MAX_TITLE_CHARS} characters")
-    categories = payload.get("categories", [])
-    if isinstance(categories, str):
-        categories = [c for c in categories.split("|") if c]
-    if (
-        not isinstance(categories, list)
-        or len(categories) > MAX_CATEGORIES
-        or not all(isinstance(c, str) and c for c in categories)
-    ):
+    categories = payload["categories"]
+    if isinstance(categories, str):  # the catalogue table's form: "a|b"
+        categories = [c for c in categories.split(CATEGORY_SEPARATOR) if c]
+    if not isinstance(categories, list) or len(categories) > MAX_CATEGORIES:
         raise ChangeError("categories", f"must be a list of at most {MAX_CATEGORIES} non-empty strings")
+    for c in categories:
+        check_category(c)
     return Change("upsert", entity_id, revision, str(entity_type), title, tuple(categories))
 
 
 def changes_frame(changes: Sequence[Change]) -> pl.DataFrame:
     """Upserts -> an entity table (:data:`ENTITY_FRAME_SCHEMA`)."""
-    rows = [(c.entity_id, c.entity_type, c.title, "|".join(c.categories), c.revision) for c in changes]
+    rows = [(c.entity_id, c.entity_type, c.title, CATEGORY_SEPARATOR.join(c.categories), c.revision) for c in changes]
     return pl.DataFrame(rows, schema=ENTITY_FRAME_SCHEMA, orient="row")

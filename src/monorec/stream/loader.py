@@ -5,12 +5,18 @@ letters with its reason and the loader goes on), applies the good ones to the si
 every ``checkpoint_s`` makes the sink durable and only then commits the offset. A crash between applying
 and committing replays those changes, which is harmless (revisions). When the broker is unreachable the
 loader retries with exponential backoff and then catches up; nothing is skipped.
+
+No record can stop a loader: when the sink refuses a batch, its changes are applied one at a time and the
+one the sink cannot apply (whatever the reason) goes to the dead letters too. A failure that is not about
+one record (the sink cannot checkpoint, the disk is full) is retried with backoff and reported by
+:attr:`Loader.error` / :attr:`Loader.healthy`, which readiness, metrics and stream status show.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +40,14 @@ class Sink(Protocol):
         """Makes everything applied so far durable, recorded as reflecting the log up to ``offset``."""
         ...
 
+
+# failures of where a sink writes, not of the change it writes: retried, never dead-lettered
+ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (
+    StreamUnavailable,
+    OSError,
+    MemoryError,
+    sqlite3.OperationalError,
+)
 
 DeadLetterWriter = Callable[[str, str, str, str], None]  # (consumer, offset, payload, reason)
 
@@ -62,6 +76,8 @@ class Loader:
         self.applied_total = 0
         self.rejected_total = 0
         self.unavailable_since: float | None = None
+        self.error: str | None = None  # why the last step failed (None once a step succeeds again)
+        self.failed_steps = 0  # steps that failed (not the broker being away), since the start
         self._last_checkpoint = time.monotonic()
         self._held: list[LogEntry] = []  # read past an ``until`` bound: applied by the next step
         self._stop = threading.Event()
@@ -85,24 +101,49 @@ class Loader:
         """Reads and applies one batch (nothing past ``until``); returns how many entries it consumed.
 
         Raises:
-            StreamUnavailable: the broker cannot be reached.
+            StreamUnavailable: the broker cannot be reached. Anything else the sink raises at a checkpoint.
         """
         with self._step_lock:
             entries = self._next_entries(block_s, until)
             if entries:
-                good: list[Change] = []
+                good: list[tuple[LogEntry, Change]] = []
                 for entry in entries:
                     try:
-                        good.append(parse_change(entry.payload, self.entity_types))
+                        good.append((entry, parse_change(entry.payload, self.entity_types)))
                     except ChangeError as exc:
-                        self.dead_letter(self.group, entry.offset, entry.payload, str(exc))
-                        self.rejected_total += 1
-                self.applied_total += self.sink.apply(good)
+                        self._reject(entry, str(exc))
+                self.applied_total += self._apply(good)
                 self.applied_offset = entries[-1].offset
                 self.uncommitted += len(entries)
             if self.uncommitted and time.monotonic() - self._last_checkpoint >= self.checkpoint_s:
                 self.checkpoint()
             return len(entries)
+
+    def _reject(self, entry: LogEntry, reason: str) -> None:
+        self.dead_letter(self.group, entry.offset, entry.payload, reason)
+        self.rejected_total += 1
+
+    def _apply(self, good: Sequence[tuple[LogEntry, Change]]) -> int:
+        """Applies the batch; when the sink refuses it, one change at a time, dead-lettering each one it
+        cannot apply (applying again what went through before the failure is harmless: revisions). A
+        failure of the sink's environment (disk, database locked, memory, broker) is not the record's
+        fault: it propagates, so the step is retried and nothing is dead-lettered for it."""
+        try:
+            return self.sink.apply([c for _, c in good])
+        except ENVIRONMENT_ERRORS:
+            raise
+        except Exception:  # a record of the batch: find it below
+            pass
+        applied = 0
+        for entry, change in good:
+            try:
+                applied += self.sink.apply([change])
+            except ENVIRONMENT_ERRORS:
+                raise
+            except Exception as exc:  # no record may stop the loader
+                log.warning("loader %s: change at %s cannot be applied: %r", self.group, entry.offset, exc)
+                self._reject(entry, f"cannot be applied: {type(exc).__name__}: {exc}")
+        return applied
 
     def checkpoint(self, *, force: bool = False) -> None:
         """Sink durable first, then the offset committed (never the other way round). ``force`` checkpoints
@@ -141,19 +182,28 @@ class Loader:
     # ------------------------------------------------------------------------------------- thread
 
     def run(self) -> None:
-        """Steps until stopped; an unreachable broker means backoff and retry, never a skipped change."""
+        """Steps until stopped; an unreachable broker or a failing sink means backoff and retry (from the
+        last commit), never a skipped change and never a dead thread."""
         backoff = 0.05
         while not self._stop.is_set():
             try:
                 self.step(block_s=0.05)
                 backoff = 0.05
                 self.unavailable_since = None
+                self.error = None
+                continue
             except StreamUnavailable as exc:
                 if self.unavailable_since is None:
                     self.unavailable_since = time.monotonic()
                     log.warning("loader %s: %s; retrying with backoff", self.group, exc)
-                self._stop.wait(backoff)
-                backoff = min(self.max_backoff_s, backoff * 2)
+            except Exception as exc:  # reported and retried: the thread must not die
+                if self.error is None:
+                    log.exception("loader %s failed; retrying with backoff", self.group)
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.failed_steps += 1
+            self._stop.wait(backoff)
+            backoff = min(self.max_backoff_s, backoff * 2)
+            with contextlib.suppress(StreamUnavailable):
                 self.rewind()
         with contextlib.suppress(StreamUnavailable):  # the next start replays from the last commit
             self.checkpoint()
@@ -161,6 +211,26 @@ class Loader:
     @property
     def running(self) -> bool:
         return self._thread is not None
+
+    @property
+    def healthy(self) -> bool:
+        """Applying changes: not failing, and its thread (when started) alive. A broker away is not a failure
+        of the loader (it catches up when the broker is back; serving goes on from the indexes)."""
+        thread_dead = self._thread is not None and not self._thread.is_alive()
+        return self.error is None and not thread_dead
+
+    def health(self) -> dict[str, object]:
+        """What stream status and metrics show of this loader."""
+        since = self.unavailable_since
+        return {
+            "running": self.running,
+            "healthy": self.healthy,
+            "error": self.error,
+            "broker_unreachable_s": None if since is None else round(time.monotonic() - since, 1),
+            "applied": self.applied_total,
+            "rejected": self.rejected_total,
+            "failed_steps": self.failed_steps,
+        }
 
     def start(self) -> None:
         self._stop.clear()

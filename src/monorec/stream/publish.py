@@ -37,8 +37,6 @@ def publish_changes(
     """
     if len(changes) > MAX_PUBLISH_BATCH:
         raise ChangeError("*", f"{len(changes)} changes in one batch; at most {MAX_PUBLISH_BATCH}")
-    parsed = [c if isinstance(c, Change) else parse_change(c, entity_types) for c in changes]
-    for c in parsed:
-        if c.op == "upsert" and c.entity_type not in entity_types:
-            raise ChangeError("entity_type", f"{c.entity_type!r} is not declared; declared: {list(entity_types)}")
+    # Change objects are checked like any payload: the log must never carry what a consumer cannot apply
+    parsed = [parse_change(c.to_dict() if isinstance(c, Change) else c, entity_types) for c in changes]
     return log.append([c.to_json() for c in parsed])

@@ -51,14 +51,15 @@ class VersionSink:
 
 
 class CatalogueSink:
+    """Applies changes to the catalogue store at once (one transaction per batch, so a change the store
+    cannot take fails its own batch, where the loader isolates it) and records the offset at checkpoints.
+    Between the two the store may be fresher than its offset says, never staler; a replay is harmless."""
+
     def __init__(self, store: CatalogueStore) -> None:
         self.store = store
-        self._pending: list[Change] = []
 
     def apply(self, changes: Sequence[Change]) -> int:
-        self._pending.extend(changes)
-        return len(changes)
+        return self.store.apply(changes)
 
     def checkpoint(self, offset: str) -> None:
-        self.store.apply(self._pending, offset)  # changes and offset in one transaction
-        self._pending = []
+        self.store.apply([], offset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,15 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory, config: ProjectConfig
         bundle = train(cfg, prepared, progress=False)
         registry.publish(bundle, {"canvases": {}}, force=True)
     return registry
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Under ``make test`` (MONOREC_NO_SKIPS=1) a skipped test is a failure: everything a test needs is
+    installed by then, so a skip would only hide a broken set-up."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("MONOREC_NO_SKIPS") == "1" and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.longrepr = f"skipped under make test (MONOREC_NO_SKIPS=1): {reason}"

@@ -77,7 +77,9 @@ def test_entities_are_read_and_written_through_the_change_log(api: tuple[httpx.C
     assert entity["title"] == "Fresh Arrival" and entity["revision"] == r.json()["revision"]
     ranked = client.post("/v1/recommend", json={"canvas": "home", "candidates": {"ids": ["m-fresh"]}, "k": 1})
     assert [i["entity_id"] for i in ranked.json()["items"]] == ["m-fresh"]  # searchable in the serving version
-    bad = client.put("/v1/entities/m-bad", json={"entity_type": "spaceship"}, headers=AUTH)
+    bad = client.put(
+        "/v1/entities/m-bad", json={"entity_type": "spaceship", "title": "", "categories": []}, headers=AUTH
+    )
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "entity_type"]
     gone = client.delete("/v1/entities/m-fresh", headers=AUTH)
     assert gone.status_code == 202
@@ -138,3 +140,93 @@ def test_not_ready_without_a_serving_version(tmp_path: Path, two_versions: Regis
             assert client.get("/readyz").status_code == 503
             r = client.post("/v1/recommend", json={"canvas": "home"})
             assert r.status_code == 503 and "deploy" in r.json()["detail"]
+
+
+def test_invalid_values_get_a_4xx_naming_the_field_never_a_500(api: tuple[httpx.Client, Deployment]) -> None:
+    """Regression (issue 9.4): NaN and infinities (which JSON parsers accept) made the 422 handler fail
+    while echoing them, answering 500."""
+    client, _ = api
+    cases = [
+        ('{"canvas": "home", "timeout_ms": NaN}', ["body", "timeout_ms"]),
+        ('{"canvas": NaN}', ["body", "canvas"]),
+        ('{"canvas": "home", "k": -Infinity}', ["body", "k"]),
+        ('{"canvas": "home", "k": Infinity}', ["body", "k"]),
+        ('{"canvas": "home", "context": {"hour": NaN}}', ["body", "context", "hour"]),
+    ]
+    for raw, loc in cases:
+        r = client.post("/v1/recommend", content=raw, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500, (raw, r.status_code, r.text)
+        assert r.json()["detail"][0]["loc"][: len(loc)] == loc, (raw, r.text)
+
+
+def test_entity_writes_are_checked_where_they_enter(api: tuple[httpx.Client, Deployment]) -> None:
+    """Regressions (issue 9.1, 9.3, 9.5): a revision past int64, a control character in an id, a "|" in a
+    category and an upsert without a title were all accepted (202) and then poisoned or changed the data."""
+    client, dep = api
+    head = dep.log.head()
+    entity = {"entity_type": "movie", "title": "T", "categories": ["drama"]}
+    refused = [
+        ("DELETE", "/v1/entities/pdel?revision=1000000000000000000000000000000", None, ["query", "revision"]),
+        ("PUT", "/v1/entities/big", {**entity, "revision": 2**63}, ["body", "revision"]),
+        ("PUT", "/v1/entities/zz%00", entity, ["path", "entity_id"]),
+        ("GET", "/v1/entities/zz%01", None, ["path", "entity_id"]),
+        ("PUT", "/v1/entities/cat", {**entity, "categories": ["a|b"]}, ["body", "categories", 0]),
+        ("PUT", "/v1/entities/untitled", {"entity_type": "movie", "categories": []}, ["body", "title"]),
+        ("PUT", "/v1/entities/nocats", {"entity_type": "movie", "title": "T"}, ["body", "categories"]),
+    ]
+    for method, path, body, loc in refused:
+        r = client.request(method, path, json=body, headers=AUTH)
+        assert r.status_code == 422, (method, path, r.status_code, r.text)
+        assert r.json()["detail"][0]["loc"] == loc, (path, r.text)
+    assert dep.log.head() == head  # nothing reached the log
+    ok = client.put("/v1/entities/max-rev", json={**entity, "revision": 2**63 - 1}, headers=AUTH)
+    assert ok.status_code == 202, ok.text
+    wait_for(lambda: client.get("/v1/entities/max-rev").status_code == 200)
+    assert client.get("/readyz").status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_gets_413(api: tuple[httpx.Client, Deployment]) -> None:
+    """Regression (issue 9.5): without a Content-Length the framework's body parser caught the limit's
+    error and answered 400."""
+    client, _ = api
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"canvas": "home", "context": {"query": "'
+        for _ in range(80):
+            yield b"x" * 16384
+        yield b'"}}'
+
+    r = client.post("/v1/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"][0]["type"] == "too_large"
+    small = client.post(
+        "/v1/recommend", content=iter([b'{"canvas": ', b'"home"}']), headers={"content-type": "application/json"}
+    )
+    assert small.status_code == 200, small.text  # a small chunked body still reaches the app whole
+
+
+def test_deploying_a_retired_version_is_refused_up_front(api: tuple[httpx.Client, Deployment]) -> None:
+    """Regression (issue 9.5): it answered 202 and failed in the background."""
+    client, dep = api
+    dep.deploy("v0002")
+    dep.retire("v0001")
+    r = client.post("/v1/admin/deploy", json={"version": "v0001"}, headers=AUTH)
+    assert r.status_code == 409 and "retired" in r.json()["detail"]
+    assert client.get("/v1/admin/versions", headers=AUTH).json()["deploy"]["state"] == "idle"
+
+
+def test_a_failing_loader_makes_the_server_not_ready(api: tuple[httpx.Client, Deployment], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Regression (issue 9.1): a dead loader left /readyz ready and the stream status at lag 0."""
+    client, dep = api
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(dep.catalogue, "apply", broken)
+    assert client.put("/v1/entities/m-x", json={"entity_type": "movie", "title": "X", "categories": []}, headers=AUTH)
+    wait_for(lambda: client.get("/readyz").status_code == 503)
+    assert "disk I/O error" in client.get("/readyz").json()["loaders"]["catalogue"]
+    assert 'monorec_loader_healthy{consumer="catalogue"} 0.0' in client.get("/metrics").text
+    stream = client.get("/v1/admin/stream", headers=AUTH).json()
+    assert stream["loaders"]["catalogue"]["healthy"] is False and stream["lag"]["catalogue"] >= 1
+    monkeypatch.undo()
+    wait_for(lambda: client.get("/readyz").status_code == 200)

@@ -164,7 +164,7 @@ def test_unauthenticated_admin_calls_get_401_and_change_nothing(server: tuple[st
         ("POST", "/v1/admin/retire", {"version": "v0001"}),
         ("GET", "/v1/admin/stream", None),
         ("GET", "/v1/admin/versions", None),
-        ("PUT", "/v1/entities/m-new", {"entity_type": "movie", "title": "Intruder"}),
+        ("PUT", "/v1/entities/m-new", {"entity_type": "movie", "title": "Intruder", "categories": []}),
         ("DELETE", "/v1/entities/m00001", None),
     ]
     with httpx.Client(base_url=url) as client:

@@ -1,11 +1,11 @@
 """``monorec``: a thin command line over the library.
 
-monorec demo       [--workdir DIR] [--quick]
+monorec demo       [--workdir DIR] [--quick] [--retrain]
 monorec generate   --out DIR [--users N --items N --requests N --seed S]
 monorec prepare    --data DIR --out DIR [--config FILE]
 monorec train      --prepared DIR --out DIR [--canvas NAME ...] [--device cpu|cuda]
 monorec evaluate   --run DIR --prepared DIR --out DIR [--split test]
-monorec publish    --run DIR --metrics FILE --registry DIR [--tolerance T] [--force]
+monorec publish    --run DIR --metrics FILE [--registry DIR] [--tolerance T] [--force]
 monorec config check FILE [FILE ...]
 monorec deploy | versions | switch | rollback | retire | stream | serve   (see monorec.cli_deploy)
 """
@@ -18,59 +18,74 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monorec.cli_deploy import COMMANDS as DEPLOY_COMMANDS
-from monorec.cli_deploy import add_deploy_commands, run_deploy_command
+from monorec.cli_deploy import DEFAULT_REGISTRY, add_command, add_deploy_commands, run_deploy_command
 from monorec.errors import ConfigError, MonorecError
 
 __all__ = ["main"]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("monorec")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="monorec", description="One pipeline, one model, one API for every canvas.")
+    p.add_argument("--version", action="version", version=f"monorec {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="generate a synthetic world and run the whole pipeline on it")
-    d.add_argument("--workdir", default="runs/demo")
+    d = add_command(sub, "demo", help="generate a synthetic world and run the whole pipeline on it")
+    d.add_argument("--workdir", default="runs/demo", help="where the world, runs, registry and deployment go")
     d.add_argument("--quick", action="store_true", help="a tiny world (seconds; for tests)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of the world and of training")
+    d.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train the next version on the demo's data (the next seed) and publish it, without deploying it",
+    )
 
-    g = sub.add_parser("generate", help="write a synthetic world (dataset folder)")
-    g.add_argument("--out", required=True)
-    g.add_argument("--users", type=int, default=1500)
-    g.add_argument("--items", type=int, default=1500)
-    g.add_argument("--requests", type=int, default=12000)
-    g.add_argument("--seed", type=int, default=0)
+    g = add_command(sub, "generate", help="write a synthetic world (dataset folder)")
+    g.add_argument("--out", required=True, help="the dataset folder to write")
+    g.add_argument("--users", type=int, default=1500, help="number of users")
+    g.add_argument("--items", type=int, default=1500, help="number of catalogue entities")
+    g.add_argument("--requests", type=int, default=12000, help="number of logged requests")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
 
-    pr = sub.add_parser("prepare", help="labels per canvas, time split, stratified merge")
+    pr = add_command(sub, "prepare", help="labels per canvas, time split, stratified merge")
     pr.add_argument("--data", required=True, help="a dataset folder or a MovieLens folder")
-    pr.add_argument("--out", required=True)
+    pr.add_argument("--out", required=True, help="the prepared-data folder to write")
     pr.add_argument(
         "--config", help="project config (default: the synthetic world's, or MovieLens's for MovieLens data)"
     )
 
-    t = sub.add_parser("train", help="train the model (or one dedicated model with --canvas)")
-    t.add_argument("--prepared", required=True)
-    t.add_argument("--out", required=True)
+    t = add_command(sub, "train", help="train the model (or one dedicated model with --canvas)")
+    t.add_argument("--prepared", required=True, help="a folder written by prepare")
+    t.add_argument("--out", required=True, help="the run folder to write (model bundle)")
     t.add_argument("--config", help="override the config saved with the prepared data")
     t.add_argument("--canvas", action="append", help="train on these canvases only (baseline mode)")
     t.add_argument("--device", help="cpu, cuda or auto (default: the config's train.device)")
 
-    e = sub.add_parser("evaluate", help="per-canvas metrics and a report")
-    e.add_argument("--run", required=True)
-    e.add_argument("--prepared", required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--split", default="test", choices=["valid", "test"])
+    e = add_command(sub, "evaluate", help="per-canvas metrics and a report")
+    e.add_argument("--run", required=True, help="a run folder written by train")
+    e.add_argument("--prepared", required=True, help="the prepared data it was trained on")
+    e.add_argument("--out", required=True, help="where metrics.json and the report go")
+    e.add_argument("--split", default="test", choices=["valid", "test"], help="the split to evaluate on")
 
-    pb = sub.add_parser("publish", help="gate against the live version and publish an immutable version")
-    pb.add_argument("--run", required=True)
+    pb = add_command(sub, "publish", help="gate against the registry's last version and publish an immutable one")
+    pb.add_argument("--run", required=True, help="a run folder written by train")
     pb.add_argument("--metrics", required=True, help="metrics.json written by evaluate")
-    pb.add_argument("--registry", required=True)
-    pb.add_argument("--tolerance", type=float)
+    pb.add_argument("--registry", default=DEFAULT_REGISTRY, help="the model registry ($MONOREC_REGISTRY)")
+    pb.add_argument("--tolerance", type=float, help="allowed regression per canvas (default: the config's)")
     pb.add_argument("--force", action="store_true", help="publish even if the gate refuses")
 
-    c = sub.add_parser("config", help="config tools")
+    c = add_command(sub, "config", help="config tools")
     csub = c.add_subparsers(dest="config_command", required=True)
-    check = csub.add_parser("check", help="report every problem of config files")
-    check.add_argument("files", nargs="+")
+    check = add_command(csub, "check", help="report every problem of config files")
+    check.add_argument("files", nargs="+", help="TOML config files")
     add_deploy_commands(sub)
     return p
 
@@ -95,6 +110,11 @@ def _run(args: argparse.Namespace) -> int:
     from monorec import pipeline
     from monorec.config import load_config
 
+    if args.command in ("demo", "train", "evaluate", "deploy", "prepare"):
+        from monorec.threads import configure_torch_threads
+
+        configure_torch_threads()  # the cores actually free, not every core (MONOREC_TORCH_THREADS overrides)
+
     if args.command == "config":
         return _config_check(args.files)
     if args.command in DEPLOY_COMMANDS:
@@ -102,6 +122,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from monorec.demo import run_demo
 
+        if args.retrain:
+            from monorec.demo import retrain_demo
+
+            return 0 if retrain_demo(Path(args.workdir), seed=args.seed) is not None else 1
         run_demo(Path(args.workdir), quick=args.quick, seed=args.seed)
         return 0
     if args.command == "generate":
@@ -145,7 +169,7 @@ def _run(args: argparse.Namespace) -> int:
         version = pipeline.publish_stage(
             args.run, args.metrics, args.registry, tolerance=args.tolerance, force=args.force
         )
-        print(f"published {version} to {args.registry} (live)")
+        print(f"published {version} to {args.registry}; not serving yet (monorec deploy {version} serves it)")
         return 0
     raise AssertionError(args.command)
 

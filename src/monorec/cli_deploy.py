@@ -9,59 +9,75 @@ monorec stream publish FILE|-      (JSON lines: {"op": "upsert"|"delete", "entit
 monorec stream status
 monorec serve    [--env NAME] [--config FILE] [--host H] [--port P]   (the HTTP API and the page)
 
-Every command takes --root DIR (the deployment folder), --registry DIR and --redis URL (a Redis stream as
-the change log instead of the embedded one). Commands that change versions own the folder while they run;
-``stream publish`` does not, so it can feed a running server.
+Every command takes --root DIR (the deployment folder; default $MONOREC_ROOT, else the demo's
+runs/demo/deployment), --registry DIR (default $MONOREC_REGISTRY, else runs/demo/registry) and --redis URL
+(a Redis stream as the change log instead of the embedded one). Commands that change versions own the
+folder while they run; ``stream publish`` does not, so it can feed a running server. While a server owns
+the folder, ``deploy``, ``versions``, ``switch``, ``rollback``, ``retire`` and ``stream status`` go through
+its admin API (token: $MONOREC_ADMIN_TOKEN). Read-only commands never create a folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from monorec.errors import ChangeError
+from monorec.errors import ChangeError, DeployError
 
-__all__ = ["add_deploy_commands", "run_deploy_command"]
+__all__ = ["DEFAULT_REGISTRY", "DEFAULT_ROOT", "add_command", "add_deploy_commands", "run_deploy_command"]
 
 COMMANDS = ("deploy", "versions", "switch", "rollback", "retire", "stream", "serve")
 
+# where `make demo` puts them, so that a new user's next command finds them; the environment overrides
+DEFAULT_ROOT = os.environ.get("MONOREC_ROOT", "runs/demo/deployment")
+DEFAULT_REGISTRY = os.environ.get("MONOREC_REGISTRY", "runs/demo/registry")
+READ_ONLY = ("versions", "stream status")
+
+
+def add_command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows every option's default."""
+    return sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", default="runs/deployment", help="deployment folder (control plane, indexes, log)")
-    p.add_argument("--registry", default="runs/registry", help="the model registry")
+    p.add_argument(
+        "--root", default=DEFAULT_ROOT, help="deployment folder: control plane, indexes, log ($MONOREC_ROOT)"
+    )
+    p.add_argument("--registry", default=DEFAULT_REGISTRY, help="the model registry ($MONOREC_REGISTRY)")
     p.add_argument("--redis", default=None, metavar="URL", help="use a Redis stream as the change log")
 
 
 def add_deploy_commands(sub: Any) -> None:
-    sv = sub.add_parser("serve", help="serve the deployment over HTTP: the API, /metrics and a page to try it")
+    sv = add_command(sub, "serve", help="serve the deployment over HTTP: the API, /metrics and a page to try it")
     sv.add_argument("--env", default="default", help="the serving environment (an [environments.NAME] table)")
     sv.add_argument("--config", default=None, help="environments from this TOML (default: the model's config)")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on")
     _common(sv)
-    d = sub.add_parser("deploy", help="stage, validate and switch to a version (resumes an interrupted deploy)")
-    d.add_argument("version")
+    d = add_command(sub, "deploy", help="stage, validate and switch to a version (resumes an interrupted deploy)")
+    d.add_argument("version", help="a published version, e.g. v0002")
     d.add_argument("--catalogue", help="initial catalogue table (Parquet/CSV) when the folder has none yet")
     d.add_argument("--retire-previous", action="store_true", help="retire the old version instead of keeping it")
     _common(d)
-    v = sub.add_parser("versions", help="deployed versions: state, entities, loader lag")
+    v = add_command(sub, "versions", help="deployed versions: state, entities, loader lag")
     _common(v)
-    s = sub.add_parser("switch", help="serve a ready or standby version")
-    s.add_argument("version")
+    s = add_command(sub, "switch", help="serve a ready or standby version")
+    s.add_argument("version", help="a ready or standby version")
     _common(s)
-    r = sub.add_parser("rollback", help="serve the previous version again (while it is on standby)")
+    r = add_command(sub, "rollback", help="serve the previous version again (while it is on standby)")
     _common(r)
-    rt = sub.add_parser("retire", help="free a version that does not serve")
-    rt.add_argument("version")
+    rt = add_command(sub, "retire", help="free a version that does not serve")
+    rt.add_argument("version", help="a version that does not serve")
     _common(rt)
-    st = sub.add_parser("stream", help="the catalogue change log")
+    st = add_command(sub, "stream", help="the catalogue change log")
     ssub = st.add_subparsers(dest="stream_command", required=True)
-    pub = ssub.add_parser("publish", help="append changes (JSON lines from a file or -)")
-    pub.add_argument("file")
+    pub = add_command(ssub, "publish", help="append changes (JSON lines from a file or -)")
+    pub.add_argument("file", help="a file of JSON lines, or - for standard input")
     _common(pub)
-    status = ssub.add_parser("status", help="consumer groups, lag, dead letters")
+    status = add_command(ssub, "status", help="consumer groups, lag, dead letters")
     _common(status)
 
 
@@ -103,14 +119,13 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
     import secrets
 
-    import torch
     import uvicorn
 
     from monorec.registry import Registry
     from monorec.serving.app import ServeSettings, create_app, resolve_environment
+    from monorec.threads import configure_torch_threads
 
     token = os.environ.get("MONOREC_ADMIN_TOKEN")
     if not token:
@@ -124,12 +139,68 @@ def _serve(args: argparse.Namespace) -> int:
         redis_url=args.redis,
         admin_token=token,
         read_token=os.environ.get("MONOREC_READ_TOKEN") or None,
+        public_url=f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::', '') else args.host}:{args.port}",
     )
     env = resolve_environment(settings, Registry(args.registry))  # an unknown name fails before start-up
-    # each worker thread runs whole requests: intra-op threads beyond cores / workers only contend
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.worker_threads))
+    # each worker thread runs whole requests: intra-op threads beyond free cores / workers only contend
+    configure_torch_threads(per_worker=env.worker_threads)
     print(f"serving environment {args.env!r} on http://{args.host}:{args.port}/ (the page; API docs at /docs)")
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _print_stream(status: dict[str, Any]) -> None:
+    print(f"log head {status['head']}")
+    loaders = status.get("loaders", {})
+    for group, lag in status["lag"].items():
+        health = loaders.get(group)
+        state = "" if health is None else ("  ok" if health["healthy"] else f"  FAILING: {health['error']}")
+        print(f"  group {group:<20} lag {lag}{state}")
+    print(f"dead letters: {status['dead_letters']}")
+    for letter in status["recent_dead_letters"]:
+        print(f"  {letter['consumer']} @ {letter['offset']}: {letter['reason']}")
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    return f"stream {args.stream_command}" if args.command == "stream" else str(args.command)
+
+
+def _require_existing(args: argparse.Namespace) -> None:
+    """Read-only commands look at what exists; they never create a deployment or a registry."""
+    for path, option, env in ((args.root, "root", "MONOREC_ROOT"), (args.registry, "registry", "MONOREC_REGISTRY")):
+        if not Path(path).is_dir():
+            raise DeployError(f"no {option} folder at {path}: run `make demo` first, or pass --{option} (or ${env})")
+
+
+def _remote(args: argparse.Namespace, url: str) -> int:
+    """The command through the admin API of the server that owns the folder."""
+    from monorec.admin_client import AdminClient
+
+    name = _command_name(args)
+    print(f"(the deployment is served by {url}: asking the server)", file=sys.stderr)
+    client = AdminClient(url)
+    try:
+        if name == "versions":
+            _print_versions(client.versions())
+        elif name == "stream status":
+            _print_stream(client.stream_status())
+        elif name == "deploy":
+            row = client.deploy(args.version)
+            print(f"{row['version']} is {row['state']}")
+            if args.retire_previous:
+                print("note: --retire-previous is not applied through a server; retire the old version by name")
+        elif name == "switch":
+            client.switch(args.version)
+            print(f"{args.version} is serving")
+        elif name == "rollback":
+            print(f"rolled back: {client.rollback()} is serving")
+        elif name == "retire":
+            client.retire(args.version)
+            print(f"{args.version} is retired")
+        else:
+            raise AssertionError(name)
+    finally:
+        client.close()
     return 0
 
 
@@ -140,6 +211,11 @@ def run_deploy_command(args: argparse.Namespace) -> int:
         return _publish(args)
     from monorec.deploy import Deployment, open_log
 
+    if _command_name(args) in READ_ONLY:
+        _require_existing(args)
+    url = Deployment.running_server(args.root)
+    if url is not None:
+        return _remote(args, url)
     with Deployment(args.root, args.registry, log=open_log(args.root, args.redis), progress=True) as dep:
         if args.command == "deploy":
             if args.catalogue and dep.catalogue.count() == 0:
@@ -163,11 +239,5 @@ def run_deploy_command(args: argparse.Namespace) -> int:
         elif args.command == "versions":
             _print_versions(dep.status())
         elif args.command == "stream":
-            status = dep.stream_status()
-            print(f"log head {status['head']}")
-            for group, lag in status["lag"].items():
-                print(f"  group {group:<20} lag {lag}")
-            print(f"dead letters: {status['dead_letters']}")
-            for letter in status["recent_dead_letters"]:
-                print(f"  {letter['consumer']} @ {letter['offset']}: {letter['reason']}")
+            _print_stream(dep.stream_status())
     return 0

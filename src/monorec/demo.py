@@ -3,7 +3,11 @@
 generate -> prepare -> train the consolidated model and one dedicated model per canvas -> evaluate all
 on the same test requests (plus popularity, co-occurrence and BM25 baselines) -> report -> release gate
 (consolidated vs separate) -> publish an immutable version -> deploy it with the embedding server
-(bulk-embedded index, version pinning) and answer one request per canvas.
+(bulk-embedded index, version pinning) and answer one request per canvas. Each stage prints its time.
+
+``monorec demo --retrain`` then trains the next version on the same prepared data (the next seed),
+evaluates and publishes it without deploying it: the second version the README's deploy, switch and
+rollback commands work with.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from monorec.evaluation.report import comparison_table, write_report
 from monorec.pipeline import compare_models, default_config, prepare_stage, write_comparison
 from monorec.registry import Registry
 
-__all__ = ["deploy_and_ask", "run_demo"]
+__all__ = ["deploy_and_ask", "retrain_demo", "run_demo"]
 
 SAMPLE_REQUESTS: list[tuple[str, dict[str, Any]]] = [
     ("home", {"user_id": "u00001", "country": "US"}),
@@ -33,24 +37,45 @@ SAMPLE_REQUESTS: list[tuple[str, dict[str, Any]]] = [
 QUICK_WORLD = WorldSpec(n_users=150, n_items=200, n_requests=1500, n_bots=1)
 
 
+class _Stages:
+    """Prints each stage's header and, when the next one starts, how long the previous one took."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.started = self._last = time.perf_counter()
+
+    def next(self, title: str) -> None:
+        self._close()
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {title}", flush=True)
+
+    def _close(self) -> None:
+        now = time.perf_counter()
+        if self.done:
+            print(f"      ({now - self._last:.1f}s)", flush=True)
+        self._last = now
+
+    def finish(self) -> None:
+        self._close()
+        print(f"done in {time.perf_counter() - self.started:.0f}s")
+
+
 def run_demo(workdir: Path, *, quick: bool = False, seed: int = 0, progress: bool = True) -> dict[str, object]:
-    started = time.perf_counter()
+    stages = _Stages(6)
     config = load_config(default_config("synthetic"))
     spec = QUICK_WORLD if quick else WorldSpec()
     spec = WorldSpec(**{**spec.__dict__, "seed": seed})
     if quick:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2, val_requests=50))
-    print(
-        f"[1/5] generating a synthetic world: {spec.n_users} users, {spec.n_items} entities, {spec.n_requests} requests"
-    )
+    stages.next(f"generating a world: {spec.n_users} users, {spec.n_items} entities, {spec.n_requests} requests")
     data = write_world(workdir / "world", spec)
-    print("[2/6] preparing labels per canvas, time split, stratified merge")
+    stages.next("preparing labels per canvas, time split, stratified merge")
     prepared = prepare_stage(config, data, workdir / "prepared")
     for canvas, counts in prepared.manifest["rows"].items():
         print(f"      {canvas:>8}: " + "  ".join(f"{s} {n:>6}" for s, n in counts.items()))
-    print("[3/6] training the consolidated model and one dedicated model per canvas")
+    stages.next("training the consolidated model and one dedicated model per canvas")
     bundle, results = compare_models(config, prepared, progress=progress)
-    print("[4/6] evaluating on the test split (same requests for every model)")
+    stages.next("evaluating on the test split (same requests for every model)")
     report = results["consolidated"]
     write_report(
         workdir / "report",
@@ -68,20 +93,21 @@ def run_demo(workdir: Path, *, quick: bool = False, seed: int = 0, progress: boo
         f"release gate (consolidated vs separate, tolerance {config.evaluate.gate_tolerance}): "
         + ("PASSED" if gate.passed else "REFUSED: " + "; ".join(gate.regressions))
     )
-    print("[5/6] publishing")
+    stages.next("publishing")
     version = None
     if gate.passed:
         try:  # the registry gates the candidate again, against the live version if there is one
             version = Registry(workdir / "registry").publish(bundle, report)
-            print(f"      published {version} to {workdir / 'registry'} (live)")
+            print(f"      published {version} to {workdir / 'registry'}; deploying it next")
         except GateError as exc:
             print(f"      not published: {exc}")
     else:
         print("      not published: the consolidated model regresses a canvas against the dedicated models")
     print(f"      report: {workdir / 'report' / 'report.md'}")
     if version is not None:
+        stages.next(f"deploying {version} with the embedding server (bulk-embedded index, pinned requests)")
         deploy_and_ask(workdir, version, data / "catalogue.parquet", progress=progress)
-    print(f"done in {time.perf_counter() - started:.0f}s")
+    stages.finish()
     return {"version": version, "results": results, "gate": gate.passed}
 
 
@@ -90,13 +116,12 @@ def deploy_and_ask(workdir: Path, version: str, catalogue: Path, *, progress: bo
     from monorec.data.tables import read_table, validate_catalogue
     from monorec.deploy import Deployment
 
-    print(f"[6/6] deploying {version} with the embedding server (bulk-embedded index, pinned requests)")
     with Deployment(workdir / "deployment", workdir / "registry", progress=progress) as dep:
         if dep.catalogue.count() == 0:
             config = dep.registry.config(version)
             dep.seed_catalogue(validate_catalogue(read_table(catalogue), config, str(catalogue)))
         dep.open()
-        dep.deploy(version, retire_previous=True)
+        dep.deploy(version)  # the version it replaces (a demo run again) stays on standby for a rollback
         from monorec.serving.engine import ServingEngine
         from monorec.serving.messages import RecommendRequest
 
@@ -108,6 +133,46 @@ def deploy_and_ask(workdir: Path, version: str, catalogue: Path, *, progress: bo
                 print(f"      {canvas:>8} {context} -> {r.version} in {r.took_ms:.1f} ms: {shown}")
         finally:
             engine.close()
-        print(f"      try: monorec versions --root {workdir / 'deployment'} --registry {workdir / 'registry'}")
-    serve = f"monorec serve --root {workdir / 'deployment'} --registry {workdir / 'registry'}"
+        where = f"--root {workdir / 'deployment'} --registry {workdir / 'registry'}"
+        print(f"      try: .venv/bin/monorec versions {where}")
+    serve = f".venv/bin/monorec serve --root {workdir / 'deployment'} --registry {workdir / 'registry'}"
     print(f"\nTry every canvas in the browser: {serve}   (or `make serve`), then open http://127.0.0.1:8000/")
+
+
+def retrain_demo(workdir: Path, *, seed: int = 0, progress: bool = True) -> str | None:
+    """Trains the next version on the demo's prepared data (seed + the number of published versions),
+    evaluates it, and publishes it through the registry's gate WITHOUT deploying it. Returns the new
+    version, or None when the gate refused it (the reason is printed).
+
+    Raises:
+        DeployError: the demo has not run in ``workdir`` yet.
+    """
+    from monorec.data.prepared import PreparedData
+    from monorec.errors import DeployError
+    from monorec.evaluation.evaluate import evaluate_bundle
+    from monorec.pipeline import config_of
+    from monorec.train import train
+
+    prepared_dir, registry_dir = workdir / "prepared", workdir / "registry"
+    if not (prepared_dir / "manifest.json").exists() or not registry_dir.is_dir():
+        raise DeployError(f"no demo in {workdir}: run `make demo` (or monorec demo --workdir {workdir}) first")
+    registry = Registry(registry_dir)
+    stages = _Stages(3)
+    next_seed = seed + len(registry.versions())
+    config = config_of(prepared_dir)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=next_seed))
+    stages.next(f"training the next version on {prepared_dir} (seed {next_seed})")
+    prepared = PreparedData.load(prepared_dir)
+    bundle = train(config, prepared, progress=progress)
+    stages.next("evaluating on the test split")
+    report = evaluate_bundle(bundle, prepared, "test")
+    stages.next("publishing through the release gate (against the registry's last version)")
+    try:
+        version = registry.publish(bundle, report)
+    except GateError as exc:
+        print(f"      not published: {exc}")
+        stages.finish()
+        return None
+    print(f"      published {version} to {registry_dir}; not serving yet: `monorec deploy {version}` serves it")
+    stages.finish()
+    return version

@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import gc
 import logging
+import os
 import shutil
 import threading
 from collections.abc import Callable, Sequence
@@ -41,7 +42,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from monorec._failpoints import failpoint
-from monorec.artifacts import read_json, recover_dirs, verify_manifest
+from monorec.artifacts import read_json, recover_dirs, verify_manifest, write_json
 from monorec.control_plane import LIVE_STATES, ControlPlane, Deployed
 from monorec.errors import ArtifactError, DeployError
 from monorec.index import create_index, load_index
@@ -110,6 +111,33 @@ class Deployment:
             dead_letter=self.control.add_dead_letter,
             checkpoint_s=0.0,
         )
+
+    # ---------------------------------------------------------------------------------- the owner
+
+    SERVER_FILE = "server.json"
+
+    def announce(self, url: str) -> None:
+        """Records that this owner serves the folder at ``url`` (the CLI then asks it instead of refusing);
+        removed again by :meth:`close`."""
+        write_json(self.root / self.SERVER_FILE, {"url": url, "pid": os.getpid()})
+
+    @classmethod
+    def running_server(cls, root: str | Path) -> str | None:
+        """The URL of the server that owns ``root`` now, or None (no owner, or an owner that is not a
+        server). Reads only: creates nothing."""
+        root = Path(root)
+        lock, announced = root / ".owner.lock", root / cls.SERVER_FILE
+        if not lock.exists() or not announced.exists():
+            return None
+        with open(lock) as fh:  # held by a live owner, or free (the announcement is then stale)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                with contextlib.suppress(ArtifactError, KeyError, TypeError):
+                    return str(read_json(announced)["url"])
+                return None
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        return None
 
     # ------------------------------------------------------------------------------------- helpers
 
@@ -474,6 +502,7 @@ class Deployment:
         self.loaders.clear()
         self.versions.clear()
         self.log.close()
+        (self.root / self.SERVER_FILE).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         self._lock_file.close()

@@ -81,6 +81,7 @@ class ServeSettings:
     admin_token: str | None = None  # None: admin and write endpoints refuse every call
     read_token: str | None = None  # for environments with open_reads = false (default: the admin token)
     max_body_bytes: int = 1 << 20
+    public_url: str | None = None  # announced in the deployment folder, so the CLI can reach this server
 
 
 def resolve_environment(settings: ServeSettings, registry: Registry) -> EnvironmentSpec:
@@ -104,6 +105,45 @@ def resolve_environment(settings: ServeSettings, registry: Registry) -> Environm
 def _loc(field: str) -> list[str | int]:
     """An engine field name ("requests.3.context.hour") -> a FastAPI ``loc`` in the body."""
     return ["body", *(int(p) if p.isdigit() else p for p in field.split("."))]
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI 5) and ``/redoc``, their files served by this app from the fastapi-offline
+    package: nothing is downloaded at run time, so the docs work on a machine without internet."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="monorec API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            oauth2_redirect_url="/docs/oauth2-redirect",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def docs_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title="monorec API",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def _plain_error(error: Any) -> dict[str, Any]:
@@ -173,6 +213,8 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         else:
             dep = deployment
         dep.open()  # idempotent: live versions loaded, every loader (the catalogue's too) running
+        if owned and settings.public_url:
+            dep.announce(settings.public_url)  # `monorec versions` etc. then ask this server
         env = resolve_environment(settings, dep.registry)
         versions = dep.registry.versions()
         if versions:
@@ -197,7 +239,10 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         summary="One canvas-agnostic API for every search and recommendation canvas.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's own /docs loads Swagger UI from a CDN: blank on a machine without internet
+        redoc_url=None,
     )
+    _offline_docs(app)
 
     def _check(credentials: HTTPAuthorizationCredentials | None, *tokens: str | None) -> None:
         given = credentials.credentials if credentials is not None else None

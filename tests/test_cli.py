@@ -65,7 +65,8 @@ def test_cli_pipeline_end_to_end(tmp_path, capsys):
         )
         == 0
     )
-    assert "published v0001" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "published v0001" in out and "not serving yet" in out and "(live)" not in out  # regression, issue 9.8
     # a candidate that is much worse on every canvas is refused by the gate (exit code 1, nothing published)
     worse = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for m in worse["canvases"].values():
@@ -101,6 +102,73 @@ def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "monorec.cli", "--help"], capture_output=True, text=True, check=True)
     for command in ("demo", "generate", "prepare", "train", "evaluate", "publish", "config"):
         assert command in result.stdout
+
+
+def test_version_and_every_option_documented_with_its_default():
+    """Regression (issue 9.11): no --version; options without help, defaults not shown."""
+    import argparse
+
+    from monorec.cli import _parser
+
+    version = subprocess.run([sys.executable, "-m", "monorec.cli", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("monorec ")
+
+    def commands(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield name, sub
+                    yield from ((f"{name} {n}", s) for n, s in commands(sub))
+
+    for name, sub in commands(_parser()):
+        assert sub.formatter_class is argparse.ArgumentDefaultsHelpFormatter, name
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                assert action.help, f"monorec {name}: {action.dest} has no help"
+    shown = " ".join(
+        subprocess.run(
+            [sys.executable, "-m", "monorec.cli", "versions", "--help"], capture_output=True, text=True
+        ).stdout.split()
+    )
+    assert "(default: runs/demo/deployment)" in shown and "(default: runs/demo/registry)" in shown
+
+
+def test_read_only_commands_create_nothing(tmp_path, capsys, monkeypatch):
+    """Regression (issue 9.11): a bare `monorec versions` created an empty runs/registry."""
+    monkeypatch.chdir(tmp_path)
+    for command in (["versions"], ["stream", "status"]):
+        assert run(*command) == 1
+        assert "make demo" in capsys.readouterr().err
+        assert run(*command, "--root", "elsewhere/dep", "--registry", "elsewhere/reg") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torch_threads_follow_the_free_cores_and_the_environment(monkeypatch):
+    """Regression (issue 9.14): torch took every core, also the busy ones."""
+    from monorec import threads
+
+    monkeypatch.delenv(threads.THREADS_ENV, raising=False)
+    cores = threads.available_cores()
+    monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
+    assert threads.torch_threads() == cores and threads.torch_threads(per_worker=cores) == 1
+    monkeypatch.setattr(threads, "busy_cores", lambda: float(cores))  # every core taken by something else
+    assert threads.torch_threads() == 1
+    monkeypatch.setenv(threads.THREADS_ENV, "3")
+    assert threads.torch_threads() == 3
+    monkeypatch.setenv(threads.THREADS_ENV, "many")
+    with pytest.raises(ValueError, match=threads.THREADS_ENV):
+        threads.torch_threads()
+
+
+def test_busy_cores_sees_a_spinning_process():
+    from monorec import threads
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert threads.busy_cores(sample_s=0.5) >= 0.6
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def _to_toml(raw: dict) -> str:

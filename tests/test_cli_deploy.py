@@ -26,7 +26,16 @@ def test_deploy_stream_switch_rollback_retire_from_the_command_line(
 
     changes = tmp_path / "changes.jsonl"
     changes.write_text(
-        json.dumps({"op": "upsert", "entity_id": "cli-1", "revision": 1, "entity_type": "movie", "title": "x"})
+        json.dumps(
+            {
+                "op": "upsert",
+                "entity_id": "cli-1",
+                "revision": 1,
+                "entity_type": "movie",
+                "title": "x",
+                "categories": [],
+            }
+        )
         + "\n"
         + json.dumps({"op": "delete", "entity_id": "m00001", "revision": 5})
         + "\n"
@@ -37,6 +46,16 @@ def test_deploy_stream_switch_rollback_retire_from_the_command_line(
     bad.write_text('{"op": "upsert", "entity_id": "z", "revision": 1, "entity_type": "ufo"}\n')
     assert main(["stream", "publish", str(bad), *common]) == 1
     assert "entity_type" in capsys.readouterr().err
+    poison = tmp_path / "poison.jsonl"  # regression (issue 9.1): accepted, then every deploy crashed in polars
+    poison.write_text(
+        '{"op": "delete", "entity_id": "ok", "revision": 1}\n{"op": "delete", "entity_id": "pdel", "revision": 1000000000000000000000000000000}\n'
+    )
+    from monorec.stream.log import SqliteChangeLog
+
+    head = SqliteChangeLog(tmp_path / "dep" / "changes.sqlite").head()
+    assert main(["stream", "publish", str(poison), *common]) == 1
+    assert SqliteChangeLog(tmp_path / "dep" / "changes.sqlite").head() == head
+    assert "line 2" in (err := capsys.readouterr().err) and "revision" in err  # nothing of the file published
 
     assert main(["deploy", "v0002", *common]) == 0
     assert main(["versions", *common]) == 0
@@ -103,6 +122,30 @@ def test_monorec_serve_runs_the_api_for_a_named_environment(
         assert httpx.get(f"{url}/v1/info").json()["environment"] == "edge"
         auth = {"Authorization": "Bearer cli-token"}
         assert httpx.get(f"{url}/v1/admin/versions", headers=auth).status_code == 200
+        # regression (issue 9.10): the CLI refused ("owned by another running process"); it asks the server
+        cli = [sys.executable, "-m", "monorec.cli"]
+        where = ["--root", str(tmp_path / "dep"), "--registry", str(two_versions.root)]
+
+        def monorec(*args: str, token: str | None = "cli-token") -> subprocess.CompletedProcess[str]:
+            child_env = {k: v for k, v in os.environ.items() if k != "MONOREC_ADMIN_TOKEN"}
+            if token is not None:
+                child_env["MONOREC_ADMIN_TOKEN"] = token
+            return subprocess.run([*cli, *args, *where], env=child_env, capture_output=True, text=True, timeout=300)
+
+        no_token = monorec("versions", token=None)
+        assert no_token.returncode == 1 and "MONOREC_ADMIN_TOKEN" in no_token.stderr
+        assert "refused the token" in monorec("versions", token="wrong").stderr
+        listed = monorec("versions")
+        assert listed.returncode == 0 and "asking the server" in listed.stderr, listed.stderr
+        assert any(line.split()[:2] == ["v0001", "serving"] for line in listed.stdout.splitlines())
+        deployed = monorec("deploy", "v0002")
+        assert deployed.returncode == 0 and "v0002 is serving" in deployed.stdout, deployed.stderr
+        assert httpx.post(f"{url}/v1/recommend", json={"canvas": "home"}).json()["version"] == "v0002"
+        assert "v0001 is serving" in monorec("rollback").stdout
+        retire = monorec("retire", "v0001")
+        assert retire.returncode == 1 and "serving" in retire.stderr  # refused by the server, reason shown
+        status = monorec("stream", "status")
+        assert status.returncode == 0 and "group index-v0002" in status.stdout and "dead letters: 0" in status.stdout
     finally:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
@@ -111,3 +154,4 @@ def test_monorec_serve_runs_the_api_for_a_named_environment(
     assert "admin token" not in output  # the token came from MONOREC_ADMIN_TOKEN, nothing random was printed
     with Deployment(tmp_path / "dep", two_versions):  # the folder's lock was released
         pass
+    assert not (tmp_path / "dep" / "server.json").exists()  # and the announcement withdrawn

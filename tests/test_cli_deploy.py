@@ -47,7 +47,8 @@ def test_deploy_stream_switch_rollback_retire_from_the_command_line(
     assert main(["stream", "publish", str(bad), *common]) == 1
     assert "entity_type" in capsys.readouterr().err
     poison = tmp_path / "poison.jsonl"  # regression (issue 9.1): accepted, then every deploy crashed in polars
-    poison.write_text(
+    lines = [{"op": "delete", "entity_id": "ok", "revision": 1}, {"op": "delete", "entity_id": "p", "revision": 10**30}]
+    poison.write_text("".join(json.dumps(line) + "\n" for line in lines))
         '{"op": "delete", "entity_id": "ok", "revision": 1}\n{"op": "delete", "entity_id": "pdel", "revision": 1000000000000000000000000000000}\n'
     )
     from monorec.stream.log import SqliteChangeLog

@@ -49,8 +49,6 @@ def test_deploy_stream_switch_rollback_retire_from_the_command_line(
     poison = tmp_path / "poison.jsonl"  # regression (issue 9.1): accepted, then every deploy crashed in polars
     lines = [{"op": "delete", "entity_id": "ok", "revision": 1}, {"op": "delete", "entity_id": "p", "revision": 10**30}]
     poison.write_text("".join(json.dumps(line) + "\n" for line in lines))
-        '{"op": "delete", "entity_id": "ok", "revision": 1}\n{"op": "delete", "entity_id": "pdel", "revision": 1000000000000000000000000000000}\n'
-    )
     from monorec.stream.log import SqliteChangeLog
 
     head = SqliteChangeLog(tmp_path / "dep" / "changes.sqlite").head()

@@ -29,10 +29,15 @@ system-deps:
 	bash scripts/system-deps.sh
 
 test: system-deps $(VENV)/.installed-test
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
 	$(VENV)/bin/mypy
 	MONOREC_NO_SKIPS=1 $(PY) -m pytest
+	$(MAKE) readme-check
 	$(MAKE) bench-quick
+
+# every bash and python block of the README, in order, in one shell, after `make demo` (in a scratch folder)
+readme-check: $(VENV)/.installed-test
+	$(PY) scripts/readme_check.py
 
 bench-quick: $(VENV)/.installed-test
 	mkdir -p runs/bench-quick
@@ -48,8 +53,8 @@ bench-quick: $(VENV)/.installed-test
 	$(PY) bench/b8_capacity.py --quick --out runs/bench-quick/b8.json
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
 
 typecheck: $(VENV)/.installed-test
 	$(VENV)/bin/mypy

@@ -26,7 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 LINKED = [".venv", "Makefile", "pyproject.toml", "constraints.txt", "src", "scripts"]
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 PRELUDE = """set -euo pipefail
-curl() { command curl --fail-with-body --show-error "$@"; }   # an HTTP error fails the check
+# an HTTP error fails the check (unless the block asks for curl's own -f, e.g. to poll until ready)
+curl() {
+    local arg
+    for arg in "$@"; do
+        case "$arg" in --fail | --fail-with-body | -[!-]*f*) command curl "$@"; return;; esac
+    done
+    command curl --fail-with-body --show-error "$@"
+}
 """
 
 

@@ -154,7 +154,9 @@ def _print_stream(status: dict[str, Any]) -> None:
     loaders = status.get("loaders", {})
     for group, lag in status["lag"].items():
         health = loaders.get(group)
-        state = "" if health is None else ("  ok" if health["healthy"] else f"  FAILING: {health['error']}")
+        state = ""
+        if health is not None and health["running"]:  # a loader of this process (a server's, asked remotely)
+            state = "  ok" if health["healthy"] else f"  FAILING: {health['error']}"
         print(f"  group {group:<20} lag {lag}{state}")
     print(f"dead letters: {status['dead_letters']}")
     for letter in status["recent_dead_letters"]:

@@ -212,10 +212,11 @@ def run_deploy_command(args: argparse.Namespace) -> int:
     if args.command == "stream" and args.stream_command == "publish":
         return _publish(args)
     from monorec.deploy import Deployment, open_log
+    from monorec.ownership import running_server
 
     if _command_name(args) in READ_ONLY:
         _require_existing(args)
-    url = Deployment.running_server(args.root)
+    url = running_server(args.root)
     if url is not None:
         return _remote(args, url)
     with Deployment(args.root, args.registry, log=open_log(args.root, args.redis), progress=True) as dep:

@@ -28,10 +28,8 @@ Every step is idempotent and driven by the persisted state, so after a crash ``d
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import logging
-import os
 import shutil
 import threading
 from collections.abc import Callable, Sequence
@@ -42,10 +40,11 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from monorec._failpoints import failpoint
-from monorec.artifacts import read_json, recover_dirs, verify_manifest, write_json
+from monorec.artifacts import read_json, recover_dirs, verify_manifest
 from monorec.control_plane import LIVE_STATES, ControlPlane, Deployed
 from monorec.errors import ArtifactError, DeployError
 from monorec.index import create_index, load_index
+from monorec.ownership import FolderLock
 from monorec.registry import Registry
 from monorec.stream.catalogue import CatalogueStore
 from monorec.stream.changes import Change
@@ -77,16 +76,11 @@ class Deployment:
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.root / ".owner.lock", "w")  # noqa: SIM115  (held for the object's life)
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise DeployError(f"{self.root} is owned by another running process; use its API") from None
+        self._owner = FolderLock(self.root)  # one process at a time (raises DeployError)
         try:
             self._open_stores(registry, log, progress)
         except BaseException:
-            self._lock_file.close()  # releases the folder: nothing was started
+            self._owner.release()  # nothing was started
             raise
 
     def _open_stores(self, registry: Registry | str | Path, log: ChangeLog | None, progress: bool) -> None:
@@ -112,32 +106,10 @@ class Deployment:
             checkpoint_s=0.0,
         )
 
-    # ---------------------------------------------------------------------------------- the owner
-
-    SERVER_FILE = "server.json"
-
     def announce(self, url: str) -> None:
-        """Records that this owner serves the folder at ``url`` (the CLI then asks it instead of refusing);
-        removed again by :meth:`close`."""
-        write_json(self.root / self.SERVER_FILE, {"url": url, "pid": os.getpid()})
-
-    @classmethod
-    def running_server(cls, root: str | Path) -> str | None:
-        """The URL of the server that owns ``root`` now, or None (no owner, or an owner that is not a
-        server). Reads only: creates nothing."""
-        root = Path(root)
-        lock, announced = root / ".owner.lock", root / cls.SERVER_FILE
-        if not lock.exists() or not announced.exists():
-            return None
-        with open(lock) as fh:  # held by a live owner, or free (the announcement is then stale)
-            try:
-                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                with contextlib.suppress(ArtifactError, KeyError, TypeError):
-                    return str(read_json(announced)["url"])
-                return None
-            fcntl.flock(fh, fcntl.LOCK_UN)
-        return None
+        """Records that this owner serves the folder at ``url``, so the CLI asks it instead of refusing
+        (see :mod:`monorec.ownership`); withdrawn by :meth:`close`."""
+        self._owner.announce(url)
 
     # ------------------------------------------------------------------------------------- helpers
 
@@ -493,7 +465,7 @@ class Deployment:
 
     def close(self) -> None:
         """Stops every loader (each checkpoints first) and releases the folder (again: a no-op)."""
-        if self._lock_file.closed:
+        if not self._owner.held:
             return
         for loader in [self._catalogue_loader, *self.loaders.values()]:
             loader.stop()
@@ -502,10 +474,7 @@ class Deployment:
         self.loaders.clear()
         self.versions.clear()
         self.log.close()
-        (self.root / self.SERVER_FILE).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-        self._lock_file.close()
+        self._owner.release()
 
     def __enter__(self) -> Deployment:
         return self

@@ -39,6 +39,7 @@ from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, load_envi
 from monorec.errors import CanvasNotServed, ChangeError, DeployError, RequestError, ServingUnavailable
 from monorec.registry import Registry
 from monorec.serving.body_limit import BodyLimit
+from monorec.serving.docs import offline_docs
 from monorec.serving.engine import ServingEngine
 from monorec.serving.messages import (
     ENTITY_ID_PATTERN,
@@ -105,45 +106,6 @@ def resolve_environment(settings: ServeSettings, registry: Registry) -> Environm
 def _loc(field: str) -> list[str | int]:
     """An engine field name ("requests.3.context.hour") -> a FastAPI ``loc`` in the body."""
     return ["body", *(int(p) if p.isdigit() else p for p in field.split("."))]
-
-
-DOCS_ASSETS = "/docs-assets"
-
-
-def _offline_docs(app: FastAPI) -> None:
-    """``/docs`` (Swagger UI 5) and ``/redoc``, their files served by this app from the fastapi-offline
-    package: nothing is downloaded at run time, so the docs work on a machine without internet."""
-    from importlib.resources import files
-
-    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-    from fastapi.staticfiles import StaticFiles
-
-    app.mount(DOCS_ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title="monorec API",
-            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
-            oauth2_redirect_url="/docs/oauth2-redirect",
-        )
-
-    @app.get("/docs/oauth2-redirect", include_in_schema=False)
-    def docs_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
-
-    @app.get("/redoc", include_in_schema=False)
-    def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url="/openapi.json",
-            title="monorec API",
-            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
-            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
-            with_google_fonts=False,
-        )
 
 
 def _plain_error(error: Any) -> dict[str, Any]:
@@ -242,7 +204,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         docs_url=None,  # FastAPI's own /docs loads Swagger UI from a CDN: blank on a machine without internet
         redoc_url=None,
     )
-    _offline_docs(app)
+    offline_docs(app)
 
     def _check(credentials: HTTPAuthorizationCredentials | None, *tokens: str | None) -> None:
         given = credentials.credentials if credentials is not None else None

@@ -70,7 +70,8 @@ def test_a_blocking_read_wakes_up_for_a_new_entry(make_log) -> None:  # type: ig
 
 
 def upsert(entity_id: str, revision: int) -> dict:
-    return {"op": "upsert", "entity_id": entity_id, "revision": revision, "entity_type": "movie", "title": "t"}
+    change = {"op": "upsert", "entity_id": entity_id, "revision": revision, "entity_type": "movie"}
+    return {**change, "title": "t", "categories": []}
 
 
 def test_loader_survives_a_broker_outage_and_loses_nothing(

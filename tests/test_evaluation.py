@@ -48,6 +48,18 @@ def test_requests_exclude_seen_and_source_and_flag_cold(config, prepared):
     assert home.cold.tolist() == [u not in train_users for u in home.contexts["user_id"].to_list()]
 
 
+def test_exclusion_never_depends_on_the_label(config, prepared):
+    """Regression (issue 10.3): a seen entity stayed recommendable exactly when it was relevant now."""
+    from monorec.evaluation.requests import seen_by_user
+
+    seen = seen_by_user(prepared.responses("train"), prepared.catalogue)
+    home = request_sets(config, prepared, "test")["home"]
+    assert len(home) > 0
+    for user, ex, rel in zip(home.contexts["user_id"].to_list(), home.exclude, home.relevant, strict=True):
+        assert set(seen.get(user, [])) <= set(ex.tolist())  # every seen entity, relevant now or not
+        assert len(rel) > 0 and not set(rel.tolist()) & set(ex.tolist())  # targets are recommendable
+
+
 def test_model_answers_respect_exclusions_and_beat_nothing(trained, prepared, config):
     reqs = request_sets(config, prepared, "test")
     rec = ModelRecommender(trained, prepared.catalogue, depth=20)

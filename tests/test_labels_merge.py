@@ -151,3 +151,23 @@ def test_responses_use_each_rows_own_canvas_primary(config):
         }
     )
     assert responses(frame, cfg)["entity_id"].to_list() == ["a", "d"]
+
+
+def test_bots_are_detected_from_the_training_period_only(config, world):
+    """Regression (issue 10.3): bot detection read the whole log, test period included, so what the test
+    period held decided which training users were kept."""
+    catalogue, logs = world
+    config = dataclasses.replace(config, labels=dataclasses.replace(config.labels, max_events_per_user_per_day=50))
+    human = logs.filter(pl.col("user_id") == logs["user_id"].drop_nulls()[0])
+    first_ts, last_ts = int(logs["ts"].min()), int(logs["ts"].max())
+
+    def burst(user: str, ts: int) -> pl.DataFrame:  # 60 events of one user within one day
+        rows = pl.concat([human.head(1)] * 60)
+        return rows.with_columns(pl.lit(user).alias("user_id"), pl.lit(ts).cast(logs["ts"].dtype).alias("ts"))
+
+    labels = prepare_labels(
+        pl.concat([logs, burst("early-burst", first_ts), burst("late-burst", last_ts)]), catalogue, config
+    )
+    users = set(pl.concat([f.select("user_id") for f in labels.canvases.values()])["user_id"].to_list())
+    assert "early-burst" not in users  # a bot in training: dropped
+    assert "late-burst" in users  # what happens in the test period does not shape the data

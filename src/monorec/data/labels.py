@@ -100,8 +100,12 @@ def prepare_labels(logs: pl.DataFrame, catalogue: pl.DataFrame, config: ProjectC
         dropped[name]["unknown_entity"] = int(n)
     logs = logs.filter(~unknown_entity)
 
+    # the split's cutoffs come first: everything learned while cleaning (who is a bot) is learned from
+    # the training period only, like every other statistic (CONTRIBUTING rule 10)
+    cutoffs = time_cutoffs(logs["ts"], config.split.valid_fraction, config.split.test_fraction)
     if "user_id" in logs.columns:
-        per_day = logs.filter(pl.col("user_id").is_not_null()).group_by(["user_id", pl.col("ts") // 86400]).len()
+        in_train = pl.col("user_id").is_not_null() & (pl.col("ts") < cutoffs[0])
+        per_day = logs.filter(in_train).group_by(["user_id", pl.col("ts") // 86400]).len()
         bots = per_day.filter(pl.col("len") > config.labels.max_events_per_user_per_day)["user_id"].unique()
         is_bot = pl.col("user_id").is_in(bots.implode())
         for name, n in logs.filter(is_bot).group_by("canvas").len().iter_rows():
@@ -118,7 +122,6 @@ def prepare_labels(logs: pl.DataFrame, catalogue: pl.DataFrame, config: ProjectC
                 dropped[name]["duplicates"] = int(n - after.get(name, 0))
 
     logs = schema.apply_to_frame(logs, catalogue)
-    cutoffs = time_cutoffs(logs["ts"], config.split.valid_fraction, config.split.test_fraction)
     columns = ["request_id", "ts", "canvas", "task_type", "entity_id", *schema.field_names]
     weights = _negative_weights(logs, catalogue, config, cutoffs[0])
     canvases: dict[str, pl.DataFrame] = {}

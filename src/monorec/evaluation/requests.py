@@ -18,8 +18,10 @@ class RequestSet:
     Attributes:
         canvas: the canvas.
         contexts: (R rows) the unified context of each request (+ ``task_type``).
-        relevant: R arrays of catalogue positions the user responded to (primary objective = 1).
-        exclude: R arrays of catalogue positions that must not be recommended (seen, the source item).
+        relevant: R arrays of catalogue positions the user responded to (primary objective = 1), minus the
+            excluded ones (a request left with no target is not evaluated).
+        exclude: R arrays of catalogue positions that must not be recommended (seen, the source item),
+            whatever the labels say.
         cold: (R,) True where the request's user never appears in training (the cold-start slice).
     """
 
@@ -98,12 +100,18 @@ def build_requests(
         else np.full(grouped.height, -1)
     )
     empty = np.zeros(0, dtype=np.int64)
+    kept_relevant: list[np.ndarray] = []
     for user, source, rel in zip(users, sources, relevant, strict=True):
         ex = seen.get(user, empty) if (seen is not None and user is not None) else empty
-        # an entity relevant now stays recommendable even if it was seen before (re-consumption)
-        ex = np.setdiff1d(ex, rel)
         if source >= 0:
             ex = np.append(ex, source)
+        # what is excluded never depends on the label: an excluded entity is no longer a target either
+        # (keeping the seen entities that happen to be relevant now would tell every recommender which
+        # of the seen ones to answer)
         exclude.append(ex)
+        kept_relevant.append(np.setdiff1d(rel, ex))
+    keep = np.array([len(r) > 0 for r in kept_relevant], dtype=bool)  # requests with a target left
     cold = np.array([known_users is not None and (u is None or u not in known_users) for u in users], dtype=bool)
-    return RequestSet(canvas, grouped.select([*context_columns, "task_type"]), relevant, exclude, cold)
+    kept = np.flatnonzero(keep).tolist()
+    contexts = grouped.select([*context_columns, "task_type"]).filter(pl.Series(keep))
+    return RequestSet(canvas, contexts, [kept_relevant[i] for i in kept], [exclude[i] for i in kept], cold[keep])

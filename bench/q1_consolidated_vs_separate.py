@@ -3,7 +3,9 @@ popularity, item co-occurrence (related) and BM25 (search), on MovieLens with a 
 
     python bench/q1_consolidated_vs_separate.py --data ../shared/data/ml-latest-small --out q1.json [--quick]
 
-Writes {"canvases": {CANVAS: {MODEL: {"recall@10": x, "ndcg@10": y}}}, "objectives": ..., ...}.
+Writes {"canvases": {CANVAS: {MODEL: {"recall@10": x, "ndcg@10": y}}}, "objectives": ...,
+"differences": {MODEL: {CANVAS: {METRIC: {"delta", "ci95", "verdict", "requests"}}}}, ...}: the consolidated
+model minus every other model, request by request on the same requests, with paired bootstrap 95% intervals.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import data_missing, write_record
 from monorec.config import load_config
 from monorec.data.prepared import prepare
+from monorec.evaluation.compare import paired_differences
 from monorec.pipeline import compare_models, default_config, load_input
 
 
@@ -61,9 +64,15 @@ def main() -> None:
         name: {c: m.get("objectives", {}) for c, m in results[name]["canvases"].items()}
         for name in ("consolidated", "separate")
     }
+    differences = paired_differences(results, "consolidated", [f"recall@{k}", f"ndcg@{k}"])
     for canvas, models in canvases.items():
         row = "  ".join(f"{name} {v[f'ndcg@{k}']:.4f}/{v[f'recall@{k}']:.4f}" for name, v in models.items())
         print(f"{canvas:>8}  ndcg/recall@{k}: {row}")
+        for name in models:
+            d = differences.get(name, {}).get(canvas, {}).get(f"ndcg@{k}")
+            if d is not None:
+                lo, hi = d["ci95"]
+                print(f"          consolidated - {name}: ndcg {d['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}] {d['verdict']}")
     print("consolidated >= separate:", verdict)
     write_record(
         args.out,
@@ -75,6 +84,7 @@ def main() -> None:
             "k": k,
             "canvases": canvases,
             "consolidated_ge_separate": verdict,
+            "differences": differences,
             "objectives": objectives,
             "rows": prepared.manifest["rows"],
             "mixture": prepared.manifest["mixture"],

@@ -69,8 +69,9 @@ def test_cli_pipeline_end_to_end(tmp_path, capsys):
     assert "published v0001" in out and "not serving yet" in out and "(live)" not in out  # regression, issue 9.8
     # a candidate that is much worse on every canvas is refused by the gate (exit code 1, nothing published)
     worse = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    for m in worse["canvases"].values():
-        m["recall@10"], m["ndcg@10"] = -1.0, -1.0
+    for m in worse["canvases"].values():  # every request loses its hits
+        m["recall@10"], m["ndcg@10"] = 0.0, 0.0
+        m["per_request"] = {name: [0.0] * len(v) for name, v in m["per_request"].items()}
     (tmp_path / "worse.json").write_text(json.dumps(worse))
     assert (
         run("publish", "--run", str(tmp_path / "run"), "--metrics", str(tmp_path / "worse.json"), "--registry", reg)

@@ -9,9 +9,29 @@ from monorec.errors import ArtifactError, GateError, RegistryError
 from monorec.evaluation.gate import compare_reports
 from monorec.registry import Registry
 
+REQUESTS = 400
 
-def _report(recall, ndcg=0.1):
-    return {"k": 10, "split": "test", "canvases": {"home": {"recall@10": recall, "ndcg@10": ndcg, "requests": 5}}}
+
+def _values(mean: float) -> list[float]:
+    """Per-request 0/1 values with the given mean; two of them are paired request by request."""
+    return [1.0 if i < round(mean * REQUESTS) else 0.0 for i in range(REQUESTS)]
+
+
+def _canvas(recall: float, ndcg: float, fingerprint: str = "same-requests") -> dict:
+    return {
+        "recall@10": sum(_values(recall)) / REQUESTS,
+        "ndcg@10": sum(_values(ndcg)) / REQUESTS,
+        "requests": REQUESTS,
+        "requests_fingerprint": fingerprint,
+        "per_request": {"recall@10": _values(recall), "ndcg@10": _values(ndcg)},
+    }
+
+
+def _report(recall, ndcg=0.1, *, model=None, fingerprint="same-requests"):
+    report = {"k": 10, "split": "test", "canvases": {"home": _canvas(recall, ndcg, fingerprint)}}
+    if model is not None:
+        report["model"] = {"checksum": model.checksum()}
+    return report
 
 
 def test_bundle_round_trip_gives_identical_predictions(tmp_path, trained, prepared):
@@ -53,8 +73,8 @@ def test_corrupt_or_missing_files_fail_loudly(tmp_path, trained):
 
 def test_registry_versions_are_immutable_and_numbered(tmp_path, trained):
     reg = Registry(tmp_path / "reg")
-    v1 = reg.publish(trained, _report(0.2))
-    v2 = reg.publish(trained, _report(0.25))
+    v1 = reg.publish(trained, _report(0.2, model=trained))
+    v2 = reg.publish(trained, _report(0.25, model=trained))
     assert (v1, v2) == ("v0001", "v0002")
     assert reg.live() == "v0002"
     assert [v.version for v in reg.versions()] == ["v0001", "v0002"]
@@ -76,26 +96,72 @@ def test_registry_versions_are_immutable_and_numbered(tmp_path, trained):
 
 def test_registry_gate_refuses_a_regression(tmp_path, trained):
     reg = Registry(tmp_path / "reg")
-    reg.publish(trained, _report(0.30))
+    reg.publish(trained, _report(0.30, model=trained))
     with pytest.raises(GateError) as info:
-        reg.publish(trained, _report(0.20), tolerance=0.01)
-    assert "home recall@10" in str(info.value)
+        reg.publish(trained, _report(0.20, model=trained), tolerance=0.05)
+    assert "home recall@10" in str(info.value) and "worse" in str(info.value)
     assert reg.live() == "v0001" and len(reg.versions()) == 1
-    assert reg.publish(trained, _report(0.295), tolerance=0.01) == "v0002"  # within tolerance
-    assert reg.publish(trained, _report(0.10), tolerance=0.01, force=True) == "v0003"
+    assert reg.publish(trained, _report(0.295, model=trained), tolerance=0.05) == "v0002"  # within noise
+    assert reg.publish(trained, _report(0.10, model=trained), tolerance=0.05, force=True) == "v0003"
 
 
-def test_gate_compares_canvas_by_canvas():
-    base = {
-        "k": 10,
-        "canvases": {"home": {"recall@10": 0.3, "ndcg@10": 0.2}, "search": {"recall@10": 0.5, "ndcg@10": 0.4}},
-    }
+def test_publish_refuses_metrics_of_another_model_or_other_requests(tmp_path, trained, config, prepared):
+    """Regression (issue 10.3): publish accepted any metrics JSON, and the gate compared reports of
+    different splits, data or request samples."""
+    import dataclasses
+
+    from monorec.evaluation.compare import NotComparable
+    from monorec.train import train
+
+    reg = Registry(tmp_path / "reg")
+    other = train(
+        dataclasses.replace(config, train=dataclasses.replace(config.train, seed=7)), prepared, progress=False
+    )
+    with pytest.raises(RegistryError, match="computed for model"):
+        reg.publish(trained, _report(0.3, model=other))
+    with pytest.raises(RegistryError, match="no model checksum"):
+        reg.publish(trained, _report(0.3))
+    assert reg.publish(trained, _report(0.3, model=trained)) == "v0001"
+    with pytest.raises(NotComparable, match="different requests"):
+        reg.publish(trained, _report(0.4, model=trained, fingerprint="another-sample"))
+    assert len(reg.versions()) == 1
+
+
+def test_gate_compares_canvas_by_canvas_with_paired_intervals():
+    base = {"k": 10, "canvases": {"home": _canvas(0.3, 0.2), "search": _canvas(0.5, 0.4)}}
     better = json.loads(json.dumps(base))
-    better["canvases"]["home"]["recall@10"] = 0.35
-    assert compare_reports(better, base, tolerance=0.0).passed
+    better["canvases"]["home"] = _canvas(0.35, 0.2)
+    result = compare_reports(better, base, tolerance=0.0)
+    assert result.passed and result.rows[0]["verdict"] == "better" and result.rows[0]["ci95"][0] > 0
     worse = json.loads(json.dumps(base))
-    worse["canvases"]["search"]["ndcg@10"] = 0.38
-    result = compare_reports(worse, base, tolerance=0.01)
-    assert not result.passed and result.regressions == ["search ndcg@10: 0.3800 vs 0.4000 (delta -0.0200)"]
+    worse["canvases"]["search"] = _canvas(0.5, 0.36)
+    result = compare_reports(worse, base, tolerance=0.05)
+    assert not result.passed and len(result.regressions) == 1
+    assert result.regressions[0].startswith("search ndcg@10: 0.3600 vs 0.4000 (delta -0.0400, 95% CI [")
+    assert compare_reports(worse, base, tolerance=0.2).passed  # significant, but within a 20% tolerance
+    noise = json.loads(json.dumps(base))
+    noise["canvases"]["search"] = _canvas(0.5, 0.3975)  # one request of 400 differs
+    row = next(
+        r
+        for r in compare_reports(noise, base, tolerance=0.0).rows
+        if r["metric"] == "ndcg@10" and r["canvas"] == "search"
+    )
+    assert row["verdict"] == "not significant" and row["ok"]
     missing = {"k": 10, "canvases": {"home": base["canvases"]["home"]}}
     assert not compare_reports(missing, base, tolerance=1.0).passed
+
+
+def test_paired_bootstrap_interval_covers_the_truth():
+    """The 95% interval of a known mean difference covers it in about 95% of seeded repetitions."""
+    import numpy as np
+
+    from monorec.evaluation.compare import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    covered = 0
+    for seed in range(100):
+        base = rng.binomial(1, 0.3, 300).astype(float)
+        cand = np.where(rng.random(300) < 0.1, 1 - base, base)  # true difference: 0.1 * (1 - 2 * 0.3) = 0.04
+        diff = paired_bootstrap(cand, base, samples=500, seed=seed)
+        covered += diff.low <= 0.04 <= diff.high
+    assert 88 <= covered <= 99

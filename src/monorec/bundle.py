@@ -8,6 +8,7 @@ Saved as plain files, loadable without unpickling anything:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,16 @@ class ModelBundle:
     @property
     def schema(self) -> ContextSchema:
         return ContextSchema.from_config(self.config)
+
+    def checksum(self) -> str:
+        """A short hash of the model's weights (name, shape and bytes of every tensor): what an evaluation
+        report records, so that only the metrics of this very model can publish it."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def item_embeddings(self, catalogue: pl.DataFrame, batch_size: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
         """(features (N, F_i), embeddings (N, D)) of every catalogue entity, in eval mode, no grad."""

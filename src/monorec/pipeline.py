@@ -101,7 +101,8 @@ def publish_stage(
     force: bool = False,
 ) -> str:
     report = read_json(metrics)
-    report.pop("comparisons", None)
+    report.pop("comparisons", None)  # the other models' reports and the paired differences stay beside it
+    report.pop("differences", None)
     return Registry(registry).publish(ModelBundle.load(run_dir), report, tolerance=tolerance, force=force)
 
 

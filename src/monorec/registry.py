@@ -22,6 +22,7 @@ from monorec.artifacts import read_json, verify_manifest
 from monorec.bundle import ModelBundle
 from monorec.config import ProjectConfig, parse_config
 from monorec.errors import GateError, RegistryError
+from monorec.evaluation.compare import NotComparable
 from monorec.evaluation.gate import GateResult, compare_reports
 
 __all__ = ["Registry", "VersionInfo"]
@@ -113,10 +114,25 @@ class Registry:
         """Gates the candidate against the live version, then writes it as the next immutable version.
 
         Raises:
-            GateError: a canvas regresses beyond the tolerance (and ``force`` is False).
+            RegistryError: the metrics were computed for another model (or name none, unless ``force``).
+            NotComparable: the metrics and the live version's were measured on other requests (unless
+                ``force``).
+            GateError: a canvas regresses significantly beyond the tolerance (and ``force`` is False).
         """
+        checksum = (metrics.get("model") or {}).get("checksum")
+        if checksum is not None and checksum != bundle.checksum():
+            raise RegistryError(
+                f"the metrics were computed for model {checksum}, not this one ({bundle.checksum()}): evaluate it"
+            )
+        if checksum is None and not force:
+            raise RegistryError("the metrics name no model checksum (not written by evaluate); evaluate this model")
         tol = bundle.config.evaluate.gate_tolerance if tolerance is None else tolerance
-        result = self.gate(metrics, tol)
+        try:
+            result = self.gate(metrics, tol)
+        except NotComparable:
+            if not force:
+                raise
+            result = None  # forced: published without a comparison
         if result is not None and not result.passed and not force:
             raise GateError(result.regressions)
         existing = [v.version for v in self.versions()]

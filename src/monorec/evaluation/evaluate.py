@@ -25,11 +25,9 @@ def request_sets(
     """Evaluation requests of every canvas of ``config`` on ``split``; seeded, identical for every
     recommender evaluated on them."""
     ev = config.evaluate
-    seen = None
     train = prepared.rows("train")
     known = set(train["user_id"].drop_nulls().to_list()) if "user_id" in train.columns else None
-    if ev.exclude_seen:
-        seen = seen_by_user(prepared.responses("train"), prepared.catalogue)
+    seen = seen_by_user(prepared.responses("train"), prepared.catalogue) if ev.exclude_seen else None
     context_columns = [f.name for f in config.fields]
     entity_fields = [f.name for f in config.fields if f.vocabulary == "entity"]
     out = {}
@@ -42,7 +40,7 @@ def request_sets(
             canvas=c.name,
             primary_column=config.objective(c.primary).column,
             context_columns=context_columns,
-            seen=seen,
+            seen=seen if c.name in ev.exclude_seen else None,
             exclude_source_field=source,
             known_users=known,
             max_requests=ev.max_requests if max_requests is None else max_requests,
@@ -54,10 +52,14 @@ def request_sets(
 def evaluate_recommender(
     recommender: Recommender, requests: dict[str, RequestSet], k: int
 ) -> dict[str, dict[str, Any]]:
-    """canvas -> {"recall@k", "ndcg@k", "requests", "coverage@k", "cold": {...}} (means over requests).
+    """canvas -> {"recall@k", "ndcg@k", "requests", "coverage@k", "cold": {...}, "warm": {...},
+    "per_request": {...}, "requests_fingerprint"} (means over requests).
 
-    ``coverage@k`` is the share of the catalogue that appears in any answer; ``cold`` holds the same
-    metrics on the cold-start slice (users never seen in training).
+    ``coverage@k`` is the share of the catalogue that appears in any answer; ``cold`` and ``warm`` hold the
+    same metrics on the cold-start slice (users never seen in training) and on the rest; ``per_request``
+    keeps every request's values (and its cold flag) so that two reports on the same requests
+    (same ``requests_fingerprint``) can be compared with paired confidence intervals
+    (:mod:`monorec.evaluation.compare`).
     """
     out: dict[str, dict[str, Any]] = {}
     for canvas, reqs in requests.items():
@@ -72,13 +74,26 @@ def evaluate_recommender(
             f"ndcg@{k}": float(ndcg.mean()),
             "requests": len(reqs),
             f"coverage@{k}": len(np.unique(topk)) / recommender.catalogue_size,
-            "cold": {
-                f"recall@{k}": float(recall[reqs.cold].mean()) if reqs.cold.any() else float("nan"),
-                f"ndcg@{k}": float(ndcg[reqs.cold].mean()) if reqs.cold.any() else float("nan"),
-                "requests": int(reqs.cold.sum()),
+            "cold": _slice(recall, ndcg, reqs.cold, k),
+            "warm": _slice(recall, ndcg, ~reqs.cold, k),
+            "requests_fingerprint": reqs.fingerprint(),
+            "per_request": {
+                f"recall@{k}": [round(float(x), 6) for x in recall],
+                f"ndcg@{k}": [round(float(x), 6) for x in ndcg],
+                "cold": reqs.cold.astype(int).tolist(),
             },
         }
     return out
+
+
+def _slice(recall: np.ndarray, ndcg: np.ndarray, mask: np.ndarray, k: int) -> dict[str, Any]:
+    """The metrics on the requests selected by ``mask`` (NaN when there are none)."""
+    some = bool(mask.any())
+    return {
+        f"recall@{k}": float(recall[mask].mean()) if some else float("nan"),
+        f"ndcg@{k}": float(ndcg[mask].mean()) if some else float("nan"),
+        "requests": int(mask.sum()),
+    }
 
 
 @torch.no_grad()
@@ -146,4 +161,4 @@ def evaluate_bundle(
             "retrieval_only": {m: v for m, v in retrieval[c.name].items() if m in (f"recall@{k}", f"ndcg@{k}")},
             "objectives": evaluate_objectives(bundle, rows, prepared.catalogue, encoded=encoded) if rows.height else {},
         }
-    return {"split": split, "k": k, "canvases": canvases}
+    return {"split": split, "k": k, "model": {"checksum": bundle.checksum()}, "canvases": canvases}

@@ -1,4 +1,12 @@
-"""The release gate: a candidate may not regress any canvas metric beyond a tolerance."""
+"""The release gate: a candidate may not significantly regress any canvas metric beyond a relative tolerance.
+
+Both reports must come from the same requests (each canvas's ``requests_fingerprint``); the difference of
+each metric is measured request by request with a paired bootstrap 95% interval
+(:mod:`monorec.evaluation.compare`). A metric fails when the candidate is significantly worse (the whole
+interval below 0) AND the drop exceeds ``tolerance`` times the baseline's value: a significant but
+negligible drop passes, and a drop the interval cannot tell from noise is reported "not significant"
+rather than refused. A canvas the baseline serves but the candidate does not is a regression.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +14,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from monorec.evaluation.compare import compare_canvases
+
 __all__ = ["GateResult", "compare_reports"]
 
 
 @dataclass
 class GateResult:
     passed: bool
-    rows: list[dict[str, Any]] = field(default_factory=list)  # canvas, metric, candidate, baseline, delta, ok
+    # canvas, metric, candidate, baseline, delta, ci95, verdict, ok
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[str]:
         return [
-            f"{r['canvas']} {r['metric']}: {r['candidate']:.4f} vs {r['baseline']:.4f} (delta {r['delta']:+.4f})"
+            f"{r['canvas']} {r['metric']}: {r['candidate']:.4f} vs {r['baseline']:.4f} (delta {r['delta']:+.4f}, "
+            f"95% CI [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}], {r['verdict']})"
             for r in self.rows
             if not r["ok"]
         ]
@@ -29,20 +41,43 @@ def compare_reports(
     """Compares two evaluation reports canvas by canvas.
 
     Args:
-        candidate, baseline: reports as written by ``evaluate_bundle`` (``{"k", "canvases": {...}}``).
-        tolerance: the largest absolute drop allowed on any metric.
+        candidate, baseline: reports as written by ``evaluate_bundle`` (``{"k", "canvases": {...}}``), with
+            per-request values.
+        tolerance: the largest drop allowed, relative to the baseline's value (0.05: 5%), when significant.
         metrics: the metrics compared (default: recall@k and ndcg@k).
 
-    A canvas the baseline serves but the candidate does not is a regression.
+    Raises:
+        NotComparable: the reports were measured on different requests (another split, data or sample),
+            or one of them has no per-request values.
     """
     k = baseline.get("k", 10)
     names = list(metrics or (f"recall@{k}", f"ndcg@{k}"))
+    differences = compare_canvases(candidate["canvases"], baseline["canvases"], names)
     rows = []
     for canvas, base in baseline["canvases"].items():
+        if not base.get("requests"):
+            continue  # nothing to compare on (an empty canvas in this data)
         cand = candidate["canvases"].get(canvas)
         for metric in names:
             b = float(base[metric])
-            c = float(cand[metric]) if cand is not None and metric in cand else float("nan")
-            ok = c == c and c >= b - tolerance  # NaN (missing) fails
-            rows.append({"canvas": canvas, "metric": metric, "candidate": c, "baseline": b, "delta": c - b, "ok": ok})
+            if cand is None or metric not in cand or canvas not in differences:
+                row = {"candidate": float("nan"), "delta": float("nan"), "ci95": [float("nan")] * 2}
+                rows.append(
+                    {"canvas": canvas, "metric": metric, "baseline": b, **row, "verdict": "missing", "ok": False}
+                )
+                continue
+            diff = differences[canvas][metric]
+            ok = not (diff.verdict == "worse" and -diff.mean > tolerance * b)
+            rows.append(
+                {
+                    "canvas": canvas,
+                    "metric": metric,
+                    "candidate": float(cand[metric]),
+                    "baseline": b,
+                    "delta": diff.mean,
+                    "ci95": [diff.low, diff.high],
+                    "verdict": diff.verdict,
+                    "ok": ok,
+                }
+            )
     return GateResult(all(r["ok"] for r in rows), rows)

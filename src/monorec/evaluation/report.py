@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from monorec.artifacts import atomic_write, write_json
+from monorec.evaluation.compare import paired_differences
 
-__all__ = ["comparison_table", "write_report"]
+__all__ = ["comparison_table", "differences_table", "write_report"]
 
 
 def comparison_table(results: dict[str, dict[str, Any]], k: int) -> str:
@@ -23,6 +24,22 @@ def comparison_table(results: dict[str, dict[str, Any]], k: int) -> str:
                 continue
             lines.append(
                 f"| {canvas} | {model} | {m[f'recall@{k}']:.4f} | {m[f'ndcg@{k}']:.4f} | {m.get('requests', '')} |"
+            )
+    return "\n".join(lines)
+
+
+def differences_table(differences: dict[str, dict[str, dict[str, dict[str, Any]]]], reference: str, k: int) -> str:
+    """The paired differences of :func:`monorec.evaluation.compare.paired_differences` as markdown."""
+    lines = [
+        f"| canvas | {reference} minus | recall@{k} (95% CI) | ndcg@{k} (95% CI) | verdict (ndcg) |",
+        "|---|---|---|---|---|",
+    ]
+    for model, canvases in differences.items():
+        for canvas, d in canvases.items():
+            r, n = d[f"recall@{k}"], d[f"ndcg@{k}"]
+            lines.append(
+                f"| {canvas} | {model} | {r['delta']:+.4f} [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}] "
+                f"| {n['delta']:+.4f} [{n['ci95'][0]:+.4f}, {n['ci95'][1]:+.4f}] | {n['verdict']} |"
             )
     return "\n".join(lines)
 
@@ -56,8 +73,9 @@ def write_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     k = report["k"]
-    write_json(out / "metrics.json", {**report, "comparisons": comparisons or {}})
     results = {name: report, **(comparisons or {})}
+    differences = paired_differences(results, name, [f"recall@{k}", f"ndcg@{k}"]) if comparisons else {}
+    write_json(out / "metrics.json", {**report, "comparisons": comparisons or {}, "differences": differences})
     md = [
         f"# {title}",
         "",
@@ -65,6 +83,18 @@ def write_report(
         "",
         comparison_table(results, k),
         "",
+    ]
+    if differences:
+        md += [
+            "## Paired differences",
+            "",
+            "Request by request on the same requests, with paired bootstrap 95% intervals "
+            "(`not significant`: the interval includes 0).",
+            "",
+            differences_table(differences, name, k),
+            "",
+        ]
+    md += [
         "## Objectives",
         "",
         _objective_table(report),

@@ -34,6 +34,12 @@ class RequestSet:
     def __len__(self) -> int:
         return self.contexts.height
 
+    def fingerprint(self) -> str:
+        """What makes two evaluations comparable request by request: contexts, targets and exclusions."""
+        from monorec.evaluation.compare import request_fingerprint
+
+        return request_fingerprint(self.contexts.write_csv().encode("utf-8"), self.relevant, self.exclude)
+
 
 def entity_positions(catalogue: pl.DataFrame, ids: pl.Series) -> np.ndarray:
     """Catalogue row positions of entity ids (-1 for ids not in the catalogue)."""

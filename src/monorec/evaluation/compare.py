@@ -1,0 +1,153 @@
+"""Comparing two recommenders on the SAME requests: paired bootstrap confidence intervals.
+
+Per-request metrics of two models on one request set are paired (request r is the same user, context and
+targets for both), so the difference is measured request by request and the requests are resampled with
+replacement: the 2.5th and 97.5th percentiles of the resampled mean differences are the 95% interval. A
+difference whose interval excludes 0 is significant; otherwise the honest answer is "not significant".
+
+Reports carry what makes them comparable: each canvas's request-set fingerprint (contexts, targets and
+exclusions) beside the per-request values. Comparing reports whose fingerprints differ is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from monorec.errors import MonorecError
+
+__all__ = [
+    "BOOTSTRAP_SAMPLES",
+    "Difference",
+    "NotComparable",
+    "compare_canvases",
+    "paired_bootstrap",
+    "paired_differences",
+    "request_fingerprint",
+]
+
+BOOTSTRAP_SAMPLES = 2000
+
+Verdict = Literal["better", "worse", "not significant"]
+
+
+class NotComparable(MonorecError):
+    """Two reports were not measured on the same requests (or one lacks per-request values)."""
+
+
+@dataclass(frozen=True)
+class Difference:
+    """candidate - baseline on one metric: the mean, its paired-bootstrap 95% interval, the verdict."""
+
+    mean: float
+    low: float
+    high: float
+    requests: int
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.low > 0:
+            return "better"
+        if self.high < 0:
+            return "worse"
+        return "not significant"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "delta": self.mean,
+            "ci95": [self.low, self.high],
+            "verdict": self.verdict,
+            "requests": self.requests,
+        }
+
+
+def paired_bootstrap(
+    candidate: np.ndarray, baseline: np.ndarray, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> Difference:
+    """The mean of ``candidate - baseline`` (R,) per-request values and its paired bootstrap 95% interval
+    (``samples`` resamplings of the R requests with replacement, seeded).
+
+    Raises:
+        ValueError: the arrays are not of the same length.
+    """
+    a, b = np.asarray(candidate, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired values must be two (R,) arrays of the same length, got {a.shape} and {b.shape}")
+    diff = a - b
+    if len(diff) == 0:
+        return Difference(float("nan"), float("nan"), float("nan"), 0)
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples, dtype=np.float64)
+    chunk = max(1, 4_000_000 // len(diff))  # bounded memory: (chunk, R) indices at a time
+    for start in range(0, samples, chunk):
+        n = min(chunk, samples - start)
+        means[start : start + n] = diff[rng.integers(0, len(diff), (n, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return Difference(float(diff.mean()), float(low), float(high), len(diff))
+
+
+def request_fingerprint(contexts_csv: bytes, relevant: list[np.ndarray], exclude: list[np.ndarray]) -> str:
+    """A short hash of a request set: its contexts (as CSV bytes), targets and exclusions, in order."""
+    digest = hashlib.sha256(contexts_csv)
+    for rows in (relevant, exclude):
+        for r in rows:
+            digest.update(np.asarray(r, dtype=np.int64).tobytes())
+            digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
+def compare_canvases(
+    candidate: dict[str, Any], baseline: dict[str, Any], metrics: list[str], *, seed: int = 0
+) -> dict[str, dict[str, Difference]]:
+    """canvas -> metric -> paired difference, for every canvas both reports evaluated.
+
+    Args:
+        candidate, baseline: per-canvas entries of two reports (``report["canvases"]``), each with
+            ``per_request`` values and a ``requests_fingerprint``.
+
+    Raises:
+        NotComparable: a canvas was evaluated on other requests, or lacks per-request values.
+    """
+    out: dict[str, dict[str, Difference]] = {}
+    for canvas, base in baseline.items():
+        cand = candidate.get(canvas)
+        if cand is None or not base.get("requests"):
+            continue
+        if "per_request" not in cand or "per_request" not in base:
+            raise NotComparable(f"{canvas}: a report has no per-request values (evaluated before they were kept)")
+        if cand.get("requests_fingerprint") != base.get("requests_fingerprint"):
+            raise NotComparable(
+                f"{canvas}: evaluated on different requests (fingerprints {cand.get('requests_fingerprint')} "
+                f"and {base.get('requests_fingerprint')}): another split, data or request sample"
+            )
+        out[canvas] = {
+            m: paired_bootstrap(np.asarray(cand["per_request"][m]), np.asarray(base["per_request"][m]), seed=seed)
+            for m in metrics
+        }
+    return out
+
+
+def paired_differences(
+    results: dict[str, dict[str, Any]], reference: str, metrics: list[str], *, seed: int = 0
+) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """``reference`` minus every other model of ``results`` (model name -> report), per canvas both
+    evaluated on the same requests: model -> canvas -> metric -> {"delta", "ci95", "verdict", "requests"}.
+    Canvases evaluated on other requests (or without per-request values) are left out."""
+    ref = results[reference]["canvases"]
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for name, report in results.items():
+        if name == reference:
+            continue
+        for canvas, other in report["canvases"].items():
+            mine = ref.get(canvas)
+            if mine is None or not other.get("requests"):
+                continue
+            try:
+                diffs = compare_canvases({canvas: mine}, {canvas: other}, metrics, seed=seed)[canvas]
+            except NotComparable:
+                continue
+            out.setdefault(name, {})[canvas] = {m: d.to_dict() for m, d in diffs.items()}
+    return out

@@ -102,3 +102,15 @@ def test_dedicated_and_consolidated_models_see_identical_requests(config, prepar
         assert dedicated.contexts.equals(full[canvas].contexts)
         for a, b in zip(dedicated.exclude, full[canvas].exclude, strict=True):
             assert sorted(a.tolist()) == sorted(b.tolist())
+
+
+def test_the_request_sample_does_not_depend_on_the_training_seed(config, prepared):
+    """Regression (found by the request fingerprints): the sample of test requests was drawn with the
+    training seed, so a model retrained with another seed was gated against other requests."""
+    import dataclasses
+
+    small = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, max_requests=20))
+    other = dataclasses.replace(small, train=dataclasses.replace(small.train, seed=small.train.seed + 1))
+    a, b = request_sets(small, prepared, "test"), request_sets(other, prepared, "test")
+    assert all(len(a[c]) <= 20 for c in a)
+    assert {c: r.fingerprint() for c, r in a.items()} == {c: r.fingerprint() for c, r in b.items()}

@@ -159,6 +159,9 @@ class EvaluateSpec:
     # the choice, it never depends on the test labels (monorec.evaluation.requests)
     exclude_seen: tuple[str, ...] = ("home",)
     max_requests: int = 2000  # test requests per canvas (seeded sample) for Recall/NDCG
+    # the request sample's seed: the evaluation's own, so that models trained with any seed are measured on
+    # the same requests (the paired comparisons and the gate check it by fingerprint)
+    seed: int = 0
     # the release gate refuses a SIGNIFICANT drop (paired bootstrap 95% CI below 0) larger than this share of
     # the baseline's value (0.05: 5%), per canvas and metric (monorec.evaluation.gate)
     gate_tolerance: float = 0.05

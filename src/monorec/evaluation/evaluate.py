@@ -44,7 +44,7 @@ def request_sets(
             exclude_source_field=source,
             known_users=known,
             max_requests=ev.max_requests if max_requests is None else max_requests,
-            seed=config.train.seed,
+            seed=ev.seed,
         )
     return out
 

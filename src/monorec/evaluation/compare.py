@@ -90,11 +90,12 @@ def paired_bootstrap(
 
 
 def request_fingerprint(contexts_csv: bytes, relevant: list[np.ndarray], exclude: list[np.ndarray]) -> str:
-    """A short hash of a request set: its contexts (as CSV bytes), targets and exclusions, in order."""
+    """A short hash of a request set: its contexts (as CSV bytes) in order, and each request's targets and
+    exclusions (as sets)."""
     digest = hashlib.sha256(contexts_csv)
     for rows in (relevant, exclude):
         for r in rows:
-            digest.update(np.asarray(r, dtype=np.int64).tobytes())
+            digest.update(np.sort(np.asarray(r, dtype=np.int64)).tobytes())  # a set: order carries nothing
             digest.update(b"|")
     return digest.hexdigest()[:16]
 

@@ -91,7 +91,10 @@ def build_requests(
     grouped = (
         positives.group_by("request_id", maintain_order=True)
         .agg(pl.col(c).first() for c in [*context_columns, "task_type", "ts"])
-        .join(positives.group_by("request_id").agg(pl.col("entity_id").alias("_relevant")), on="request_id")
+        .join(
+            positives.group_by("request_id", maintain_order=True).agg(pl.col("entity_id").alias("_relevant")),
+            on="request_id",
+        )
         .sort(["ts", "request_id"])
     )
     if max_requests and grouped.height > max_requests:

@@ -56,8 +56,11 @@ def main() -> None:
     for model, report in results.items():
         for canvas, m in report["canvases"].items():
             canvases.setdefault(canvas, {})[model] = {f"recall@{k}": m[f"recall@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"]}
+    empty = set(prepared.empty_canvases)  # no rows in this data (e.g. no tags: no search): not compared
     verdict = {
-        c: all(models["consolidated"][m] >= models["separate"][m] for m in (f"recall@{k}", f"ndcg@{k}"))
+        c: None
+        if c in empty
+        else all(models["consolidated"][m] >= models["separate"][m] for m in (f"recall@{k}", f"ndcg@{k}"))
         for c, models in canvases.items()
     }
     objectives = {
@@ -87,6 +90,7 @@ def main() -> None:
             "differences": differences,
             "objectives": objectives,
             "rows": prepared.manifest["rows"],
+            "empty_canvases": sorted(empty),
             "mixture": prepared.manifest["mixture"],
             "seconds": time.perf_counter() - started,
         },

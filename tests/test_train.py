@@ -1,5 +1,7 @@
 import dataclasses
 
+import polars as pl
+import pytest
 import torch
 
 from monorec.evaluation.evaluate import evaluate_bundle
@@ -102,3 +104,24 @@ def test_id_dropout_trains_the_unknown_sentinel(config, prepared):
 
     assert not unknown_row_moves(0.0)
     assert unknown_row_moves(0.5)
+
+
+@pytest.mark.slow
+def test_a_canvas_without_rows_is_reported_empty_and_skipped(config, world):
+    """Regression (issue 10.5): a dataset without a canvas's rows (MovieLens without tags: no search)
+    crashed while training the dedicated model of that canvas."""
+    from monorec.data.prepared import prepare
+    from monorec.errors import DataError
+    from monorec.pipeline import compare_models
+    from monorec.train import train
+
+    catalogue, logs = world
+    prepared = prepare(config, catalogue, logs.filter(pl.col("canvas") != "search"))
+    assert prepared.manifest["empty_canvases"] == ["search"]
+    with pytest.raises(DataError, match="search"):
+        train(config, prepared, canvases=("search",), progress=False)
+    _, results = compare_models(config, prepared, progress=False, baselines=False)
+    empty = results["separate"]["canvases"]["search"]
+    assert empty["empty"] is True and empty["requests"] == 0
+    assert results["consolidated"]["canvases"]["search"]["requests"] == 0
+    assert results["consolidated"]["canvases"]["home"]["requests"] > 0

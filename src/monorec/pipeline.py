@@ -122,6 +122,9 @@ def compare_models(
     results: dict[str, dict[str, Any]] = {"consolidated": evaluate_bundle(consolidated, prepared, split, reqs)}
     separate: dict[str, Any] = {}
     for c in config.canvas_names:
+        if c in prepared.empty_canvases:  # no rows to train a dedicated model on: reported, not compared
+            separate[c] = {f"recall@{k}": float("nan"), f"ndcg@{k}": float("nan"), "requests": 0, "empty": True}
+            continue
         dedicated = train(config, prepared, canvases=(c,), progress=progress)
         separate[c] = evaluate_bundle(dedicated, prepared, split, {c: reqs[c]})["canvases"][c]
     results["separate"] = {"split": split, "k": k, "canvases": separate}

@@ -26,6 +26,7 @@ from monorec.bundle import ModelBundle, context_tensors, item_tensors
 from monorec.config import ProjectConfig
 from monorec.data.features import UNKNOWN_INDEX, Featurizer
 from monorec.data.prepared import PreparedData
+from monorec.errors import DataError
 from monorec.evaluation.evaluate import evaluate_recommender, request_sets
 from monorec.evaluation.recommenders import ModelRecommender
 from monorec.evaluation.requests import entity_positions
@@ -240,6 +241,9 @@ def train(
     np.random.seed(t.seed)
     dev = resolve_device(device or t.device)
     names = cfg.canvas_names
+    empty = [c for c in names if c in prepared.empty_canvases]
+    if len(empty) == len(names):
+        raise DataError("prepared data", f"no training rows for canvas(es) {empty}: nothing to train on")
     featurizer = Featurizer(cfg).fit(prepared.rows("train", names), prepared.catalogue)
     kwargs = model_kwargs(cfg, featurizer)
     model = build_model(kwargs).to(dev)

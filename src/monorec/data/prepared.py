@@ -39,6 +39,11 @@ class PreparedData:
             [f.filter((pl.col("split") == split) & (pl.col(primary[c]) == 1)) for c, f in self.canvases.items()]
         )
 
+    @property
+    def empty_canvases(self) -> list[str]:
+        """Declared canvases without training rows (see the manifest)."""
+        return list(self.manifest.get("empty_canvases", []))
+
     def merged(self, canvases: tuple[str, ...]) -> pl.DataFrame:
         """The merged training rows of some canvases (a dedicated model trains on exactly the rows of its
         canvas that the consolidated model trains on)."""
@@ -87,5 +92,8 @@ def prepare(
         "cutoffs": {"first_valid_ts": labels.cutoffs[0], "first_test_ts": labels.cutoffs[1]},
         "mixture": mixture,
         "merged_rows": merged.height,
+        # declared canvases this data has no training rows for (MovieLens without tags: no search): reported,
+        # and skipped wherever a model would be trained or compared on them alone
+        "empty_canvases": [name for name, frame in train.items() if frame.height == 0],
     }
     return PreparedData(catalogue, labels.canvases, merged, manifest)

@@ -114,3 +114,24 @@ def test_the_request_sample_does_not_depend_on_the_training_seed(config, prepare
     a, b = request_sets(small, prepared, "test"), request_sets(other, prepared, "test")
     assert all(len(a[c]) <= 20 for c in a)
     assert {c: r.fingerprint() for c, r in a.items()} == {c: r.fingerprint() for c, r in b.items()}
+
+
+def test_category_popularity_answers_the_category_first_by_popularity():
+    from monorec.evaluation.recommenders import CategoryPopularityRecommender
+
+    catalogue = pl.DataFrame(
+        {"entity_id": ["a", "b", "c", "d"], "categories": ["x", "x|y", "y", ""], "entity_type": ["movie"] * 4}
+    )
+    positives = pl.DataFrame({"entity_id": ["b", "b", "c", "c", "c", "d", "d", "d", "d"]})
+    rec = CategoryPopularityRecommender(positives, catalogue)
+    reqs = RequestSet(
+        canvas="browse",
+        contexts=pl.DataFrame({"category": ["x", "y", "unknown"], "task_type": ["browse"] * 3}),
+        relevant=[np.array([0])] * 3,
+        exclude=[np.zeros(0, dtype=np.int64), np.array([2]), np.zeros(0, dtype=np.int64)],
+        cold=np.zeros(3, dtype=bool),
+    )
+    top = rec.recommend(reqs, 3).tolist()
+    assert top[0][:2] == [1, 0]  # category x: b (2 responses), then a (none), then the rest
+    assert top[1][0] == 1 and 2 not in top[1]  # category y without the excluded c
+    assert top[2] == [3, 2, 1]  # an unknown category: overall popularity

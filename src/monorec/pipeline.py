@@ -16,7 +16,12 @@ from monorec.data.movielens import is_movielens, read_movielens
 from monorec.data.prepared import PreparedData, prepare
 from monorec.data.tables import load_dataset, validate_catalogue, validate_logs
 from monorec.evaluation.evaluate import evaluate_bundle, evaluate_recommender, request_sets
-from monorec.evaluation.recommenders import BM25Recommender, CooccurrenceRecommender, PopularityRecommender
+from monorec.evaluation.recommenders import (
+    BM25Recommender,
+    CategoryPopularityRecommender,
+    CooccurrenceRecommender,
+    PopularityRecommender,
+)
 from monorec.evaluation.report import write_report
 from monorec.registry import Registry
 from monorec.train import train
@@ -137,6 +142,16 @@ def compare_models(
                 PopularityRecommender(rows, prepared.catalogue), {spec.name: reqs[spec.name]}, k
             )[spec.name]
         results["popularity"] = {"split": split, "k": k, "canvases": pop}
+        # popularity over every canvas's responses, on every canvas (a per-canvas count can be the weaker one)
+        overall = PopularityRecommender(all_pos, prepared.catalogue)
+        results["popularity_global"] = {"split": split, "k": k, "canvases": evaluate_recommender(overall, reqs, k)}
+        if "browse" in reqs and "category" in reqs["browse"].contexts.columns:
+            by_category = CategoryPopularityRecommender(all_pos, prepared.catalogue)
+            results["category_popularity"] = {
+                "split": split,
+                "k": k,
+                "canvases": evaluate_recommender(by_category, {"browse": reqs["browse"]}, k),
+            }
         if "related" in reqs and "source_item_id" in reqs["related"].contexts.columns:
             co = CooccurrenceRecommender(all_pos, prepared.catalogue)
             results["cooccurrence"] = {

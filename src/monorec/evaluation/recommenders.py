@@ -15,6 +15,7 @@ from monorec.evaluation.requests import RequestSet, entity_positions
 
 __all__ = [
     "BM25Recommender",
+    "CategoryPopularityRecommender",
     "CooccurrenceRecommender",
     "ModelRecommender",
     "PopularityRecommender",
@@ -105,6 +106,30 @@ class PopularityRecommender:
 
     def recommend(self, requests: RequestSet, k: int) -> np.ndarray:
         scores = self.scores[None, :].expand(len(requests), -1)
+        return top_k_excluding(scores, requests.exclude, k).numpy()
+
+
+class CategoryPopularityRecommender:
+    """Browse: the most responded-to entities (in training, all canvases) of the request's category, then
+    the rest by popularity."""
+
+    def __init__(self, train_positives: pl.DataFrame, catalogue: pl.DataFrame, *, category_field: str = "category"):
+        self.popularity = PopularityRecommender(train_positives, catalogue).scores
+        self.catalogue_size = catalogue.height
+        self.category_field = category_field
+        members: dict[str, list[int]] = defaultdict(list)
+        for pos, cats in enumerate(catalogue["categories"].fill_null("").to_list()):
+            for c in cats.split("|"):
+                if c:
+                    members[c].append(pos)
+        self.members = {c: torch.as_tensor(p) for c, p in members.items()}
+
+    def recommend(self, requests: RequestSet, k: int) -> np.ndarray:
+        scores = self.popularity[None, :].repeat(len(requests), 1) * 1e-6
+        for r, category in enumerate(requests.contexts[self.category_field].cast(pl.String).to_list()):
+            rows = self.members.get(category or "")
+            if rows is not None:  # in the category first (+1), by popularity within it
+                scores[r, rows] += self.popularity[rows] + 1.0
         return top_k_excluding(scores, requests.exclude, k).numpy()
 
 

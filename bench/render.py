@@ -22,7 +22,17 @@ def _env(r: dict[str, Any]) -> str:
 
 def q1(r: dict[str, Any]) -> str:
     k = r["k"]
-    models = ["consolidated", "separate", "popularity", "cooccurrence", "bm25"]
+    present = {m for row in r["canvases"].values() for m in row}
+    order = [
+        "consolidated",
+        "separate",
+        "popularity",
+        "popularity_global",
+        "category_popularity",
+        "cooccurrence",
+        "bm25",
+    ]
+    models = [m for m in order if m in present]
     lines = [
         "## Q1: consolidated vs separate (MovieLens latest-small, global time split 80/10/10)",
         "",
@@ -36,8 +46,30 @@ def q1(r: dict[str, Any]) -> str:
     ]
     for canvas, row in r["canvases"].items():
         cells = [f"{row[m][f'recall@{k}']:.4f} / {row[m][f'ndcg@{k}']:.4f}" if m in row else "" for m in models]
-        verdict = "yes" if r["consolidated_ge_separate"][canvas] else "**no**"
+        ge = r["consolidated_ge_separate"][canvas]
+        verdict = "empty" if ge is None else ("yes" if ge else "**no**")
         lines.append(f"| {canvas} | " + " | ".join(cells) + f" | {verdict} |")
+    differences = r.get("differences") or {}
+    if differences:
+        lines += [
+            "",
+            f"Consolidated minus each other model, request by request (paired bootstrap 95% interval), NDCG@{k}:",
+            "",
+            "| canvas | " + " | ".join(m for m in models if m != "consolidated") + " |",
+            "|---|" + "---|" * (len(models) - 1),
+        ]
+        for canvas in r["canvases"]:
+            cells = []
+            for m in models:
+                if m == "consolidated":
+                    continue
+                d = differences.get(m, {}).get(canvas, {}).get(f"ndcg@{k}")
+                if d is None:
+                    cells.append("")
+                    continue
+                mark = {"better": " better", "worse": " **worse**"}.get(d["verdict"], " n.s.")
+                cells.append(f"{d['delta']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]{mark}")
+            lines.append(f"| {canvas} | " + " | ".join(cells) + " |")
     lines += ["", f"Whole run (prepare, 5 trainings, evaluation): {r['seconds']:.0f} s.", ""]
     return "\n".join(lines)
 

@@ -125,3 +125,17 @@ def test_a_canvas_without_rows_is_reported_empty_and_skipped(config, world):
     assert empty["empty"] is True and empty["requests"] == 0
     assert results["consolidated"]["canvases"]["search"]["requests"] == 0
     assert results["consolidated"]["canvases"]["home"]["requests"] > 0
+
+
+def test_a_dedicated_model_gets_the_consolidated_budget_in_steps(config, prepared):
+    """Regression (issue 10.3): every dedicated model had the consolidated model's epochs over far fewer
+    rows (the search model ~30x fewer gradient steps)."""
+    from monorec.pipeline import MAX_DEDICATED_EPOCHS, dedicated_config
+
+    mixture = prepared.manifest["mixture"]
+    total = sum(m["rows"] for m in mixture.values())
+    for canvas, m in mixture.items():
+        epochs = dedicated_config(config, prepared, canvas).train.epochs
+        steps_ratio = epochs * m["rows"] / (config.train.epochs * total)
+        assert epochs == MAX_DEDICATED_EPOCHS or 1.0 <= steps_ratio < 1.0 + m["rows"] / total + 1e-9, canvas
+        assert epochs >= config.train.epochs

@@ -3,7 +3,9 @@ call these. ``logs -> prepare (labels, split, merge) -> train -> evaluate -> pub
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from monorec.train import train
 
 __all__ = [
     "compare_models",
+    "dedicated_config",
     "default_config",
     "evaluate_stage",
     "load_input",
@@ -111,6 +114,26 @@ def publish_stage(
     return Registry(registry).publish(ModelBundle.load(run_dir), report, tolerance=tolerance, force=force)
 
 
+MAX_DEDICATED_EPOCHS = 60
+
+
+def dedicated_config(config: ProjectConfig, prepared: PreparedData, canvas: str) -> ProjectConfig:
+    """The training budget of a dedicated model: as many gradient steps as the consolidated model may take
+    (its epochs over ALL merged rows), spread over the canvas's own rows, so that early stopping on its own
+    validation requests, not a budget sized for another model, decides when it stops. Without this a small
+    canvas's model got ~30x fewer steps, and "consolidated >= separate" was partly an artefact."""
+    mixture = prepared.manifest.get("mixture", {})
+    total = sum(int(m["rows"]) for m in mixture.values())
+    rows = int(mixture.get(canvas, {}).get("rows", 0))
+    t = config.train
+    if t.max_train_rows:  # both read at most this many rows per epoch
+        total, rows = min(total, t.max_train_rows), min(rows, t.max_train_rows)
+    if rows == 0 or total <= rows:
+        return config
+    epochs = min(MAX_DEDICATED_EPOCHS, math.ceil(t.epochs * total / rows))
+    return dataclasses.replace(config, train=dataclasses.replace(t, epochs=max(t.epochs, epochs)))
+
+
 def compare_models(
     config: ProjectConfig, prepared: PreparedData, *, split: str = "test", progress: bool = True, baselines: bool = True
 ) -> tuple[ModelBundle, dict[str, dict[str, Any]]]:
@@ -130,7 +153,7 @@ def compare_models(
         if c in prepared.empty_canvases:  # no rows to train a dedicated model on: reported, not compared
             separate[c] = {f"recall@{k}": float("nan"), f"ndcg@{k}": float("nan"), "requests": 0, "empty": True}
             continue
-        dedicated = train(config, prepared, canvases=(c,), progress=progress)
+        dedicated = train(dedicated_config(config, prepared, c), prepared, canvases=(c,), progress=progress)
         separate[c] = evaluate_bundle(dedicated, prepared, split, {c: reqs[c]})["canvases"][c]
     results["separate"] = {"split": split, "k": k, "canvases": separate}
     if baselines:

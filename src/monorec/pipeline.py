@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,27 +169,16 @@ def compare_models(
         # popularity over every canvas's responses, on every canvas (a per-canvas count can be the weaker one)
         overall = PopularityRecommender(all_pos, prepared.catalogue)
         results["popularity_global"] = {"split": split, "k": k, "canvases": evaluate_recommender(overall, reqs, k)}
-        if "browse" in reqs and "category" in reqs["browse"].contexts.columns:
-            by_category = CategoryPopularityRecommender(all_pos, prepared.catalogue)
-            results["category_popularity"] = {
-                "split": split,
-                "k": k,
-                "canvases": evaluate_recommender(by_category, {"browse": reqs["browse"]}, k),
-            }
-        if "related" in reqs and "source_item_id" in reqs["related"].contexts.columns:
-            co = CooccurrenceRecommender(all_pos, prepared.catalogue)
-            results["cooccurrence"] = {
-                "split": split,
-                "k": k,
-                "canvases": evaluate_recommender(co, {"related": reqs["related"]}, k),
-            }
-        if "search" in reqs and "query" in reqs["search"].contexts.columns:
-            bm = BM25Recommender(prepared.catalogue, all_pos)
-            results["bm25"] = {
-                "split": split,
-                "k": k,
-                "canvases": evaluate_recommender(bm, {"search": reqs["search"]}, k),
-            }
+        catalogue = prepared.catalogue
+        specialised: list[tuple[str, str, str, Callable[[], Any]]] = [  # (name, canvas, field it reads, make)
+            ("category_popularity", "browse", "category", lambda: CategoryPopularityRecommender(all_pos, catalogue)),
+            ("cooccurrence", "related", "source_item_id", lambda: CooccurrenceRecommender(all_pos, catalogue)),
+            ("bm25", "search", "query", lambda: BM25Recommender(catalogue, all_pos)),
+        ]
+        for name, canvas, field, make in specialised:
+            if canvas in reqs and field in reqs[canvas].contexts.columns:
+                scores = evaluate_recommender(make(), {canvas: reqs[canvas]}, k)
+                results[name] = {"split": split, "k": k, "canvases": scores}
     return consolidated, results
 
 

@@ -14,7 +14,7 @@ import httpx
 
 from monorec.errors import DeployError, MonorecError
 
-__all__ = ["AdminClient", "ServerError"]
+__all__ = ["TOKEN_ENV", "AdminClient", "ServerError"]
 
 TOKEN_ENV = "MONOREC_ADMIN_TOKEN"
 

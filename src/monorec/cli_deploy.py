@@ -123,11 +123,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from monorec.admin_client import TOKEN_ENV
     from monorec.registry import Registry
     from monorec.serving.app import ServeSettings, create_app, resolve_environment
     from monorec.threads import configure_torch_threads
 
-    token = os.environ.get("MONOREC_ADMIN_TOKEN")
+    token = os.environ.get(TOKEN_ENV)
     if not token:
         token = secrets.token_urlsafe(24)
         print(f"admin token for this run (set MONOREC_ADMIN_TOKEN to choose one): {token}", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -34,11 +35,16 @@ class RequestSet:
     def __len__(self) -> int:
         return self.contexts.height
 
-    def fingerprint(self) -> str:
-        """What makes two evaluations comparable request by request: contexts, targets and exclusions."""
+    @functools.cached_property
+    def _fingerprint(self) -> str:
         from monorec.evaluation.compare import request_fingerprint
 
         return request_fingerprint(self.contexts.write_csv().encode("utf-8"), self.relevant, self.exclude)
+
+    def fingerprint(self) -> str:
+        """What makes two evaluations comparable request by request: contexts, targets and exclusions
+        (hashed once: every recommender evaluated on the set asks for it)."""
+        return self._fingerprint
 
 
 def entity_positions(catalogue: pl.DataFrame, ids: pl.Series) -> np.ndarray:

@@ -205,9 +205,11 @@ class ServingVersion:
         item_emb: torch.Tensor,
         task: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row-aligned (context, entity) pairs (N, ...) -> (blended scores (N,), objective logits (N, O))."""
+        """Row-aligned (context, entity) pairs (N, ...) -> (ranking scores (N,), objective logits (N, O)); the
+        score is the canvas's blend of objectives plus its weight of the retrieval score."""
         logits = self.bundle.model.rank(ctx_feats, ctx_emb, item_feats, item_emb, task)
-        return self.bundle.model.blend_scores(logits, task), logits
+        retrieval = (ctx_emb * item_emb).sum(dim=1)
+        return self.bundle.model.blend_scores(logits, task, retrieval), logits
 
     def predictions(self, logits: torch.Tensor, canvas: str) -> dict[str, np.ndarray]:
         """(N, O) logits -> each of the canvas's objectives in its own unit: a probability for binary

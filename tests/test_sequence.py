@@ -125,3 +125,46 @@ def test_every_prefix_equals_encoding_each_prefix_as_a_request(kind, movielens_c
 @pytest.fixture
 def movielens_config_dict():
     return load_config(default_config("movielens")).to_dict()
+
+
+def test_bad_histories_and_untitled_items_are_handled_and_counted(config, world):
+    """Empty histories, unknown ids, histories longer than kept, entities without a title: a sentinel or a
+    truncation each, counted in the prepare manifest; training and serving go through."""
+    from monorec.data.prepared import prepare
+    from monorec.evaluation.recommenders import ModelRecommender
+    from monorec.evaluation.requests import RequestSet
+    from monorec.train import train
+
+    catalogue, logs = world
+    ids = catalogue["entity_id"].to_list()
+    long = "|".join(ids[:45])  # longer than the field's 20
+    n = logs.height
+    history = (
+        pl.when(pl.int_range(n) % 7 == 0)
+        .then(pl.lit("ghost-1|ghost-2"))
+        .when(pl.int_range(n) % 7 == 1)
+        .then(pl.lit(long))
+        .when(pl.int_range(n) % 7 == 2)
+        .then(pl.lit(None, dtype=pl.String))
+        .otherwise(pl.col("history"))
+    )
+    logs = logs.with_columns(history.alias("history"))
+    catalogue = catalogue.with_columns(
+        pl.when(pl.int_range(catalogue.height) < 5).then(pl.lit("")).otherwise(pl.col("title")).alias("title")
+    )
+    prepared = prepare(config, catalogue, logs)
+    handled = prepared.manifest["inputs_handled"]
+    assert handled["entities_without_title"] == 5
+    home = handled["home.history"]
+    assert home["with_unknown_ids"] > 0 and home["truncated"] > 0 and home["empty"] > 0
+    bundle = train(config, prepared, progress=False)
+    contexts = pl.DataFrame(
+        {
+            "task_type": ["home"] * 3,
+            "user_id": ["nobody", "nobody", "nobody"],
+            "history": [None, "ghost-1|ghost-2", long],
+        }
+    )
+    requests = RequestSet("home", contexts, [np.array([0])] * 3, [np.zeros(0, dtype=np.int64)] * 3, np.ones(3, bool))
+    top = ModelRecommender(bundle, prepared.catalogue, depth=20).recommend(requests, 10)
+    assert top.shape == (3, 10) and (top >= 0).all()

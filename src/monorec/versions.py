@@ -122,6 +122,9 @@ class ServingVersion:
         self.in_flight = 0
         self._count_lock = threading.Lock()
         self.bundle.model.eval()
+        # the first forward of a tower (the sequence encoder above all) pays one-off set-up costs: pay them
+        # here, not within the first request's deadline
+        self.encode_records([{"task_type": c} for c in bundle.config.canvas_names])
 
     @staticmethod
     def feature_width(bundle: ModelBundle) -> int:

@@ -7,8 +7,8 @@ import torch
 
 from monorec.bundle import context_tensors
 from monorec.config import load_config, parse_config
-from monorec.errors import ConfigError
 from monorec.data.features import Featurizer
+from monorec.errors import ConfigError
 from monorec.models.model import build_model, model_kwargs
 from monorec.models.sequence import SEQUENCE_ENCODERS, SequenceEncoder
 from monorec.pipeline import default_config
@@ -114,9 +114,7 @@ def test_every_prefix_equals_encoding_each_prefix_as_a_request(kind, movielens_c
         every = model.context_encoder.every_prefix(ctx, "history")[0]  # (L, D)
         for t in range(6):
             prefix = "|".join(history.split("|")[: t + 1])
-            one = context_tensors(
-                featurizer.transform_context(rows.with_columns(pl.lit(prefix).alias("history")))
-            )
+            one = context_tensors(featurizer.transform_context(rows.with_columns(pl.lit(prefix).alias("history"))))
             _, emb = model.encode_context(one)
             torch.testing.assert_close(every[t], emb[0], atol=1e-5, rtol=1e-5)
     assert np.isfinite(every.numpy()).all()

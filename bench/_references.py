@@ -13,35 +13,35 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def popularity_scores(train: sp.csr_matrix, users: int) -> np.ndarray:
-    """(U, I) interaction matrix -> (users, I): every user gets the items' training counts."""
-    counts = np.asarray(train.sum(axis=0)).ravel().astype(np.float32)
+def popularity_scores(train: np.ndarray, users: int) -> np.ndarray:
+    """(U, I) 0/1 interaction matrix -> (users, I): every user gets the items' training counts."""
+    counts = train.sum(axis=0).astype(np.float32)
     return np.broadcast_to(counts, (users, len(counts)))
 
 
-def itemknn_scores(train: sp.csr_matrix, inputs: sp.csr_matrix, neighbours: int = 100) -> np.ndarray:
+def itemknn_scores(train: np.ndarray, inputs: np.ndarray, neighbours: int = 100) -> np.ndarray:
     """Item-item cosine similarity over training users, each item keeping its ``neighbours`` most similar;
     a user's score for an item is the sum of its similarities to the user's input items."""
     x = train.astype(np.float32)
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
+    norms = np.sqrt((x * x).sum(axis=0))
     norms[norms == 0] = 1.0
-    sim = (x.T @ x).toarray() / norms[:, None] / norms[None, :]
+    sim = (x.T @ x) / norms[:, None] / norms[None, :]
     np.fill_diagonal(sim, 0.0)
     if neighbours < sim.shape[0]:
         cut = np.partition(sim, -neighbours, axis=1)[:, -neighbours][:, None]
         sim = np.where(sim >= cut, sim, 0.0)
-    return np.asarray(inputs.astype(np.float32) @ sim.T)
+    return inputs.astype(np.float32) @ sim.T
 
 
-def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
+def ease_weights(train: np.ndarray, lam: float) -> np.ndarray:
     """EASE's item-item matrix B = I - P diagMat(1 / diag(P)) with P = (X^T X + lam I)^-1, diag(B) = 0."""
-    gram = (train.T @ train).toarray().astype(np.float64)
+    x = train.astype(np.float64)
+    gram = x.T @ x
     gram[np.diag_indices_from(gram)] += lam
     p = np.linalg.inv(gram)
     b = -p / np.diag(p)[None, :]
@@ -146,7 +146,7 @@ def train_sasrec(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
         ndcg = evaluate(model, valid_inputs, valid_targets)  # type: ignore[operator]
         curve.append({"epoch": epoch, "loss": total / len(windows), "valid_ndcg@10": ndcg})
         if ndcg > best:

@@ -153,16 +153,17 @@ def test_bad_histories_and_untitled_items_are_handled_and_counted(config, world)
     prepared = prepare(config, catalogue, logs)
     handled = prepared.manifest["inputs_handled"]
     assert handled["entities_without_title"] == 5
-    home = handled["home.history"]
-    assert home["with_unknown_ids"] > 0 and home["truncated"] > 0 and home["empty"] > 0
+    browse = handled["browse.history"]
+    assert browse["with_unknown_ids"] > 0 and browse["truncated"] > 0 and browse["empty"] > 0
     bundle = train(config, prepared, progress=False)
     contexts = pl.DataFrame(
         {
-            "task_type": ["home"] * 3,
+            "task_type": ["browse"] * 3,
             "user_id": ["nobody", "nobody", "nobody"],
+            "category": ["drama"] * 3,
             "history": [None, "ghost-1|ghost-2", long],
         }
     )
-    requests = RequestSet("home", contexts, [np.array([0])] * 3, [np.zeros(0, dtype=np.int64)] * 3, np.ones(3, bool))
+    requests = RequestSet("browse", contexts, [np.array([0])] * 3, [np.zeros(0, dtype=np.int64)] * 3, np.ones(3, bool))
     top = ModelRecommender(bundle, prepared.catalogue, depth=20).recommend(requests, 10)
     assert top.shape == (3, 10) and (top >= 0).all()

@@ -165,6 +165,9 @@ class TrainSpec:
     # entity was clicked for another query, and the row's query would teach the wrong thing
     sequence_canvases: tuple[str, ...] = ("home",)
     device: str = "auto"  # "auto": CUDA when present, else CPU
+    # intra-op CPU threads while training (0: the cores this process may use). Part of what makes a run
+    # reproducible: float sums split among a different number of threads round differently
+    threads: int = 0
     # share of context ids (id fields) replaced by the "unknown" index during training, so that the
     # cold-start sentinel is learned and the model also leans on the other fields (history, query...);
     # histories are regularised by model.sequence_dropout instead

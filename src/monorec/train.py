@@ -38,6 +38,7 @@ from monorec.evaluation.requests import entity_positions
 from monorec.models.losses import FixedWeighting, UncertaintyWeighting, masked_objective_losses, sampled_softmax_loss
 from monorec.models.model import MonorecModel, build_model, model_kwargs
 from monorec.popular import PopularLists
+from monorec.threads import reproducible, training_threads
 
 __all__ = ["TrainStep", "TrainingData", "resolve_device", "train"]
 
@@ -424,6 +425,21 @@ def train(
     Returns:
         The best epoch's model as a :class:`ModelBundle` (``meta`` holds the history).
     """
+    threads = training_threads(config.train.threads)
+    with reproducible(threads):  # the same seed gives the same model on a busy machine too
+        bundle = _train(config, prepared, canvases, checkpoint_dir, progress, device)
+    bundle.meta["threads"] = threads
+    return bundle
+
+
+def _train(
+    config: ProjectConfig,
+    prepared: PreparedData,
+    canvases: tuple[str, ...] | None,
+    checkpoint_dir: str | Path | None,
+    progress: bool,
+    device: str | None,
+) -> ModelBundle:
     cfg = config.only_canvases(canvases) if canvases else config
     t = cfg.train
     torch.manual_seed(t.seed)

@@ -42,6 +42,7 @@ readme-check: $(VENV)/.installed-test
 bench-quick: $(VENV)/.installed-test
 	mkdir -p runs/bench-quick
 	$(PY) bench/q1_consolidated_vs_separate.py --quick --data $(DATA)/ml-latest-small --out runs/bench-quick/q1.json
+	$(PY) bench/q3_standard_protocol.py --quick --data $(DATA)/ml-latest-small --out runs/bench-quick/q3.json
 	$(PY) bench/q2_census_multitask.py --quick --data $(DATA)/census-income-kdd --out runs/bench-quick/q2.json
 	$(PY) bench/b7_training_throughput.py --quick --out runs/bench-quick/b7.json
 	$(PY) bench/b1_index.py --quick --out runs/bench-quick/b1.json

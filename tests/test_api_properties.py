@@ -151,7 +151,7 @@ def test_unknown_ids_are_cold_start(server: tuple[str, Deployment]) -> None:
         ]:
             r = client.post("/v1/recommend", json={"canvas": canvas, "context": context, "k": 5})
             assert r.status_code == 200, r.text
-            assert r.json()["source"] == "model" and len(r.json()["items"]) == 5
+            assert r.json()["source"] == "model" and len(r.json()["items"]) == 5, r.json()
 
 
 def test_unauthenticated_admin_calls_get_401_and_change_nothing(server: tuple[str, Deployment]) -> None:

@@ -167,14 +167,14 @@ def test_declaration_order_survives_a_json_round_trip(tmp_path, config):
 
 def test_id_list_fields():
     raw = _raw()
-    raw["context"]["fields"].append({"name": "history", "kind": "id_list", "vocabulary": "entity", "max_tokens": 3})
-    raw["canvases"]["home"]["fields"].append("history")
+    raw["context"]["fields"].append({"name": "recent", "kind": "id_list", "vocabulary": "entity", "max_tokens": 3})
+    raw["canvases"]["home"]["fields"].append("recent")
     schema = ContextSchema.from_config(parse_config(raw))
-    assert schema.normalize("home", {"history": ["m1", "m2", "m3", "m4"]})["history"] == "m2|m3|m4"  # most recent
-    assert schema.normalize("home", {"history": "m1|m2"})["history"] == "m1|m2"
+    assert schema.normalize("home", {"recent": ["m1", "m2", "m3", "m4"]})["recent"] == "m2|m3|m4"  # most recent
+    assert schema.normalize("home", {"recent": "m1|m2"})["recent"] == "m1|m2"
     with pytest.raises(RequestError) as info:
-        schema.normalize("home", {"history": [{"id": 1}]})
-    assert info.value.field == "history"
+        schema.normalize("home", {"recent": [{"id": 1}]})
+    assert info.value.field == "recent"
     raw["context"]["fields"].append({"name": "bad_list", "kind": "id_list"})
     with pytest.raises(ConfigError, match="needs a shared vocabulary"):
         parse_config(raw)

@@ -20,6 +20,25 @@ def test_training_is_seeded_and_reproducible(config, prepared):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_training_does_not_depend_on_the_ambient_thread_count(config, prepared, monkeypatch):
+    # the serving side sizes torch's threads by the machine's load; training must not inherit that count
+    monkeypatch.delenv("MONOREC_TORCH_THREADS", raising=False)
+    cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1, threads=2))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = train(cfg, prepared, progress=False)
+        assert torch.get_num_threads() == 1  # restored after training
+        torch.set_num_threads(2)
+        b = train(cfg, prepared, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert a.meta["threads"] == b.meta["threads"] == 2
+    wa, wb = _weights(a), _weights(b)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+
+
 def test_training_learns_and_records_history(trained, prepared, config):
     history = trained.meta["history"]
     assert len(history) >= 1 and history[-1]["loss"] < history[0]["loss"] * 1.5

@@ -124,6 +124,12 @@ class ModelSpec:
     canvas_tower_hidden: tuple[int, ...] = (64,)
     text_buckets: int = 32768  # hashing buckets for text tokens (shared by every text field)
     dropout: float = 0.0
+    # how an entity history (id_list field over the entity vocabulary) is read: "transformer" (causal
+    # self-attention, SASRec), "gru" (GRU4Rec) or "mean" (order-free); see monorec.models.sequence
+    sequence_encoder: Literal["mean", "gru", "transformer"] = "transformer"
+    sequence_layers: int = 2
+    sequence_heads: int = 2  # embedding_dim must be a multiple
+    sequence_dropout: float = 0.2  # on the history's embeddings and inside the transformer
 
 
 @dataclass(frozen=True)
@@ -131,17 +137,40 @@ class TrainSpec:
     epochs: int = 8
     batch_size: int = 512
     lr: float = 3e-3  # dense parameters (AdamW)
-    sparse_lr: float = 1e-2  # embedding tables (SparseAdam, row-wise updates)
+    # embedding tables: SparseAdam (row-wise updates) when they are sparse, else their own AdamW group
+    embedding_lr: float = 1e-2
+    weight_decay: float = 0.01  # AdamW's, on the dense parameters (never on the embedding tables)
     seed: int = 0
     patience: int = 3  # epochs without validation improvement before stopping
     loss_weighting: Literal["fixed", "uncertainty"] = "uncertainty"
     objective_weights: dict[str, float] = field(default_factory=dict)  # fixed weights (default 1.0)
     retrieval_weight: float = 1.0
     temperature: float = 0.05  # softmax temperature of the retrieval loss (unit-norm embeddings)
-    random_negatives: int = 256  # uniformly sampled catalogue negatives per batch, beside in-batch ones
+    # retrieval is trained with the softmax over the WHOLE catalogue when it has at most this many entities
+    # (exact, and popularity needs no correction); above, with a sampled softmax: in-batch and uniform
+    # negatives with logQ correction
+    full_softmax_max: int = 200_000
+    random_negatives: int = 256  # sampled softmax: uniform catalogue negatives per batch, beside in-batch ones
+    # the ranker may also learn from negatives drawn the way serving presents candidates: per positive row
+    # that retrieval found, this many entities drawn from the retrieval's top candidates. Off by default:
+    # measured on MovieLens's VALIDATION requests, 4 of them made the ranker alone invert the retrieval
+    # (search NDCG@10 0.217 -> 0.0, home 0.0084 -> 0.0058), see docs/benchmarks.md
+    retrieval_negatives: int = 0
+    # entity histories: every prefix predicts the next entity (one causal pass per row); the weight of that
+    # loss, and how many prefixes of each row enter it (0: every prefix)
+    sequence_weight: float = 1.0
+    sequence_prefixes: int = 4
+    # the canvases whose rows train every prefix: those whose context is the user and the history, so that
+    # "what came next in the history" is what the canvas answers (a feed); on a search row the next history
+    # entity was clicked for another query, and the row's query would teach the wrong thing
+    sequence_canvases: tuple[str, ...] = ("home",)
     device: str = "auto"  # "auto": CUDA when present, else CPU
-    # share of context ids (id and id_list fields) replaced by the "unknown" index during training, so that
-    # the cold-start sentinel is learned and the model also leans on the other fields (history, query...)
+    # intra-op CPU threads while training (0: the cores this process may use). Part of what makes a run
+    # reproducible: float sums split among a different number of threads round differently
+    threads: int = 0
+    # share of context ids (id fields) replaced by the "unknown" index during training, so that the
+    # cold-start sentinel is learned and the model also leans on the other fields (history, query...);
+    # histories are regularised by model.sequence_dropout instead
     id_dropout: float = 0.0
     # model selection: "ndcg" (validation NDCG@k averaged over requests) or "loss" (validation loss over
     # every validation row; smoother when a canvas's validation requests are few and come from few users)
@@ -246,7 +275,10 @@ class ProjectConfig:
         evaluate = dataclasses.replace(
             self.evaluate, exclude_seen=tuple(c for c in self.evaluate.exclude_seen if c in kept)
         )
-        return dataclasses.replace(self, canvases=keep, evaluate=evaluate)
+        train = dataclasses.replace(
+            self.train, sequence_canvases=tuple(c for c in self.train.sequence_canvases if c in kept)
+        )
+        return dataclasses.replace(self, canvases=keep, evaluate=evaluate, train=train)
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML-shaped dict; ``parse_config(cfg.to_dict())`` gives back an equal config."""
@@ -416,9 +448,13 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
     model = sections["model"]
     if model.bottom == "ple" and model.ple_levels < 1:
         p.add("model.ple_levels", "must be >= 1")
-    for key in ("embedding_dim", "retrieval_dim", "experts", "text_buckets"):
+    for key in ("embedding_dim", "retrieval_dim", "experts", "text_buckets", "sequence_layers", "sequence_heads"):
         if getattr(model, key) < 1:
             p.add(f"model.{key}", "must be >= 1")
+    if model.sequence_heads >= 1 and model.embedding_dim % model.sequence_heads:
+        p.add("model.sequence_heads", f"must divide model.embedding_dim ({model.embedding_dim})")
+    if not 0 <= model.sequence_dropout < 1:
+        p.add("model.sequence_dropout", "must be in [0, 1)")
     ev = sections["evaluate"]
     if ev.retrieval_depth < ev.k:
         p.add("evaluate.retrieval_depth", f"must be >= evaluate.k ({ev.k})")
@@ -426,6 +462,9 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
     for canvas in ev.exclude_seen:
         if declared and canvas not in declared:
             p.add("evaluate.exclude_seen", f"unknown canvas {canvas!r}")
+    for canvas in sections["train"].sequence_canvases:
+        if declared and canvas not in declared:
+            p.add("train.sequence_canvases", f"unknown canvas {canvas!r}")
 
     idx = sections["index"]
     for key in ("hnsw_m", "ef_construction", "ef_search"):

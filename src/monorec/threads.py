@@ -5,6 +5,11 @@ something else, threads fighting for the same cores run far slower than one (3.4
 machine), so the count follows the cores this process may run on (affinity and a cgroup CPU quota) that
 are idle now (sampled from ``/proc/stat`` over a quarter of a second; a load average would still count
 work that ended a minute ago). ``MONOREC_TORCH_THREADS`` overrides it.
+
+Training is the exception: a float sum depends on how it is split among threads, so a count that follows
+the machine's load would make the same seed give a different model on a busy machine. Training runs with a
+count fixed by its config (:func:`training_threads`) and torch's deterministic algorithms
+(:func:`reproducible`): same data, config, seed and thread count, same model, bit for bit.
 """
 
 from __future__ import annotations
@@ -12,9 +17,19 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["THREADS_ENV", "available_cores", "busy_cores", "configure_torch_threads", "torch_threads"]
+__all__ = [
+    "THREADS_ENV",
+    "available_cores",
+    "busy_cores",
+    "configure_torch_threads",
+    "reproducible",
+    "torch_threads",
+    "training_threads",
+]
 
 THREADS_ENV = "MONOREC_TORCH_THREADS"
 
@@ -90,3 +105,33 @@ def configure_torch_threads(per_worker: int = 1) -> int:
     n = torch_threads(per_worker)
     torch.set_num_threads(n)
     return n
+
+
+def training_threads(configured: int = 0) -> int:
+    """Intra-op threads for training: ``MONOREC_TORCH_THREADS`` when set, else ``configured`` when above 0,
+    else the cores this process may run on. Never the machine's momentary load (see the module docstring).
+
+    Raises:
+        ValueError: the environment variable is not a positive integer.
+    """
+    given = os.environ.get(THREADS_ENV)
+    if given:
+        return torch_threads()
+    return configured if configured > 0 else available_cores()
+
+
+@contextmanager
+def reproducible(threads: int) -> Iterator[None]:
+    """Within the block: ``threads`` intra-op threads and torch's deterministic algorithms (an op without a
+    deterministic implementation warns); both restored after it."""
+    import torch
+
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=warn_only)

@@ -122,6 +122,9 @@ class ServingVersion:
         self.in_flight = 0
         self._count_lock = threading.Lock()
         self.bundle.model.eval()
+        # the first forward of a tower (the sequence encoder above all) pays one-off set-up costs: pay them
+        # here, not within the first request's deadline
+        self.encode_records([{"task_type": c} for c in bundle.config.canvas_names])
 
     @staticmethod
     def feature_width(bundle: ModelBundle) -> int:
@@ -205,9 +208,11 @@ class ServingVersion:
         item_emb: torch.Tensor,
         task: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row-aligned (context, entity) pairs (N, ...) -> (blended scores (N,), objective logits (N, O))."""
+        """Row-aligned (context, entity) pairs (N, ...) -> (ranking scores (N,), objective logits (N, O)); the
+        score is the canvas's blend of objectives plus its weight of the retrieval score."""
         logits = self.bundle.model.rank(ctx_feats, ctx_emb, item_feats, item_emb, task)
-        return self.bundle.model.blend_scores(logits, task), logits
+        retrieval = (ctx_emb * item_emb).sum(dim=1)
+        return self.bundle.model.blend_scores(logits, task, retrieval), logits
 
     def predictions(self, logits: torch.Tensor, canvas: str) -> dict[str, np.ndarray]:
         """(N, O) logits -> each of the canvas's objectives in its own unit: a probability for binary

@@ -7,9 +7,11 @@ Formats (detected from the files present):
 
 Canvases (see ../shared/data/README.md):
 - home: every rating is a (user -> movie) request, with the user's previous ratings as its history;
-- related: the movie a user rated right after another one, with that other one as the source;
-- search: a tag's text as the query and the tagged movie as relevant (only where tags exist);
-- browse: one of the movie's genres (chosen by a stable hash) plus the user.
+- related: the movie a user rated right after another one, with that other one as the source (and the
+  user's previous ratings, ending with it, as the session so far);
+- search: a tag's text as the query and the tagged movie as relevant (only where tags exist), with the
+  user's ratings before the tag as history;
+- browse: one of the movie's genres (chosen by a stable hash) plus the user and their history.
 Objectives: ``watched`` (1 for a rating; sampled negatives get 0), ``liked`` (rating >= 4), ``rating``.
 """
 
@@ -107,6 +109,15 @@ def _history(ratings: pl.DataFrame, length: int) -> pl.Series:
     return pl.Series("history", out, dtype=pl.String)
 
 
+def _history_after(ratings: pl.DataFrame, length: int) -> pl.DataFrame:
+    """(user_id, ts, history): after each rating, the user's ``length`` most recent movies including it (for
+    requests at a later time, joined "as of" their timestamp)."""
+    joined = pl.concat_str(["history", "entity_id"], separator="|", ignore_nulls=True)
+    last = joined.str.split("|").list.tail(length).list.join("|")
+    after = ratings.select("user_id", "ts", last.alias("history"))
+    return after.unique(["user_id", "ts"], keep="last", maintain_order=True).sort("ts")
+
+
 def _canvas_rows(frame: pl.DataFrame, canvas: str, context: list[str], outcome: list[pl.Expr]) -> pl.DataFrame:
     """One canvas's log rows: a request id per row, the canvas, its context fields, the outcomes."""
     return frame.select(
@@ -119,8 +130,9 @@ def _canvas_rows(frame: pl.DataFrame, canvas: str, context: list[str], outcome: 
     )
 
 
-def read_movielens(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Reads a MovieLens folder into (catalogue, logs) in the documented schema."""
+def read_movielens(path: str | Path, *, history: int = HISTORY) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Reads a MovieLens folder into (catalogue, logs) in the documented schema; every request carries the
+    user's ``history`` most recent movies before it."""
     path = Path(path)
     ratings, movies, tags = _load_raw(path)
     catalogue = movies.select(
@@ -136,13 +148,14 @@ def read_movielens(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         pl.col("rating").cast(pl.Float64),
     ).sort(["user_id", "ts", "entity_id"])
     outcome = [pl.lit(1.0).alias("watched"), (pl.col("rating") >= 4).cast(pl.Float64).alias("liked"), pl.col("rating")]
-    home = _canvas_rows(r.with_columns(_history(r, HISTORY)), "home", ["user_id", "history"], outcome)
+    r = r.with_columns(_history(r, history))
+    home = _canvas_rows(r, "home", ["user_id", "history"], outcome)
     related = _canvas_rows(
         r.with_columns(pl.col("entity_id").shift(1).over("user_id").alias("source_item_id")).filter(
             pl.col("source_item_id").is_not_null()
         ),
         "related",
-        ["user_id", "source_item_id"],
+        ["user_id", "source_item_id", "history"],  # the session so far, ending with the source movie
         outcome,
     )
     genres = catalogue.select("entity_id", pl.col("categories").str.split("|").alias("_genres"))
@@ -154,7 +167,7 @@ def read_movielens(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     browse = browse.with_columns(pl.Series("_pick", pick, dtype=pl.Int64)).with_columns(
         pl.col("_genres").list.get(pl.col("_pick") % pl.col("_genres").list.len()).alias("category")
     )
-    parts = [home, related, _canvas_rows(browse, "browse", ["user_id", "category"], outcome)]
+    parts = [home, related, _canvas_rows(browse, "browse", ["user_id", "category", "history"], outcome)]
     if tags is not None:
         t = tags.with_columns(
             ("u" + pl.col("user").cast(pl.String)).alias("user_id"),
@@ -163,8 +176,16 @@ def read_movielens(path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
             pl.col("tag").alias("query"),
         ).join(r.select("user_id", "entity_id", "rating"), on=["user_id", "entity_id"], how="left")
         t = t.filter(pl.col("query").is_not_null() & (pl.col("query").str.strip_chars() != ""))
+        t = t.sort("ts").join_asof(
+            _history_after(r, history),
+            on="ts",
+            by="user_id",
+            strategy="backward",
+            allow_exact_matches=False,  # a rating at the tag's very second may be the tagged movie's own
+            check_sortedness=False,  # both sides are sorted by ts; polars cannot check it with groups
+        )
         search_outcome = [pl.lit(1.0).alias("watched"), *outcome[1:]]  # liked/rating only if the user rated it
-        parts.append(_canvas_rows(t, "search", ["user_id", "query"], search_outcome))
+        parts.append(_canvas_rows(t, "search", ["user_id", "query", "history"], search_outcome))
     logs = pl.concat(parts, how="diagonal_relaxed").sort("ts", maintain_order=True)
     return catalogue, logs.filter(pl.col("entity_id").is_in(catalogue["entity_id"].implode()))
 

@@ -73,6 +73,30 @@ class PreparedData:
         )
 
 
+def inputs_handled(config: ProjectConfig, canvases: dict[str, pl.DataFrame], catalogue: pl.DataFrame) -> dict[str, Any]:
+    """What the featurizer will handle by a sentinel or a truncation, counted so that it is seen, not
+    silent: per canvas and history (``id_list``) field, the rows without any history, with ids the
+    catalogue does not hold (the unknown index), and longer than the field keeps (the oldest dropped);
+    the entities without a title (the learned "no text" vector)."""
+    known = catalogue["entity_id"].implode()
+    out: dict[str, Any] = {
+        "entities_without_title": int(catalogue["title"].fill_null("").str.strip_chars().eq("").sum())
+    }
+    for name, frame in canvases.items():
+        spec = config.canvas(name)
+        for f in config.fields:
+            if f.kind != "id_list" or f.name not in spec.fields or f.name not in frame.columns:
+                continue
+            ids = frame[f.name].fill_null("").str.split("|").list.eval(pl.element().filter(pl.element() != ""))
+            out[f"{name}.{f.name}"] = {
+                "rows": frame.height,
+                "empty": int((ids.list.len() == 0).sum()),
+                "with_unknown_ids": int(ids.list.eval(~pl.element().is_in(known)).list.any().sum()),
+                "truncated": int((ids.list.len() > f.max_tokens).sum()),
+            }
+    return out
+
+
 def prepare(
     config: ProjectConfig, catalogue: pl.DataFrame, logs: pl.DataFrame, *, inputs: dict[str, Any] | None = None
 ) -> PreparedData:
@@ -95,5 +119,6 @@ def prepare(
         # declared canvases this data has no training rows for (MovieLens without tags: no search): reported,
         # and skipped wherever a model would be trained or compared on them alone
         "empty_canvases": [name for name, frame in train.items() if frame.height == 0],
+        "inputs_handled": inputs_handled(config, labels.canvases, catalogue),
     }
     return PreparedData(catalogue, labels.canvases, merged, manifest)

@@ -8,11 +8,13 @@ Latent structure, so that models can learn and metrics mean something:
 - each request is on one canvas; a logging policy shows ``impressions`` entities, noisily by the canvas's
   true utility; clicks follow that utility, likes and watch time follow the user's taste;
 - search queries are words of a topic (sometimes a title word); browse categories are topics;
+- every request carries the user's recently clicked entities (``history``, oldest first);
 - a few bot users and some double-logged impressions, so that label cleaning has something to clean.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,7 @@ DEVICES = ["mobile", "tv", "web"]
 CANVAS_SHARES = {"home": 0.45, "related": 0.25, "search": 0.18, "browse": 0.12}
 DAY = 86400
 EPOCH = 1_700_000_000
+HISTORY = 20  # clicked entities a request's history carries
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,22 @@ class WorldSpec:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def _click_histories(logs: pl.DataFrame, length: int) -> pl.DataFrame:
+    """(request_id, history): the user's ``length`` most recently clicked entities before each request
+    (strictly earlier requests; oldest first), as a product logs the context it answered."""
+    clicks = logs.filter(pl.col("clicked") == 1).select("user_id", "ts", "request_id", "entity_id")
+    requests = logs.select("request_id", "user_id", "ts").unique("request_id", maintain_order=True)
+    by_user: dict[str, list[tuple[int, str]]] = {}
+    for user, ts, entity in clicks.sort("ts", "request_id").select("user_id", "ts", "entity_id").iter_rows():
+        by_user.setdefault(user, []).append((ts, entity))
+    out = []
+    for _, user, ts in requests.iter_rows():
+        seen = by_user.get(user, [])
+        before = bisect.bisect_left(seen, (ts, ""))  # clicks of requests strictly earlier in time
+        out.append("|".join(e for _, e in seen[max(0, before - length) : before]) or None)
+    return pl.DataFrame({"request_id": requests["request_id"], "history": pl.Series(out, dtype=pl.String)})
 
 
 def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -195,6 +214,7 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
             )
         )
     logs = pl.concat(rows).with_columns(pl.col("liked").fill_nan(None), pl.col("watch_seconds").fill_nan(None))
+    logs = logs.join(_click_histories(logs, HISTORY), on="request_id", how="left")
 
     # ---- noise that label preparation must clean: bots and double-logged impressions
     bots = []

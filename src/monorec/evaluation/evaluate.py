@@ -29,7 +29,9 @@ def request_sets(
     known = set(train["user_id"].drop_nulls().to_list()) if "user_id" in train.columns else None
     seen = seen_by_user(prepared.responses("train"), prepared.catalogue) if ev.exclude_seen else None
     context_columns = [f.name for f in config.fields]
-    entity_fields = [f.name for f in config.fields if f.vocabulary == "entity"]
+    # the entity a request is about (related's source item) is never an answer; a history (id_list) is
+    # not a source: what it holds is excluded, or not, by ``exclude_seen`` like any earlier response
+    entity_fields = [f.name for f in config.fields if f.vocabulary == "entity" and f.kind == "id"]
     out = {}
     for c in config.canvases:
         rows = prepared.canvases[c.name].filter(pl.col("split") == split)

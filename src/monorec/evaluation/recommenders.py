@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
@@ -65,20 +66,21 @@ class ModelRecommender:
         return twin
 
     @torch.no_grad()
-    def recommend(self, requests: RequestSet, k: int) -> np.ndarray:
+    def candidates(self, requests: RequestSet, depth: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Per batch of requests: (candidates (R, C) catalogue positions in retrieval order, their objective
+        logits (R, C, O), retrieval scores (R, C), the canvas of each (R,))."""
         model = self.bundle.model.eval()
         device = self.item_embs.device
-        out = []
         for start in range(0, len(requests), self.batch_size):
             frame = requests.contexts.slice(start, self.batch_size)
             ctx = context_tensors(self.bundle.featurizer.transform_context(frame), device)
             cf, ce = model.encode_context(ctx)  # (R, F_c), (R, D)
-            depth = max(k, self.depth) if self.rank else k
-            cand = top_k_excluding(ce @ self.item_embs.T, requests.exclude[start : start + len(frame)], depth)  # (R, C)
-            if not self.rank:
-                out.append(cand[:, :k].cpu().numpy())
-                continue
+            scores = ce @ self.item_embs.T
+            cand = top_k_excluding(scores, requests.exclude[start : start + len(frame)], depth)  # (R, C)
             r, c = cand.shape
+            if not self.rank:
+                yield cand, scores.new_zeros(r, c, 0), torch.gather(scores, 1, cand), ctx["task_type"]
+                continue
             flat = cand.reshape(-1)
             task = ctx["task_type"].repeat_interleave(c)
             logits = model.rank(
@@ -88,7 +90,18 @@ class ModelRecommender:
                 self.item_embs[flat],
                 task,
             )
-            scores = model.blend_scores(logits, task).view(r, c)
+            yield cand, logits.view(r, c, -1), torch.gather(scores, 1, cand), ctx["task_type"]
+
+    def recommend(self, requests: RequestSet, k: int) -> np.ndarray:
+        model = self.bundle.model
+        out = []
+        for cand, logits, retrieval, task in self.candidates(requests, max(k, self.depth) if self.rank else k):
+            if not self.rank:
+                out.append(cand[:, :k].cpu().numpy())
+                continue
+            r, c = cand.shape
+            rows = task.repeat_interleave(c)
+            scores = model.blend_scores(logits.reshape(r * c, -1), rows, retrieval.reshape(-1)).view(r, c)
             order = torch.argsort(scores, dim=1, descending=True)[:, :k]
             out.append(torch.gather(cand, 1, order).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)

@@ -11,6 +11,7 @@ from torch import nn
 from monorec.config import ProjectConfig
 from monorec.data.features import Featurizer
 from monorec.models.multitask import TaskTowers, build_bottom
+from monorec.models.sequence import SequenceEncoder
 from monorec.models.towers import ContextEncoder, EmbeddingTables, FieldInput, ItemEncoder
 
 __all__ = ["MonorecModel", "build_model"]
@@ -27,10 +28,16 @@ class MonorecModel(nn.Module):
     blend: (T, O) weight of each objective in each canvas's ranking score.
     embedding_dim, retrieval_dim, text_buckets, tower_hidden, bottom, experts, task_experts,
     ple_levels, expert_hidden, canvas_tower_hidden, dropout: sizes and kinds of the parts.
+    sequence_encoder: how entity histories are read ("mean", "gru", "transformer"; None: an unordered
+        mean bag, the format of models saved before sequence encoders), with sequence_length (longest
+        history), sequence_layers, sequence_heads and sequence_dropout.
+    sparse_tables: embedding tables with sparse (row-wise) gradients (see monorec.models.towers).
+    retrieval_weight: (T,) weight of the retrieval score in each canvas's ranking score (default 0).
     """
 
     objective_is_binary: torch.Tensor  # (O,) buffer
     blend: torch.Tensor  # (T, O) buffer
+    retrieval_weight: torch.Tensor  # (T,) buffer
 
     def __init__(
         self,
@@ -51,10 +58,27 @@ class MonorecModel(nn.Module):
         expert_hidden: Sequence[int] = (128,),
         canvas_tower_hidden: Sequence[int] = (64,),
         dropout: float = 0.0,
+        sequence_encoder: str | None = None,
+        sequence_length: int = 50,
+        sequence_layers: int = 2,
+        sequence_heads: int = 2,
+        sequence_dropout: float = 0.2,
+        sparse_tables: bool = True,
+        retrieval_weight: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.tables = EmbeddingTables(vocab_sizes, embedding_dim, text_buckets, n_tasks)
-        self.context_encoder = ContextEncoder(self.tables, fields, tower_hidden, retrieval_dim, n_tasks)
+        self.tables = EmbeddingTables(vocab_sizes, embedding_dim, text_buckets, n_tasks, sparse=sparse_tables)
+        sequence = None
+        if sequence_encoder is not None and any(f.kind == "id_list" and f.table == "entity" for f in fields):
+            sequence = SequenceEncoder(
+                sequence_encoder,
+                embedding_dim,
+                sequence_length,
+                layers=sequence_layers,
+                heads=sequence_heads,
+                dropout=sequence_dropout,
+            )
+        self.context_encoder = ContextEncoder(self.tables, fields, tower_hidden, retrieval_dim, n_tasks, sequence)
         self.item_encoder = ItemEncoder(self.tables, tower_hidden, retrieval_dim)
         rank_in = self.context_encoder.feature_dim + self.item_encoder.feature_dim + retrieval_dim + 1
         self.bottom = build_bottom(
@@ -70,6 +94,10 @@ class MonorecModel(nn.Module):
         self.towers = TaskTowers(self.bottom.out_dim, canvas_tower_hidden, n_tasks, len(objective_is_binary), dropout)
         self.register_buffer("objective_is_binary", torch.tensor(list(objective_is_binary), dtype=torch.bool))
         self.register_buffer("blend", torch.tensor([list(row) for row in blend], dtype=torch.float32))
+        # (T,) weight of the retrieval score beside the ranker's blend, per canvas: chosen on validation after
+        # training (monorec.evaluation.fusion), kept in model.json (not a weight: no gradient ever moves it)
+        weights = list(retrieval_weight) if retrieval_weight is not None else [0.0] * n_tasks
+        self.register_buffer("retrieval_weight", torch.tensor(weights, dtype=torch.float32), persistent=False)
         self.n_tasks = n_tasks
 
     # ------------------------------------------------------------------------------------ towers
@@ -99,9 +127,15 @@ class MonorecModel(nn.Module):
         x = torch.cat([ctx_feats, item_feats, ctx_emb * item_emb, dot], dim=1)
         return self.towers.for_rows(self.bottom(x), task)
 
-    def blend_scores(self, logits: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        """(B, O) logits, (B,) task -> (B,) ranking score: sum of blend weight * objective in (0, 1)."""
-        return (torch.sigmoid(logits) * self.blend[task]).sum(dim=1)
+    def blend_scores(
+        self, logits: torch.Tensor, task: torch.Tensor, retrieval: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, O) logits, (B,) task -> (B,) ranking score: sum of blend weight * objective in (0, 1), plus
+        the canvas's ``retrieval_weight`` times the (B,) retrieval score (context . entity) when given."""
+        score = (torch.sigmoid(logits) * self.blend[task]).sum(dim=1)
+        if retrieval is not None:
+            score = score + self.retrieval_weight[task] * retrieval
+        return score
 
     def forward(self, ctx: Tensors, items: Tensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Row-aligned contexts and entities -> (context emb (B, D), entity emb (B, D), logits (B, O))."""
@@ -140,6 +174,11 @@ def model_kwargs(config: ProjectConfig, featurizer: Featurizer) -> dict[str, obj
         "expert_hidden": list(m.expert_hidden),
         "canvas_tower_hidden": list(m.canvas_tower_hidden),
         "dropout": m.dropout,
+        "sequence_encoder": m.sequence_encoder,
+        "sequence_length": max([f.max_tokens + 1 for f in config.fields if f.kind == "id_list"], default=1),
+        "sequence_layers": m.sequence_layers,
+        "sequence_heads": m.sequence_heads,
+        "sequence_dropout": m.sequence_dropout,
     }
 
 

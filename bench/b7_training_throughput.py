@@ -62,9 +62,11 @@ def bare_loop(model, data, config, epochs: int, seed: int) -> float:
             all_f, all_e = model.encode_items(data.items)
             q = ce[pos]
             loss = F.cross_entropy(q @ all_e.T / t.temperature, ent[pos])
-            # ranker negatives drawn from the retrieval's softmax
-            scores = (q.detach() @ all_e.detach().T / t.temperature).scatter(1, ent[pos][:, None], float("-inf"))
-            neg = torch.multinomial(torch.softmax(scores, 1), k, replacement=True, generator=gen).reshape(-1)
+            # ranker negatives drawn from the retrieval's softmax (when the config asks for them)
+            neg = torch.zeros(0, dtype=torch.long)
+            if k > 0:
+                scores = (q.detach() @ all_e.detach().T / t.temperature).scatter(1, ent[pos][:, None], float("-inf"))
+                neg = torch.multinomial(torch.softmax(scores, 1), k, replacement=True, generator=gen).reshape(-1)
             neg_task = task[pos].repeat_interleave(k)
             y_neg = torch.full((len(neg), data.labels.shape[1]), float("nan"))
             y_neg[torch.arange(len(neg)), data.primary_index[neg_task]] = 0.0

@@ -177,3 +177,27 @@ def test_a_qdrant_backed_deployment_streams_switches_and_retires(
         assert answer.version == "v0002" and len(answer.ids) == 5
         dep.retire("v0001")
         assert not client.collection_exists("monorec_v0001")
+
+
+def test_lexical_source_follows_the_stream_and_a_restart(tmp_path: Path, two_versions: Registry, prepared) -> None:  # type: ignore[no-untyped-def]
+    # an entity added as "Space Robot Zyx" must be proposed for "zyx" (a word no other title has) by the
+    # version that serves, after the stream brought it, and again after a restart; gone once deleted
+    def lexical(sv, query):  # type: ignore[no-untyped-def]
+        return {e for e, scores in sv.propose("search", [{"query": query}])[0].items() if scores[1] > 0}
+
+    with Deployment(tmp_path / "dep", two_versions) as dep:
+        dep.seed_catalogue(prepared.catalogue)
+        dep.deploy("v0001")
+        sv = dep.versions["v0001"]
+        dep.publish([upsert("zyx-1", 4, title="Space Robot Zyx")])
+        wait_for(lambda: lexical(sv, "zyx") == {"zyx-1"})
+        assert "zyx-1" in lexical(sv, "space robot")
+        dep.publish([upsert("zyx-2", 5, title="Zyx Zyx Returns")])
+        wait_for(lambda: lexical(sv, "zyx") == {"zyx-1", "zyx-2"})
+    with Deployment(tmp_path / "dep", two_versions) as dep:
+        dep.open()
+        sv = dep.versions["v0001"]
+        assert lexical(sv, "zyx") == {"zyx-1", "zyx-2"}
+        dep.publish([{"op": "delete", "entity_id": "zyx-1", "revision": 9}])
+        wait_for(lambda: lexical(sv, "zyx") == {"zyx-2"})
+        assert "zyx-1" not in sv.recommend("search", {"query": "zyx"}, k=50).ids

@@ -19,6 +19,11 @@ CANVAS_CONTEXTS = [
 ]
 
 
+def _key(answer) -> tuple[list[str], list[float]]:  # type: ignore[no-untyped-def]
+    """What identifies an answer: its ids and their scores (rounded: the same version's same request)."""
+    return answer.ids, [round(s, 5) for s in answer.scores]
+
+
 def test_no_request_ever_mixes_versions_across_many_switches(tmp_path: Path, two_versions: Registry, prepared) -> None:  # type: ignore[no-untyped-def]
     with Deployment(tmp_path / "dep", two_versions) as dep:
         dep.seed_catalogue(prepared.catalogue)
@@ -34,8 +39,9 @@ def test_no_request_ever_mixes_versions_across_many_switches(tmp_path: Path, two
             for name in versions
             for i, (canvas, ctx) in enumerate(CANVAS_CONTEXTS)
         }
-        differ = sum(expected["v0001", i].ids != expected["v0002", i].ids for i in range(len(CANVAS_CONTEXTS)))
-        assert differ >= 3
+        # (popular and co-occurrence candidates can give both versions the same ids; their scores differ)
+        differ = sum(_key(expected["v0001", i]) != _key(expected["v0002", i]) for i in range(len(CANVAS_CONTEXTS)))
+        assert differ == len(CANVAS_CONTEXTS)
 
         answers: list[tuple[int, object, str]] = []
         errors: list[BaseException] = []
@@ -82,5 +88,5 @@ def test_no_request_ever_mixes_versions_across_many_switches(tmp_path: Path, two
         for i, answer, pinned in answers:
             assert answer.version == pinned  # type: ignore[attr-defined]
             want = expected[pinned, i]
-            assert answer.ids == want.ids  # type: ignore[attr-defined]  # the pinned version's own answer
+            assert _key(answer) == _key(want)  # the pinned version's own answer
         assert all(v.in_flight == 0 for v in versions.values())  # every request left its version

@@ -171,7 +171,7 @@ def test_answer_cache_serves_identical_requests_until_the_version_changes(dep: D
 
 
 def test_precomputed_mode_serves_stored_answers_and_goes_online_for_new_keys(dep: Deployment) -> None:
-    knobs = {"mode": "precomputed", "precompute": {"home": "user_id"}, "precompute_k": 20, "refresh_s": 0.0}
+    knobs = {"mode": "precomputed", "precompute": {"home": "user_id"}, "precompute_k": 60, "refresh_s": 0.0}
     with engine_for(dep, **knobs) as engine:
         assert engine.precomputed is not None
         deadline = time.monotonic() + 30

@@ -3,7 +3,8 @@
 Saved as plain files, loadable without unpickling anything:
 ``config.json`` (the project config), ``schema.json`` (the unified context contract), ``featurizer.json``,
 ``model.json`` (constructor arguments), ``model.safetensors`` (weights), ``meta.json`` (training record),
-``popular.json`` (popular entities per canvas: the serving fallback).
+``popular.json`` (popular entities per canvas: the serving fallback), ``cooccurrence.npz`` (the
+co-occurrence candidate source, fitted on the training period).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from monorec.data.features import Featurizer, ItemArrays
 from monorec.errors import ArtifactError
 from monorec.models.model import MonorecModel, build_model
 from monorec.popular import PopularLists
+from monorec.retrieval.cooccurrence import CooccurrenceTable
+from monorec.retrieval.sources import CandidateSources, index_catalogue
 from monorec.schema import ContextSchema
 
 __all__ = ["ModelBundle", "context_tensors", "item_tensors"]
@@ -51,6 +54,12 @@ class ModelBundle:
     model_kwargs: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
     popular: PopularLists = field(default_factory=PopularLists)
+    cooccurrence: CooccurrenceTable | None = None
+
+    def candidate_sources(self, catalogue: pl.DataFrame) -> CandidateSources:
+        """This version's lexical (over ``catalogue``, in memory), co-occurrence and popular sources."""
+        table = self.cooccurrence or CooccurrenceTable.empty()
+        return CandidateSources(self.config, index_catalogue(catalogue), table, self.popular)
 
     @property
     def schema(self) -> ContextSchema:
@@ -91,6 +100,8 @@ class ModelBundle:
             write_json(tmp / "model.json", self.model_kwargs)
             write_json(tmp / "meta.json", self.meta)
             write_json(tmp / "popular.json", self.popular.to_dict())
+            if self.cooccurrence is not None:
+                self.cooccurrence.save(tmp / "cooccurrence.npz")
             # save_model de-duplicates the embedding tables shared by the two towers
             save_model(self.model, str(tmp / "model.safetensors"))
             for name, payload in (extra or {}).items():
@@ -117,4 +128,7 @@ class ModelBundle:
         model.to(device).eval()
         # bundles written before popular lists existed have none: their fallback answers an empty list
         popular = PopularLists.from_dict(read_json(path / "popular.json")) if (path / "popular.json").exists() else None
-        return cls(config, featurizer, model, kwargs, read_json(path / "meta.json"), popular or PopularLists())
+        # bundles written before candidate sources have no co-occurrence table: that source proposes nothing
+        table = CooccurrenceTable.load(path / "cooccurrence.npz") if (path / "cooccurrence.npz").exists() else None
+        meta = read_json(path / "meta.json")
+        return cls(config, featurizer, model, kwargs, meta, popular or PopularLists(), table)

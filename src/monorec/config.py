@@ -93,6 +93,20 @@ class CanvasSpec:
     mix: float  # share of this canvas in the merged training set
     negatives: int = 0  # sampled negatives per positive (for logs without logged impressions)
     impute: tuple[ImputeRule, ...] = ()
+    # candidate sources -> how many candidates each proposes (monorec.retrieval); the union is ranked.
+    # Empty: the embedding source alone, ``evaluate.retrieval_depth`` deep
+    sources: dict[str, int] = field(default_factory=dict)
+
+
+SOURCE_NAMES = ("embedding", "lexical", "cooccurrence", "popular")
+
+
+@dataclass(frozen=True)
+class SourcesSpec:
+    """How the offline-fitted candidate sources are built (monorec.retrieval)."""
+
+    cooccurrence_window: int = 3  # responses of one user at most this many positions apart co-occur
+    cooccurrence_top_n: int = 100  # neighbours kept per entity
 
 
 @dataclass(frozen=True)
@@ -240,6 +254,7 @@ class ProjectConfig:
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
     evaluate: EvaluateSpec = EvaluateSpec()
+    sources: SourcesSpec = SourcesSpec()
     index: IndexSpec = IndexSpec()
     deploy: DeploySpec = DeploySpec()
     environments: dict[str, EnvironmentSpec] = field(default_factory=dict)  # serving environments by name
@@ -303,6 +318,7 @@ class ProjectConfig:
             "model": clean(self.model),
             "train": clean(self.train),
             "evaluate": clean(self.evaluate),
+            "sources": clean(self.sources),
             "index": clean(self.index),
             "deploy": clean(self.deploy),
             "environments": {name: env.to_dict() for name, env in self.environments.items()},
@@ -331,6 +347,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
             "model",
             "train",
             "evaluate",
+            "sources",
             "index",
             "deploy",
             "environments",
@@ -422,6 +439,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
             p.add(f"{where}.mix", "must be > 0")
         if c.negatives < 0:
             p.add(f"{where}.negatives", "must be >= 0")
+        _check_sources(c, by_name, where, p)
         canvases.append(c)
     if not raw.get("canvases"):
         p.add("canvases", "declare at least one canvas")
@@ -433,6 +451,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
         ("model", ModelSpec),
         ("train", TrainSpec),
         ("evaluate", EvaluateSpec),
+        ("sources", SourcesSpec),
         ("index", IndexSpec),
         ("deploy", DeploySpec),
     ):
@@ -493,6 +512,20 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
         canvases=tuple(canvases),
         **sections,
     )
+
+
+def _check_sources(canvas: CanvasSpec, fields: dict[str, FieldSpec], where: str, p: Problems) -> None:
+    """A canvas's sources exist, propose at least one candidate, and have what they read in its fields."""
+    used = [fields[f] for f in canvas.fields if f in fields]
+    for name, depth in canvas.sources.items():
+        if name not in SOURCE_NAMES:
+            p.add(f"{where}.sources.{name}", f"unknown source (known: {', '.join(SOURCE_NAMES)})")
+        elif not isinstance(depth, int) or depth < 1:
+            p.add(f"{where}.sources.{name}", "the number of candidates must be an integer >= 1")
+        elif name == "lexical" and not any(f.kind == "text" for f in used):
+            p.add(f"{where}.sources.lexical", "the canvas has no text field to search with")
+        elif name == "cooccurrence" and not any(f.vocabulary == "entity" for f in used):
+            p.add(f"{where}.sources.cooccurrence", "the canvas has no entity field (id or history) to start from")
 
 
 def load_config(path: str | Path) -> ProjectConfig:

@@ -161,7 +161,23 @@ class Deployment:
             return ServingVersion(version, bundle, index, features, self._title), {}
         index, manifest = load_index(path, spec=spec, name=version, root=self.root)
         features = ItemFeatures.load(path / "features.npz")
-        return ServingVersion(version, bundle, index, features, self._title), manifest
+        served = ServingVersion(version, bundle, index, features, self._title)
+        self.sync_catalogue()  # the store at least as recent as the checkpoint, see _fill_lexical
+        self._fill_lexical(served)
+        return served, manifest
+
+    def _fill_lexical(self, version: ServingVersion, batch: int = 5000) -> None:
+        """Rebuilds a version's lexical index (held in memory) for the entities its checkpoint holds, from
+        the catalogue store, synced to the log's head first: never behind the checkpoint (an entity the
+        checkpoint holds is then described), possibly ahead of it, which the log replayed from the
+        checkpoint's offset makes good (upserts and deletes are idempotent and applied in order)."""
+        ids = sorted(version.index.revisions())
+        for start in range(0, len(ids), batch):
+            info = self.catalogue.entities(ids[start : start + batch])
+            held = list(info.values())
+            version.sources.lexical.upsert(
+                [e.entity_id for e in held], [e.title for e in held], ["|".join(e.categories) for e in held]
+            )
 
     @staticmethod
     def _settle_gc(collect: bool = False) -> None:

@@ -32,12 +32,13 @@ from monorec.data.features import UNKNOWN_INDEX, Featurizer
 from monorec.data.prepared import PreparedData
 from monorec.errors import DataError
 from monorec.evaluation.evaluate import evaluate_recommender, request_sets
-from monorec.evaluation.fusion import tune_retrieval_weights
+from monorec.evaluation.fusion import tune_source_weights
 from monorec.evaluation.recommenders import ModelRecommender
 from monorec.evaluation.requests import entity_positions
 from monorec.models.losses import FixedWeighting, UncertaintyWeighting, masked_objective_losses, sampled_softmax_loss
 from monorec.models.model import MonorecModel, build_model, model_kwargs
 from monorec.popular import PopularLists
+from monorec.retrieval.cooccurrence import CooccurrenceTable
 from monorec.threads import reproducible, training_threads
 
 __all__ = ["TrainStep", "TrainingData", "resolve_device", "train"]
@@ -463,7 +464,13 @@ def _train(
     val_data = None
     if t.selection == "loss":
         val_data = TrainingData.build(cfg, featurizer, prepared.rows("valid", names), prepared.catalogue, dev)
-    bundle = ModelBundle(cfg, featurizer, model, kwargs, popular=PopularLists.fit(prepared.responses("train"), cfg))
+    responses = prepared.responses("train")
+    cooccurrence = CooccurrenceTable.fit(
+        responses, window=cfg.sources.cooccurrence_window, top_n=cfg.sources.cooccurrence_top_n
+    )
+    bundle = ModelBundle(
+        cfg, featurizer, model, kwargs, popular=PopularLists.fit(responses, cfg), cooccurrence=cooccurrence
+    )
 
     history: list[dict[str, Any]] = []
     best_score, best_state, best_epoch, start_epoch = float("-inf"), copy.deepcopy(model.state_dict()), -1, 0
@@ -550,14 +557,14 @@ def _train(
     # the ranking score's weight of the retrieval order, per canvas, chosen on validation requests
     fusion_requests = val_requests or request_sets(cfg, prepared, "valid", max_requests=t.val_requests)
     recommender = ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth)
-    fusion = tune_retrieval_weights(bundle, recommender, fusion_requests, cfg.evaluate.k)
+    fusion = tune_source_weights(bundle, recommender, fusion_requests, cfg.evaluate.k)
     bundle.meta = {
         "canvases": list(names),
         "best_epoch": best_epoch,
         "best_val_score": best_score,
         "selection": t.selection,
         "history": history,
-        "retrieval_weights": fusion,
+        "source_weights": fusion,
         "device": str(dev),
         "train_rows": len(data),
         "mixture": prepared.manifest.get("mixture", {}),

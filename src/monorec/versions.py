@@ -1,7 +1,9 @@
 """A deployed model version in memory, and the router that pins each request to one of them.
 
 A :class:`ServingVersion` bundles what one request needs from one version: the context tower (query
-embedder), that version's index of item embeddings, the item features its ranker reads, and the ranker.
+embedder), that version's index of item embeddings, its other candidate sources (a lexical index that
+follows the same catalogue changes as the vector index, and the co-occurrence and popular lists fitted
+with the model), the item features its ranker reads, and the ranker.
 :class:`VersionRouter` holds the serving version; ``pin()`` resolves it ONCE at the start of a request and
 counts the request in flight until it ends, so a switch never changes a request's version half-way and
 the old version can be drained before it is freed.
@@ -23,8 +25,10 @@ import torch
 
 from monorec.artifacts import pack_strings, unpack_strings
 from monorec.bundle import ModelBundle, context_tensors
+from monorec.config import SOURCE_NAMES
 from monorec.errors import ArtifactError, DeployError
 from monorec.index import EntityFilter, EntityRows, VectorIndex
+from monorec.retrieval import OFFLINE_SOURCES, CandidateSources, CooccurrenceTable, LexicalIndex
 from monorec.schema import TitleLookup
 from monorec.stream.changes import Change, changes_frame
 
@@ -112,8 +116,13 @@ class ServingVersion:
         index: VectorIndex,
         features: ItemFeatures,
         titles: TitleLookup | None = None,
+        sources: CandidateSources | None = None,
     ) -> None:
         self.name = name
+        # the lexical index is filled by load_rows/apply like the vector index (empty until the bulk load)
+        self.sources = sources or CandidateSources(
+            bundle.config, LexicalIndex(), bundle.cooccurrence or CooccurrenceTable.empty(), bundle.popular
+        )
         self.titles = titles  # entity id -> title, for imputation rules such as related's query
         self.schema = bundle.schema  # derived from the config on each access: keep one
         self.bundle = bundle
@@ -147,12 +156,15 @@ class ServingVersion:
         )
         return rows, feats.cpu().numpy()
 
-    def load_rows(self, catalogue: pl.DataFrame) -> int:
-        """Embeds and upserts catalogue rows (bulk load); returns how many were newer than the index."""
+    def load_rows(self, catalogue: pl.DataFrame, *, commit: bool = True) -> int:
+        """Embeds and upserts catalogue rows (bulk load); returns how many were newer than the index.
+        ``commit=False``: the lexical index sees them at the caller's next commit."""
         if catalogue.height == 0:
             return 0
         rows, feats = self.embed(catalogue)
         self.features.put(rows.ids, feats)  # before the index: a searchable entity always has features
+        cols = catalogue.select("title", "categories")
+        self.sources.lexical.upsert(rows.ids, cols["title"].to_list(), cols["categories"].to_list(), commit=commit)
         return self.index.upsert(rows)
 
     def apply(self, changes: Sequence[Change]) -> int:
@@ -164,13 +176,15 @@ class ServingVersion:
                 batch.append(change)
                 continue
             if batch:
-                applied += self.load_rows(changes_frame(batch))
+                applied += self.load_rows(changes_frame(batch), commit=False)
                 batch = []
             if change is not None:
                 removed = self.index.delete([change.entity_id], [change.revision])
                 if removed:
                     self.features.remove([change.entity_id])
+                    self.sources.lexical.delete([change.entity_id], commit=False)
                 applied += removed
+        self.sources.lexical.commit()  # once per batch of changes: a commit costs milliseconds
         return applied
 
     # ---------------------------------------------------------------------------------------- reads
@@ -199,6 +213,19 @@ class ServingVersion:
         """The ids this version holds (features are stored before and removed after the index row)."""
         return self.features.known(ids)
 
+    def indexed(self, ids: Sequence[str]) -> list[str]:
+        """The given ids the index holds now, probed one by one: for the rare path where a look-up of
+        several failed (an entity deleted meanwhile, or features that a stale replay stored and the index
+        refused)."""
+        out = []
+        for entity_id in ids:
+            try:
+                self.index.vectors_of([entity_id])
+            except KeyError:
+                continue
+            out.append(entity_id)
+        return out
+
     @torch.no_grad()
     def rank(
         self,
@@ -207,12 +234,30 @@ class ServingVersion:
         item_feats: torch.Tensor,
         item_emb: torch.Tensor,
         task: torch.Tensor,
+        sources: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Row-aligned (context, entity) pairs (N, ...) -> (ranking scores (N,), objective logits (N, O)); the
-        score is the canvas's blend of objectives plus its weight of the retrieval score."""
+        score is the canvas's blend of objectives plus its weights of the (N, S) source scores (see
+        :meth:`propose`; column 0, the retrieval score, is computed here for every candidate)."""
         logits = self.bundle.model.rank(ctx_feats, ctx_emb, item_feats, item_emb, task)
-        retrieval = (ctx_emb * item_emb).sum(dim=1)
-        return self.bundle.model.blend_scores(logits, task, retrieval), logits
+        scores = torch.zeros(len(task), len(SOURCE_NAMES)) if sources is None else sources.clone()
+        scores[:, 0] = (ctx_emb * item_emb).sum(dim=1)
+        return self.bundle.model.blend_scores(logits, task, scores), logits
+
+    def propose(self, canvas: str, records: Sequence[dict[str, Any]]) -> list[dict[str, list[float]]]:
+        """Per normalized record: entity id -> its (S,) source scores from the canvas's offline sources
+        (lexical, co-occurrence, popular; column 0 stays 0), only entities this version holds."""
+        depths = self.bundle.config.canvas(canvas).sources
+        out: list[dict[str, list[float]]] = [{} for _ in records]
+        for source in OFFLINE_SOURCES:
+            if source not in depths:
+                continue
+            column = SOURCE_NAMES.index(source)
+            for r, row in enumerate(self.sources.propose(source, canvas, records, depths[source])):
+                for entity_id, score in row:
+                    out[r].setdefault(entity_id, [0.0] * len(SOURCE_NAMES))[column] = score
+        held = set(self.known([e for found in out for e in found]))
+        return [{e: v for e, v in found.items() if e in held} for found in out]
 
     def predictions(self, logits: torch.Tensor, canvas: str) -> dict[str, np.ndarray]:
         """(N, O) logits -> each of the canvas's objectives in its own unit: a probability for binary
@@ -238,22 +283,28 @@ class ServingVersion:
     def recommend(
         self, canvas: str, context: dict[str, Any], k: int, *, where: EntityFilter | None = None, depth: int = 100
     ) -> Answer:
-        """Retrieval from this version's index, then this version's ranker on the candidates."""
-        cf, ce = self.encode_contexts(canvas, [context])
+        """Candidates from this version's index and (without a filter ``where``, which only the index
+        applies) its other sources, then this version's ranker on their union."""
+        record = self.schema.normalize(canvas, context, self.titles)
+        cf, ce = self.encode_records([record])
+        extra = self.propose(canvas, [record])[0] if where is None else {}
         for _attempt in range(3):  # an entity deleted between search and lookup: search again
             hits = self.index.search(ce.numpy(), max(k, depth), where).row(0)
-            if not hits:
+            ids = list(dict.fromkeys([e for e, _ in hits] + list(extra)))
+            if not ids:
                 return Answer(self.name, [], [])
-            ids = [e for e, _ in hits]
             try:
                 item_feats, item_emb = self.candidate_rows(ids)
                 break
-            except KeyError:
+            except KeyError:  # deleted meanwhile, or features of a stale replay the index refused
+                held = set(self.indexed(list(extra)))
+                extra = {e: v for e, v in extra.items() if e in held}
                 continue
         else:
             raise DeployError(f"{self.name}: the index changed under three searches in a row")
         task = torch.full((len(ids),), self.schema.task_index(canvas), dtype=torch.long)
-        scores, _ = self.rank(cf.expand(len(ids), -1), ce.expand(len(ids), -1), item_feats, item_emb, task)
+        sources = torch.tensor([extra.get(e, [0.0] * len(SOURCE_NAMES)) for e in ids], dtype=torch.float32)
+        scores, _ = self.rank(cf.expand(len(ids), -1), ce.expand(len(ids), -1), item_feats, item_emb, task, sources)
         order = torch.argsort(scores, descending=True)[:k].tolist()
         return Answer(self.name, [ids[i] for i in order], [float(scores[i]) for i in order])
 
@@ -269,6 +320,7 @@ class ServingVersion:
 
     def close(self) -> None:
         self.index.close()
+        self.sources.close()
 
 
 class VersionRouter:

@@ -161,6 +161,7 @@ def evaluate_bundle(
         canvases[c.name] = {
             **ranked[c.name],
             "retrieval_only": {m: v for m, v in retrieval[c.name].items() if m in (f"recall@{k}", f"ndcg@{k}")},
+            "candidate_recall": recommender.candidate_recall(reqs[c.name]) if len(reqs[c.name]) else {},
             "objectives": evaluate_objectives(bundle, rows, prepared.catalogue, encoded=encoded) if rows.height else {},
         }
     return {"split": split, "k": k, "model": {"checksum": bundle.checksum()}, "canvases": canvases}

@@ -12,7 +12,9 @@ import polars as pl
 import torch
 
 from monorec.bundle import ModelBundle, context_tensors
+from monorec.config import SOURCE_NAMES
 from monorec.evaluation.requests import RequestSet, entity_positions
+from monorec.retrieval.sources import CandidateSources
 
 __all__ = [
     "BM25Recommender",
@@ -43,8 +45,10 @@ def top_k_excluding(scores: torch.Tensor, exclude: list[np.ndarray], k: int) -> 
 
 
 class ModelRecommender:
-    """Retrieval over the full catalogue (dot product), then the canvas's blended ranker on the top
-    ``depth`` candidates. ``rank=False`` stops after retrieval."""
+    """The model's answer to a request: candidates from the canvas's sources (``[canvases.X] sources``; the
+    embedding source is the exact dot product over the full catalogue), their union ranked by the canvas's
+    blended ranker plus its weight of each source's score. ``rank=False`` stops after the embedding
+    source's retrieval."""
 
     def __init__(
         self,
@@ -54,10 +58,13 @@ class ModelRecommender:
         depth: int = 100,
         rank: bool = True,
         batch_size: int = 256,
+        sources: CandidateSources | None = None,
     ) -> None:
         self.bundle, self.depth, self.rank, self.batch_size = bundle, depth, rank, batch_size
         self.item_feats, self.item_embs = bundle.item_embeddings(catalogue)
         self.catalogue_size = catalogue.height
+        self.sources = sources if sources is not None else bundle.candidate_sources(catalogue)
+        self.position_of = {e: i for i, e in enumerate(catalogue["entity_id"].to_list())}
 
     def retrieval_only(self) -> ModelRecommender:
         """The same recommender stopping after retrieval, sharing the encoded catalogue."""
@@ -65,10 +72,63 @@ class ModelRecommender:
         twin.rank = False
         return twin
 
+    def source_depths(self, canvas: str, depth: int) -> dict[str, int]:
+        """The canvas's sources and how many candidates each proposes (the embedding source at least
+        ``depth``: the evaluation's retrieval depth)."""
+        declared = dict(self.bundle.config.canvas(canvas).sources) if canvas in self.bundle.config.canvas_names else {}
+        declared["embedding"] = max(declared.get("embedding", 0), depth)
+        return declared
+
+    def _union(
+        self, requests: RequestSet, start: int, scores: torch.Tensor, depth: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(candidates (R, C) catalogue positions, -1 padding; source scores (R, C, S)) of one batch: the
+        embedding source's top ``depth`` first, then what the other sources add, never an excluded entity."""
+        r_count = scores.shape[0]
+        depths = self.source_depths(requests.canvas, depth)
+        exclude = requests.exclude[start : start + r_count]
+        emb = top_k_excluding(scores, exclude, depths["embedding"])  # (R, C_e)
+        offline = [s for s in SOURCE_NAMES[1:] if s in depths]
+        if not offline:
+            feats = torch.zeros(*emb.shape, len(SOURCE_NAMES), device=scores.device)
+            feats[..., 0] = torch.gather(scores, 1, emb)
+            return emb, feats
+        records = requests.contexts.slice(start, r_count).to_dicts()
+        proposals = {s: self.sources.propose(s, requests.canvas, records, depths[s]) for s in offline}
+        rows: list[list[int]] = []
+        source_scores: list[dict[int, list[float]]] = []
+        for r in range(r_count):
+            banned = set(exclude[r].tolist())
+            order = emb[r].tolist()
+            extra: dict[int, list[float]] = {}
+            for s in offline:
+                column = SOURCE_NAMES.index(s)
+                for entity_id, score in proposals[s][r]:
+                    pos = self.position_of.get(entity_id, -1)
+                    if pos < 0 or pos in banned:
+                        continue
+                    extra.setdefault(pos, [0.0] * len(SOURCE_NAMES))[column] = score
+            seen = set(order)
+            order += [p for p in extra if p not in seen]
+            rows.append(order)
+            source_scores.append(extra)
+        width = max(len(o) for o in rows)
+        cand = torch.full((r_count, width), -1, dtype=torch.long)
+        feats = torch.zeros(r_count, width, len(SOURCE_NAMES))
+        for r, order in enumerate(rows):
+            cand[r, : len(order)] = torch.as_tensor(order, dtype=torch.long)
+            for j, pos in enumerate(order):
+                if pos in source_scores[r]:
+                    feats[r, j] = torch.as_tensor(source_scores[r][pos])
+        cand, feats = cand.to(scores.device), feats.to(scores.device)
+        feats[..., 0] = torch.gather(scores, 1, cand.clamp(min=0)).masked_fill(cand < 0, 0.0)
+        return cand, feats
+
     @torch.no_grad()
     def candidates(self, requests: RequestSet, depth: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Per batch of requests: (candidates (R, C) catalogue positions in retrieval order, their objective
-        logits (R, C, O), retrieval scores (R, C), the canvas of each (R,))."""
+        """Per batch of requests: (candidates (R, C) catalogue positions, embedding source's first, -1 for
+        padding), their objective logits (R, C, O), source scores (R, C, S) in ``SOURCE_NAMES`` order, the
+        canvas of each (R,))."""
         model = self.bundle.model.eval()
         device = self.item_embs.device
         for start in range(0, len(requests), self.batch_size):
@@ -76,12 +136,15 @@ class ModelRecommender:
             ctx = context_tensors(self.bundle.featurizer.transform_context(frame), device)
             cf, ce = model.encode_context(ctx)  # (R, F_c), (R, D)
             scores = ce @ self.item_embs.T
-            cand = top_k_excluding(scores, requests.exclude[start : start + len(frame)], depth)  # (R, C)
-            r, c = cand.shape
             if not self.rank:
-                yield cand, scores.new_zeros(r, c, 0), torch.gather(scores, 1, cand), ctx["task_type"]
+                cand = top_k_excluding(scores, requests.exclude[start : start + len(frame)], depth)
+                feats = torch.zeros(*cand.shape, len(SOURCE_NAMES), device=device)
+                feats[..., 0] = torch.gather(scores, 1, cand)
+                yield cand, scores.new_zeros(*cand.shape, 0), feats, ctx["task_type"]
                 continue
-            flat = cand.reshape(-1)
+            cand, feats = self._union(requests, start, scores, depth)
+            r, c = cand.shape
+            flat = cand.clamp(min=0).reshape(-1)
             task = ctx["task_type"].repeat_interleave(c)
             logits = model.rank(
                 cf.repeat_interleave(c, dim=0),
@@ -90,18 +153,38 @@ class ModelRecommender:
                 self.item_embs[flat],
                 task,
             )
-            yield cand, logits.view(r, c, -1), torch.gather(scores, 1, cand), ctx["task_type"]
+            yield cand, logits.view(r, c, -1), feats, ctx["task_type"]
+
+    def candidate_recall(self, requests: RequestSet) -> dict[str, float]:
+        """Share of each request's relevant entities among the candidates of each source and of their
+        union (before ranking), averaged over requests: what ranking can at best recover."""
+        depths = self.source_depths(requests.canvas, self.depth)
+        found: dict[str, list[float]] = {name: [] for name in [*depths, "union"]}
+        r = 0
+        for cand, _, feats, _ in self.candidates(requests, self.depth):
+            for row, row_feats in zip(cand.tolist(), feats, strict=True):
+                relevant = set(requests.relevant[r].tolist())
+                r += 1
+                members = {"union": {p for p in row if p >= 0}, "embedding": set(row[: depths["embedding"]])}
+                for name in depths:
+                    if name != "embedding":
+                        column = row_feats[:, SOURCE_NAMES.index(name)] > 0
+                        members[name] = {p for p, hit in zip(row, column.tolist(), strict=True) if hit and p >= 0}
+                for name, got in members.items():
+                    found[name].append(len(relevant & got) / max(1, len(relevant)))
+        return {name: float(np.mean(v)) if v else float("nan") for name, v in found.items()}
 
     def recommend(self, requests: RequestSet, k: int) -> np.ndarray:
         model = self.bundle.model
         out = []
-        for cand, logits, retrieval, task in self.candidates(requests, max(k, self.depth) if self.rank else k):
+        for cand, logits, feats, task in self.candidates(requests, max(k, self.depth) if self.rank else k):
             if not self.rank:
                 out.append(cand[:, :k].cpu().numpy())
                 continue
             r, c = cand.shape
             rows = task.repeat_interleave(c)
-            scores = model.blend_scores(logits.reshape(r * c, -1), rows, retrieval.reshape(-1)).view(r, c)
+            scores = model.blend_scores(logits.reshape(r * c, -1), rows, feats.reshape(r * c, -1)).view(r, c)
+            scores = scores.masked_fill(cand < 0, float("-inf"))
             order = torch.argsort(scores, dim=1, descending=True)[:, :k]
             out.append(torch.gather(cand, 1, order).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)

@@ -55,6 +55,17 @@ def _objective_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _candidate_table(report: dict[str, Any]) -> str:
+    """Per canvas: the share of relevant entities each candidate source (and their union) proposed."""
+    names = sorted({n for m in report["canvases"].values() for n in m.get("candidate_recall", {})} - {"union"})
+    lines = ["| canvas | " + " | ".join([*names, "union"]) + " |", "|---" * (len(names) + 2) + "|"]
+    for canvas, m in report["canvases"].items():
+        got = m.get("candidate_recall", {})
+        cells = [f"{got[n]:.4f}" if n in got else "" for n in [*names, "union"]]
+        lines.append(f"| {canvas} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(
     out: str | Path,
     report: dict[str, Any],
@@ -92,6 +103,16 @@ def write_report(
             "(`not significant`: the interval includes 0).",
             "",
             differences_table(differences, name, k),
+            "",
+        ]
+    if any(m.get("candidate_recall") for m in report["canvases"].values()):
+        md += [
+            "## Candidate sources",
+            "",
+            "Share of each request's relevant entities that each source proposed, and their union: what "
+            "ranking can at best recover.",
+            "",
+            _candidate_table(report),
             "",
         ]
     md += [

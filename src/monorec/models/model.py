@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from monorec.config import ProjectConfig
+from monorec.config import SOURCE_NAMES, ProjectConfig
 from monorec.data.features import Featurizer
 from monorec.models.multitask import TaskTowers, build_bottom
 from monorec.models.sequence import SequenceEncoder
@@ -32,12 +32,14 @@ class MonorecModel(nn.Module):
         mean bag, the format of models saved before sequence encoders), with sequence_length (longest
         history), sequence_layers, sequence_heads and sequence_dropout.
     sparse_tables: embedding tables with sparse (row-wise) gradients (see monorec.models.towers).
-    retrieval_weight: (T,) weight of the retrieval score in each canvas's ranking score (default 0).
+    source_weights: (T, S) weight of each candidate source's score (``SOURCE_NAMES`` order, the embedding
+        source's score being the retrieval score context . entity) in each canvas's ranking score (default
+        0); ``retrieval_weight`` (T,) is the embedding column alone, as models saved before sources had it.
     """
 
     objective_is_binary: torch.Tensor  # (O,) buffer
     blend: torch.Tensor  # (T, O) buffer
-    retrieval_weight: torch.Tensor  # (T,) buffer
+    source_weights: torch.Tensor  # (T, S) buffer
 
     def __init__(
         self,
@@ -64,6 +66,7 @@ class MonorecModel(nn.Module):
         sequence_heads: int = 2,
         sequence_dropout: float = 0.2,
         sparse_tables: bool = True,
+        source_weights: Sequence[Sequence[float]] | None = None,
         retrieval_weight: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
@@ -94,10 +97,14 @@ class MonorecModel(nn.Module):
         self.towers = TaskTowers(self.bottom.out_dim, canvas_tower_hidden, n_tasks, len(objective_is_binary), dropout)
         self.register_buffer("objective_is_binary", torch.tensor(list(objective_is_binary), dtype=torch.bool))
         self.register_buffer("blend", torch.tensor([list(row) for row in blend], dtype=torch.float32))
-        # (T,) weight of the retrieval score beside the ranker's blend, per canvas: chosen on validation after
+        # (T, S) weight of each source's score beside the ranker's blend, per canvas: chosen on validation after
         # training (monorec.evaluation.fusion), kept in model.json (not a weight: no gradient ever moves it)
-        weights = list(retrieval_weight) if retrieval_weight is not None else [0.0] * n_tasks
-        self.register_buffer("retrieval_weight", torch.tensor(weights, dtype=torch.float32), persistent=False)
+        weights = torch.zeros(n_tasks, len(SOURCE_NAMES))
+        if source_weights is not None:
+            weights = torch.tensor([list(row) for row in source_weights], dtype=torch.float32)
+        elif retrieval_weight is not None:
+            weights[:, 0] = torch.tensor(list(retrieval_weight), dtype=torch.float32)
+        self.register_buffer("source_weights", weights, persistent=False)
         self.n_tasks = n_tasks
 
     # ------------------------------------------------------------------------------------ towers
@@ -128,13 +135,14 @@ class MonorecModel(nn.Module):
         return self.towers.for_rows(self.bottom(x), task)
 
     def blend_scores(
-        self, logits: torch.Tensor, task: torch.Tensor, retrieval: torch.Tensor | None = None
+        self, logits: torch.Tensor, task: torch.Tensor, sources: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(B, O) logits, (B,) task -> (B,) ranking score: sum of blend weight * objective in (0, 1), plus
-        the canvas's ``retrieval_weight`` times the (B,) retrieval score (context . entity) when given."""
+        """(B, O) logits, (B,) task -> (B,) ranking score: sum of blend weight * objective in (0, 1), plus,
+        when given, the canvas's ``source_weights`` times the (B, S) source scores (0 where a source did not
+        propose the entity; column 0, the retrieval score, is known for every entity)."""
         score = (torch.sigmoid(logits) * self.blend[task]).sum(dim=1)
-        if retrieval is not None:
-            score = score + self.retrieval_weight[task] * retrieval
+        if sources is not None:
+            score = score + (self.source_weights[task] * sources).sum(dim=1)
         return score
 
     def forward(self, ctx: Tensors, items: Tensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

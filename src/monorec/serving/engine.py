@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from monorec.config import SOURCE_NAMES
 from monorec.deploy import Deployment
 from monorec.environments import EnvironmentSpec
 from monorec.errors import CanvasNotServed, RequestError, ServingUnavailable
@@ -293,16 +294,24 @@ class ServingEngine:
             hits = version.index.search(queries[rows], depth, where)
             for q, i in enumerate(rows):
                 candidates[i] = [e for e, _ in hits.row(q)][: works[i].depth]
+        proposed = self._propose(version, works, [i for rows in by_filter.values() for i in rows])
+        for i, found in proposed.items():
+            held = set(candidates[i])
+            candidates[i] += [e for e in found if e not in held]
         flat = [e for ids in candidates for e in ids]
         try:
             item_feats, item_emb = version.candidate_rows(flat)
         except KeyError:  # deleted since the search: rank what is still there
-            candidates = [version.known(ids) for ids in candidates]
+            candidates = [version.indexed(version.known(ids)) for ids in candidates]
             flat = [e for ids in candidates for e in ids]
             item_feats, item_emb = version.candidate_rows(flat)
         owner = torch.repeat_interleave(torch.arange(len(works)), torch.tensor([len(c) for c in candidates]))
         task = torch.tensor([version.schema.task_index(w.request.canvas) for w in works], dtype=torch.long)[owner]
-        scores, logits = version.rank(cf[owner], ce[owner], item_feats, item_emb, task)
+        zero = [0.0] * len(SOURCE_NAMES)
+        sources = torch.tensor(
+            [proposed.get(i, {}).get(e, zero) for i, ids in enumerate(candidates) for e in ids], dtype=torch.float32
+        ).reshape(len(flat), len(SOURCE_NAMES))
+        scores, logits = version.rank(cf[owner], ce[owner], item_feats, item_emb, task, sources)
         out: list[_Ranked | BaseException] = []
         start = 0
         for i, w in enumerate(works):
@@ -313,6 +322,25 @@ class ServingEngine:
             except Exception as exc:  # one bad request never fails its batch-mates
                 out.append(exc)
             start = end
+        return out
+
+    def _propose(
+        self, version: ServingVersion, works: Sequence[_Work], rows: Sequence[int]
+    ) -> dict[int, dict[str, list[float]]]:
+        """Row of ``works`` -> the candidates its canvas's offline sources add (entity id -> (S,) source
+        scores), never an excluded entity nor one outside the request's type/category filter."""
+        by_canvas: dict[str, list[int]] = {}
+        for i in rows:
+            by_canvas.setdefault(works[i].request.canvas, []).append(i)
+        out: dict[int, dict[str, list[float]]] = {}
+        for canvas, members in by_canvas.items():
+            for i, found in zip(members, version.propose(canvas, [works[i].record for i in members]), strict=True):
+                w = works[i]
+                found = {e: v for e, v in found.items() if e not in w.excluded}
+                if w.where is not None and found:
+                    info = self.deployment.catalogue.entities(list(found))
+                    found = {e: v for e, v in found.items() if e in info and matches(info[e], w.where)}
+                out[i] = found
         return out
 
     def _finish(

@@ -1,0 +1,133 @@
+"""The lexical candidate source: BM25 over each entity's text in a tantivy index.
+
+tantivy (Lucene's design, in Rust) does the tokenizing, the inverted index and the BM25 scoring; this
+module only maps entities onto documents. A document holds the entity's id (a raw, untokenized term, so
+that an upsert or a delete finds exactly that entity), its title and its categories; BM25 is summed over
+the two text fields. A query is never parsed with tantivy's query language (a user typing ``title:x`` or
+``-y`` would otherwise write query syntax): it is cut into terms by the same analyzer as the documents and
+becomes a disjunction of term queries.
+
+The index lives in memory or in a folder (``path``); writes are committed before ``upsert``/``delete``
+return (a search that starts afterwards sees them), unless the caller batches them and commits once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import tantivy
+
+__all__ = ["LexicalIndex"]
+
+TEXT_FIELDS = ("title", "categories")
+_WRITER_HEAP = 32_000_000  # bytes of indexing buffer (tantivy's minimum per thread is 15 MB)
+
+
+def _analyzer() -> tantivy.TextAnalyzer:
+    """The analyzer of tantivy's "default" tokenizer (what the text fields use): split on
+    non-alphanumerics, drop tokens over 40 bytes, lowercase."""
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+        .filter(tantivy.Filter.remove_long(40))
+        .filter(tantivy.Filter.lowercase())
+        .build()
+    )
+
+
+class LexicalIndex:
+    """Entity id -> (title, categories) documents, searched by BM25 (see the module docstring)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        builder = tantivy.SchemaBuilder()
+        builder.add_text_field("entity_id", stored=True, tokenizer_name="raw")
+        for field in TEXT_FIELDS:
+            builder.add_text_field(field, index_option="freq")  # BM25 needs term frequencies, not positions
+        self.schema = builder.build()
+        if path is not None:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        self.index = tantivy.Index(self.schema, path=None if path is None else str(path), reuse=True)
+        self._analyzer = _analyzer()
+        self._writer: tantivy.IndexWriter | None = None
+        self._dirty = False  # written, not yet committed
+        self._lock = threading.Lock()  # one writer; searches never wait for it
+
+    def _write(self) -> tantivy.IndexWriter:
+        if self._writer is None:
+            self._writer = self.index.writer(heap_size=_WRITER_HEAP, num_threads=1)
+        return self._writer
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        titles: Sequence[str | None],
+        categories: Sequence[str | None],
+        *,
+        commit: bool = True,
+    ) -> None:
+        """Adds or replaces entities' documents. ``categories`` are "|"-separated like the catalogue's.
+        ``commit=False`` leaves them invisible until :meth:`commit` (a commit costs milliseconds: a stream
+        of changes commits once per batch, not once per change)."""
+        with self._lock:
+            writer = self._write()
+            for entity_id, title, cats in zip(ids, titles, categories, strict=True):
+                writer.delete_documents_by_term("entity_id", entity_id)
+                writer.add_document(
+                    tantivy.Document(entity_id=entity_id, title=title or "", categories=(cats or "").replace("|", " "))
+                )
+            self._dirty = True
+        if commit:
+            self.commit()
+
+    def delete(self, ids: Sequence[str], *, commit: bool = True) -> None:
+        with self._lock:
+            writer = self._write()
+            for entity_id in ids:
+                writer.delete_documents_by_term("entity_id", entity_id)
+            self._dirty = True
+        if commit:
+            self.commit()
+
+    def commit(self) -> None:
+        """Makes every write so far visible to searches (a no-op when there is none)."""
+        with self._lock:
+            if not self._dirty or self._writer is None:
+                return
+            self._writer.commit()
+            self._dirty = False
+        self.index.reload()
+
+    def __len__(self) -> int:
+        return int(self.index.searcher().num_docs)
+
+    def terms(self, text: str) -> list[str]:
+        """The terms a query text is searched by (the documents' analyzer)."""
+        return list(dict.fromkeys(self._analyzer.analyze(text)))
+
+    def search(self, texts: Sequence[str | None], depth: int) -> list[list[tuple[str, float]]]:
+        """Per text: up to ``depth`` (entity id, BM25 score), best first; an empty or missing text (or one
+        with no indexed term) proposes nothing."""
+        searcher = self.index.searcher()
+        out: list[list[tuple[str, float]]] = []
+        for text in texts:
+            terms = self.terms(text) if text else []
+            if not terms or depth <= 0:
+                out.append([])
+                continue
+            query = tantivy.Query.boolean_query(
+                [
+                    (tantivy.Occur.Should, tantivy.Query.term_query(self.schema, field, term, index_option="freq"))
+                    for term in terms
+                    for field in TEXT_FIELDS
+                ]
+            )
+            hits = searcher.search(query, depth, count=False).hits
+            out.append([(searcher.doc(address)["entity_id"][0], float(score)) for score, address in hits])
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.wait_merging_threads()  # consumes the writer and releases the folder's lock
+                self._writer = None

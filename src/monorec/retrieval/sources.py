@@ -1,0 +1,116 @@
+"""The candidate sources of one model version, and what each reads from a request.
+
+Each canvas declares its sources and how many candidates each proposes (``[canvases.X] sources``): the
+``embedding`` source is the version's vector index (or, offline, the exact dot product over the
+catalogue); the others live here, fitted on the training period only and saved with the version:
+
+- ``lexical``: BM25 of the canvas's text field (the query) over entity titles and categories (tantivy);
+- ``cooccurrence``: neighbours of the request's entities (the source item, then the history, most recent
+  first) in the training responses;
+- ``popular``: the most responded-to entities of the canvas, per the most specific categorical value of
+  the request that has a list (``PopularLists``: e.g. the browsed category, else the country).
+
+Scores are on each source's own scale: BM25, ``log1p`` of the co-occurrence strength, and for popular
+``1 - rank / len(list)``; an entity a source did not propose has no score from it (the ranking treats
+that as 0, the bottom of every scale).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from monorec.config import ProjectConfig
+from monorec.popular import PopularLists
+from monorec.retrieval.cooccurrence import CooccurrenceTable
+from monorec.retrieval.lexical import LexicalIndex
+
+__all__ = ["OFFLINE_SOURCES", "CandidateSources", "Proposals"]
+
+OFFLINE_SOURCES = ("lexical", "cooccurrence", "popular")  # every source but the embedding index
+
+# per request: (entity id, score) best first
+Proposals = list[list[tuple[str, float]]]
+
+
+class CandidateSources:
+    """The lexical, co-occurrence and popular sources of one version (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: ProjectConfig,
+        lexical: LexicalIndex,
+        cooccurrence: CooccurrenceTable,
+        popular: PopularLists,
+    ) -> None:
+        self.config, self.lexical, self.cooccurrence, self.popular = config, lexical, cooccurrence, popular
+
+    @classmethod
+    def fit(
+        cls,
+        config: ProjectConfig,
+        responses: pl.DataFrame,
+        catalogue: pl.DataFrame,
+        popular: PopularLists,
+        *,
+        lexical_path: str | Path | None = None,
+    ) -> CandidateSources:
+        """Fits co-occurrence on the TRAINING ``responses`` and indexes the catalogue's text."""
+        spec = config.sources
+        table = CooccurrenceTable.fit(responses, window=spec.cooccurrence_window, top_n=spec.cooccurrence_top_n)
+        return cls(config, index_catalogue(catalogue, lexical_path), table, popular)
+
+    # -------------------------------------------------------------------------------- what they read
+
+    def query_of(self, canvas: str, record: Mapping[str, Any]) -> str | None:
+        """The text the lexical source searches with: the canvas's first non-empty text field."""
+        for name in self.config.canvas(canvas).fields:
+            if self.config.field(name).kind == "text" and record.get(name):
+                return str(record[name])
+        return None
+
+    def seeds_of(self, canvas: str, record: Mapping[str, Any]) -> list[str]:
+        """The entities co-occurrence starts from, most recent first: the entity id fields (the source
+        item), then each entity history newest first."""
+        fields = [self.config.field(n) for n in self.config.canvas(canvas).fields]
+        entities = [f for f in fields if f.vocabulary == "entity" and record.get(f.name)]
+        seeds = [str(record[f.name]) for f in entities if f.kind == "id"]
+        for f in entities:
+            if f.kind == "id_list":
+                value = record[f.name]
+                items = value.split("|") if isinstance(value, str) else [str(v) for v in value]
+                seeds.extend(reversed([i for i in items if i]))
+        return seeds
+
+    # ------------------------------------------------------------------------------------- proposing
+
+    def propose(self, source: str, canvas: str, records: Sequence[Mapping[str, Any]], depth: int) -> Proposals:
+        """Up to ``depth`` candidates from one offline source for each normalized record of ``canvas``."""
+        if source == "lexical":
+            return self.lexical.search([self.query_of(canvas, r) for r in records], depth)
+        if source == "cooccurrence":
+            found = self.cooccurrence.propose([self.seeds_of(canvas, r) for r in records], depth)
+            return [[(e, math.log1p(s)) for e, s in row] for row in found]
+        if source == "popular":
+            out: Proposals = []
+            for r in records:
+                ids, _ = self.popular.lookup(canvas, r)
+                ids = ids[:depth]
+                out.append([(e, 1.0 - i / len(ids)) for i, e in enumerate(ids)])
+            return out
+        raise ValueError(f"unknown offline source {source!r} (known: {', '.join(OFFLINE_SOURCES)})")
+
+    def close(self) -> None:
+        self.lexical.close()
+
+
+def index_catalogue(catalogue: pl.DataFrame, path: str | Path | None = None) -> LexicalIndex:
+    """A lexical index of every catalogue entity (in memory, or in ``path``)."""
+    index = LexicalIndex(path)
+    cols = catalogue.select("entity_id", "title", "categories")
+    index.upsert(cols["entity_id"].to_list(), cols["title"].to_list(), cols["categories"].to_list())
+    return index

@@ -95,32 +95,37 @@ class ModelRecommender:
             return emb, feats
         records = requests.contexts.slice(start, r_count).to_dicts()
         proposals = {s: self.sources.propose(s, requests.canvas, records, depths[s]) for s in offline}
-        rows: list[list[int]] = []
-        source_scores: list[dict[int, list[float]]] = []
+        orders: list[list[int]] = []
+        at_r: list[int] = []  # (request, column, source, score) of every offline proposal kept
+        at_j: list[int] = []
+        at_s: list[int] = []
+        values: list[float] = []
         for r in range(r_count):
             banned = set(exclude[r].tolist())
             order = emb[r].tolist()
-            extra: dict[int, list[float]] = {}
+            column_of = {p: j for j, p in enumerate(order)}
             for s in offline:
-                column = SOURCE_NAMES.index(s)
+                source = SOURCE_NAMES.index(s)
                 for entity_id, score in proposals[s][r]:
                     pos = self.position_of.get(entity_id, -1)
                     if pos < 0 or pos in banned:
                         continue
-                    extra.setdefault(pos, [0.0] * len(SOURCE_NAMES))[column] = score
-            seen = set(order)
-            order += [p for p in extra if p not in seen]
-            rows.append(order)
-            source_scores.append(extra)
-        width = max(len(o) for o in rows)
-        cand = torch.full((r_count, width), -1, dtype=torch.long)
-        feats = torch.zeros(r_count, width, len(SOURCE_NAMES))
-        for r, order in enumerate(rows):
-            cand[r, : len(order)] = torch.as_tensor(order, dtype=torch.long)
-            for j, pos in enumerate(order):
-                if pos in source_scores[r]:
-                    feats[r, j] = torch.as_tensor(source_scores[r][pos])
-        cand, feats = cand.to(scores.device), feats.to(scores.device)
+                    j = column_of.setdefault(pos, len(order))
+                    if j == len(order):
+                        order.append(pos)
+                    at_r.append(r)
+                    at_j.append(j)
+                    at_s.append(source)
+                    values.append(score)
+            orders.append(order)
+        width = max(len(o) for o in orders)
+        cand_np = np.full((r_count, width), -1, dtype=np.int64)
+        for r, order in enumerate(orders):
+            cand_np[r, : len(order)] = order
+        feats_np = np.zeros((r_count, width, len(SOURCE_NAMES)), dtype=np.float32)
+        feats_np[at_r, at_j, at_s] = values
+        cand = torch.from_numpy(cand_np).to(scores.device)
+        feats = torch.from_numpy(feats_np).to(scores.device)
         feats[..., 0] = torch.gather(scores, 1, cand.clamp(min=0)).masked_fill(cand < 0, 0.0)
         return cand, feats
 

@@ -65,10 +65,15 @@ class Difference:
 
 
 def paired_bootstrap(
-    candidate: np.ndarray, baseline: np.ndarray, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+    candidate: np.ndarray,
+    baseline: np.ndarray,
+    *,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> Difference:
-    """The mean of ``candidate - baseline`` (R,) per-request values and its paired bootstrap 95% interval
-    (``samples`` resamplings of the R requests with replacement, seeded).
+    """The mean of ``candidate - baseline`` (R,) per-request values and its paired bootstrap interval at
+    ``level`` (95% by default; ``samples`` resamplings of the R requests with replacement, seeded).
 
     Raises:
         ValueError: the arrays are not of the same length.
@@ -85,7 +90,8 @@ def paired_bootstrap(
     for start in range(0, samples, chunk):
         n = min(chunk, samples - start)
         means[start : start + n] = diff[rng.integers(0, len(diff), (n, len(diff)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
     return Difference(float(diff.mean()), float(low), float(high), len(diff))
 
 
@@ -101,7 +107,7 @@ def request_fingerprint(contexts_csv: bytes, relevant: list[np.ndarray], exclude
 
 
 def compare_canvases(
-    candidate: dict[str, Any], baseline: dict[str, Any], metrics: list[str], *, seed: int = 0
+    candidate: dict[str, Any], baseline: dict[str, Any], metrics: list[str], *, seed: int = 0, level: float = 0.95
 ) -> dict[str, dict[str, Difference]]:
     """canvas -> metric -> paired difference, for every canvas both reports evaluated.
 
@@ -125,7 +131,9 @@ def compare_canvases(
                 f"and {base.get('requests_fingerprint')}): another split, data or request sample"
             )
         out[canvas] = {
-            m: paired_bootstrap(np.asarray(cand["per_request"][m]), np.asarray(base["per_request"][m]), seed=seed)
+            m: paired_bootstrap(
+                np.asarray(cand["per_request"][m]), np.asarray(base["per_request"][m]), seed=seed, level=level
+            )
             for m in metrics
         }
     return out

@@ -1,11 +1,16 @@
 """The release gate: a candidate may not significantly regress any canvas metric beyond a relative tolerance.
 
 Both reports must come from the same requests (each canvas's ``requests_fingerprint``); the difference of
-each metric is measured request by request with a paired bootstrap 95% interval
+each metric is measured request by request with a paired bootstrap interval
 (:mod:`monorec.evaluation.compare`). A metric fails when the candidate is significantly worse (the whole
 interval below 0) AND the drop exceeds ``tolerance`` times the baseline's value: a significant but
 negligible drop passes, and a drop the interval cannot tell from noise is reported "not significant"
 rather than refused. A canvas the baseline serves but the candidate does not is a regression.
+
+The gate makes m claims at once (every canvas x metric). Deciding each at 95% would refuse two equally
+good models with a probability up to 1 - 0.95^m (34% for four canvases and two metrics), so the decision
+reads the Bonferroni interval at level 1 - 0.05/m (family-wise error <= 5%); each row also keeps the
+plain 95% interval that reports show.
 """
 
 from __future__ import annotations
@@ -22,14 +27,14 @@ __all__ = ["GateResult", "compare_reports"]
 @dataclass
 class GateResult:
     passed: bool
-    # canvas, metric, candidate, baseline, delta, ci95, verdict, ok
+    # canvas, metric, candidate, baseline, delta, ci95, ci_family (the interval decided on), level, verdict, ok
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[str]:
         return [
             f"{r['canvas']} {r['metric']}: {r['candidate']:.4f} vs {r['baseline']:.4f} (delta {r['delta']:+.4f}, "
-            f"95% CI [{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}], {r['verdict']})"
+            f"{r['level']:.2%} CI [{r['ci_family'][0]:+.4f}, {r['ci_family'][1]:+.4f}], {r['verdict']})"
             for r in self.rows
             if not r["ok"]
         ]
@@ -52,7 +57,10 @@ def compare_reports(
     """
     k = baseline.get("k", 10)
     names = list(metrics or (f"recall@{k}", f"ndcg@{k}"))
-    differences = compare_canvases(candidate["canvases"], baseline["canvases"], names)
+    plain = compare_canvases(candidate["canvases"], baseline["canvases"], names)
+    claims = sum(len(m) for m in plain.values()) or 1
+    level = 1 - 0.05 / claims
+    differences = compare_canvases(candidate["canvases"], baseline["canvases"], names, level=level)
     rows = []
     for canvas, base in baseline["canvases"].items():
         if not base.get("requests"):
@@ -61,7 +69,9 @@ def compare_reports(
         for metric in names:
             b = float(base[metric])
             if cand is None or metric not in cand or canvas not in differences:
-                row = {"candidate": float("nan"), "delta": float("nan"), "ci95": [float("nan")] * 2}
+                nan2 = [float("nan")] * 2
+                row = {"candidate": float("nan"), "delta": float("nan"), "ci95": nan2, "ci_family": nan2}
+                row["level"] = level
                 rows.append(
                     {"canvas": canvas, "metric": metric, "baseline": b, **row, "verdict": "missing", "ok": False}
                 )
@@ -75,7 +85,9 @@ def compare_reports(
                     "candidate": float(cand[metric]),
                     "baseline": b,
                     "delta": diff.mean,
-                    "ci95": [diff.low, diff.high],
+                    "ci95": [plain[canvas][metric].low, plain[canvas][metric].high],
+                    "ci_family": [diff.low, diff.high],
+                    "level": level,
                     "verdict": diff.verdict,
                     "ok": ok,
                 }

@@ -259,9 +259,17 @@ def main() -> None:
     valid_in, test_in = proto.inputs("valid"), proto.inputs("test")
     results: dict[str, dict[str, np.ndarray]] = {}
     notes: dict[str, Any] = {}
+    clock = time.perf_counter()
+
+    def done(name: str) -> None:  # progress: the full run takes a long while on 2 cores
+        m = summary(results[name])
+        line = "  ".join(f"{k} {v:.4f}" for k, v in m.items())
+        print(f"[{time.perf_counter() - clock:7.0f} s] {name:>22}  {line}", flush=True)
 
     results["pop"] = per_user(top_k(popularity_scores(train_m, len(proto.users)), test_in), proto.test)
+    done("pop")
     results["itemknn"] = per_user(top_k(itemknn_scores(train_m, proto.matrix(test_in)), test_in), proto.test)
+    done("itemknn")
 
     # EASE: lambda on validation (train items in, validation target out), then the test with train + valid in
     choice = {}
@@ -270,6 +278,7 @@ def main() -> None:
         choice[lam] = per_user(top_k(proto.matrix(valid_in) @ b, valid_in), proto.valid)[f"ndcg@{K}"].mean()
     lam = max(choice, key=lambda x: choice[x])
     results["ease"] = per_user(top_k(proto.matrix(test_in) @ ease_weights(train_m, lam), test_in), proto.test)
+    done("ease")
     notes["ease"] = {"lambda": lam, "valid_ndcg@10": {str(k): float(v) for k, v in choice.items()}}
 
     spec = SASRecSpec(seed=args.seed, max_len=HISTORY, epochs=3 if args.quick else 200)
@@ -283,6 +292,7 @@ def main() -> None:
     sasrec, curve = train_sasrec(catalogue.height, shift, shift, proto.valid, spec, sasrec_valid)
     test_shift = [[i + 1 for i in s] for s in test_in]
     results["sasrec"] = per_user(top_k(sasrec_scores(sasrec, test_shift, spec.max_len), test_in), proto.test)
+    done("sasrec")
     notes["sasrec"] = {"spec": dataclasses.asdict(spec), "curve": curve}
 
     config = load_config(args.config)
@@ -295,9 +305,11 @@ def main() -> None:
     test_requests = home_requests(proto, catalogue, "test")
     consolidated = train(config, prepared, progress=False)
     results["monorec_consolidated"] = per_user(monorec_topk(consolidated, catalogue, test_requests, depth), proto.test)
+    done("monorec_consolidated")
     dedicated = config if args.quick else dedicated_config(config, prepared, "home")
     home_only = train(dedicated, prepared, canvases=("home",), progress=False)
     results["monorec_home"] = per_user(monorec_topk(home_only, catalogue, test_requests, depth), proto.test)
+    done("monorec_home")
     notes["monorec"] = {
         "consolidated_epochs": len(consolidated.meta["history"]),
         "home_epochs": len(home_only.meta["history"]),

@@ -6,6 +6,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from monorec.config import load_config, parse_config
 from monorec.errors import ArtifactError, ConfigError
@@ -168,3 +169,92 @@ def test_a_bundle_without_sources_still_ranks(trained, prepared):
     rec = ModelRecommender(old, prepared.catalogue, depth=5)
     reqs = request_sets(trained.config, prepared, "test")
     assert rec.recommend(reqs["related"], 10).shape[1] == 10
+
+
+def test_cooccurrence_leaves_the_users_own_counts_out_when_asked():
+    rng = np.random.default_rng(1)
+    rows = [(f"u{u}", t, f"e{rng.integers(0, 10)}") for u in range(25) for t in range(int(rng.integers(2, 8)))]
+    table = CooccurrenceTable.fit(_responses(rows), window=2, top_n=100, keep_own=True)
+    seeds = [["e1", "e2"], ["e3"], ["e0", "e5", "e7"]]
+    for user in ("u0", "u7", "u13"):
+        # the reference: the table fitted without that user's responses at all
+        without = CooccurrenceTable.fit(_responses([r for r in rows if r[0] != user]), window=2, top_n=100)
+        got = table.propose(seeds, 20, users=[user] * len(seeds))
+        want = without.propose(seeds, 20)
+        for g, w in zip(got, want, strict=True):
+            assert dict(g) == pytest.approx(dict(w))
+    assert table.propose(seeds, 20, users=["nobody"] * 3) == table.propose(seeds, 20)
+    with pytest.raises(ValueError, match="keep_own"):
+        CooccurrenceTable.fit(_responses(rows), window=2).propose(seeds, 5, users=["u0"] * 3)
+
+
+def test_the_proposal_table_holds_what_each_source_proposes(trained, prepared):
+    from monorec.config import SOURCE_NAMES
+
+    rec = ModelRecommender(trained, prepared.catalogue, depth=5)
+    rows = prepared.canvases["related"].head(40).vstack(prepared.canvases["search"].head(40))
+    records = rows.to_dicts()
+    table = rec.sources.proposals(rows["canvas"].to_list(), records, rec.position_of)
+    for r, record in enumerate(records):
+        canvas = record["canvas"]
+        expected: dict[int, list[float]] = {}
+        for source, depth in trained.config.canvas(canvas).sources.items():
+            if source == "embedding":
+                continue
+            for entity_id, score in rec.sources.propose(source, canvas, [record], depth)[0]:
+                expected.setdefault(rec.position_of[entity_id], [0.0] * len(SOURCE_NAMES))[
+                    SOURCE_NAMES.index(source)
+                ] = score
+        assert set(table.positions(r).tolist()) == set(expected)
+        if expected:
+            positions = list(expected)
+            got = table.lookup(torch.full((len(positions),), r), torch.tensor(positions))
+            assert got.numpy() == pytest.approx(np.array([expected[p] for p in positions], dtype=np.float32), rel=1e-5)
+    # an entity nobody proposed, and padding, read as the sentinel 0
+    assert table.lookup(torch.tensor([0, 0]), torch.tensor([-1, 10**6 % prepared.catalogue.height])).shape == (2, 4)
+    assert float(table.lookup(torch.tensor([0]), torch.tensor([-1])).abs().sum()) == 0.0
+
+
+def test_the_ranker_reads_the_source_scores_and_old_models_ignore_them(trained):
+    from monorec.models.model import build_model
+
+    model = trained.model
+    assert model.source_inputs
+    torch.manual_seed(0)
+    n = 6
+    cf = torch.randn(n, model.context_encoder.feature_dim)
+    itf = torch.randn(n, model.item_encoder.feature_dim)
+    emb = torch.randn(n, trained.model_kwargs["retrieval_dim"])
+    task = torch.zeros(n, dtype=torch.long)
+    none = model.rank(cf, emb, itf, emb, task)
+    zeros = model.rank(cf, emb, itf, emb, task, torch.zeros(n, 4))
+    proposed = model.rank(cf, emb, itf, emb, task, torch.tensor([[0.0, 3.0, 1.5, 0.8]] * n))
+    assert torch.equal(none, zeros) and not torch.allclose(none, proposed)
+    old_kwargs = {k: v for k, v in trained.model_kwargs.items() if k not in ("source_inputs", "source_weights")}
+    old = build_model(old_kwargs).eval()
+    assert not old.source_inputs
+    assert torch.equal(old.rank(cf, emb, itf, emb, task), old.rank(cf, emb, itf, emb, task, torch.ones(n, 4)))
+
+
+def test_training_rows_read_cooccurrence_without_their_own_user(trained, prepared):
+    """The source inputs of a training row: the co-occurrence counts of every OTHER user (leave-one-user-out),
+    while validation rows read the full table, as serving does."""
+    from monorec.data.features import Featurizer
+    from monorec.retrieval.sources import fit_cooccurrence, index_catalogue
+    from monorec.train import TrainingData
+
+    config = trained.config
+    responses = prepared.responses("train")
+    table = fit_cooccurrence(config, responses, keep_own=True)
+    sources = CandidateSources(config, index_catalogue(prepared.catalogue), table, trained.popular)
+    rows = prepared.rows("train", ["related"]).head(300)
+    featurizer = Featurizer(config).fit(prepared.rows("train", config.canvas_names), prepared.catalogue)
+    data = TrainingData.build(config, featurizer, rows, prepared.catalogue, "cpu", sources=sources, leave_own_out=True)
+    full = TrainingData.build(config, featurizer, rows, prepared.catalogue, "cpu", sources=sources)
+    assert data.proposals is not None and full.proposals is not None
+    own = data.proposals.lookup(data.context_of_row, data.entity)[:, 2]
+    everyone = full.proposals.lookup(full.context_of_row, full.entity)[:, 2]
+    positive = data.primary == 1
+    assert bool((own <= everyone + 1e-6).all())  # leaving a user out never adds
+    assert bool((own[positive] < everyone[positive] - 1e-6).any())  # and it removes the row's own pair
+    sources.close()

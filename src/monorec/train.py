@@ -38,7 +38,8 @@ from monorec.evaluation.requests import entity_positions
 from monorec.models.losses import FixedWeighting, UncertaintyWeighting, masked_objective_losses, sampled_softmax_loss
 from monorec.models.model import MonorecModel, build_model, model_kwargs
 from monorec.popular import PopularLists
-from monorec.retrieval.cooccurrence import CooccurrenceTable
+from monorec.retrieval.proposals import SourceProposals
+from monorec.retrieval.sources import CandidateSources, fit_cooccurrence, index_catalogue
 from monorec.threads import reproducible, training_threads
 
 __all__ = ["TrainStep", "TrainingData", "resolve_device", "train"]
@@ -59,7 +60,9 @@ class TrainingData:
     positions, ``labels`` (N, O), ``primary`` (N,) 1.0 where the row's canvas's primary objective is
     positive; ``items`` the catalogue's item features; ``log_prob`` (N_items,) log in-batch sampling
     probability. The logged and sampled negatives of a request share its context: encoding it once per
-    request, not once per row, is what keeps a sequence encoder affordable.
+    request, not once per row, is what keeps a sequence encoder affordable. ``proposals``: what the
+    offline candidate sources propose for each request (the ranker's source inputs, and negatives drawn
+    the way serving presents candidates); for training rows without the user's own co-occurrences.
     """
 
     ctx: dict[str, torch.Tensor]
@@ -72,6 +75,7 @@ class TrainingData:
     # (V,) catalogue position of each entity-table index (-1: the sentinels, or an entity not in it)
     table_position: torch.Tensor
     primary_index: torch.Tensor  # (T,) the objective column of each canvas's primary objective
+    proposals: SourceProposals | None = None
 
     @classmethod
     def build(
@@ -81,7 +85,12 @@ class TrainingData:
         rows: pl.DataFrame,
         catalogue: pl.DataFrame,
         device: torch.device,
+        *,
+        sources: CandidateSources | None = None,
+        leave_own_out: bool = False,
     ) -> TrainingData:
+        """``sources``: propose for every request (``leave_own_out``: training rows, whose users' responses
+        the co-occurrence table counted)."""
         positions = entity_positions(catalogue, rows["entity_id"])
         if (positions < 0).any():
             rows, positions = rows.filter(pl.Series(positions >= 0)), positions[positions >= 0]
@@ -110,6 +119,15 @@ class TrainingData:
         table_position = np.full(featurizer.vocab_sizes()["entity"], -1, dtype=np.int64)
         known = items.entity >= 2
         table_position[items.entity[known]] = np.flatnonzero(known)
+        proposals = None
+        if sources is not None:
+            position_of = {e: i for i, e in enumerate(catalogue["entity_id"].to_list())}
+            users = None
+            if leave_own_out and "user_id" in firsts.columns:
+                users = firsts["user_id"].cast(pl.String).to_list()
+            proposals = sources.proposals(firsts["canvas"].to_list(), firsts.to_dicts(), position_of, users=users).to(
+                device
+            )
         return cls(
             ctx=context_tensors(ctx, device),
             context_of_row=torch.as_tensor(context_of_row, device=device),
@@ -120,6 +138,7 @@ class TrainingData:
             log_prob=torch.as_tensor(np.log(prob), dtype=torch.float32, device=device),
             table_position=torch.as_tensor(table_position, device=device),
             primary_index=torch.as_tensor(primary_index, device=device),
+            proposals=proposals,
         )
 
     def __len__(self) -> int:
@@ -269,13 +288,20 @@ class TrainStep:
         return self._softmax(emb[usable], targets[usable], candidates, generator)
 
     def _retrieval_negatives(
-        self, scores: torch.Tensor, entity: torch.Tensor, candidates: Candidates, generator: torch.Generator
+        self,
+        scores: torch.Tensor,
+        entity: torch.Tensor,
+        request: torch.Tensor,
+        candidates: Candidates,
+        proposals: SourceProposals | None,
+        generator: torch.Generator,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(P, C) retrieval scores of positive rows -> (rows (P',), (P', k) catalogue positions): for the rows
-        whose positive is among the retrieval's top ``depth``, entities drawn uniformly from that top (the
-        positive excluded). That is what serving asks of the ranker: order the retrieved candidates.
+        """(P, C) retrieval scores of positive rows, their (P,) entities and requests -> (rows (P',),
+        (P', k) catalogue positions): for the rows whose positive is among the candidates serving would
+        rank (the retrieval's top ``depth`` or an offline source's proposals), entities drawn uniformly from
+        those candidates (the positive excluded). That is what serving asks of the ranker.
 
-        A row whose positive retrieval missed is left out: its negatives would all score above it, and the
+        A row whose positive no source found is left out: its negatives would all score above it, and the
         ranker would learn "a high retrieval score means not relevant", inverting the retrieval.
         """
         ids = candidates.ids if candidates.ids is not None else torch.arange(scores.shape[1], device=scores.device)
@@ -285,9 +311,21 @@ class TrainStep:
         top_scores, top = torch.topk(others, depth, dim=1)  # (P, depth)
         positive = scores.masked_fill(~own, float("-inf")).max(dim=1).values  # -inf: not among the candidates
         retrieved = positive >= top_scores[:, -1]
+        if proposals is not None:
+            retrieved |= (proposals.lookup(request, entity)[:, 1:] > 0).any(dim=1)
         rows = retrieved.nonzero().flatten()
-        pick = torch.randint(0, depth, (len(rows), self.retrieval_negatives), generator=generator)
-        return rows, ids[torch.gather(top[rows], 1, pick.to(top.device))]
+        k = self.retrieval_negatives
+        pick = torch.randint(0, depth, (len(rows), k), generator=generator)
+        negatives = ids[torch.gather(top[rows], 1, pick.to(top.device))]
+        if proposals is not None and len(rows):
+            # each negative from the offline proposals with their share of the union (duplicates aside)
+            _, count = proposals.bounds(request[rows])
+            offline = proposals.sample(request[rows], k, generator)
+            share = (count / (count + depth)).to(torch.float32)[:, None]
+            use = (torch.rand(len(rows), k, generator=generator).to(share.device) < share) & (offline >= 0)
+            use &= offline != entity[rows][:, None]
+            negatives = torch.where(use, offline, negatives)
+        return rows, negatives
 
     def losses(
         self, data: TrainingData, idx: torch.Tensor, generator: torch.Generator, *, training: bool = False
@@ -314,7 +352,9 @@ class TrainStep:
         n_pos = int(pos.sum())
         zero = ce.new_zeros(())
         retrieval, prefix = zero, None
-        rank_rows = (cf, ce, itf, ie, task, labels)
+        of_request = requests[row_request]  # the data's request index of each row
+        sources = data.proposals.lookup(of_request, entity) if data.proposals is not None else None
+        rank_rows = (cf, ce, itf, ie, task, labels, sources)
         if n_pos >= 1:
             candidates = self._candidates(entity, generator)
             retrieval = self._softmax(ce[pos], entity[pos], candidates, generator)
@@ -324,13 +364,18 @@ class TrainStep:
             if self.retrieval_negatives > 0:
                 k = self.retrieval_negatives
                 scores = ce[pos].detach() @ candidates.emb.detach().T  # (P, C)
-                hit, neg = self._retrieval_negatives(scores, entity[pos], candidates, generator)
+                hit, neg = self._retrieval_negatives(
+                    scores, entity[pos], of_request[pos], candidates, data.proposals, generator
+                )
                 flat = neg.reshape(-1)  # (P' * k,)
                 nf, ne = model.encode_items({key: v[flat] for key, v in data.items.items()})
                 of = pos.nonzero().flatten()[hit].repeat_interleave(k)  # the batch row of each negative
                 neg_task = task[of]
                 neg_labels = torch.full((len(flat), labels.shape[1]), float("nan"), device=labels.device)
                 neg_labels[torch.arange(len(flat), device=labels.device), data.primary_index[neg_task]] = 0.0
+                neg_sources = None
+                if sources is not None and data.proposals is not None:
+                    neg_sources = torch.cat([sources, data.proposals.lookup(of_request[of], flat)])
                 rank_rows = (
                     torch.cat([cf, cf[of]]),
                     torch.cat([ce, ce[of]]),
@@ -338,9 +383,10 @@ class TrainStep:
                     torch.cat([ie, ne]),
                     torch.cat([task, neg_task]),
                     torch.cat([labels, neg_labels]),
+                    neg_sources,
                 )
-        rcf, rce, ritf, rie, rtask, rlabels = rank_rows
-        logits = model.rank(rcf, rce, ritf, rie, rtask)
+        rcf, rce, ritf, rie, rtask, rlabels, rsources = rank_rows
+        logits = model.rank(rcf, rce, ritf, rie, rtask, rsources)
         obj_losses, counts = masked_objective_losses(logits, rlabels, self.binary)
         flags = torch.tensor([n_pos >= 1, prefix is not None], device=counts.device)
         present = torch.cat([counts > 0, flags]).float()
@@ -457,20 +503,21 @@ def _train(
     rows = prepared.merged(names)
     if t.max_train_rows and rows.height > t.max_train_rows:
         rows = rows.head(t.max_train_rows)
-    data = TrainingData.build(cfg, featurizer, rows, prepared.catalogue, dev)
+    # the candidate sources of the version being trained, fitted on the training period: built once, they
+    # give the training rows their source inputs and every validation its candidates
+    responses = prepared.responses("train")
+    popular = PopularLists.fit(responses, cfg)
+    cooccurrence = fit_cooccurrence(cfg, responses, keep_own=True)
+    sources = CandidateSources(cfg, index_catalogue(prepared.catalogue), cooccurrence, popular)
+    data = TrainingData.build(cfg, featurizer, rows, prepared.catalogue, dev, sources=sources, leave_own_out=True)
     generator = torch.Generator().manual_seed(t.seed)
     stepper = TrainStep(model, cfg, data, generator)
     val_requests = request_sets(cfg, prepared, "valid", max_requests=t.val_requests) if t.selection == "ndcg" else {}
     val_data = None
     if t.selection == "loss":
-        val_data = TrainingData.build(cfg, featurizer, prepared.rows("valid", names), prepared.catalogue, dev)
-    responses = prepared.responses("train")
-    cooccurrence = CooccurrenceTable.fit(
-        responses, window=cfg.sources.cooccurrence_window, top_n=cfg.sources.cooccurrence_top_n
-    )
-    bundle = ModelBundle(
-        cfg, featurizer, model, kwargs, popular=PopularLists.fit(responses, cfg), cooccurrence=cooccurrence
-    )
+        val_rows = prepared.rows("valid", names)
+        val_data = TrainingData.build(cfg, featurizer, val_rows, prepared.catalogue, dev, sources=sources)
+    bundle = ModelBundle(cfg, featurizer, model, kwargs, popular=popular, cooccurrence=cooccurrence)
 
     history: list[dict[str, Any]] = []
     best_score, best_state, best_epoch, start_epoch = float("-inf"), copy.deepcopy(model.state_dict()), -1, 0
@@ -509,7 +556,8 @@ def _train(
             val_losses = stepper.validation_losses(val_data, t.batch_size, t.seed)
             score = -sum(val_losses.values()) if val_losses else float("-inf")  # higher is better
         else:
-            recommender = ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth)
+            depth = cfg.evaluate.retrieval_depth
+            recommender = ModelRecommender(bundle, prepared.catalogue, depth=depth, sources=sources)
             val = evaluate_recommender(recommender, val_requests, cfg.evaluate.k)
             score = validation_score(val, cfg.evaluate.k)
         history.append(
@@ -556,7 +604,7 @@ def _train(
     model.eval()
     # the ranking score's weight of the retrieval order, per canvas, chosen on validation requests
     fusion_requests = val_requests or request_sets(cfg, prepared, "valid", max_requests=t.val_requests)
-    recommender = ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth)
+    recommender = ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth, sources=sources)
     fusion = tune_source_weights(bundle, recommender, fusion_requests, cfg.evaluate.k)
     bundle.meta = {
         "canvases": list(names),
@@ -570,4 +618,6 @@ def _train(
         "mixture": prepared.manifest.get("mixture", {}),
         "torch": torch.__version__,
     }
+    sources.close()
+    cooccurrence.own = None  # the training rows' leave-one-user-out counts: not part of the version
     return bundle

@@ -239,9 +239,9 @@ class ServingVersion:
         """Row-aligned (context, entity) pairs (N, ...) -> (ranking scores (N,), objective logits (N, O)); the
         score is the canvas's blend of objectives plus its weights of the (N, S) source scores (see
         :meth:`propose`; column 0, the retrieval score, is computed here for every candidate)."""
-        logits = self.bundle.model.rank(ctx_feats, ctx_emb, item_feats, item_emb, task)
         scores = torch.zeros(len(task), len(SOURCE_NAMES)) if sources is None else sources.clone()
         scores[:, 0] = (ctx_emb * item_emb).sum(dim=1)
+        logits = self.bundle.model.rank(ctx_feats, ctx_emb, item_feats, item_emb, task, scores)
         return self.bundle.model.blend_scores(logits, task, scores), logits
 
     def propose(self, canvas: str, records: Sequence[dict[str, Any]]) -> list[dict[str, list[float]]]:

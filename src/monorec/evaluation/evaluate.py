@@ -15,6 +15,7 @@ from monorec.data.prepared import PreparedData
 from monorec.evaluation.metrics import auc, log_loss, ndcg_at_k, recall_at_k, rmse
 from monorec.evaluation.recommenders import ModelRecommender, Recommender
 from monorec.evaluation.requests import RequestSet, build_requests, entity_positions, seen_by_user
+from monorec.retrieval.sources import CandidateSources
 
 __all__ = ["evaluate_bundle", "evaluate_objectives", "evaluate_recommender", "request_sets"]
 
@@ -105,11 +106,14 @@ def evaluate_objectives(
     catalogue: pl.DataFrame,
     *,
     encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
+    sources: CandidateSources | None = None,
     batch_size: int = 4096,
 ) -> dict[str, dict[str, float]]:
-    """Pointwise metrics of each objective head the canvas declares, on logged (and sampled) rows.
+    """Pointwise metrics of each objective head the canvas declares, on logged (and sampled) rows, each
+    scored with the source inputs its request would get (what the canvas's sources propose for it).
 
-    ``encoded``: the catalogue's (features (N, F_i), embeddings (N, D)) when the caller has them already.
+    ``encoded``: the catalogue's (features (N, F_i), embeddings (N, D)) when the caller has them already;
+    ``sources``: the version's candidate sources, when the caller has them (else built from the bundle).
     """
     model, fz, cfg = bundle.model.eval(), bundle.featurizer, bundle.config
     device = next(model.parameters()).device
@@ -118,12 +122,23 @@ def evaluate_objectives(
     rows = rows.filter(pl.Series(positions >= 0))
     positions = positions[positions >= 0]
     labels = fz.transform_labels(rows)
+    proposals = None
+    if model.source_inputs and rows.height:
+        own = sources is None
+        sources = sources if sources is not None else bundle.candidate_sources(catalogue)
+        position_of = {e: i for i, e in enumerate(catalogue["entity_id"].to_list())}
+        proposals = sources.proposals(rows["canvas"].to_list(), rows.to_dicts(), position_of).to(device)
+        if own:
+            sources.close()
     preds = []
     for start in range(0, rows.height, batch_size):
         ctx = context_tensors(fz.transform_context(rows.slice(start, batch_size)), device)
         idx = torch.as_tensor(positions[start : start + batch_size], device=device)
         cf, ce = model.encode_context(ctx)
-        logits = model.rank(cf, ce, item_feats[idx], item_embs[idx], ctx["task_type"])
+        feats = None
+        if proposals is not None:
+            feats = proposals.lookup(torch.arange(start, start + len(idx), device=device), idx)
+        logits = model.rank(cf, ce, item_feats[idx], item_embs[idx], ctx["task_type"], feats)
         preds.append(logits.cpu().numpy())
     logits_all = np.concatenate(preds) if preds else np.zeros((0, len(cfg.objectives)))
     out: dict[str, dict[str, float]] = {}
@@ -162,6 +177,10 @@ def evaluate_bundle(
             **ranked[c.name],
             "retrieval_only": {m: v for m, v in retrieval[c.name].items() if m in (f"recall@{k}", f"ndcg@{k}")},
             "candidate_recall": recommender.candidate_recall(reqs[c.name]) if len(reqs[c.name]) else {},
-            "objectives": evaluate_objectives(bundle, rows, prepared.catalogue, encoded=encoded) if rows.height else {},
+            "objectives": evaluate_objectives(
+                bundle, rows, prepared.catalogue, encoded=encoded, sources=recommender.sources
+            )
+            if rows.height
+            else {},
         }
     return {"split": split, "k": k, "model": {"checksum": bundle.checksum()}, "canvases": canvases}

@@ -88,44 +88,23 @@ class ModelRecommender:
         depths = self.source_depths(requests.canvas, depth)
         exclude = requests.exclude[start : start + r_count]
         emb = top_k_excluding(scores, exclude, depths["embedding"])  # (R, C_e)
-        offline = [s for s in SOURCE_NAMES[1:] if s in depths]
-        if not offline:
+        if not any(s in depths for s in SOURCE_NAMES[1:]):
             feats = torch.zeros(*emb.shape, len(SOURCE_NAMES), device=scores.device)
             feats[..., 0] = torch.gather(scores, 1, emb)
             return emb, feats
         records = requests.contexts.slice(start, r_count).to_dicts()
-        proposals = {s: self.sources.propose(s, requests.canvas, records, depths[s]) for s in offline}
-        orders: list[list[int]] = []
-        at_r: list[int] = []  # (request, column, source, score) of every offline proposal kept
-        at_j: list[int] = []
-        at_s: list[int] = []
-        values: list[float] = []
-        for r in range(r_count):
-            banned = set(exclude[r].tolist())
-            order = emb[r].tolist()
-            column_of = {p: j for j, p in enumerate(order)}
-            for s in offline:
-                source = SOURCE_NAMES.index(s)
-                for entity_id, score in proposals[s][r]:
-                    pos = self.position_of.get(entity_id, -1)
-                    if pos < 0 or pos in banned:
-                        continue
-                    j = column_of.setdefault(pos, len(order))
-                    if j == len(order):
-                        order.append(pos)
-                    at_r.append(r)
-                    at_j.append(j)
-                    at_s.append(source)
-                    values.append(score)
-            orders.append(order)
-        width = max(len(o) for o in orders)
-        cand_np = np.full((r_count, width), -1, dtype=np.int64)
+        proposals = self.sources.proposals([requests.canvas] * r_count, records, self.position_of)
+        orders = []
+        for r, top in enumerate(emb.cpu().numpy()):
+            extra = proposals.positions(r)
+            extra = extra[~np.isin(extra, top) & ~np.isin(extra, exclude[r])]
+            orders.append(np.concatenate([top, extra]))
+        cand_np = np.full((r_count, max(len(o) for o in orders)), -1, dtype=np.int64)
         for r, order in enumerate(orders):
             cand_np[r, : len(order)] = order
-        feats_np = np.zeros((r_count, width, len(SOURCE_NAMES)), dtype=np.float32)
-        feats_np[at_r, at_j, at_s] = values
         cand = torch.from_numpy(cand_np).to(scores.device)
-        feats = torch.from_numpy(feats_np).to(scores.device)
+        rows = torch.arange(r_count, device=scores.device)[:, None].expand_as(cand)
+        feats = proposals.to(scores.device).lookup(rows.reshape(-1), cand.reshape(-1)).view(*cand.shape, -1)
         feats[..., 0] = torch.gather(scores, 1, cand.clamp(min=0)).masked_fill(cand < 0, 0.0)
         return cand, feats
 
@@ -157,6 +136,7 @@ class ModelRecommender:
                 self.item_feats[flat],
                 self.item_embs[flat],
                 task,
+                feats.reshape(r * c, -1),
             )
             yield cand, logits.view(r, c, -1), feats, ctx["task_type"]
 

@@ -7,11 +7,17 @@ neighbours with their counts: a fixed-size table saved with the model version (a
 A request proposes from its seeds: the entity it is about (related's source item) and the entities of its
 history, most recent first. A neighbour's score is the sum over seeds of ``count / (1 + age)``, age 0 for
 the source item and the most recent history entity: the recent past weighs more than the distant.
+
+Training the ranker on these scores needs them WITHOUT the row's own response: a training row's user
+contributed to the very counts that would score its positive (their history item next to the item they
+responded to), so a rare positive would always carry a co-occurrence the serving request never sees.
+``fit(..., keep_own=True)`` keeps each user's own pair counts (in memory, never saved) and
+``propose(..., users=...)`` subtracts them: leave-one-user-out counts, what the table would hold had that
+user's responses been left out (the ``top_n`` cut of the full counts is kept).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +27,12 @@ import polars as pl
 from monorec.artifacts import pack_strings, unpack_strings
 from monorec.errors import ArtifactError
 
-__all__ = ["CooccurrenceTable"]
+__all__ = ["CooccurrenceTable", "ProposedRows"]
+
+# (request index (M,), vocab row (M,), score (M,)): rows grouped by request in order, best first within one
+ProposedRows = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+_CHUNK = 4096  # requests scored at once (bounds the (R, L, N) working arrays)
 
 
 class CooccurrenceTable:
@@ -31,11 +42,14 @@ class CooccurrenceTable:
         vocab: (V,) entity ids the table knows.
         neighbours: (V, N) int32 rows of ``vocab`` (-1: no more neighbours).
         counts: (V, N) float32 co-occurrence counts.
+        own: each user's own pair counts (``fit(keep_own=True)`` only): user id -> code, and the sorted
+            keys ``code * V^2 + a * V + b`` with their counts.
     """
 
     def __init__(self, vocab: list[str], neighbours: np.ndarray, counts: np.ndarray, window: int) -> None:
         self.vocab, self.neighbours, self.counts, self.window = vocab, neighbours, counts, window
         self.row_of = {e: i for i, e in enumerate(vocab)}
+        self.own: tuple[dict[str, int], np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def empty(cls) -> CooccurrenceTable:
@@ -43,21 +57,12 @@ class CooccurrenceTable:
         return cls([], np.full((0, 1), -1, dtype=np.int32), np.zeros((0, 1), dtype=np.float32), 0)
 
     @classmethod
-    def fit(cls, responses: pl.DataFrame, *, window: int = 3, top_n: int = 100) -> CooccurrenceTable:
+    def fit(
+        cls, responses: pl.DataFrame, *, window: int = 3, top_n: int = 100, keep_own: bool = False
+    ) -> CooccurrenceTable:
         """Counts co-occurrences in ``responses`` (``user_id``, ``ts``, ``entity_id``; one row per response;
-        rows without a user are skipped)."""
-        rows = (
-            responses.filter(pl.col("user_id").is_not_null())
-            .select("user_id", "ts", "entity_id")
-            .unique(["user_id", "entity_id", "ts"])
-            .sort(["user_id", "ts", "entity_id"])
-        )
-        pairs = []
-        for offset in range(1, window + 1):
-            later = pl.col("entity_id").shift(-offset).over("user_id")
-            pairs.append(rows.select(pl.col("entity_id").alias("a"), later.alias("b")))
-        both = pl.concat(pairs).drop_nulls().filter(pl.col("a") != pl.col("b"))
-        both = pl.concat([both, both.select(pl.col("b").alias("a"), pl.col("a").alias("b"))])
+        rows without a user are skipped); ``keep_own`` also keeps each user's own counts (see the module)."""
+        both = _pairs(responses, window)
         counts = (
             both.group_by(["a", "b"])
             .len()
@@ -76,23 +81,88 @@ class CooccurrenceTable:
         rank = np.arange(len(a)) - np.repeat(starts, np.diff(np.r_[starts, len(a)]))
         neighbours[a, rank] = b
         strengths[a, rank] = counts["len"].to_numpy()
-        return cls(vocab, neighbours, strengths, window)
+        table = cls(vocab, neighbours, strengths, window)
+        if keep_own:
+            own = both.group_by(["user_id", "a", "b"]).len()
+            users = sorted(set(own["user_id"].to_list()))
+            code = {u: i for i, u in enumerate(users)}
+            v = len(vocab)
+            keys = (
+                np.array([code[u] for u in own["user_id"].to_list()], dtype=np.int64) * v * v
+                + np.array([row_of[e] for e in own["a"].to_list()], dtype=np.int64) * v
+                + np.array([row_of[e] for e in own["b"].to_list()], dtype=np.int64)
+            )
+            order = np.argsort(keys)
+            table.own = (code, keys[order], own["len"].to_numpy()[order].astype(np.float32))
+        return table
 
-    def propose(self, seeds: Sequence[Sequence[str]], depth: int) -> list[list[tuple[str, float]]]:
+    def seed_rows(self, seeds: Sequence[Sequence[str]]) -> np.ndarray:
+        """Per request, its seeds most recent first -> (R, L) vocab rows, -1 for unknown ids and padding."""
+        width = max((len(s) for s in seeds), default=0)
+        out = np.full((len(seeds), max(width, 1)), -1, dtype=np.int64)
+        for r, request in enumerate(seeds):
+            rows = [self.row_of.get(s, -1) for s in request]
+            out[r, : len(rows)] = rows
+        return out
+
+    def propose_rows(self, seeds: np.ndarray, depth: int, users: Sequence[str | None] | None = None) -> ProposedRows:
+        """(R, L) seed rows (:meth:`seed_rows`; column = age) -> up to ``depth`` proposals per request, best
+        first (ties by vocab row), never a seed of the request; ``users`` (R,) leaves each request's user's
+        own counts out (needs ``fit(keep_own=True)``)."""
+        parts = [self._propose_chunk(seeds[s : s + _CHUNK], depth, users, s) for s in range(0, len(seeds), _CHUNK)]
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, np.zeros(0)
+        return tuple(np.concatenate(x) for x in zip(*parts, strict=True))  # type: ignore[return-value]
+
+    def _propose_chunk(
+        self, seeds: np.ndarray, depth: int, users: Sequence[str | None] | None, first: int
+    ) -> ProposedRows:
+        r_count, length = seeds.shape
+        v = len(self.vocab)
+        known = seeds >= 0
+        if v == 0 or not known.any():
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, np.zeros(0)
+        nbr = np.where(known[..., None], self.neighbours[seeds.clip(min=0)], -1).astype(np.int64)  # (R, L, N)
+        cnt = np.where(nbr >= 0, self.counts[seeds.clip(min=0)], 0.0).astype(np.float64)
+        if users is not None:
+            if self.own is None:
+                raise ValueError("leaving users' own counts out needs CooccurrenceTable.fit(keep_own=True)")
+            code, keys, own_counts = self.own
+            user = np.array(
+                [code.get(u, -1) if u is not None else -1 for u in users[first : first + r_count]], dtype=np.int64
+            )
+            if len(keys):
+                probe = (user[:, None, None] * v + seeds[..., None]) * v + nbr  # (R, L, N)
+                at = np.searchsorted(keys, probe).clip(max=len(keys) - 1)
+                hit = (nbr >= 0) & (user[:, None, None] >= 0) & (keys[at] == probe)
+                cnt = cnt - np.where(hit, own_counts[at], 0.0)
+        weight = cnt / (1.0 + np.arange(length))[None, :, None]
+        request = np.broadcast_to(np.arange(r_count)[:, None, None], nbr.shape)
+        keep = (nbr >= 0) & (cnt > 0)
+        pair = request[keep] * v + nbr[keep]
+        unique, inverse = np.unique(pair, return_inverse=True)
+        score = np.bincount(inverse, weights=weight[keep], minlength=len(unique))
+        seed_pairs = (np.broadcast_to(np.arange(r_count)[:, None], seeds.shape) * v + seeds)[known]
+        keep_pair = ~np.isin(unique, seed_pairs)  # a seed is never proposed for its own request
+        unique, score = unique[keep_pair], score[keep_pair]
+        req, row = unique // v, unique % v
+        order = np.lexsort((row, -score, req))  # per request: best first, ties by row
+        req, row, score = req[order], row[order], score[order]
+        starts = np.searchsorted(req, np.arange(r_count))
+        rank = np.arange(len(req)) - starts[req]
+        top = rank < depth
+        return req[top] + first, row[top], score[top]
+
+    def propose(
+        self, seeds: Sequence[Sequence[str]], depth: int, users: Sequence[str | None] | None = None
+    ) -> list[list[tuple[str, float]]]:
         """Per request, its seeds most recent first -> up to ``depth`` (entity id, score), best first; a
-        seed is never proposed for its own request."""
-        out: list[list[tuple[str, float]]] = []
-        for request in seeds:
-            scores: dict[int, float] = defaultdict(float)
-            rows = [self.row_of[s] for s in request if s in self.row_of]
-            for age, row in enumerate(rows):
-                valid = self.neighbours[row] >= 0
-                for b, n in zip(self.neighbours[row][valid].tolist(), self.counts[row][valid].tolist(), strict=True):
-                    scores[b] += n / (1.0 + age)
-            for row in rows:
-                scores.pop(row, None)
-            best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
-            out.append([(self.vocab[b], s) for b, s in best])
+        seed is never proposed for its own request (``users``: see :meth:`propose_rows`)."""
+        out: list[list[tuple[str, float]]] = [[] for _ in seeds]
+        for r, row, score in zip(*self.propose_rows(self.seed_rows(seeds), depth, users), strict=True):
+            out[int(r)].append((self.vocab[int(row)], float(score)))
         return out
 
     def save(self, path: Path) -> None:
@@ -115,3 +185,20 @@ class CooccurrenceTable:
         if neighbours.shape != counts.shape or neighbours.shape[0] != len(vocab):
             raise ArtifactError(f"{path}: co-occurrence arrays disagree: {neighbours.shape}, {counts.shape}")
         return cls(vocab, neighbours.astype(np.int32), counts.astype(np.float32), window)
+
+
+def _pairs(responses: pl.DataFrame, window: int) -> pl.DataFrame:
+    """Every co-occurring pair (``user_id``, ``a``, ``b``), both directions: each user's responses in time
+    order (one per entity and time), pairs at most ``window`` positions apart, never an entity with itself."""
+    rows = (
+        responses.filter(pl.col("user_id").is_not_null())
+        .select("user_id", "ts", "entity_id")
+        .unique(["user_id", "entity_id", "ts"])
+        .sort(["user_id", "ts", "entity_id"])
+    )
+    pairs = []
+    for offset in range(1, window + 1):
+        later = pl.col("entity_id").shift(-offset).over("user_id")
+        pairs.append(rows.select("user_id", pl.col("entity_id").alias("a"), later.alias("b")))
+    both = pl.concat(pairs).drop_nulls().filter(pl.col("a") != pl.col("b"))
+    return pl.concat([both, both.select("user_id", pl.col("b").alias("a"), pl.col("a").alias("b"))])

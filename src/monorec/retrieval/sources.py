@@ -22,12 +22,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
-from monorec.config import ProjectConfig
+from monorec.config import SOURCE_NAMES, ProjectConfig
 from monorec.popular import PopularLists
 from monorec.retrieval.cooccurrence import CooccurrenceTable
 from monorec.retrieval.lexical import LexicalIndex
+from monorec.retrieval.proposals import SourceProposals
 
 __all__ = ["OFFLINE_SOURCES", "CandidateSources", "Proposals"]
 
@@ -60,9 +62,7 @@ class CandidateSources:
         lexical_path: str | Path | None = None,
     ) -> CandidateSources:
         """Fits co-occurrence on the TRAINING ``responses`` and indexes the catalogue's text."""
-        spec = config.sources
-        table = CooccurrenceTable.fit(responses, window=spec.cooccurrence_window, top_n=spec.cooccurrence_top_n)
-        return cls(config, index_catalogue(catalogue, lexical_path), table, popular)
+        return cls(config, index_catalogue(catalogue, lexical_path), fit_cooccurrence(config, responses), popular)
 
     # -------------------------------------------------------------------------------- what they read
 
@@ -104,8 +104,72 @@ class CandidateSources:
             return out
         raise ValueError(f"unknown offline source {source!r} (known: {', '.join(OFFLINE_SOURCES)})")
 
+    def proposals(
+        self,
+        canvases: Sequence[str],
+        records: Sequence[Mapping[str, Any]],
+        position_of: Mapping[str, int],
+        *,
+        users: Sequence[str | None] | None = None,
+    ) -> SourceProposals:
+        """Every declared offline source's proposals for each request (``canvases[i]``, ``records[i]``), as
+        a table over the catalogue whose entity ids ``position_of`` maps to positions (ids it lacks are
+        dropped). ``users`` (one per request) leaves each user's own co-occurrence counts out: the scores of
+        a TRAINING request (see ``monorec.retrieval.cooccurrence``)."""
+        parts: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]] = []  # (request, position, column, score)
+        by_canvas: dict[str, list[int]] = {}
+        for i, canvas in enumerate(canvases):
+            by_canvas.setdefault(canvas, []).append(i)
+        for canvas, members in by_canvas.items():
+            depths = self.config.canvas(canvas).sources
+            rows = [records[i] for i in members]
+            at = np.asarray(members, dtype=np.int64)
+            if "cooccurrence" in depths:
+                table = self.cooccurrence
+                vocab_position = np.array([position_of.get(e, -1) for e in table.vocab] + [-1], dtype=np.int64)
+                seeds = table.seed_rows([self.seeds_of(canvas, r) for r in rows])
+                who = [users[i] for i in members] if users is not None else None
+                req, row, score = table.propose_rows(seeds, depths["cooccurrence"], who)
+                parts.append((at[req], vocab_position[row], SOURCE_NAMES.index("cooccurrence"), np.log1p(score)))
+            for source in ("lexical", "popular"):
+                if source not in depths:
+                    continue
+                cache: dict[object, list[tuple[str, float]]] = {}  # many requests share a query / a list
+                req_l: list[int] = []
+                found: list[tuple[str, float]] = []
+                for j, record in enumerate(rows):
+                    if source == "lexical":
+                        key: object = self.query_of(canvas, record)
+                    else:
+                        key = self.popular.lookup(canvas, record)[1]
+                    if key not in cache:
+                        cache[key] = self.propose(source, canvas, [record], depths[source])[0]
+                    req_l.extend([j] * len(cache[key]))
+                    found.extend(cache[key])
+                positions = np.array([position_of.get(e, -1) for e, _ in found], dtype=np.int64)
+                scores = np.array([v for _, v in found], dtype=np.float64)
+                parts.append((at[np.array(req_l, dtype=np.int64)], positions, SOURCE_NAMES.index(source), scores))
+        request = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        return SourceProposals.from_rows(
+            request,
+            np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64),
+            np.concatenate([np.full(len(p[0]), p[2]) for p in parts]) if parts else np.zeros(0, dtype=np.int64),
+            np.concatenate([p[3] for p in parts]) if parts else np.zeros(0),
+            n_entities=max(len(position_of), 1),
+            n_requests=len(records),
+            n_sources=len(SOURCE_NAMES),
+        )
+
     def close(self) -> None:
         self.lexical.close()
+
+
+def fit_cooccurrence(config: ProjectConfig, responses: pl.DataFrame, *, keep_own: bool = False) -> CooccurrenceTable:
+    """The co-occurrence table of the TRAINING ``responses`` with the project's window and size."""
+    spec = config.sources
+    return CooccurrenceTable.fit(
+        responses, window=spec.cooccurrence_window, top_n=spec.cooccurrence_top_n, keep_own=keep_own
+    )
 
 
 def index_catalogue(catalogue: pl.DataFrame, path: str | Path | None = None) -> LexicalIndex:

@@ -67,6 +67,10 @@ def main() -> None:
         name: {c: m.get("objectives", {}) for c, m in results[name]["canvases"].items()}
         for name in ("consolidated", "separate")
     }
+    fusion = {
+        name: {c: m.get("source_weights", {}) for c, m in results[name]["canvases"].items()}
+        for name in ("consolidated", "separate")
+    }
     differences = paired_differences(results, "consolidated", [f"recall@{k}", f"ndcg@{k}"])
     for canvas, models in canvases.items():
         row = "  ".join(f"{name} {v[f'ndcg@{k}']:.4f}/{v[f'recall@{k}']:.4f}" for name, v in models.items())
@@ -89,6 +93,7 @@ def main() -> None:
             "consolidated_ge_separate": verdict,
             "differences": differences,
             "objectives": objectives,
+            "source_weights": fusion,
             "rows": prepared.manifest["rows"],
             "empty_canvases": sorted(empty),
             "mixture": prepared.manifest["mixture"],

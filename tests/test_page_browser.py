@@ -66,7 +66,8 @@ def rows(page: Any) -> list[dict[str, str]]:
     return page.eval_on_selector_all(
         "#results tbody tr",
         "trs => trs.map(tr => ({id: tr.dataset.entityId, type: tr.dataset.entityType,"
-        " score: tr.querySelector('.score').textContent}))",
+        " score: tr.querySelector('.score').textContent,"
+        " sources: tr.querySelector('.sources').textContent}))",
     )
 
 
@@ -114,6 +115,10 @@ def test_every_canvas_from_the_page(browser: Any, page_url: str) -> None:
     found = ask(page)
     assert found and all(r["type"] == "series" for r in found)
     page.select_option("#types", [])
+    # which source proposed each entity, and which sources answered: "space" is in titles, so lexical finds some
+    words = ask(page)
+    assert page.text_content("#meta-sources") == "candidate sources embedding, lexical"
+    assert all(r["sources"] for r in words) and any("lexical" in r["sources"] for r in words)
 
     # related items of a clicked entity
     clicked = found[0]["id"]

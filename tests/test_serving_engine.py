@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from monorec.config import SOURCE_NAMES
 from monorec.deploy import Deployment
 from monorec.environments import CanvasRules
 from monorec.errors import CanvasNotServed, RequestError, ServingUnavailable
@@ -62,6 +63,26 @@ def test_every_canvas_answers_with_scores_predictions_and_the_version(dep: Deplo
                     if config.objective(name).kind == "binary":
                         assert 0.0 <= value <= 1.0
             assert r.took_ms > 0
+            # the sources that answered, and for each entity the ones that proposed it
+            declared = config.canvas(canvas).sources
+            assert r.sources == [s for s in SOURCE_NAMES if s in declared]
+            assert all(item.sources and set(item.sources) <= set(r.sources) for item in r.items)
+
+
+def test_a_failing_source_is_skipped_and_the_answer_says_so(dep: Deployment, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    version = dep.versions["v0001"]
+    real = version.sources.propose
+
+    def broken(source, canvas, records, depth):  # type: ignore[no-untyped-def]
+        if source == "lexical":
+            raise RuntimeError("lexical index unavailable")
+        return real(source, canvas, records, depth)
+
+    monkeypatch.setattr(version.sources, "propose", broken)
+    with engine_for(dep) as engine:
+        r = engine.recommend(req("search", {"query": "space wedding"}, k=5))
+    assert r.source == "model" and r.sources == ["embedding"] and len(r.items) == 5
+    assert all(item.sources == ["embedding"] for item in r.items)
 
 
 def test_unknown_ids_in_the_context_are_cold_start_not_errors(dep: Deployment) -> None:

@@ -11,6 +11,7 @@ the old version can be drained before it is freed.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,8 @@ from monorec.index import EntityFilter, EntityRows, VectorIndex
 from monorec.retrieval import OFFLINE_SOURCES, CandidateSources, CooccurrenceTable, LexicalIndex
 from monorec.schema import TitleLookup
 from monorec.stream.changes import Change, changes_frame
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Answer", "ItemFeatures", "ServingVersion", "VersionRouter", "canary_recall"]
 
@@ -244,20 +247,28 @@ class ServingVersion:
         logits = self.bundle.model.rank(ctx_feats, ctx_emb, item_feats, item_emb, task, scores)
         return self.bundle.model.blend_scores(logits, task, scores), logits
 
-    def propose(self, canvas: str, records: Sequence[dict[str, Any]]) -> list[dict[str, list[float]]]:
+    def propose(self, canvas: str, records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, list[float]]], list[str]]:
         """Per normalized record: entity id -> its (S,) source scores from the canvas's offline sources
-        (lexical, co-occurrence, popular; column 0 stays 0), only entities this version holds."""
+        (lexical, co-occurrence, popular; column 0 stays 0), only entities this version holds; and the
+        sources that answered. A source that fails is skipped (logged): the others still propose."""
         depths = self.bundle.config.canvas(canvas).sources
         out: list[dict[str, list[float]]] = [{} for _ in records]
+        answered = []
         for source in OFFLINE_SOURCES:
             if source not in depths:
                 continue
             column = SOURCE_NAMES.index(source)
-            for r, row in enumerate(self.sources.propose(source, canvas, records, depths[source])):
+            try:
+                found = self.sources.propose(source, canvas, records, depths[source])
+            except Exception as exc:  # one broken source never costs the request its other candidates
+                log.warning("%s: candidate source %s failed, skipped: %r", self.name, source, exc)
+                continue
+            answered.append(source)
+            for r, row in enumerate(found):
                 for entity_id, score in row:
                     out[r].setdefault(entity_id, [0.0] * len(SOURCE_NAMES))[column] = score
         held = set(self.known([e for found in out for e in found]))
-        return [{e: v for e, v in found.items() if e in held} for found in out]
+        return [{e: v for e, v in found.items() if e in held} for found in out], answered
 
     def predictions(self, logits: torch.Tensor, canvas: str) -> dict[str, np.ndarray]:
         """(N, O) logits -> each of the canvas's objectives in its own unit: a probability for binary
@@ -287,7 +298,7 @@ class ServingVersion:
         applies) its other sources, then this version's ranker on their union."""
         record = self.schema.normalize(canvas, context, self.titles)
         cf, ce = self.encode_records([record])
-        extra = self.propose(canvas, [record])[0] if where is None else {}
+        extra = self.propose(canvas, [record])[0][0] if where is None else {}
         for _attempt in range(3):  # an entity deleted between search and lookup: search again
             hits = self.index.search(ce.numpy(), max(k, depth), where).row(0)
             ids = list(dict.fromkeys([e for e, _ in hits] + list(extra)))

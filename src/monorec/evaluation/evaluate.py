@@ -177,6 +177,8 @@ def evaluate_bundle(
             **ranked[c.name],
             "retrieval_only": {m: v for m, v in retrieval[c.name].items() if m in (f"recall@{k}", f"ndcg@{k}")},
             "candidate_recall": recommender.candidate_recall(reqs[c.name]) if len(reqs[c.name]) else {},
+            # the fusion weights chosen on validation (and validation NDCG with and without them)
+            "source_weights": bundle.meta.get("source_weights", {}).get(c.name, {}),
             "objectives": evaluate_objectives(
                 bundle, rows, prepared.catalogue, encoded=encoded, sources=recommender.sources
             )

@@ -3,7 +3,7 @@ precomputed popular answer that stands in when the model path misses its deadlin
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,11 @@ def matches(entity: Entity, where: EntityFilter) -> bool:
 
 
 def entity_out(
-    c: Scored, entity: Entity | None, score: float | None, predictions: Mapping[str, float] | None = None
+    c: Scored,
+    entity: Entity | None,
+    score: float | None,
+    predictions: Mapping[str, float] | None = None,
+    sources: Sequence[str] = (),
 ) -> ScoredEntity:
     """One answered entity (its stored description when known; ``score`` None for fallback answers)."""
     return ScoredEntity(
@@ -35,6 +39,7 @@ def entity_out(
         categories=list(entity.categories if entity else c.categories),
         score=None if score is None else float(np.float32(score)),
         predictions={k: float(np.float32(v)) for k, v in (predictions or {}).items()},
+        sources=list(sources),
     )
 
 

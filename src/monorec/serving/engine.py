@@ -79,6 +79,7 @@ class _Ranked:
     version: str
     items: list[ScoredEntity]
     unknown: list[str]
+    sources: list[str]  # the candidate sources that answered
 
 
 class ServingEngine:
@@ -205,6 +206,7 @@ class ServingEngine:
             took_ms=_ms_since(started.start),
             source="model",
             unknown_candidates=ranked.unknown,
+            sources=ranked.sources,
         )
         stored = (ranked.version, response.__pydantic_serializer__.to_json(response))
         self._last_good.put(started.key, stored)
@@ -294,7 +296,8 @@ class ServingEngine:
             hits = version.index.search(queries[rows], depth, where)
             for q, i in enumerate(rows):
                 candidates[i] = [e for e, _ in hits.row(q)][: works[i].depth]
-        proposed = self._propose(version, works, [i for rows in by_filter.values() for i in rows])
+        from_index = {i: set(candidates[i]) for rows in by_filter.values() for i in rows}
+        proposed, answered = self._propose(version, works, [i for rows in by_filter.values() for i in rows])
         for i, found in proposed.items():
             held = set(candidates[i])
             candidates[i] += [e for e in found if e not in held]
@@ -317,8 +320,12 @@ class ServingEngine:
         for i, w in enumerate(works):
             end = start + len(candidates[i])
             try:
-                items = self._finish(version, w, candidates[i], scores[start:end], logits[start:end])
-                out.append(_Ranked(version.name, items, unknown[i]))
+                found = proposed.get(i, {})
+                items = self._finish(
+                    version, w, candidates[i], scores[start:end], logits[start:end], found, from_index.get(i, set())
+                )
+                searched = ["embedding"] if w.request.candidates.ids is None else []
+                out.append(_Ranked(version.name, items, unknown[i], searched + answered.get(i, [])))
             except Exception as exc:  # one bad request never fails its batch-mates
                 out.append(exc)
             start = end
@@ -326,28 +333,41 @@ class ServingEngine:
 
     def _propose(
         self, version: ServingVersion, works: Sequence[_Work], rows: Sequence[int]
-    ) -> dict[int, dict[str, list[float]]]:
+    ) -> tuple[dict[int, dict[str, list[float]]], dict[int, list[str]]]:
         """Row of ``works`` -> the candidates its canvas's offline sources add (entity id -> (S,) source
-        scores), never an excluded entity nor one outside the request's type/category filter."""
+        scores), never an excluded entity nor one outside the request's type/category filter; and row ->
+        the offline sources that answered it."""
         by_canvas: dict[str, list[int]] = {}
         for i in rows:
             by_canvas.setdefault(works[i].request.canvas, []).append(i)
         out: dict[int, dict[str, list[float]]] = {}
+        answered: dict[int, list[str]] = {}
         for canvas, members in by_canvas.items():
-            for i, found in zip(members, version.propose(canvas, [works[i].record for i in members]), strict=True):
+            proposals, names = version.propose(canvas, [works[i].record for i in members])
+            for i, found in zip(members, proposals, strict=True):
                 w = works[i]
                 found = {e: v for e, v in found.items() if e not in w.excluded}
                 if w.where is not None and found:
                     info = self.deployment.catalogue.entities(list(found))
                     found = {e: v for e, v in found.items() if e in info and matches(info[e], w.where)}
                 out[i] = found
-        return out
+                answered[i] = names
+        return out, answered
 
     def _finish(
-        self, version: ServingVersion, work: _Work, ids: list[str], scores: torch.Tensor, logits: torch.Tensor
+        self,
+        version: ServingVersion,
+        work: _Work,
+        ids: list[str],
+        scores: torch.Tensor,
+        logits: torch.Tensor,
+        proposed: Mapping[str, list[float]],
+        from_index: set[str],
     ) -> list[ScoredEntity]:
-        """Ranked candidates -> rules -> the best k, described. Rules see ids and scores (plus entity
-        descriptions only when a configured rule reads them); predictions are computed for the k kept."""
+        """Ranked candidates -> rules -> the best k, described, each with the sources that proposed it
+        (``from_index``: what the vector index returned; ``proposed``: the other sources' scores). Rules see
+        ids and scores (plus entity descriptions only when a configured rule reads them); predictions are
+        computed for the k kept."""
         canvas = work.request.canvas
         spec = self.env.rules_for(canvas)
         order = torch.argsort(scores, descending=True).tolist()
@@ -365,7 +385,13 @@ class ServingEngine:
         if not info:
             info = self.deployment.catalogue.entities([c.entity_id for c in kept])
         return [
-            entity_out(c, info.get(c.entity_id), c.score, {n: float(v[i]) for n, v in predictions.items()})
+            entity_out(
+                c,
+                info.get(c.entity_id),
+                c.score,
+                {n: float(v[i]) for n, v in predictions.items()},
+                _proposed_by(c.entity_id, from_index, proposed),
+            )
             for i, c in enumerate(kept)
         ]
 
@@ -435,6 +461,16 @@ def _named_entities(version: ServingVersion, context: Mapping[str, Any]) -> set[
         else:
             out.add(str(value))
     return out
+
+
+def _proposed_by(entity_id: str, from_index: set[str], proposed: Mapping[str, list[float]]) -> list[str]:
+    """The sources that proposed an entity, in ``SOURCE_NAMES`` order."""
+    scores = proposed.get(entity_id)
+    return [
+        name
+        for j, name in enumerate(SOURCE_NAMES)
+        if (j == 0 and entity_id in from_index) or (j > 0 and scores is not None and scores[j] > 0)
+    ]
 
 
 def _scored(entity_id: str, score: float, info: Mapping[str, Entity]) -> Scored:

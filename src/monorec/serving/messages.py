@@ -85,6 +85,9 @@ class ScoredEntity(BaseModel):
     categories: list[str]
     score: float | None = Field(description="the canvas's blended score; null when a fallback answered")
     predictions: dict[str, float] = Field(default_factory=dict, description="each objective of the canvas")
+    sources: list[str] = Field(
+        default_factory=list, description="the candidate sources that proposed it (empty: named by the request)"
+    )
 
 
 class FallbackInfo(BaseModel):
@@ -101,6 +104,9 @@ class RecommendResponse(BaseModel):
     source: Literal["model", "cache", "precomputed", "fallback"]
     fallback: FallbackInfo | None = None
     unknown_candidates: list[str] = Field(default_factory=list, description="explicit ids not in the catalogue")
+    sources: list[str] = Field(
+        default_factory=list, description="the candidate sources that answered (a failed one is left out)"
+    )
 
 
 class BatchResponse(BaseModel):

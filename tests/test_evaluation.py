@@ -74,8 +74,10 @@ def test_model_answers_respect_exclusions_and_beat_nothing(trained, prepared, co
 
 
 def test_objective_metrics_match_the_plain_forward_pass(trained, prepared):
-    """evaluate_objectives reuses the encoded catalogue; it must agree with model(ctx, items)."""
+    """evaluate_objectives reuses the encoded catalogue and reads each row's source scores from a proposal
+    table; it must agree with model(ctx, items, sources) fed each source's own proposals row by row."""
     from monorec.bundle import context_tensors, item_tensors
+    from monorec.config import SOURCE_NAMES
     from monorec.evaluation.evaluate import evaluate_objectives
     from monorec.evaluation.metrics import auc
     from monorec.evaluation.requests import entity_positions
@@ -85,9 +87,17 @@ def test_objective_metrics_match_the_plain_forward_pass(trained, prepared):
     fz = trained.featurizer
     items = item_tensors(fz.transform_catalogue(prepared.catalogue))
     idx = torch.as_tensor(entity_positions(prepared.catalogue, rows["entity_id"]))
+    sources = trained.candidate_sources(prepared.catalogue)
+    scores = torch.zeros(rows.height, len(SOURCE_NAMES))
+    for source, depth in trained.config.canvas("home").sources.items():
+        if source != "embedding":
+            for r, (record, entity) in enumerate(zip(rows.to_dicts(), rows["entity_id"].to_list(), strict=True)):
+                found = dict(sources.propose(source, "home", [record], depth)[0])
+                scores[r, SOURCE_NAMES.index(source)] = found.get(entity, 0.0)
+    assert bool((scores[:, 1:] > 0).any())  # the home rows do read a source
     with torch.no_grad():
         _, _, logits = trained.model.eval()(
-            context_tensors(fz.transform_context(rows)), {k: v[idx] for k, v in items.items()}
+            context_tensors(fz.transform_context(rows)), {k: v[idx] for k, v in items.items()}, scores
         )
     y = rows["clicked"].to_numpy()
     assert abs(got["click"]["auc"] - auc(y, logits[:, 0].numpy())) < 1e-6

@@ -88,15 +88,14 @@ class ModelRecommender:
         depths = self.source_depths(requests.canvas, depth)
         exclude = requests.exclude[start : start + r_count]
         emb = top_k_excluding(scores, exclude, depths["embedding"])  # (R, C_e)
-        if not any(s in depths for s in SOURCE_NAMES[1:]):
-            feats = torch.zeros(*emb.shape, len(SOURCE_NAMES), device=scores.device)
-            feats[..., 0] = torch.gather(scores, 1, emb)
-            return emb, feats
-        records = requests.contexts.slice(start, r_count).to_dicts()
-        proposals = self.sources.proposals([requests.canvas] * r_count, records, self.position_of)
+        proposals = None
+        if any(s in depths for s in SOURCE_NAMES[1:]):
+            records = requests.contexts.slice(start, r_count).to_dicts()
+            proposals = self.sources.proposals([requests.canvas] * r_count, records, self.position_of)
         orders = []
         for r, top in enumerate(emb.cpu().numpy()):
-            extra = proposals.positions(r)
+            top = top[~np.isin(top, exclude[r])]  # a depth beyond what is left reaches the excluded
+            extra = proposals.positions(r) if proposals is not None else top[:0]
             extra = extra[~np.isin(extra, top) & ~np.isin(extra, exclude[r])]
             orders.append(np.concatenate([top, extra]))
         cand_np = np.full((r_count, max(len(o) for o in orders)), -1, dtype=np.int64)
@@ -104,7 +103,9 @@ class ModelRecommender:
             cand_np[r, : len(order)] = order
         cand = torch.from_numpy(cand_np).to(scores.device)
         rows = torch.arange(r_count, device=scores.device)[:, None].expand_as(cand)
-        feats = proposals.to(scores.device).lookup(rows.reshape(-1), cand.reshape(-1)).view(*cand.shape, -1)
+        feats = torch.zeros(*cand.shape, len(SOURCE_NAMES), device=scores.device)
+        if proposals is not None:
+            feats = proposals.to(scores.device).lookup(rows.reshape(-1), cand.reshape(-1)).view(*cand.shape, -1)
         feats[..., 0] = torch.gather(scores, 1, cand.clamp(min=0)).masked_fill(cand < 0, 0.0)
         return cand, feats
 

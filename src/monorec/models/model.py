@@ -158,11 +158,14 @@ class MonorecModel(nn.Module):
             score = score + (self.source_weights[task] * sources).sum(dim=1)
         return score
 
-    def forward(self, ctx: Tensors, items: Tensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Row-aligned contexts and entities -> (context emb (B, D), entity emb (B, D), logits (B, O))."""
+    def forward(
+        self, ctx: Tensors, items: Tensors, sources: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Row-aligned contexts and entities (and (B, S) source scores, see :meth:`rank`) -> (context emb
+        (B, D), entity emb (B, D), logits (B, O))."""
         cf, ce = self.encode_context(ctx)
         itf, ie = self.encode_items(items)
-        return ce, ie, self.rank(cf, ce, itf, ie, ctx["task_type"])
+        return ce, ie, self.rank(cf, ce, itf, ie, ctx["task_type"], sources)
 
 
 # per offline source (every source but the embedding one, whose score, the dot product, is an input anyway):

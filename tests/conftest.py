@@ -61,6 +61,15 @@ def trained(config: ProjectConfig, prepared: PreparedData):
 
 
 @pytest.fixture(scope="session")
+def trained_with_source_inputs(config: ProjectConfig, prepared: PreparedData):
+    """The tiny model with a ranker that reads every offline source's score (``model.source_inputs``)."""
+    from monorec.train import train
+
+    model = dataclasses.replace(config.model, source_inputs=("lexical", "cooccurrence", "popular"))
+    return train(dataclasses.replace(config, model=model), prepared, progress=False)
+
+
+@pytest.fixture(scope="session")
 def two_versions(tmp_path_factory: pytest.TempPathFactory, config: ProjectConfig, prepared: PreparedData):
     """A registry with two published versions of the tiny model (different seeds, so different towers)."""
     from monorec.registry import Registry

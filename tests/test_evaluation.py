@@ -73,9 +73,10 @@ def test_model_answers_respect_exclusions_and_beat_nothing(trained, prepared, co
     assert evaluate_recommender(pop, reqs, 10)["home"]["requests"] == len(reqs["home"])
 
 
-def test_objective_metrics_match_the_plain_forward_pass(trained, prepared):
+def test_objective_metrics_match_the_plain_forward_pass(trained_with_source_inputs, prepared):
     """evaluate_objectives reuses the encoded catalogue and reads each row's source scores from a proposal
     table; it must agree with model(ctx, items, sources) fed each source's own proposals row by row."""
+    trained = trained_with_source_inputs
     from monorec.bundle import context_tensors, item_tensors
     from monorec.config import SOURCE_NAMES
     from monorec.evaluation.evaluate import evaluate_objectives

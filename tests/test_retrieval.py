@@ -123,12 +123,14 @@ def test_sources_read_the_query_and_the_seeds_the_canvas_declares(config, prepar
 def test_config_refuses_unknown_sources_and_sources_without_input():
     raw = load_config(default_config("synthetic")).to_dict()
     raw["canvases"]["home"]["sources"] = {"lexical": 10, "magic": 5, "embedding": 0}
+    raw["model"]["source_inputs"] = ["lexical", "embedding"]
     with pytest.raises(ConfigError) as err:
         parse_config(raw)
     text = str(err.value)
     assert "canvases.home.sources.magic" in text and "unknown source" in text
     assert "canvases.home.sources.lexical" in text and "no text field" in text
     assert "canvases.home.sources.embedding" in text
+    assert "model.source_inputs.embedding" in text and "not an offline source" in text
 
 
 def test_the_union_holds_every_source_and_the_fused_ranking_keeps_exclusions(trained, prepared):
@@ -215,11 +217,12 @@ def test_the_proposal_table_holds_what_each_source_proposes(trained, prepared):
     assert float(table.lookup(torch.tensor([0]), torch.tensor([-1])).abs().sum()) == 0.0
 
 
-def test_the_ranker_reads_the_source_scores_and_old_models_ignore_them(trained):
+def test_the_ranker_reads_the_source_scores_and_old_models_ignore_them(trained_with_source_inputs):
     from monorec.models.model import build_model
 
+    trained = trained_with_source_inputs
     model = trained.model
-    assert model.source_inputs
+    assert model.source_columns == [1, 2, 3]
     torch.manual_seed(0)
     n = 6
     cf = torch.randn(n, model.context_encoder.feature_dim)
@@ -232,7 +235,7 @@ def test_the_ranker_reads_the_source_scores_and_old_models_ignore_them(trained):
     assert torch.equal(none, zeros) and not torch.allclose(none, proposed)
     old_kwargs = {k: v for k, v in trained.model_kwargs.items() if k not in ("source_inputs", "source_weights")}
     old = build_model(old_kwargs).eval()
-    assert not old.source_inputs
+    assert old.source_columns == []
     assert torch.equal(old.rank(cf, emb, itf, emb, task), old.rank(cf, emb, itf, emb, task, torch.ones(n, 4)))
 
 

@@ -144,6 +144,12 @@ class ModelSpec:
     sequence_layers: int = 2
     sequence_heads: int = 2  # embedding_dim must be a multiple
     sequence_dropout: float = 0.2  # on the history's embeddings and inside the transformer
+    # the offline candidate sources ("lexical", "cooccurrence", "popular") whose score of a candidate the
+    # ranker reads as an input (monorec.models.model); none by default: measured on the synthetic world
+    # (docs/benchmarks.md), they let search fit in two epochs while home needs six, and the one validation
+    # score then stops every canvas early (home fell to popularity's level); and co-occurrence and
+    # popularity are counted over the training rows' own period, which serving never sees
+    source_inputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -474,6 +480,9 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
         p.add("model.sequence_heads", f"must divide model.embedding_dim ({model.embedding_dim})")
     if not 0 <= model.sequence_dropout < 1:
         p.add("model.sequence_dropout", "must be in [0, 1)")
+    for name in model.source_inputs:
+        if name not in SOURCE_NAMES[1:]:
+            p.add(f"model.source_inputs.{name}", f"not an offline source (known: {', '.join(SOURCE_NAMES[1:])})")
     ev = sections["evaluate"]
     if ev.retrieval_depth < ev.k:
         p.add("evaluate.retrieval_depth", f"must be >= evaluate.k ({ev.k})")

@@ -509,14 +509,16 @@ def _train(
     popular = PopularLists.fit(responses, cfg)
     cooccurrence = fit_cooccurrence(cfg, responses, keep_own=True)
     sources = CandidateSources(cfg, index_catalogue(prepared.catalogue), cooccurrence, popular)
-    data = TrainingData.build(cfg, featurizer, rows, prepared.catalogue, dev, sources=sources, leave_own_out=True)
+    # the training rows' proposals: what the ranker reads as source inputs, and where its negatives come from
+    row_sources = sources if model.source_columns or t.retrieval_negatives > 0 else None
+    data = TrainingData.build(cfg, featurizer, rows, prepared.catalogue, dev, sources=row_sources, leave_own_out=True)
     generator = torch.Generator().manual_seed(t.seed)
     stepper = TrainStep(model, cfg, data, generator)
     val_requests = request_sets(cfg, prepared, "valid", max_requests=t.val_requests) if t.selection == "ndcg" else {}
     val_data = None
     if t.selection == "loss":
         val_rows = prepared.rows("valid", names)
-        val_data = TrainingData.build(cfg, featurizer, val_rows, prepared.catalogue, dev, sources=sources)
+        val_data = TrainingData.build(cfg, featurizer, val_rows, prepared.catalogue, dev, sources=row_sources)
     bundle = ModelBundle(cfg, featurizer, model, kwargs, popular=popular, cooccurrence=cooccurrence)
 
     history: list[dict[str, Any]] = []

@@ -123,7 +123,7 @@ def evaluate_objectives(
     positions = positions[positions >= 0]
     labels = fz.transform_labels(rows)
     proposals = None
-    if model.source_inputs and rows.height:
+    if model.source_columns and rows.height:
         own = sources is None
         sources = sources if sources is not None else bundle.candidate_sources(catalogue)
         position_of = {e: i for i, e in enumerate(catalogue["entity_id"].to_list())}

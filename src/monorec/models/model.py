@@ -32,9 +32,9 @@ class MonorecModel(nn.Module):
         mean bag, the format of models saved before sequence encoders), with sequence_length (longest
         history), sequence_layers, sequence_heads and sequence_dropout.
     sparse_tables: embedding tables with sparse (row-wise) gradients (see monorec.models.towers).
-    source_inputs: the ranker reads each offline source's score of the candidate (lexical, co-occurrence,
-        popular: whether the source proposed it, and the score, see :func:`source_inputs`); False for models
-        saved before it.
+    source_inputs: the offline sources (of lexical, co-occurrence, popular) whose score of the candidate
+        the ranker reads (whether the source proposed it, and the score, see :func:`source_inputs`); none
+        for models saved before it.
     source_weights: (T, S) weight of each candidate source's score (``SOURCE_NAMES`` order, the embedding
         source's score being the retrieval score context . entity) in each canvas's ranking score (default
         0); ``retrieval_weight`` (T,) is the embedding column alone, as models saved before sources had it.
@@ -69,7 +69,7 @@ class MonorecModel(nn.Module):
         sequence_heads: int = 2,
         sequence_dropout: float = 0.2,
         sparse_tables: bool = True,
-        source_inputs: bool = False,
+        source_inputs: Sequence[str] = (),
         source_weights: Sequence[Sequence[float]] | None = None,
         retrieval_weight: Sequence[float] | None = None,
     ) -> None:
@@ -87,9 +87,13 @@ class MonorecModel(nn.Module):
             )
         self.context_encoder = ContextEncoder(self.tables, fields, tower_hidden, retrieval_dim, n_tasks, sequence)
         self.item_encoder = ItemEncoder(self.tables, tower_hidden, retrieval_dim)
-        self.source_inputs = source_inputs
+        unknown = sorted(set(source_inputs) - set(SOURCE_NAMES[1:]))
+        if unknown:
+            raise ValueError(f"source_inputs: unknown offline source(s) {unknown} (known: {SOURCE_NAMES[1:]})")
+        # the columns of the (B, S) source scores the ranker reads, in SOURCE_NAMES order
+        self.source_columns = [j for j, name in enumerate(SOURCE_NAMES) if name in set(source_inputs)]
         rank_in = self.context_encoder.feature_dim + self.item_encoder.feature_dim + retrieval_dim + 1
-        rank_in += SOURCE_INPUTS if source_inputs else 0
+        rank_in += 2 * len(self.source_columns)
         self.bottom = build_bottom(
             bottom,
             in_dim=rank_in,
@@ -141,10 +145,10 @@ class MonorecModel(nn.Module):
         source proposed any), read by a model built with ``source_inputs``."""
         dot = (ctx_emb * item_emb).sum(dim=1, keepdim=True)
         parts = [ctx_feats, item_feats, ctx_emb * item_emb, dot]
-        if self.source_inputs:
+        if self.source_columns:
             if sources is None:
                 sources = dot.new_zeros(len(dot), len(SOURCE_NAMES))
-            parts.append(source_inputs(sources))
+            parts.append(source_inputs(sources[:, self.source_columns]))
         return self.towers.for_rows(self.bottom(torch.cat(parts, dim=1)), task)
 
     def blend_scores(
@@ -168,17 +172,12 @@ class MonorecModel(nn.Module):
         return ce, ie, self.rank(cf, ce, itf, ie, ctx["task_type"], sources)
 
 
-# per offline source (every source but the embedding one, whose score, the dot product, is an input anyway):
-# whether it proposed the candidate, and its score on a log scale
-SOURCE_INPUTS = 2 * (len(SOURCE_NAMES) - 1)
-
-
-def source_inputs(sources: torch.Tensor) -> torch.Tensor:
-    """(B, S) source scores (``SOURCE_NAMES`` order, 0 where not proposed) -> (B, 2 (S - 1)) ranker inputs:
-    per offline source, 1.0 if it proposed the entity, and ``log1p`` of its score (BM25 runs to tens, the
-    others stay small: one log scale keeps every input in a few units)."""
-    offline = sources[:, 1:].clamp(min=0.0)
-    return torch.cat([(offline > 0).to(offline.dtype), torch.log1p(offline)], dim=1)
+def source_inputs(scores: torch.Tensor) -> torch.Tensor:
+    """(B, S') scores of the sources the ranker reads (0 where a source did not propose the entity) ->
+    (B, 2 S') ranker inputs: per source, 1.0 if it proposed the entity, and ``log1p`` of its score (BM25
+    runs to tens, the others stay small: one log scale keeps every input in a few units)."""
+    scores = scores.clamp(min=0.0)
+    return torch.cat([(scores > 0).to(scores.dtype), torch.log1p(scores)], dim=1)
 
 
 def model_kwargs(config: ProjectConfig, featurizer: Featurizer) -> dict[str, object]:
@@ -216,7 +215,7 @@ def model_kwargs(config: ProjectConfig, featurizer: Featurizer) -> dict[str, obj
         "sequence_layers": m.sequence_layers,
         "sequence_heads": m.sequence_heads,
         "sequence_dropout": m.sequence_dropout,
-        "source_inputs": True,
+        "source_inputs": list(m.source_inputs),
     }
 
 

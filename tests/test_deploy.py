@@ -183,7 +183,7 @@ def test_lexical_source_follows_the_stream_and_a_restart(tmp_path: Path, two_ver
     # an entity added as "Space Robot Zyx" must be proposed for "zyx" (a word no other title has) by the
     # version that serves, after the stream brought it, and again after a restart; gone once deleted
     def lexical(sv, query):  # type: ignore[no-untyped-def]
-        return {e for e, scores in sv.propose("search", [{"query": query}])[0].items() if scores[1] > 0}
+        return {e for e, scores in sv.propose("search", [{"query": query}])[0][0].items() if scores[1] > 0}
 
     with Deployment(tmp_path / "dep", two_versions) as dep:
         dep.seed_catalogue(prepared.catalogue)

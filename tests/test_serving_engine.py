@@ -305,3 +305,21 @@ def test_no_serving_version_is_unavailable(tmp_path: Path, two_versions: Registr
         pytest.raises(ServingUnavailable),
     ):
         engine.recommend(req("home", {"user_id": "u1"}))
+
+
+def test_odd_queries_are_answered_and_never_parsed_as_query_syntax(dep: Deployment) -> None:
+    """Punctuation, stop words only, non-Latin scripts, blanks: the lexical source finds nothing (or the
+    words it knows) and the other sources answer; query syntax characters are text, never operators."""
+    with engine_for(dep) as engine:
+        for query in ["!!!???", "the of and", "кино робот", "宇宙 ロボット", "   ", 'robot)(AND OR:* "', "a" * 256]:
+            r = engine.recommend(req("search", {"query": query}, k=5))
+            assert r.source == "model" and len(r.items) == 5, query
+            assert "embedding" in r.sources
+    version = dep.versions["v0001"]
+    some = version.known(version.bundle.popular.lists[next(iter(version.bundle.popular.lists))])[:1]
+    word = dep.catalogue.entities(some)[some[0]].title.split()[0]
+    found, answered = version.propose("search", [{"query": f'{word})(AND OR:* "'}])
+    assert "lexical" in answered
+    by_lexical = [e for e, scores in found[0].items() if scores[1] > 0]
+    titles = dep.catalogue.entities(by_lexical)
+    assert by_lexical and all(word.lower() in titles[e].title.lower() for e in by_lexical)

@@ -261,3 +261,23 @@ def test_training_rows_read_cooccurrence_without_their_own_user(trained, prepare
     assert bool((own <= everyone + 1e-6).all())  # leaving a user out never adds
     assert bool((own[positive] < everyone[positive] - 1e-6).any())  # and it removes the row's own pair
     sources.close()
+
+
+def test_popular_per_category_counts_every_canvas_by_membership(config):
+    catalogue = pl.DataFrame(
+        {"entity_id": ["a", "b", "c", "d"], "categories": ["drama", "drama|comedy", "comedy", None]}
+    )
+    responses = pl.DataFrame(
+        {
+            "canvas": ["home", "home", "home", "related", "browse", "browse"],
+            "entity_id": ["b", "b", "a", "c", "a", "d"],
+            "category": [None, None, None, None, "drama", "drama"],
+        }
+    )
+    lists = PopularLists.fit(responses, config, catalogue=catalogue)
+    # drama: a (home + browse) and b (home twice) tie at 2, by id; d is no drama, whatever its browse row
+    assert lists.lists["browse|category=drama"] == ["a", "b"]
+    assert lists.lookup("browse", {"category": "comedy"}) == (["b", "c"], "browse|category=comedy")
+    # without the catalogue: the browse requests that carried the category, as before
+    plain = PopularLists.fit(responses, config)
+    assert plain.lists["browse|category=drama"] == ["a", "d"]

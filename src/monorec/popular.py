@@ -30,14 +30,23 @@ class PopularLists:
     fields: dict[str, list[str]] = field(default_factory=dict)  # canvas -> its keyed fields, most specific first
 
     @classmethod
-    def fit(cls, responses: pl.DataFrame, config: ProjectConfig, top_n: int = 200) -> PopularLists:
+    def fit(
+        cls, responses: pl.DataFrame, config: ProjectConfig, top_n: int = 200, catalogue: pl.DataFrame | None = None
+    ) -> PopularLists:
         """Counts responses per canvas (and per value of each categorical field the canvas uses).
+
+        A field over the shared ``category`` vocabulary names a category of entities (browse's category):
+        with ``catalogue`` given, its list for category X is the entities OF category X that drew the most
+        responses on EVERY canvas, not only the responses of requests that carried X: a canvas's own
+        requests per category are few, and a category none of them browsed still gets its list.
 
         Args:
             responses: rows with ``canvas`` and ``entity_id`` (one per response) and the context columns.
             config: gives each canvas's fields.
             top_n: entities kept per list.
+            catalogue: ``entity_id`` and ``categories`` ("a|b"): enables per-category lists by membership.
         """
+        by_membership = _by_category(responses, catalogue, top_n) if catalogue is not None else None
         lists: dict[str, list[str]] = {}
         fields: dict[str, list[str]] = {}
         for canvas in config.canvases:
@@ -54,7 +63,11 @@ class PopularLists:
             keyed.sort(key=lambda name: config.field(name).vocabulary != "category")
             fields[canvas.name] = keyed
             for name in keyed:
-                for value, ids in _top(rows.filter(pl.col(name).is_not_null()), [name], top_n).items():
+                if by_membership is not None and config.field(name).vocabulary == "category":
+                    found = by_membership
+                else:
+                    found = _top(rows.filter(pl.col(name).is_not_null()), [name], top_n)
+                for value, ids in found.items():
                     lists[f"{canvas.name}|{name}={value}"] = ids
         return cls(lists, fields)
 
@@ -90,3 +103,21 @@ def _top(rows: pl.DataFrame, by: list[str], top_n: int) -> dict[str, list[str]]:
     for (value,), group in counts.group_by(by, maintain_order=True):
         out[str(value)] = group["entity_id"].head(top_n).to_list()
     return out
+
+
+def _by_category(responses: pl.DataFrame, catalogue: pl.DataFrame, top_n: int) -> dict[str, list[str]]:
+    """category -> the ``top_n`` entities of that category with the most responses (every canvas; ties by
+    id); every category of the catalogue gets a list, its entities without responses after the others."""
+    counts = responses.group_by("entity_id").len()
+    members = (
+        catalogue.select("entity_id", pl.col("categories").fill_null("").str.split("|").alias("category"))
+        .explode("category")
+        .filter(pl.col("category") != "")
+        .join(counts, on="entity_id", how="left")
+        .with_columns(pl.col("len").fill_null(0))
+    )
+    ranked = members.sort(["category", "len", "entity_id"], descending=[False, True, False])
+    return {
+        str(value): group["entity_id"].head(top_n).to_list()
+        for (value,), group in ranked.group_by("category", maintain_order=True)
+    }

@@ -506,7 +506,7 @@ def _train(
     # the candidate sources of the version being trained, fitted on the training period: built once, they
     # give the training rows their source inputs and every validation its candidates
     responses = prepared.responses("train")
-    popular = PopularLists.fit(responses, cfg)
+    popular = PopularLists.fit(responses, cfg, catalogue=prepared.catalogue)
     cooccurrence = fit_cooccurrence(cfg, responses, keep_own=True)
     sources = CandidateSources(cfg, index_catalogue(prepared.catalogue), cooccurrence, popular)
     # the training rows' proposals: what the ranker reads as source inputs, and where its negatives come from

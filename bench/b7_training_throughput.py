@@ -29,7 +29,8 @@ from monorec.data.prepared import prepare
 from monorec.data.world import WorldSpec, generate_world
 from monorec.models.model import build_model, model_kwargs
 from monorec.pipeline import default_config
-from monorec.train import TrainingData, TrainStep
+from monorec.train_step import TrainStep
+from monorec.training_data import TrainingData
 
 
 def bare_loop(model, data, config, epochs: int, seed: int) -> float:

@@ -244,7 +244,7 @@ def test_training_rows_read_cooccurrence_without_their_own_user(trained, prepare
     while validation rows read the full table, as serving does."""
     from monorec.data.features import Featurizer
     from monorec.retrieval.sources import fit_cooccurrence, index_catalogue
-    from monorec.train import TrainingData
+    from monorec.training_data import TrainingData
 
     config = trained.config
     responses = prepared.responses("train")

@@ -55,7 +55,8 @@ def test_embedding_tables_get_row_wise_sparse_updates(config, prepared):
     """Only rows used by a batch move: a dense optimizer would drift every row (Adam moments, decay)."""
     from monorec.data.features import Featurizer
     from monorec.models.model import build_model, model_kwargs
-    from monorec.train import TrainingData, TrainStep
+    from monorec.train_step import TrainStep
+    from monorec.training_data import TrainingData
 
     fz = Featurizer(config).fit(prepared.rows("train"), prepared.catalogue)
     model = build_model(model_kwargs(config, fz))
@@ -108,7 +109,8 @@ def test_id_dropout_trains_the_unknown_sentinel(config, prepared):
         cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1, id_dropout=p))
         from monorec.data.features import Featurizer
         from monorec.models.model import build_model, model_kwargs
-        from monorec.train import TrainingData, TrainStep
+        from monorec.train_step import TrainStep
+        from monorec.training_data import TrainingData
 
         fz = Featurizer(cfg).fit(prepared.rows("train"), prepared.catalogue)
         model = build_model(model_kwargs(cfg, fz))

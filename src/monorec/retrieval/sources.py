@@ -17,7 +17,6 @@ that as 0, the bottom of every scale).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,8 +92,11 @@ class CandidateSources:
         if source == "lexical":
             return self.lexical.search([self.query_of(canvas, r) for r in records], depth)
         if source == "cooccurrence":
-            found = self.cooccurrence.propose([self.seeds_of(canvas, r) for r in records], depth)
-            return [[(e, math.log1p(s)) for e, s in row] for row in found]
+            out_c: Proposals = [[] for _ in records]
+            vocab = self.cooccurrence.vocab
+            for r, row, score in zip(*self._cooccurrence(canvas, records, depth), strict=True):
+                out_c[int(r)].append((vocab[int(row)], float(score)))
+            return out_c
         if source == "popular":
             out: Proposals = []
             for r in records:
@@ -103,6 +105,19 @@ class CandidateSources:
                 out.append([(e, 1.0 - i / len(ids)) for i, e in enumerate(ids)])
             return out
         raise ValueError(f"unknown offline source {source!r} (known: {', '.join(OFFLINE_SOURCES)})")
+
+    def _cooccurrence(
+        self,
+        canvas: str,
+        records: Sequence[Mapping[str, Any]],
+        depth: int,
+        users: Sequence[str | None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(request (M,), vocab row (M,), score (M,)) of the co-occurrence source: ``log1p`` of the strength
+        from the requests' seeds (the one place that scale is defined)."""
+        seeds = self.cooccurrence.seed_rows([self.seeds_of(canvas, r) for r in records])
+        req, row, strength = self.cooccurrence.propose_rows(seeds, depth, users)
+        return req, row, np.log1p(strength)
 
     def proposals(
         self,
@@ -125,12 +140,10 @@ class CandidateSources:
             rows = [records[i] for i in members]
             at = np.asarray(members, dtype=np.int64)
             if "cooccurrence" in depths:
-                table = self.cooccurrence
-                vocab_position = np.array([position_of.get(e, -1) for e in table.vocab] + [-1], dtype=np.int64)
-                seeds = table.seed_rows([self.seeds_of(canvas, r) for r in rows])
+                vocab_position = np.array([position_of.get(e, -1) for e in self.cooccurrence.vocab], dtype=np.int64)
                 who = [users[i] for i in members] if users is not None else None
-                req, row, score = table.propose_rows(seeds, depths["cooccurrence"], who)
-                parts.append((at[req], vocab_position[row], SOURCE_NAMES.index("cooccurrence"), np.log1p(score)))
+                req, row, score = self._cooccurrence(canvas, rows, depths["cooccurrence"], who)
+                parts.append((at[req], vocab_position[row], SOURCE_NAMES.index("cooccurrence"), score))
             for source in ("lexical", "popular"):
                 if source not in depths:
                     continue

@@ -50,6 +50,7 @@ class Publisher:
         self.rng = random.Random(seed)
         self.stop = threading.Event()
         self.count = 0
+        self.titled: dict[int, str] = {}  # revision -> the entity an upsert at it titled "title rREVISION"
         self.thread = threading.Thread(target=self.run)
 
     def run(self) -> None:
@@ -66,9 +67,10 @@ class Publisher:
                     "entity_id": entity,
                     "revision": revision,
                     "entity_type": "movie",
-                    "title": f"title {revision}",
+                    "title": f"title r{revision}",
                     "categories": ["drama"],
                 }
+                self.titled[revision] = entity
             self.log.append([json.dumps(change)])
             self.count += 1
             time.sleep(0.003)
@@ -157,5 +159,11 @@ def run_case(  # type: ignore[no-untyped-def]
         for name in ("v0002", "v0001"):  # serving and standby both hold exactly the catalogue
             dep.loaders[name].catch_up()
             assert dep.versions[name].index.revisions() == expected, name
+            # the lexical index too: an entity's title is findable exactly while it is its latest one
+            lexical = dep.versions[name].sources.lexical
+            assert len(lexical) == len(expected), name
+            found = lexical.search([f"r{r}" for r in publisher.titled], 1)
+            for (revision, entity), hits in zip(publisher.titled.items(), found, strict=True):
+                assert [e for e, _ in hits] == ([entity] if expected.get(entity) == revision else []), (name, entity)
         assert len(dep.versions["v0002"].index) == dep.catalogue.count()
         assert not dep.control.dead_letters()

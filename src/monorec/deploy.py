@@ -7,7 +7,9 @@ the owner through the API)::
     control.sqlite      the control plane: each version's state, the serving pointers, dead letters
     catalogue.sqlite    the current catalogue, materialised from the change log (what bulk loads read)
     changes.sqlite      the embedded change log (unless a Redis stream is given)
-    indexes/vNNNN/      each version's last index checkpoint (checksummed; offset and bulk cursor inside)
+    indexes/vNNNN/      each version's last checkpoint: vector index, item features and lexical index
+                        (checksummed together; offset and bulk cursor inside)
+    lexical/vNNNN/      each live version's working lexical index (started from its checkpoint's copy)
 
 Deploying version N+1 under streaming:
 
@@ -36,6 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
@@ -46,6 +49,7 @@ from monorec.errors import ArtifactError, DeployError
 from monorec.index import create_index, load_index
 from monorec.ownership import FolderLock
 from monorec.registry import Registry
+from monorec.retrieval import LexicalIndex
 from monorec.stream.catalogue import CatalogueStore
 from monorec.stream.changes import Change
 from monorec.stream.loader import Loader
@@ -149,35 +153,36 @@ class Deployment:
     def _title(self, entity_id: str) -> str | None:
         return self.catalogue.titles([entity_id]).get(entity_id)
 
+    def _lexical_path(self, version: str) -> Path:
+        return self.root / "lexical" / version
+
     def _open_version(self, version: str, *, fresh: bool) -> tuple[ServingVersion, dict[str, Any]]:
-        """The version with its index: from its checkpoint, or a new empty index when ``fresh``."""
+        """The version with its index and lexical index: from its checkpoint, or new and empty when
+        ``fresh``. The lexical index works in its own folder, started from the checkpoint's copy (what was
+        written after the checkpoint is discarded: the log replays it from the checkpoint's offset).
+
+        Raises:
+            ArtifactError: the checkpoint is missing, corrupt, or its two indexes disagree.
+        """
         bundle = self.registry.load(version)
         spec = bundle.config.index
-        path = self._index_path(version)
+        path, lexical_path = self._index_path(version), self._lexical_path(version)
         if fresh:
             dim = int(bundle.model_kwargs["retrieval_dim"])
             index = create_index(spec, dim, name=version, root=self.root)
             features = ItemFeatures(ServingVersion.feature_width(bundle))
-            return ServingVersion(version, bundle, index, features, self._title), {}
+            shutil.rmtree(lexical_path, ignore_errors=True)
+            lexical = LexicalIndex(lexical_path)
+            return ServingVersion(version, bundle, index, features, self._title, lexical), {}
         index, manifest = load_index(path, spec=spec, name=version, root=self.root)
         features = ItemFeatures.load(path / "features.npz")
-        served = ServingVersion(version, bundle, index, features, self._title)
-        self.sync_catalogue()  # the store at least as recent as the checkpoint, see _fill_lexical
-        self._fill_lexical(served)
-        return served, manifest
-
-    def _fill_lexical(self, version: ServingVersion, batch: int = 5000) -> None:
-        """Rebuilds a version's lexical index (held in memory) for the entities its checkpoint holds, from
-        the catalogue store, synced to the log's head first: never behind the checkpoint (an entity the
-        checkpoint holds is then described), possibly ahead of it, which the log replayed from the
-        checkpoint's offset makes good (upserts and deletes are idempotent and applied in order)."""
-        ids = sorted(version.index.revisions())
-        for start in range(0, len(ids), batch):
-            info = self.catalogue.entities(ids[start : start + batch])
-            held = list(info.values())
-            version.sources.lexical.upsert(
-                [e.entity_id for e in held], [e.title for e in held], ["|".join(e.categories) for e in held]
+        lexical = LexicalIndex.restore(path / "lexical", lexical_path)
+        if len(lexical) != manifest["entities"]:
+            lexical.close()
+            raise ArtifactError(
+                f"{path}: the lexical index holds {len(lexical)} entities, the checkpoint {manifest['entities']}"
             )
+        return ServingVersion(version, bundle, index, features, self._title, lexical), manifest
 
     @staticmethod
     def _settle_gc(collect: bool = False) -> None:
@@ -340,6 +345,12 @@ class Deployment:
                     f"{version}: index holds {len(got)} entities, the catalogue {len(expected)} "
                     f"({missing} missing, {extra} extra, {stale} at another revision)"
                 )
+            lexical = sv.sources.lexical
+            if len(lexical) != len(expected) or not all(lexical.holds(e) for e in _sample(expected, 100)):
+                raise DeployError(
+                    f"{version}: the lexical index holds {len(lexical)} entities, the catalogue {len(expected)} "
+                    "(or misses some of them)"
+                )
             recall = canary_recall(sv)
             minimum = sv.bundle.config.deploy.canary_min_recall
             if recall < minimum:
@@ -417,6 +428,7 @@ class Deployment:
             with contextlib.suppress(KeyError):
                 self.log.drop(self._group(version))
             shutil.rmtree(self._index_path(version), ignore_errors=True)
+            shutil.rmtree(self._lexical_path(version), ignore_errors=True)
             self.control.set_state(version, "retired")
 
     # ------------------------------------------------------------------------------------- status
@@ -497,3 +509,11 @@ class Deployment:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _sample(ids: dict[str, int], n: int, seed: int = 0) -> list[str]:
+    """Up to ``n`` of the ids, a seeded choice (spot checks at validation)."""
+    keys = sorted(ids)
+    if len(keys) <= n:
+        return keys
+    return [keys[i] for i in np.random.default_rng(seed).choice(len(keys), n, replace=False)]

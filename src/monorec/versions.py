@@ -119,12 +119,15 @@ class ServingVersion:
         index: VectorIndex,
         features: ItemFeatures,
         titles: TitleLookup | None = None,
-        sources: CandidateSources | None = None,
+        lexical: LexicalIndex | None = None,
     ) -> None:
         self.name = name
-        # the lexical index is filled by load_rows/apply like the vector index (empty until the bulk load)
-        self.sources = sources or CandidateSources(
-            bundle.config, LexicalIndex(), bundle.cooccurrence or CooccurrenceTable.empty(), bundle.popular
+        # the lexical index (in memory unless given) is filled by load_rows/apply like the vector index
+        self.sources = CandidateSources(
+            bundle.config,
+            lexical if lexical is not None else LexicalIndex(),
+            bundle.cooccurrence or CooccurrenceTable.empty(),
+            bundle.popular,
         )
         self.titles = titles  # entity id -> title, for imputation rules such as related's query
         self.schema = bundle.schema  # derived from the config on each access: keep one
@@ -162,8 +165,14 @@ class ServingVersion:
     def load_rows(self, catalogue: pl.DataFrame, *, commit: bool = True) -> int:
         """Embeds and upserts catalogue rows (bulk load); returns how many were newer than the index.
         ``commit=False``: the lexical index sees them at the caller's next commit."""
-        if catalogue.height == 0:
+        # only what the index will take (newer revisions, the latest of each id in the page): a replayed or
+        # late change must not overwrite the features or the text of a newer revision. One loader writes a
+        # version, so nothing applies in between
+        keep = self.index.newer_rows(catalogue["entity_id"].to_list(), catalogue["revision"].to_numpy())
+        if not keep:
             return 0
+        if len(keep) < catalogue.height:
+            catalogue = catalogue[keep]
         rows, feats = self.embed(catalogue)
         self.features.put(rows.ids, feats)  # before the index: a searchable entity always has features
         cols = catalogue.select("title", "categories")

@@ -87,6 +87,11 @@ class VectorIndex(Protocol):
         """Removes entities (tombstones at ``revisions``); returns how many were removed."""
         ...
 
+    def newer_rows(self, ids: Sequence[str], revisions: np.ndarray) -> list[int]:
+        """Positions of the rows an upsert of them would apply now (see :meth:`RevisionBook.newer_rows`):
+        what the version's other stores (features, lexical index) take in step with the index."""
+        ...
+
     def search(self, queries: np.ndarray, k: int, where: EntityFilter | None = None) -> Hits:
         """Top-k entities by inner product for each of the (Q, D) queries, within the filter."""
         ...

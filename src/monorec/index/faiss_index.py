@@ -155,6 +155,10 @@ class FaissIndex:
             self._maybe_compact()
             return len(keep)
 
+    def newer_rows(self, ids: Sequence[str], revisions: np.ndarray) -> list[int]:
+        with self._lock:
+            return self.book.newer_rows(ids, revisions)
+
     def delete(self, ids: Sequence[str], revisions: Sequence[int]) -> int:
         removed = 0
         with self._lock:

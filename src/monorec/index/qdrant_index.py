@@ -88,6 +88,10 @@ class QdrantIndex:
                 self.book.record(rows.ids[i], int(rows.revisions[i]), deleted=False)
             return len(points)
 
+    def newer_rows(self, ids: Sequence[str], revisions: np.ndarray) -> list[int]:
+        with self._lock:
+            return self.book.newer_rows(ids, revisions)
+
     def delete(self, ids: Sequence[str], revisions: Sequence[int]) -> int:
         with self._lock:
             live_before = set(self.book.live())

@@ -9,15 +9,21 @@ becomes a disjunction of term queries.
 
 The index lives in memory or in a folder (``path``); writes are committed before ``upsert``/``delete``
 return (a search that starts afterwards sees them), unless the caller batches them and commits once.
+A deployed version's index lives in a working folder: :meth:`LexicalIndex.save` copies one consistent
+commit of it into the version's checkpoint (beside the vector index, under the same checksums), and
+:meth:`LexicalIndex.restore` starts a working folder from such a copy after a restart.
 """
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import tantivy
+
+from monorec.errors import ArtifactError
 
 __all__ = ["LexicalIndex"]
 
@@ -45,8 +51,9 @@ class LexicalIndex:
         for field in TEXT_FIELDS:
             builder.add_text_field(field, index_option="freq")  # BM25 needs term frequencies, not positions
         self.schema = builder.build()
-        if path is not None:
-            Path(path).mkdir(parents=True, exist_ok=True)
+        self.path = None if path is None else Path(path)
+        if self.path is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
         self.index = tantivy.Index(self.schema, path=None if path is None else str(path), reuse=True)
         self._analyzer = _analyzer()
         self._writer: tantivy.IndexWriter | None = None
@@ -100,6 +107,52 @@ class LexicalIndex:
 
     def __len__(self) -> int:
         return int(self.index.searcher().num_docs)
+
+    def holds(self, entity_id: str) -> bool:
+        """Whether a (committed) document has this id."""
+        query = tantivy.Query.term_query(self.schema, "entity_id", entity_id)
+        return bool(self.index.searcher().search(query, 1, count=False).hits)
+
+    def save(self, folder: str | Path) -> None:
+        """Copies the index into the new folder ``folder`` (a checkpoint): writes so far are committed and
+        background merges finish first, so the files copied are exactly one commit.
+
+        Raises:
+            ValueError: the index lives in memory (it has no files).
+        """
+        if self.path is None:
+            raise ValueError("an in-memory lexical index has no files to save")
+        with self._lock:
+            if self._writer is not None:
+                if self._dirty:
+                    self._writer.commit()
+                    self._dirty = False
+                # consumes the writer: no merge thread rewrites the folder while it is copied (the next
+                # write opens a new writer)
+                self._writer.wait_merging_threads()
+                self._writer = None
+            Path(folder).mkdir(parents=True)
+            for file in self.path.iterdir():
+                if file.is_file() and not file.name.endswith(".lock"):
+                    shutil.copy2(file, Path(folder) / file.name)
+        self.index.reload()
+
+    @classmethod
+    def restore(cls, saved: str | Path, path: str | Path) -> LexicalIndex:
+        """A working index in ``path`` (replacing what is there) started from a copy made by :meth:`save`.
+
+        Raises:
+            ArtifactError: ``saved`` holds no lexical index, or tantivy cannot open it.
+        """
+        saved, path = Path(saved), Path(path)
+        if not (saved / "meta.json").is_file():
+            raise ArtifactError(f"{saved}: lexical index missing")
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.copytree(saved, path)
+        try:
+            return cls(path)
+        except Exception as exc:  # tantivy reports a broken index as ValueError or OSError, by case
+            raise ArtifactError(f"{saved}: lexical index does not open: {exc}") from None
 
     def terms(self, text: str) -> list[str]:
         """The terms a query text is searched by (the documents' analyzer)."""

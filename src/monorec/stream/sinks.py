@@ -19,7 +19,8 @@ __all__ = ["CatalogueSink", "VersionSink"]
 
 
 class VersionSink:
-    """Applies changes to a version and checkpoints its index, features and bulk cursor together."""
+    """Applies changes to a version and checkpoints its index, features, lexical index and bulk cursor
+    together."""
 
     def __init__(self, version: ServingVersion, path: Path, config: ProjectConfig) -> None:
         self.version, self.path, self.config = version, path, config
@@ -46,8 +47,15 @@ class VersionSink:
                 self.path,
                 spec=self.config.index,
                 meta={"version": self.version.name, "offset": offset, "bulk_cursor": self.bulk_cursor},
-                attach=lambda folder: self.version.features.save(folder / "features.npz"),
+                attach=self._attach,
             )
+
+
+    def _attach(self, folder: Path) -> None:
+        """The version's other stores, in the checkpoint beside the index (applied to the same offset:
+        this loader's thread is the version's only writer)."""
+        self.version.features.save(folder / "features.npz")
+        self.version.sources.lexical.save(folder / "lexical")
 
 
 class CatalogueSink:

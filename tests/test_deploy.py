@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 from monorec.deploy import Deployment
 from monorec.errors import ChangeError, DeployError
 from monorec.registry import Registry
+from monorec.stream.changes import Change
 
 
 def upsert(entity_id: str, revision: int, title: str = "fresh title", kind: str = "movie") -> dict:
@@ -129,14 +132,24 @@ def test_restart_resumes_the_serving_version(tmp_path: Path, two_versions: Regis
         assert [i for i in before.ids if i != "late"][:3] == [i for i in after.ids if i != "late"][:3]
 
 
-def test_a_corrupt_index_fails_validation_and_never_serves(deployment: Deployment) -> None:
+@pytest.mark.parametrize(
+    ("damage", "error"),
+    [("vectors.faiss", "checksum"), ("lexical/meta.json", "checksum"), ("no lexical", "lexical index missing")],
+)
+def test_a_corrupt_index_fails_validation_and_never_serves(deployment: Deployment, damage: str, error: str) -> None:
     deployment.deploy("v0001")
     deployment.stage("v0002")
-    deployment.versions.pop("v0002")  # as after a restart: the switch reloads it from disk
+    deployment.versions.pop("v0002").close()  # as after a restart: the switch reloads it from disk
     deployment.loaders.pop("v0002")
-    victim = deployment.root / "indexes" / "v0002" / "vectors.faiss"
-    victim.write_bytes(b"not an index")
-    with pytest.raises(DeployError, match="checksum"):
+    checkpoint = deployment.root / "indexes" / "v0002"
+    if damage == "no lexical":  # e.g. a checkpoint written without one: consistent, but incomplete
+        shutil.rmtree(checkpoint / "lexical")
+        manifest = json.loads((checkpoint / "manifest.json").read_text())
+        manifest["files"] = {f: h for f, h in manifest["files"].items() if not f.startswith("lexical/")}
+        (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        (checkpoint / damage).write_bytes(b"not an index")
+    with pytest.raises(DeployError, match=error):
         deployment.switch("v0002")
     assert deployment.control.get("v0002").state == "failed"
     with deployment.router.pin() as version:
@@ -201,3 +214,18 @@ def test_lexical_source_follows_the_stream_and_a_restart(tmp_path: Path, two_ver
         dep.publish([{"op": "delete", "entity_id": "zyx-1", "revision": 9}])
         wait_for(lambda: lexical(sv, "zyx") == {"zyx-2"})
         assert "zyx-1" not in sv.recommend("search", {"query": "zyx"}, k=50).ids
+
+
+def test_a_stale_replay_changes_neither_features_nor_text(deployment: Deployment) -> None:
+    # the index refuses an older revision; the version's features and lexical index must refuse it too
+    deployment.deploy("v0001")
+    sv = deployment.versions["v0001"]
+    deployment.publish([upsert("twice", 7, title="Qwv Newer")])
+    wait_for(lambda: "twice" in sv.index.revisions())
+    features = sv.features.get(["twice"]).copy()
+
+    assert sv.apply([Change("upsert", "twice", 3, "movie", title="Pxq Older", categories=("comedy",))]) == 0
+    assert sv.index.revisions()["twice"] == 7
+    assert (sv.features.get(["twice"]) == features).all()
+    assert sv.sources.lexical.search(["pxq"], 5) == [[]]
+    assert [e for e, _ in sv.sources.lexical.search(["qwv"], 5)[0]] == ["twice"]

@@ -50,7 +50,6 @@ class VersionSink:
                 attach=self._attach,
             )
 
-
     def _attach(self, folder: Path) -> None:
         """The version's other stores, in the checkpoint beside the index (applied to the same offset:
         this loader's thread is the version's only writer)."""

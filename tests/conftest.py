@@ -87,6 +87,22 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory, config: ProjectConfig
     return registry
 
 
+@pytest.fixture(scope="session")
+def qdrant_versions(tmp_path_factory: pytest.TempPathFactory, two_versions):  # type: ignore[no-untyped-def]
+    """``two_versions`` configured for Qdrant: a collection per version (qdrant-client's local mode) holding
+    the dense vectors and the lexical index's sparse ones."""
+    from monorec.config import IndexSpec
+    from monorec.registry import Registry
+
+    registry = Registry(tmp_path_factory.mktemp("qdrant-registry"))
+    for name in ("v0001", "v0002"):
+        bundle = two_versions.load(name)
+        index = IndexSpec(kind="qdrant", lexical="qdrant")
+        bundle = dataclasses.replace(bundle, config=dataclasses.replace(bundle.config, index=index))
+        registry.publish(bundle, {"canvases": {}}, force=True)
+    return registry
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     """Under ``make test`` (MONOREC_NO_SKIPS=1) a skipped test is a failure: everything a test needs is

@@ -159,19 +159,13 @@ def test_a_corrupt_index_fails_validation_and_never_serves(deployment: Deploymen
 
 
 def test_a_qdrant_backed_deployment_streams_switches_and_retires(
-    tmp_path: Path, two_versions: Registry, prepared
+    tmp_path: Path, qdrant_versions: Registry, prepared
 ) -> None:  # type: ignore[no-untyped-def]
-    """The same lifecycle with one Qdrant collection per version (qdrant-client's local mode)."""
-    import dataclasses
-
-    from monorec.config import IndexSpec
+    """The same lifecycle with one Qdrant collection per version (qdrant-client's local mode), the lexical
+    index as sparse vectors in it."""
     from monorec.index.qdrant_index import qdrant_client_for
 
-    registry = Registry(tmp_path / "registry")
-    for name in ("v0001", "v0002"):
-        bundle = two_versions.load(name)
-        bundle = dataclasses.replace(bundle, config=dataclasses.replace(bundle.config, index=IndexSpec(kind="qdrant")))
-        registry.publish(bundle, {"canvases": {}}, force=True)
+    registry = qdrant_versions
     with Deployment(tmp_path / "dep", registry) as dep:
         dep.seed_catalogue(prepared.catalogue)
         dep.deploy("v0001")
@@ -185,6 +179,10 @@ def test_a_qdrant_backed_deployment_streams_switches_and_retires(
         for name in ("v0001", "v0002"):
             wait_for(lambda name=name: dep.versions[name].index.revisions() == expected)
             assert len(dep.versions[name].index) == len(expected)
+            lexical = dep.versions[name].sources.lexical
+            assert type(lexical).__name__ == "QdrantLexical" and len(lexical) == len(expected)
+            assert "q-new" in {e for e, _ in lexical.search(["fresh title"], 5)[0]}
+            assert not lexical.holds("m00001")
         with dep.router.pin() as version:
             answer = version.recommend("browse", {"category": "drama"}, k=5)
         assert answer.version == "v0002" and len(answer.ids) == 5

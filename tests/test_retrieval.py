@@ -1,4 +1,5 @@
-"""Candidate sources: the lexical index (tantivy), the co-occurrence table, and their union in evaluation."""
+"""Candidate sources: the co-occurrence table, popular lists, and their union in evaluation (the lexical
+index: tests/test_lexical.py)."""
 
 import dataclasses
 from collections import Counter, defaultdict
@@ -14,56 +15,7 @@ from monorec.evaluation.evaluate import request_sets
 from monorec.evaluation.recommenders import ModelRecommender
 from monorec.pipeline import default_config
 from monorec.popular import PopularLists
-from monorec.retrieval import CandidateSources, CooccurrenceTable, LexicalIndex
-
-TITLES = {
-    "a": ("Robot Nebula Of", "scifi"),
-    "b": ("Space Robot", "scifi|kids"),
-    "c": ("Laugh Party", "comedy"),
-    "d": ("The Robot Robot", "comedy"),
-}
-
-
-def _index(path=None) -> LexicalIndex:
-    index = LexicalIndex(path)
-    ids = list(TITLES)
-    index.upsert(ids, [TITLES[i][0] for i in ids], [TITLES[i][1] for i in ids])
-    return index
-
-
-def test_lexical_search_ranks_by_bm25_and_matches_case_insensitively():
-    index = _index()
-    hits = index.search(["space ROBOT"], 10)[0]
-    assert hits[0][0] == "b"  # both terms
-    assert {e for e, _ in hits} == {"a", "b", "d"}  # every title with "robot", nothing else
-    assert all(s > 0 for _, s in hits) and [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
-    assert index.search(["comedy"], 10)[0][0][0] in {"c", "d"}  # categories are searched too
-    assert index.search(["zzz", "", None], 10) == [[], [], []]
-
-
-def test_a_query_is_never_parsed_as_query_syntax():
-    index = _index()
-    for text in ["title:robot", "-robot AND (", 'robot" OR *', "entity_id:a"]:
-        found = {e for e, _ in index.search([text], 10)[0]}
-        assert found <= {"a", "b", "d"}  # words are terms; "-", ":", "(" are not operators
-
-
-def test_upsert_replaces_and_delete_removes():
-    index = _index()
-    index.upsert(["b"], ["Ocean Dream"], [""])
-    assert "b" not in {e for e, _ in index.search(["robot"], 10)[0]}
-    assert index.search(["ocean"], 10)[0][0][0] == "b"
-    assert len(index) == 4  # replaced, not added twice
-    index.delete(["a", "unknown"])
-    assert {e for e, _ in index.search(["robot"], 10)[0]} == {"d"}
-    assert len(index) == 3
-
-
-def test_an_on_disk_index_reopens_with_its_documents(tmp_path):
-    index = _index(tmp_path / "lexical")
-    index.close()
-    reopened = LexicalIndex(tmp_path / "lexical")
-    assert len(reopened) == 4 and reopened.search(["nebula"], 5)[0][0][0] == "a"
+from monorec.retrieval import CandidateSources, CooccurrenceTable
 
 
 def _responses(rows):

@@ -228,6 +228,9 @@ class IndexSpec:
     exact_below: int = 20000
     compact_above: float = 0.25  # rebuild the graph when this share of its rows are deleted or overwritten
     qdrant_url: str = ""  # "" : qdrant-client's local mode in the deployment folder; else a server URL
+    # each version's lexical index: "tantivy" (a folder per version) or "qdrant" (BM25 sparse vectors in
+    # the version's collection, beside the dense ones: needs kind = "qdrant"); see monorec.retrieval
+    lexical: Literal["tantivy", "qdrant"] = "tantivy"
 
 
 @dataclass(frozen=True)
@@ -500,6 +503,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
             p.add(f"index.{key}", "must be >= 1")
     if not 0 < idx.compact_above <= 1:
         p.add("index.compact_above", "must be in (0, 1]")
+    if idx.lexical == "qdrant" and idx.kind != "qdrant":
+        p.add("index.lexical", 'sparse vectors live in the version\'s Qdrant collection: needs kind = "qdrant"')
     dep = sections["deploy"]
     for key in ("batch_size", "checkpoint_batches", "loader_batch"):
         if getattr(dep, key) < 1:

@@ -46,10 +46,10 @@ from monorec._failpoints import failpoint
 from monorec.artifacts import read_json, recover_dirs, verify_manifest
 from monorec.control_plane import LIVE_STATES, ControlPlane, Deployed
 from monorec.errors import ArtifactError, DeployError
-from monorec.index import create_index, load_index
+from monorec.index import create_index, load_index, release_local_indexes
 from monorec.ownership import FolderLock
 from monorec.registry import Registry
-from monorec.retrieval import LexicalIndex
+from monorec.retrieval.lexical_backends import create_lexical, load_lexical
 from monorec.stream.catalogue import CatalogueStore
 from monorec.stream.changes import Change
 from monorec.stream.loader import Loader
@@ -158,8 +158,7 @@ class Deployment:
 
     def _open_version(self, version: str, *, fresh: bool) -> tuple[ServingVersion, dict[str, Any]]:
         """The version with its index and lexical index: from its checkpoint, or new and empty when
-        ``fresh``. The lexical index works in its own folder, started from the checkpoint's copy (what was
-        written after the checkpoint is discarded: the log replays it from the checkpoint's offset).
+        ``fresh`` (see :mod:`monorec.retrieval.lexical_backends` for the lexical index).
 
         Raises:
             ArtifactError: the checkpoint is missing, corrupt, or its two indexes disagree.
@@ -171,17 +170,11 @@ class Deployment:
             dim = int(bundle.model_kwargs["retrieval_dim"])
             index = create_index(spec, dim, name=version, root=self.root)
             features = ItemFeatures(ServingVersion.feature_width(bundle))
-            shutil.rmtree(lexical_path, ignore_errors=True)
-            lexical = LexicalIndex(lexical_path)
+            lexical = create_lexical(spec, index, lexical_path, self.catalogue.page("", 10_000))
             return ServingVersion(version, bundle, index, features, self._title, lexical), {}
         index, manifest = load_index(path, spec=spec, name=version, root=self.root)
         features = ItemFeatures.load(path / "features.npz")
-        lexical = LexicalIndex.restore(path / "lexical", lexical_path)
-        if len(lexical) != manifest["entities"]:
-            lexical.close()
-            raise ArtifactError(
-                f"{path}: the lexical index holds {len(lexical)} entities, the checkpoint {manifest['entities']}"
-            )
+        lexical = load_lexical(spec, path / "lexical", index, lexical_path, int(manifest["entities"]))
         return ServingVersion(version, bundle, index, features, self._title, lexical), manifest
 
     @staticmethod
@@ -502,6 +495,7 @@ class Deployment:
         self.loaders.clear()
         self.versions.clear()
         self.log.close()
+        release_local_indexes(self.root)
         self._owner.release()
 
     def __enter__(self) -> Deployment:

@@ -30,6 +30,7 @@ from monorec.config import SOURCE_NAMES
 from monorec.errors import ArtifactError, DeployError
 from monorec.index import EntityFilter, EntityRows, VectorIndex
 from monorec.retrieval import OFFLINE_SOURCES, CandidateSources, CooccurrenceTable, LexicalIndex
+from monorec.retrieval.lexical import LexicalSource
 from monorec.schema import TitleLookup
 from monorec.stream.changes import Change, changes_frame
 
@@ -119,7 +120,7 @@ class ServingVersion:
         index: VectorIndex,
         features: ItemFeatures,
         titles: TitleLookup | None = None,
-        lexical: LexicalIndex | None = None,
+        lexical: LexicalSource | None = None,
     ) -> None:
         self.name = name
         # the lexical index (in memory unless given) is filled by load_rows/apply like the vector index
@@ -175,9 +176,11 @@ class ServingVersion:
             catalogue = catalogue[keep]
         rows, feats = self.embed(catalogue)
         self.features.put(rows.ids, feats)  # before the index: a searchable entity always has features
+        applied = self.index.upsert(rows)
+        # after the index: with Qdrant the lexical document is a sparse vector of the point the index writes
         cols = catalogue.select("title", "categories")
         self.sources.lexical.upsert(rows.ids, cols["title"].to_list(), cols["categories"].to_list(), commit=commit)
-        return self.index.upsert(rows)
+        return applied
 
     def apply(self, changes: Sequence[Change]) -> int:
         """Applies validated changes in order (upserts embedded with this version's item tower)."""
@@ -227,8 +230,7 @@ class ServingVersion:
 
     def indexed(self, ids: Sequence[str]) -> list[str]:
         """The given ids the index holds now, probed one by one: for the rare path where a look-up of
-        several failed (an entity deleted meanwhile, or features that a stale replay stored and the index
-        refused)."""
+        several failed (an entity deleted meanwhile)."""
         out = []
         for entity_id in ids:
             try:
@@ -316,7 +318,7 @@ class ServingVersion:
             try:
                 item_feats, item_emb = self.candidate_rows(ids)
                 break
-            except KeyError:  # deleted meanwhile, or features of a stale replay the index refused
+            except KeyError:  # deleted meanwhile
                 held = set(self.indexed(list(extra)))
                 extra = {e: v for e, v in extra.items() if e in held}
                 continue

@@ -9,6 +9,7 @@ Backends: :class:`~monorec.index.faiss_index.FaissIndex` (exact or HNSW, in proc
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,16 @@ from monorec.errors import ArtifactError
 from monorec.index.base import EntityFilter, EntityRows, Hits, VectorIndex
 from monorec.index.faiss_index import FaissIndex
 
-__all__ = ["EntityFilter", "EntityRows", "Hits", "VectorIndex", "create_index", "load_index", "save_index"]
+__all__ = [
+    "EntityFilter",
+    "EntityRows",
+    "Hits",
+    "VectorIndex",
+    "create_index",
+    "load_index",
+    "release_local_indexes",
+    "save_index",
+]
 
 
 def _faiss_params(spec: IndexSpec) -> dict[str, Any]:
@@ -33,7 +43,7 @@ def _faiss_params(spec: IndexSpec) -> dict[str, Any]:
 
 
 def _qdrant_location(spec: IndexSpec, root: Path) -> str:
-    return spec.qdrant_url or str(root / "qdrant")
+    return spec.qdrant_url or str(root / "qdrant")  # see release_local_indexes
 
 
 def create_index(spec: IndexSpec, dim: int, *, name: str, root: str | Path) -> VectorIndex:
@@ -85,3 +95,12 @@ def load_index(path: str | Path, *, spec: IndexSpec, name: str, root: str | Path
     if len(index) != manifest["entities"] and spec.kind != "qdrant":
         raise ArtifactError(f"{path}: holds {len(index)} entities, its manifest says {manifest['entities']}")
     return index, manifest
+
+
+def release_local_indexes(root: str | Path) -> None:
+    """Frees what this process holds of the indexes kept under ``root`` (Qdrant's local-mode folder: one
+    process at a time may open it), so that the next owner of the folder can."""
+    if "monorec.index.qdrant_index" in sys.modules:  # never imports qdrant-client for a faiss deployment
+        from monorec.index.qdrant_index import close_qdrant_client
+
+        close_qdrant_client(str(Path(root) / "qdrant"))

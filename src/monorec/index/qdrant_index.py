@@ -22,7 +22,9 @@ from qdrant_client import models as qm
 from monorec.errors import ArtifactError
 from monorec.index.base import EntityFilter, EntityRows, Hits, RevisionBook, empty_hits
 
-__all__ = ["QdrantIndex", "close_qdrant_clients", "qdrant_client_for"]
+SPARSE_VECTOR = "lexical"  # the name of the points' sparse vector (monorec.retrieval.qdrant_lexical)
+
+__all__ = ["QdrantIndex", "close_qdrant_client", "close_qdrant_clients", "qdrant_client_for"]
 
 _CLIENTS: dict[str, QdrantClient] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -35,6 +37,15 @@ def qdrant_client_for(location: str) -> QdrantClient:
             is_url = location.startswith(("http://", "https://"))
             _CLIENTS[location] = QdrantClient(url=location) if is_url else QdrantClient(path=location)
         return _CLIENTS[location]
+
+
+def close_qdrant_client(location: str) -> None:
+    """Closes this process's client of ``location`` if it has one (local mode: frees the folder for another
+    process; a later :func:`qdrant_client_for` opens a new client)."""
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.pop(location, None)
+    if client is not None:
+        client.close()
 
 
 @atexit.register
@@ -62,8 +73,16 @@ class QdrantIndex:
         self._lock = threading.Lock()
         if create and not self.client.collection_exists(collection):
             self.client.create_collection(
-                collection, vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.DOT)
+                collection,
+                vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.DOT),
+                # room for the version's lexical documents (monorec.retrieval.qdrant_lexical), used or not
+                sparse_vectors_config={SPARSE_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
             )
+
+    @staticmethod
+    def point_id(entity_id: str) -> str:
+        """The id of the entity's point."""
+        return _point_id(entity_id)
 
     def upsert(self, rows: EntityRows) -> int:
         with self._lock:
@@ -132,7 +151,8 @@ class QdrantIndex:
             return self.book.live()
 
     def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
-        points = self.client.retrieve(self.collection, ids=[_point_id(i) for i in ids], with_vectors=True)
+        # the dense vector only (the unnamed one; a point may also carry the lexical sparse vector)
+        points = self.client.retrieve(self.collection, ids=[_point_id(i) for i in ids], with_vectors=[""])
         by_id = {(p.payload or {})["entity_id"]: p.vector for p in points}
         return np.array([by_id[i] for i in ids], dtype=np.float32).reshape(len(ids), self.dim)
 

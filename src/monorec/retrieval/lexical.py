@@ -20,18 +20,19 @@ import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import tantivy
 
 from monorec.errors import ArtifactError
 
-__all__ = ["LexicalIndex"]
+__all__ = ["TEXT_FIELDS", "LexicalIndex", "LexicalSource", "analyzer"]
 
 TEXT_FIELDS = ("title", "categories")
 _WRITER_HEAP = 32_000_000  # bytes of indexing buffer (tantivy's minimum per thread is 15 MB)
 
 
-def _analyzer() -> tantivy.TextAnalyzer:
+def analyzer() -> tantivy.TextAnalyzer:
     """The analyzer of tantivy's "default" tokenizer (what the text fields use): split on
     non-alphanumerics, drop tokens over 40 bytes, lowercase."""
     return (
@@ -40,6 +41,37 @@ def _analyzer() -> tantivy.TextAnalyzer:
         .filter(tantivy.Filter.lowercase())
         .build()
     )
+
+
+class LexicalSource(Protocol):
+    """What a version needs from its lexical index: tantivy's :class:`LexicalIndex` (embedded) or
+    :class:`~monorec.retrieval.qdrant_lexical.QdrantLexical` (sparse vectors in the version's Qdrant
+    collection)."""
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        titles: Sequence[str | None],
+        categories: Sequence[str | None],
+        *,
+        commit: bool = True,
+    ) -> None: ...
+
+    def delete(self, ids: Sequence[str], *, commit: bool = True) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def holds(self, entity_id: str) -> bool: ...
+
+    def terms(self, text: str) -> list[str]: ...
+
+    def search(self, texts: Sequence[str | None], depth: int) -> list[list[tuple[str, float]]]: ...
+
+    def save(self, folder: str | Path) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class LexicalIndex:
@@ -55,7 +87,7 @@ class LexicalIndex:
         if self.path is not None:
             self.path.mkdir(parents=True, exist_ok=True)
         self.index = tantivy.Index(self.schema, path=None if path is None else str(path), reuse=True)
-        self._analyzer = _analyzer()
+        self._analyzer = analyzer()
         self._writer: tantivy.IndexWriter | None = None
         self._dirty = False  # written, not yet committed
         self._lock = threading.Lock()  # one writer; searches never wait for it

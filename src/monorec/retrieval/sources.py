@@ -27,7 +27,7 @@ import polars as pl
 from monorec.config import SOURCE_NAMES, ProjectConfig
 from monorec.popular import PopularLists
 from monorec.retrieval.cooccurrence import CooccurrenceTable
-from monorec.retrieval.lexical import LexicalIndex
+from monorec.retrieval.lexical import LexicalIndex, LexicalSource
 from monorec.retrieval.proposals import SourceProposals
 
 __all__ = ["OFFLINE_SOURCES", "CandidateSources", "Proposals"]
@@ -44,7 +44,7 @@ class CandidateSources:
     def __init__(
         self,
         config: ProjectConfig,
-        lexical: LexicalIndex,
+        lexical: LexicalSource,
         cooccurrence: CooccurrenceTable,
         popular: PopularLists,
     ) -> None:

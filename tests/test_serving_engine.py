@@ -69,20 +69,30 @@ def test_every_canvas_answers_with_scores_predictions_and_the_version(dep: Deplo
             assert all(item.sources and set(item.sources) <= set(r.sources) for item in r.items)
 
 
-def test_a_failing_source_is_skipped_and_the_answer_says_so(dep: Deployment, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("fault", ["fails", "late"])
+def test_a_failing_or_late_source_is_skipped_and_the_answer_says_so(dep: Deployment, monkeypatch, fault: str) -> None:  # type: ignore[no-untyped-def]
     version = dep.versions["v0001"]
     real = version.sources.propose
+    release = threading.Event()
 
     def broken(source, canvas, records, depth):  # type: ignore[no-untyped-def]
         if source == "lexical":
-            raise RuntimeError("lexical index unavailable")
+            if fault == "fails":
+                raise RuntimeError("lexical index unavailable")
+            release.wait(5.0)  # e.g. a remote engine that stalls
         return real(source, canvas, records, depth)
 
     monkeypatch.setattr(version.sources, "propose", broken)
-    with engine_for(dep) as engine:
+    declared = version.bundle.config.canvas("search").sources
+    with engine_for(dep, source_timeout_ms=50.0, latency_budget_ms=3000.0) as engine:
+        started = time.monotonic()
         r = engine.recommend(req("search", {"query": "space wedding"}, k=5))
-    assert r.source == "model" and r.sources == ["embedding"] and len(r.items) == 5
-    assert all(item.sources == ["embedding"] for item in r.items)
+        waited = time.monotonic() - started
+        release.set()
+    assert r.source == "model" and r.fallback is None and len(r.items) == 5
+    assert r.sources == [s for s in SOURCE_NAMES if s in declared and s != "lexical"]
+    assert all(item.sources and "lexical" not in item.sources for item in r.items)
+    assert waited < 2.0  # the late source was not waited for (it would have taken 5 s)
 
 
 def test_unknown_ids_in_the_context_are_cold_start_not_errors(dep: Deployment) -> None:

@@ -68,6 +68,9 @@ class EnvironmentSpec:
     max_batch: int = 1  # concurrent requests scored together (1: no micro-batching)
     max_wait_ms: float = 1.0  # how long a batch waits to fill up
     retrieval_depth: int = 100  # candidates retrieved and ranked before rules cut to k
+    # each offline candidate source (lexical, co-occurrence, popular) answers a batch within this, or the
+    # requests go on without it (their answers' ``sources`` omit it; the request's own deadline still holds)
+    source_timeout_ms: float = 20.0
     fallback: Fallback = "popular"  # when the model path misses its deadline or fails
     max_k: int = 100
     max_batch_requests: int = 64  # requests in one call of the batch endpoint
@@ -125,8 +128,9 @@ def parse_environments(raw: Any, canvas_fields: dict[str, tuple[str, ...]], p: P
         for key in ("worker_threads", "max_batch", "retrieval_depth", "max_k", "max_batch_requests", "cache_size"):
             if getattr(env, key) < 1:
                 p.add(f"{where}.{key}", "must be >= 1")
-        if env.latency_budget_ms <= 0:
-            p.add(f"{where}.latency_budget_ms", "must be > 0")
+        for key in ("latency_budget_ms", "source_timeout_ms"):
+            if getattr(env, key) <= 0:
+                p.add(f"{where}.{key}", "must be > 0")
         if env.retrieval_depth < env.max_k:
             p.add(f"{where}.retrieval_depth", f"must be >= max_k ({env.max_k}): rules need candidates to cut from")
         for key in ("cache_ttl_s", "max_wait_ms", "refresh_s"):

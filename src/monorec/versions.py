@@ -15,6 +15,8 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,28 +260,61 @@ class ServingVersion:
         logits = self.bundle.model.rank(ctx_feats, ctx_emb, item_feats, item_emb, task, scores)
         return self.bundle.model.blend_scores(logits, task, scores), logits
 
-    def propose(self, canvas: str, records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, list[float]]], list[str]]:
+    def propose(
+        self, canvas: str, records: Sequence[dict[str, Any]], timeout_s: float | None = None
+    ) -> tuple[list[dict[str, list[float]]], list[str]]:
         """Per normalized record: entity id -> its (S,) source scores from the canvas's offline sources
         (lexical, co-occurrence, popular; column 0 stays 0), only entities this version holds; and the
-        sources that answered. A source that fails is skipped (logged): the others still propose."""
+        sources that answered. A source that fails, or (with ``timeout_s``: the sources then run side by
+        side) has not answered within ``timeout_s``, is skipped (logged): the others still propose."""
         depths = self.bundle.config.canvas(canvas).sources
+        wanted = [s for s in OFFLINE_SOURCES if s in depths]
         out: list[dict[str, list[float]]] = [{} for _ in records]
         answered = []
-        for source in OFFLINE_SOURCES:
-            if source not in depths:
-                continue
-            column = SOURCE_NAMES.index(source)
-            try:
-                found = self.sources.propose(source, canvas, records, depths[source])
-            except Exception as exc:  # one broken source never costs the request its other candidates
-                log.warning("%s: candidate source %s failed, skipped: %r", self.name, source, exc)
+        for source, found in zip(wanted, self._run_sources(wanted, canvas, records, depths, timeout_s), strict=True):
+            if isinstance(found, BaseException):  # one broken or late source never costs the others
+                log.warning("%s: candidate source %s skipped: %r", self.name, source, found)
                 continue
             answered.append(source)
+            column = SOURCE_NAMES.index(source)
             for r, row in enumerate(found):
                 for entity_id, score in row:
                     out[r].setdefault(entity_id, [0.0] * len(SOURCE_NAMES))[column] = score
         held = set(self.known([e for found in out for e in found]))
         return [{e: v for e, v in found.items() if e in held} for found in out], answered
+
+    def _run_sources(
+        self,
+        sources: Sequence[str],
+        canvas: str,
+        records: Sequence[dict[str, Any]],
+        depths: dict[str, int],
+        timeout_s: float | None,
+    ) -> list[list[list[tuple[str, float]]] | BaseException]:
+        """Each source's proposals, or the exception it raised (TimeoutError: late)."""
+
+        def one(source: str) -> list[list[tuple[str, float]]]:
+            return self.sources.propose(source, canvas, records, depths[source])
+
+        results: list[list[list[tuple[str, float]]] | BaseException] = []
+        if timeout_s is None:
+            for source in sources:
+                try:
+                    results.append(one(source))
+                except Exception as exc:
+                    results.append(exc)
+            return results
+        futures = [_source_pool().submit(one, source) for source in sources]
+        deadline = time.monotonic() + timeout_s
+        for future in futures:
+            try:
+                results.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+            except FutureTimeout:
+                future.cancel()  # a late source may still finish; its answer is dropped
+                results.append(TimeoutError(f"no answer within {timeout_s * 1000:.0f} ms"))
+            except Exception as exc:
+                results.append(exc)
+        return results
 
     def predictions(self, logits: torch.Tensor, canvas: str) -> dict[str, np.ndarray]:
         """(N, O) logits -> each of the canvas's objectives in its own unit: a probability for binary
@@ -343,6 +378,20 @@ class ServingVersion:
     def close(self) -> None:
         self.index.close()
         self.sources.close()
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _source_pool() -> ThreadPoolExecutor:
+    """The threads the offline sources of timed requests run on (one process-wide pool, created on first
+    use; a source that hangs holds one of them, and later requests skip it as late)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=2 * len(OFFLINE_SOURCES), thread_name_prefix="monorec-source")
+        return _POOL
 
 
 class VersionRouter:

@@ -343,7 +343,8 @@ class ServingEngine:
         out: dict[int, dict[str, list[float]]] = {}
         answered: dict[int, list[str]] = {}
         for canvas, members in by_canvas.items():
-            proposals, names = version.propose(canvas, [works[i].record for i in members])
+            timeout_s = self.env.source_timeout_ms / 1000
+            proposals, names = version.propose(canvas, [works[i].record for i in members], timeout_s)
             for i, found in zip(members, proposals, strict=True):
                 w = works[i]
                 found = {e: v for e, v in found.items() if e not in w.excluded}

@@ -2,7 +2,9 @@
 next to a bare FastAPI echo endpoint with the same request and response schema, measured in the same run
 with the same uvicorn settings (uvloop + httptools). The load comes from a separate process on loopback
 (``bench/_load.py``: closed loop, keep-alive connections). Target: p99 <= 20 ms on 2 cores; ours minus echo
-is reported.
+is reported. Then the cost of each candidate source of each canvas, in process on the serving version, for
+the same seeded requests: the embedding source (context tower + index search) and each offline source
+(lexical, co-occurrence, popular) called alone, one request at a time.
 
     python bench/b3_latency.py --out b3.json [--items 100000 --seconds 10] [--quick]
 """
@@ -10,13 +12,17 @@ is reported.
 from __future__ import annotations
 
 import argparse
+import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
 from _http import BENCH_ENV, bench_deployment, echo_app, load, monorec_app, percentiles, served
+from _load import request_body
+from monorec.deploy import Deployment
 
 CANVASES = ("home", "related", "search", "browse")
 CONCURRENCY = (1, 16)
@@ -36,6 +42,32 @@ def measure(port: int, items: int, seconds: float) -> dict[str, Any]:
     return out
 
 
+def source_costs(dep: Deployment, items: int, requests: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Canvas -> source -> latency percentiles (ms) of that source alone, over ``requests`` requests."""
+    version = dep.versions["v0001"]
+    depth = BENCH_ENV.retrieval_depth
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for canvas in CANVASES:
+        rng = random.Random(0)
+        records = [
+            version.schema.normalize(canvas, request_body(canvas, rng, items, "x")["context"], version.titles)
+            for _ in range(requests)
+        ]
+        declared = version.bundle.config.canvas(canvas).sources
+        times: dict[str, list[float]] = {source: [] for source in declared}
+        for record in records:
+            for source, source_depth in declared.items():
+                started = time.perf_counter()
+                if source == "embedding":
+                    _, emb = version.encode_records([record])
+                    version.index.search(emb.numpy(), depth)
+                else:
+                    version.sources.propose(source, canvas, [record], source_depth)
+                times[source].append((time.perf_counter() - started) * 1000)
+        out[canvas] = {source: percentiles(t) for source, t in times.items()}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", required=True)
@@ -49,6 +81,7 @@ def main() -> None:
             echo = measure(port, items, seconds)
         with served(monorec_app(dep, root, registry)) as port:
             ours = measure(port, items, seconds)
+        costs = source_costs(dep, items, 200 if args.quick else 1000)
     rows = {
         cell: {
             "ours_p50_ms": ours[cell]["p50"],
@@ -68,6 +101,9 @@ def main() -> None:
             f"{cell:>12}: ours p50 {r['ours_p50_ms']:6.2f} p99 {r['ours_p99_ms']:6.2f} ms | echo p50 "
             f"{r['echo_p50_ms']:5.2f} p99 {r['echo_p99_ms']:5.2f} ms | {r['ours_rps']:6.0f} req/s"
         )
+    for canvas, by_source in costs.items():
+        cells = ", ".join(f"{s} p50 {c['p50']:.2f} p99 {c['p99']:.2f} ms" for s, c in by_source.items())
+        print(f"{canvas:>8} sources: {cells}")
     write_record(
         args.out,
         {
@@ -80,6 +116,7 @@ def main() -> None:
             "worst_p99_ms": worst,
             "target_p99_ms": 20.0,
             "met": worst <= 20.0,
+            "source_costs_ms": costs,
             "raw": {"ours": ours, "echo": echo},
         },
     )

@@ -83,6 +83,7 @@ def test_a_failing_or_late_source_is_skipped_and_the_answer_says_so(dep: Deploym
         return real(source, canvas, records, depth)
 
     monkeypatch.setattr(version.sources, "propose", broken)
+    monkeypatch.setattr(version.sources, "remote", {"lexical"})  # as with Qdrant's sparse vectors
     declared = version.bundle.config.canvas("search").sources
     with engine_for(dep, source_timeout_ms=50.0, latency_budget_ms=3000.0) as engine:
         started = time.monotonic()
@@ -93,6 +94,7 @@ def test_a_failing_or_late_source_is_skipped_and_the_answer_says_so(dep: Deploym
     assert r.sources == [s for s in SOURCE_NAMES if s in declared and s != "lexical"]
     assert all(item.sources and "lexical" not in item.sources for item in r.items)
     assert waited < 2.0  # the late source was not waited for (it would have taken 5 s)
+    assert version.skipped_sources["lexical"] >= 1  # counted (monorec_sources_skipped in /metrics)
 
 
 def test_unknown_ids_in_the_context_are_cold_start_not_errors(dep: Deployment) -> None:
@@ -239,7 +241,8 @@ def test_fallback_answers_within_the_deadline_under_injected_slowness_and_failur
     dep: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A seeded mix of slow (past the deadline), failing and healthy model calls from 8 threads: every
-    answer is valid, says whether a fallback answered and why, and arrives by the deadline + 30 ms."""
+    answer is valid, says whether a fallback answered and why, and arrives by the deadline + 60 ms (8
+    threads on 2 cores: a healthy answer takes tens of ms, so the deadline leaves it room)."""
     rng = random.Random(7)
     lock = threading.Lock()
     real_rank = ServingVersion.rank
@@ -248,13 +251,13 @@ def test_fallback_answers_within_the_deadline_under_injected_slowness_and_failur
         with lock:
             roll = rng.random()
         if roll < 0.3:
-            time.sleep(0.12)  # far past the 40 ms deadline
+            time.sleep(0.4)  # far past the 150 ms deadline
         elif roll < 0.5:
             raise RuntimeError("injected ranker failure")
         return real_rank(self, *args, **kwargs)
 
     monkeypatch.setattr(ServingVersion, "rank", chaotic_rank)
-    deadline_ms, margin_ms = 40.0, 30.0
+    deadline_ms, margin_ms = 150.0, 60.0
     results: list[tuple[RecommendRequest, RecommendResponse, float]] = []
     with engine_for(dep, worker_threads=4, latency_budget_ms=deadline_ms) as engine:
 

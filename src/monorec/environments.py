@@ -70,7 +70,7 @@ class EnvironmentSpec:
     retrieval_depth: int = 100  # candidates retrieved and ranked before rules cut to k
     # each offline candidate source (lexical, co-occurrence, popular) answers a batch within this, or the
     # requests go on without it (their answers' ``sources`` omit it; the request's own deadline still holds)
-    source_timeout_ms: float = 20.0
+    source_timeout_ms: float = 50.0
     fallback: Fallback = "popular"  # when the model path misses its deadline or fails
     max_k: int = 100
     max_batch_requests: int = 64  # requests in one call of the batch endpoint

@@ -138,6 +138,8 @@ class ServingVersion:
         self.index = index
         self.features = features
         self.in_flight = 0
+        self.skipped_sources: dict[str, int] = {}  # source -> how many times it failed or was late
+        self._last_skip_log: dict[str, float] = {}
         self._count_lock = threading.Lock()
         self.bundle.model.eval()
         # the first forward of a tower (the sequence encoder above all) pays one-off set-up costs: pay them
@@ -265,15 +267,15 @@ class ServingVersion:
     ) -> tuple[list[dict[str, list[float]]], list[str]]:
         """Per normalized record: entity id -> its (S,) source scores from the canvas's offline sources
         (lexical, co-occurrence, popular; column 0 stays 0), only entities this version holds; and the
-        sources that answered. A source that fails, or (with ``timeout_s``: the sources then run side by
-        side) has not answered within ``timeout_s``, is skipped (logged): the others still propose."""
+        sources that answered. A source that fails, or (with ``timeout_s``) a remote source that has not
+        answered within ``timeout_s``, is skipped (logged, counted): the others still propose."""
         depths = self.bundle.config.canvas(canvas).sources
         wanted = [s for s in OFFLINE_SOURCES if s in depths]
         out: list[dict[str, list[float]]] = [{} for _ in records]
         answered = []
         for source, found in zip(wanted, self._run_sources(wanted, canvas, records, depths, timeout_s), strict=True):
             if isinstance(found, BaseException):  # one broken or late source never costs the others
-                log.warning("%s: candidate source %s skipped: %r", self.name, source, found)
+                self._skipped(source, found)
                 continue
             answered.append(source)
             column = SOURCE_NAMES.index(source)
@@ -283,6 +285,18 @@ class ServingVersion:
         held = set(self.known([e for found in out for e in found]))
         return [{e: v for e, v in found.items() if e in held} for found in out], answered
 
+    def _skipped(self, source: str, error: BaseException) -> None:
+        """Counts a skipped source (``skipped_sources``) and logs it, at most once per 10 s per source
+        (a stalled engine would otherwise log once per request)."""
+        with self._count_lock:
+            self.skipped_sources[source] = self.skipped_sources.get(source, 0) + 1
+            now = time.monotonic()
+            if now - self._last_skip_log.get(source, -1e9) < 10.0:
+                return
+            self._last_skip_log[source] = now
+            total = self.skipped_sources[source]
+        log.warning("%s: candidate source %s skipped (%d times so far): %r", self.name, source, total, error)
+
     def _run_sources(
         self,
         sources: Sequence[str],
@@ -291,27 +305,27 @@ class ServingVersion:
         depths: dict[str, int],
         timeout_s: float | None,
     ) -> list[list[list[tuple[str, float]]] | BaseException]:
-        """Each source's proposals, or the exception it raised (TimeoutError: late)."""
+        """Each source's proposals, or the exception it raised (TimeoutError: late). With ``timeout_s``
+        the remote sources run on a thread pool, side by side, while the in-process ones run here (a
+        thread hop would cost them more than they take)."""
 
         def one(source: str) -> list[list[tuple[str, float]]]:
             return self.sources.propose(source, canvas, records, depths[source])
 
+        remote = self.sources.remote if timeout_s is not None else set()
+        futures = {s: _source_pool().submit(one, s) for s in sources if s in remote}
+        wait_s = timeout_s or 0.0
+        deadline = time.monotonic() + wait_s
         results: list[list[list[tuple[str, float]]] | BaseException] = []
-        if timeout_s is None:
-            for source in sources:
-                try:
-                    results.append(one(source))
-                except Exception as exc:
-                    results.append(exc)
-            return results
-        futures = [_source_pool().submit(one, source) for source in sources]
-        deadline = time.monotonic() + timeout_s
-        for future in futures:
+        for source in sources:
             try:
-                results.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+                if source not in futures:
+                    results.append(one(source))
+                    continue
+                results.append(futures[source].result(timeout=max(0.0, deadline - time.monotonic())))
             except FutureTimeout:
-                future.cancel()  # a late source may still finish; its answer is dropped
-                results.append(TimeoutError(f"no answer within {timeout_s * 1000:.0f} ms"))
+                futures[source].cancel()  # a late source may still finish; its answer is dropped
+                results.append(TimeoutError(f"no answer within {wait_s * 1000:.0f} ms"))
             except Exception as exc:
                 results.append(exc)
         return results

@@ -16,6 +16,7 @@ commit of it into the version's checkpoint (beside the vector index, under the s
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from collections.abc import Sequence
@@ -146,28 +147,32 @@ class LexicalIndex:
         return bool(self.index.searcher().search(query, 1, count=False).hits)
 
     def save(self, folder: str | Path) -> None:
-        """Copies the index into the new folder ``folder`` (a checkpoint): writes so far are committed and
-        background merges finish first, so the files copied are exactly one commit.
+        """Copies the index into the new folder ``folder`` (a checkpoint): writes so far are committed, then
+        the files of that commit are copied (its ``meta.json`` and the segments it lists; segment files are
+        immutable). A background merge may delete a listed segment meanwhile: the copy then starts again
+        from the newer commit. Never waits for merges (a large one takes seconds at 100k entities).
 
         Raises:
             ValueError: the index lives in memory (it has no files).
         """
         if self.path is None:
             raise ValueError("an in-memory lexical index has no files to save")
-        with self._lock:
-            if self._writer is not None:
-                if self._dirty:
-                    self._writer.commit()
-                    self._dirty = False
-                # consumes the writer: no merge thread rewrites the folder while it is copied (the next
-                # write opens a new writer)
-                self._writer.wait_merging_threads()
-                self._writer = None
-            Path(folder).mkdir(parents=True)
-            for file in self.path.iterdir():
-                if file.is_file() and not file.name.endswith(".lock"):
-                    shutil.copy2(file, Path(folder) / file.name)
-        self.index.reload()
+        self.commit()
+        target = Path(folder)
+        for _attempt in range(10):
+            meta = (self.path / "meta.json").read_text()
+            segments = tuple(seg["segment_id"].replace("-", "") + "." for seg in json.loads(meta)["segments"])
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            try:
+                for file in self.path.iterdir():
+                    if file.name.startswith(segments):
+                        shutil.copy2(file, target / file.name)
+            except FileNotFoundError:  # merged away while copying
+                continue
+            (target / "meta.json").write_text(meta)
+            return
+        raise OSError(f"{self.path}: segments kept changing while the lexical index was copied")
 
     @classmethod
     def restore(cls, saved: str | Path, path: str | Path) -> LexicalIndex:

@@ -49,6 +49,9 @@ class CandidateSources:
         popular: PopularLists,
     ) -> None:
         self.config, self.lexical, self.cooccurrence, self.popular = config, lexical, cooccurrence, popular
+        # the sources answered by another process (Qdrant's sparse vectors), which may stall: serving waits
+        # for them only so long; the in-process ones answer in well under a millisecond
+        self.remote: set[str] = set() if isinstance(lexical, LexicalIndex) else {"lexical"}
 
     @classmethod
     def fit(

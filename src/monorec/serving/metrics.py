@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from monorec.deploy import Deployment
@@ -39,6 +39,14 @@ class _DeploymentCollector(Collector):
             labels=["consumer"],
         )
         dead = GaugeMetricFamily("monorec_dead_letters", "changes no consumer could apply (dead letters)")
+        skipped = CounterMetricFamily(
+            "monorec_sources_skipped",
+            "times a candidate source failed or missed its timeout and requests went on without it",
+            labels=["version", "source"],
+        )
+        for name, version in list(self.deployment.versions.items()):
+            for source, count in version.skipped_sources.items():
+                skipped.add_metric([name, source], float(count))
         for row in self.deployment.status():
             if row["state"] in ("serving", "standby", "staging", "ready"):
                 live.add_metric([row["version"], row["state"]], 1.0)
@@ -53,6 +61,7 @@ class _DeploymentCollector(Collector):
         yield lag
         yield healthy
         yield dead
+        yield skipped
 
 
 class ServingMetrics:

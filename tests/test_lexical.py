@@ -36,7 +36,7 @@ class Version:
         self.spec, self.root = spec, root
         self.index = create_index(spec, 4, name=f"t{abs(hash(str(root))) % 10**8}", root=root)
         frame = pl.DataFrame({"title": [t for t, _ in sample], "categories": [c for _, c in sample]})
-        self.lexical: LexicalSource = create_lexical(spec, self.index, root / "lexical", frame)
+        self.lexical: LexicalSource = create_lexical(spec, self.index, root / "lexical", lambda: frame)
         self.revision = 0
 
     def upsert(self, docs: dict[str, tuple[str, str]]) -> None:

@@ -170,7 +170,7 @@ class Deployment:
             dim = int(bundle.model_kwargs["retrieval_dim"])
             index = create_index(spec, dim, name=version, root=self.root)
             features = ItemFeatures(ServingVersion.feature_width(bundle))
-            lexical = create_lexical(spec, index, lexical_path, self.catalogue.page("", 10_000))
+            lexical = create_lexical(spec, index, lexical_path, lambda: self.catalogue.page("", 10_000))
             return ServingVersion(version, bundle, index, features, self._title, lexical), {}
         index, manifest = load_index(path, spec=spec, name=version, root=self.root)
         features = ItemFeatures.load(path / "features.npz")
@@ -415,6 +415,7 @@ class Deployment:
             if sv is not None:
                 VersionRouter.drain(sv, sv.bundle.config.deploy.drain_timeout_s)
                 sv.index.drop()
+                sv.sources.close()  # before its working folder goes
             elif state.state in LIVE_STATES or state.state == "failed":
                 with contextlib.suppress(ArtifactError):
                     self._open_version(version, fresh=False)[0].index.drop()

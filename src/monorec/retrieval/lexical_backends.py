@@ -10,6 +10,7 @@ or reopened from the version's checkpoint (``indexes/vNNNN/lexical``) after a re
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -22,16 +23,19 @@ from monorec.retrieval.lexical import LexicalIndex, LexicalSource
 __all__ = ["create_lexical", "load_lexical"]
 
 
-def create_lexical(spec: IndexSpec, index: VectorIndex, folder: Path, sample: pl.DataFrame) -> LexicalSource:
+def create_lexical(
+    spec: IndexSpec, index: VectorIndex, folder: Path, sample: Callable[[], pl.DataFrame]
+) -> LexicalSource:
     """An empty lexical index for a new version whose vector index is ``index``; ``folder`` is tantivy's
-    working folder (emptied), ``sample`` catalogue rows (title, categories) that set Qdrant's average
-    field lengths."""
+    working folder (emptied), ``sample()`` catalogue rows (title, categories) that set Qdrant's average
+    field lengths (read only for Qdrant)."""
     if spec.lexical == "qdrant":
         from monorec.index.qdrant_index import QdrantIndex
         from monorec.retrieval.qdrant_lexical import QdrantLexical, average_lengths
 
         assert isinstance(index, QdrantIndex)  # the config refuses lexical = "qdrant" without kind = "qdrant"
-        return QdrantLexical(index, average_lengths(sample["title"].to_list(), sample["categories"].to_list()))
+        rows = sample()
+        return QdrantLexical(index, average_lengths(rows["title"].to_list(), rows["categories"].to_list()))
     shutil.rmtree(folder, ignore_errors=True)
     return LexicalIndex(folder)
 

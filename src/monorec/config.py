@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from monorec._typed_tables import Problems, parse_dataclass, read_toml
+from monorec.data.weights import RETRIEVAL, parse_weight
 from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, parse_environments
 from monorec.errors import ConfigError
 
@@ -96,6 +97,9 @@ class CanvasSpec:
     # candidate sources -> how many candidates each proposes (monorec.retrieval); the union is ranked.
     # Empty: the embedding source alone, ``evaluate.retrieval_depth`` deep
     sources: dict[str, int] = field(default_factory=dict)
+    # per-sample loss weights: objective name or "retrieval" -> a polars SQL expression over the row's log
+    # columns and ``age_days`` (monorec.data.weights); unlisted tasks weigh every row 1
+    weights: dict[str, str] = field(default_factory=dict)
 
 
 SOURCE_NAMES = ("embedding", "lexical", "cooccurrence", "popular")
@@ -449,6 +453,13 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
         if c.negatives < 0:
             p.add(f"{where}.negatives", "must be >= 0")
         _check_sources(c, by_name, where, p)
+        for task, expression in c.weights.items():
+            if task not in (*c.objectives, RETRIEVAL):
+                p.add(f"{where}.weights.{task}", f"not one of the canvas's objectives nor {RETRIEVAL!r}")
+            try:
+                parse_weight(expression)
+            except ValueError as exc:
+                p.add(f"{where}.weights.{task}", str(exc))
         canvases.append(c)
     if not raw.get("canvases"):
         p.add("canvases", "declare at least one canvas")

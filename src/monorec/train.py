@@ -120,10 +120,11 @@ def _train(
     generator = torch.Generator().manual_seed(t.seed)
     stepper = TrainStep(model, cfg, data, generator)
     val_requests = request_sets(cfg, prepared, "valid", max_requests=t.val_requests) if t.selection == "ndcg" else {}
-    val_data = None
-    if t.selection == "loss":
-        val_rows = prepared.rows("valid", names)
-        val_data = TrainingData.build(cfg, featurizer, val_rows, prepared.catalogue, dev, sources=row_sources)
+    # the validation rows' losses are the learning curves of every run (and the selection score of "loss"):
+    # unweighted, they measure the objectives themselves whatever the training rows' sample weights
+    val_rows = prepared.rows("valid", names)
+    val_data = TrainingData.build(cfg, featurizer, val_rows, prepared.catalogue, dev, sources=row_sources)
+    val_data = val_data.without_weights()
     bundle = ModelBundle(cfg, featurizer, model, kwargs, popular=popular, cooccurrence=cooccurrence)
 
     history: list[dict[str, Any]] = []
@@ -158,9 +159,8 @@ def _train(
             bar.set_postfix(loss=f"{stats['loss']:.3f}")
         elapsed = time.perf_counter() - started
         val: dict[str, Any] = {}
-        val_losses: dict[str, float] = {}
-        if val_data is not None:
-            val_losses = stepper.validation_losses(val_data, t.batch_size, t.seed)
+        val_losses = stepper.validation_losses(val_data, t.batch_size, t.seed) if len(val_data) else {}
+        if t.selection == "loss":
             score = -sum(val_losses.values()) if val_losses else float("-inf")  # higher is better
         else:
             depth = cfg.evaluate.retrieval_depth
@@ -223,6 +223,8 @@ def _train(
         "device": str(dev),
         "train_rows": len(data),
         "mixture": prepared.manifest.get("mixture", {}),
+        # the per-sample loss weights trained with: canvas -> task -> expression, training rows' mean, nulls
+        "sample_weights": {c: prepared.manifest.get("sample_weights", {}).get(c, {}) for c in names},
         "torch": torch.__version__,
     }
     sources.close()

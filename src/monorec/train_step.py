@@ -14,7 +14,13 @@ import torch.nn.functional as F
 
 from monorec.config import ProjectConfig
 from monorec.data.features import UNKNOWN_INDEX
-from monorec.models.losses import FixedWeighting, UncertaintyWeighting, masked_objective_losses, sampled_softmax_loss
+from monorec.models.losses import (
+    FixedWeighting,
+    UncertaintyWeighting,
+    masked_objective_losses,
+    sampled_softmax_loss,
+    weighted_mean,
+)
 from monorec.models.model import MonorecModel
 from monorec.retrieval.proposals import SourceProposals
 from monorec.training_data import TrainingData
@@ -93,12 +99,19 @@ class TrainStep:
         return out
 
     def _softmax(
-        self, query: torch.Tensor, target: torch.Tensor, candidates: Candidates, generator: torch.Generator
+        self,
+        query: torch.Tensor,
+        target: torch.Tensor,
+        candidates: Candidates,
+        generator: torch.Generator,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Retrieval cross-entropy of (P, D) queries against their (P,) target catalogue positions: over the
-        whole catalogue (full softmax), else over in-batch targets and the sampled candidates (logQ)."""
+        whole catalogue (full softmax), else over in-batch targets and the sampled candidates (logQ);
+        weighted by (P,) ``weights`` when given."""
         if candidates.full:
-            return F.cross_entropy(query @ candidates.emb.T / self.temperature, target)
+            logits = query @ candidates.emb.T / self.temperature
+            return weighted_mean(F.cross_entropy(logits, target, reduction="none"), weights)
         ids = candidates.ids
         assert ids is not None
         _, target_emb = self.model.encode_items({k: v[target] for k, v in self.data.items.items()})
@@ -111,6 +124,7 @@ class TrainStep:
             ids,
             math.log(len(ids) / self.n_items),
             self.temperature,
+            weights,
         )
 
     def _candidates(self, entity: torch.Tensor, generator: torch.Generator) -> Candidates:
@@ -123,10 +137,16 @@ class TrainStep:
         return Candidates(feats, emb, ids)
 
     def _prefix_loss(
-        self, ctx: dict[str, torch.Tensor], entity: torch.Tensor, candidates: Candidates, generator: torch.Generator
+        self,
+        ctx: dict[str, torch.Tensor],
+        entity: torch.Tensor,
+        candidates: Candidates,
+        generator: torch.Generator,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Every-prefix loss of rows with an entity history (positives): position ``t`` of the history
-        predicts the entity at ``t + 1``, the last position the row's own entity. ``None``: no such row."""
+        predicts the entity at ``t + 1``, the last position the row's own entity; each prefix weighs its
+        row's (P,) retrieval ``weights`` when given. ``None``: no such row."""
         assert self.history_field is not None
         history = ctx[self.history_field]  # (P, L), left-aligned
         n = (history > 0).sum(dim=1)
@@ -134,6 +154,7 @@ class TrainStep:
         if not bool(rows.any()):
             return None
         history, n, entity = history[rows], n[rows], entity[rows]
+        weights = weights[rows] if weights is not None else None
         row_ctx = {k: v[rows] for k, v in ctx.items()}
         length = history.shape[1]
         # targets in catalogue positions: the next history entity, and the row's entity after the last
@@ -150,7 +171,8 @@ class TrainStep:
         if not bool(usable.any()):
             return None
         emb = self.model.context_encoder.every_prefix(row_ctx, self.history_field)  # (P, L, D)
-        return self._softmax(emb[usable], targets[usable], candidates, generator)
+        prefix_weights = weights[:, None].expand(usable.shape)[usable] if weights is not None else None
+        return self._softmax(emb[usable], targets[usable], candidates, generator, prefix_weights)
 
     def _retrieval_negatives(
         self,
@@ -208,6 +230,10 @@ class TrainStep:
             ctx = self._drop_ids(ctx, generator)
         entity = data.entity[idx]
         labels = data.labels[idx]
+        # (B, O) objective weights and (B,) retrieval weights of the rows (None: every row weighs 1)
+        weights = data.weights[idx] if data.weights is not None else None
+        obj_w = weights[:, :-1] if weights is not None else None
+        ret_w = weights[:, -1] if weights is not None else None
         request_f, request_e = model.encode_context(ctx)
         cf, ce = request_f[row_request], request_e[row_request]
         ctx = {k: v[row_request] for k, v in ctx.items()}
@@ -219,13 +245,14 @@ class TrainStep:
         retrieval, prefix = zero, None
         of_request = requests[row_request]  # the data's request index of each row
         sources = data.proposals.lookup(of_request, entity) if data.proposals is not None else None
-        rank_rows = (cf, ce, itf, ie, task, labels, sources)
+        rank_rows = (cf, ce, itf, ie, task, labels, sources, obj_w)
         if n_pos >= 1:
             candidates = self._candidates(entity, generator)
-            retrieval = self._softmax(ce[pos], entity[pos], candidates, generator)
+            retrieval = self._softmax(ce[pos], entity[pos], candidates, generator, _rows(ret_w, pos))
             feed = pos & torch.isin(task, self.sequence_tasks)
             if self.history_field is not None and bool(feed.any()):
-                prefix = self._prefix_loss({k: v[feed] for k, v in ctx.items()}, entity[feed], candidates, generator)
+                feed_ctx = {k: v[feed] for k, v in ctx.items()}
+                prefix = self._prefix_loss(feed_ctx, entity[feed], candidates, generator, _rows(ret_w, feed))
             if self.retrieval_negatives > 0:
                 k = self.retrieval_negatives
                 scores = ce[pos].detach() @ candidates.emb.detach().T  # (P, C)
@@ -249,10 +276,11 @@ class TrainStep:
                     torch.cat([task, neg_task]),
                     torch.cat([labels, neg_labels]),
                     neg_sources,
+                    torch.cat([obj_w, obj_w[of]]) if obj_w is not None else None,  # a negative weighs as its row
                 )
-        rcf, rce, ritf, rie, rtask, rlabels, rsources = rank_rows
+        rcf, rce, ritf, rie, rtask, rlabels, rsources, rweights = rank_rows
         logits = model.rank(rcf, rce, ritf, rie, rtask, rsources)
-        obj_losses, counts = masked_objective_losses(logits, rlabels, self.binary)
+        obj_losses, counts = masked_objective_losses(logits, rlabels, self.binary, rweights)
         flags = torch.tensor([n_pos >= 1, prefix is not None], device=counts.device)
         present = torch.cat([counts > 0, flags]).float()
         return torch.cat([obj_losses, retrieval[None], (prefix if prefix is not None else zero)[None]]), present
@@ -301,3 +329,8 @@ class TrainStep:
         self.weighting.load_state_dict(state["weighting"])
         for opt, saved in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(saved)
+
+
+def _rows(weights: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    """The selected rows' weights (None stays None)."""
+    return weights[rows] if weights is not None else None

@@ -3,6 +3,7 @@ candidate sources propose for it (see :class:`TrainingData`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,8 @@ import torch
 from monorec.bundle import context_tensors, item_tensors
 from monorec.config import ProjectConfig
 from monorec.data.features import Featurizer
+from monorec.data.weights import RETRIEVAL, weight_column, weighted_tasks
+from monorec.errors import DataError
 from monorec.evaluation.requests import entity_positions
 from monorec.retrieval.proposals import SourceProposals
 from monorec.retrieval.sources import CandidateSources
@@ -43,6 +46,8 @@ class TrainingData:
     # (V,) catalogue position of each entity-table index (-1: the sentinels, or an entity not in it)
     table_position: torch.Tensor
     primary_index: torch.Tensor  # (T,) the objective column of each canvas's primary objective
+    # (N, O + 1) per-sample loss weights: each objective's, then retrieval's (monorec.data.weights)
+    weights: torch.Tensor | None = None
     proposals: SourceProposals | None = None
 
     @classmethod
@@ -73,6 +78,7 @@ class TrainingData:
         )
         positions = rows["_entity"].to_numpy(writable=True)
         labels = featurizer.transform_labels(rows)
+        weights = sample_weights(config, rows)
         names = [o.name for o in config.objectives]
         primary_index = np.array([names.index(c.primary) for c in config.canvases])
         firsts = rows.unique("_q", keep="first", maintain_order=True)
@@ -106,8 +112,13 @@ class TrainingData:
             log_prob=torch.as_tensor(np.log(prob), dtype=torch.float32, device=device),
             table_position=torch.as_tensor(table_position, device=device),
             primary_index=torch.as_tensor(primary_index, device=device),
+            weights=None if weights is None else torch.as_tensor(weights, device=device),
             proposals=proposals,
         )
+
+    def without_weights(self) -> TrainingData:
+        """The same rows, every sample weighing 1 (validation measures the plain objectives)."""
+        return dataclasses.replace(self, weights=None)
 
     def __len__(self) -> int:
         return len(self.entity)
@@ -123,3 +134,25 @@ class TrainingData:
         first = starts[order].repeat_interleave(lengths)
         offset = torch.arange(int(lengths.sum())) - (torch.cumsum(lengths, 0) - lengths).repeat_interleave(lengths)
         return list((first + offset).to(self.entity.device).split(batch_size))
+
+
+def sample_weights(config: ProjectConfig, rows: pl.DataFrame) -> np.ndarray | None:
+    """(N, O + 1) float32 loss weights of ``rows`` (each objective's, then retrieval's), read from the
+    prepared weight columns; None when the config weights nothing (every row weighs 1).
+
+    Raises:
+        DataError: the config weights a task the rows carry no weight column for (prepared with another
+            config: prepare again).
+    """
+    weighted = weighted_tasks(config)
+    if not weighted:
+        return None
+    missing = [weight_column(t) for t in weighted if weight_column(t) not in rows.columns]
+    if missing:
+        raise DataError("prepared data", f"no columns {missing} for the declared weights: run prepare with this config")
+    tasks = [*(o.name for o in config.objectives), RETRIEVAL]
+    columns = [
+        rows[weight_column(t)].cast(pl.Float64).fill_null(1.0).to_numpy() if t in weighted else np.ones(rows.height)
+        for t in tasks
+    ]
+    return np.stack(columns, axis=1).astype(np.float32)

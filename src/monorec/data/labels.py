@@ -2,7 +2,8 @@
 
 For every canvas: drop rows about entities the catalogue does not know, drop bot users, dedupe repeated
 impressions, enforce the unified context (sentinels + imputation), keep only the objectives the canvas
-declares, then split by time and add sampled negatives where the canvas asks for them.
+declares and the per-sample loss weights it declares (monorec.data.weights), split by time, and add
+sampled negatives where the canvas asks for them.
 
 The split is global and by time: every training row is older than every validation row, which is older
 than every test row, so nothing from the future leaks into training.
@@ -11,11 +12,13 @@ than every test row, so nothing from the future leaks into training.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from monorec.config import ProjectConfig
+from monorec.data.weights import add_sample_weights, weight_column, weighted_tasks
 from monorec.schema import ContextSchema
 
 __all__ = ["SPLITS", "LabelSet", "add_sampled_negatives", "prepare_labels", "responses", "time_cutoffs"]
@@ -30,6 +33,8 @@ class LabelSet:
     canvases: dict[str, pl.DataFrame]
     cutoffs: tuple[int, int]  # (first valid ts, first test ts)
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    # canvas -> weighted task -> {expression, train_mean, nulls_weighed_1} (monorec.data.weights)
+    sample_weights: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {name: {s: int((frame["split"] == s).sum()) for s in SPLITS} for name, frame in self.canvases.items()}
@@ -124,20 +129,26 @@ def prepare_labels(logs: pl.DataFrame, catalogue: pl.DataFrame, config: ProjectC
     logs = schema.apply_to_frame(logs, catalogue)
     columns = ["request_id", "ts", "canvas", "task_type", "entity_id", *schema.field_names]
     weights = _negative_weights(logs, catalogue, config, cutoffs[0])
+    weighted = weighted_tasks(config)
     canvases: dict[str, pl.DataFrame] = {}
+    sample_weights: dict[str, dict[str, Any]] = {}
     for spec in config.canvases:
-        rows = logs.filter(pl.col("canvas") == spec.name)
-        labels = []
+        rows = _assign_split(logs.filter(pl.col("canvas") == spec.name), cutoffs)
+        # computed from the full log rows (the expressions read log columns), then carried like labels;
+        # sampled negatives inherit their positive's weights
+        rows, sample_weights[spec.name] = add_sample_weights(rows, spec, weighted, cutoffs[0])
+        labels = [pl.col(weight_column(task)) for task in weighted]
         for o in config.objectives:
             if o.name in spec.objectives and o.column in rows.columns:
                 labels.append(pl.col(o.column).cast(pl.Float64).alias(o.column))
             else:
                 labels.append(pl.lit(None, dtype=pl.Float64).alias(o.column))
-        rows = _assign_split(rows.select([*columns, *labels]).sort("ts", maintain_order=True), cutoffs)
+        rows = rows.select([*columns, *labels, "split"]).sort("ts", maintain_order=True)
         if spec.negatives:
             rows = add_sampled_negatives(rows, catalogue, config, spec.name, seed=config.train.seed, weights=weights)
         canvases[spec.name] = rows
-    return LabelSet(canvases=canvases, cutoffs=cutoffs, dropped=dropped)
+    used = {name: record for name, record in sample_weights.items() if record}
+    return LabelSet(canvases=canvases, cutoffs=cutoffs, dropped=dropped, sample_weights=used)
 
 
 def _negative_weights(

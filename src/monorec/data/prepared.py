@@ -120,5 +120,6 @@ def prepare(
         # and skipped wherever a model would be trained or compared on them alone
         "empty_canvases": [name for name, frame in train.items() if frame.height == 0],
         "inputs_handled": inputs_handled(config, labels.canvases, catalogue),
+        "sample_weights": labels.sample_weights,
     }
     return PreparedData(catalogue, labels.canvases, merged, manifest)

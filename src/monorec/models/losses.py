@@ -9,7 +9,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FixedWeighting", "UncertaintyWeighting", "masked_objective_losses", "sampled_softmax_loss"]
+__all__ = [
+    "FixedWeighting",
+    "UncertaintyWeighting",
+    "masked_objective_losses",
+    "sampled_softmax_loss",
+    "weighted_mean",
+]
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``sum(w * v) / sum(w)`` of (B,) per-row losses (the plain mean without weights; 0 when every
+    weight is 0): per-sample weights move the emphasis between rows, not the loss's scale."""
+    if weights is None:
+        return values.mean()
+    return (values * weights).sum() / weights.sum().clamp(min=1e-12)
 
 
 def sampled_softmax_loss(
@@ -21,6 +35,7 @@ def sampled_softmax_loss(
     negative_ids: torch.Tensor,
     negative_logq: float,
     temperature: float,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """In-batch plus uniformly sampled negatives softmax, with logQ correction (Yi et al. 2019).
 
@@ -33,9 +48,10 @@ def sampled_softmax_loss(
         negative_ids: (M,) their catalogue indices.
         negative_logq: log of the expected times a uniform negative is drawn.
         temperature: softmax temperature.
+        weights: (B,) per-sample loss weights (None: every row weighs 1).
 
     Returns:
-        Scalar mean cross-entropy of each query against its positive.
+        Scalar (weighted) mean cross-entropy of each query against its positive.
     """
     in_batch = query @ positives.T / temperature - positive_logq[None, :]  # (B, B)
     hits = positive_ids[None, :] == positive_ids[:, None]
@@ -44,21 +60,23 @@ def sampled_softmax_loss(
     sampled = sampled.masked_fill(negative_ids[None, :] == positive_ids[:, None], float("-inf"))
     logits = torch.cat([in_batch, sampled], dim=1)  # (B, B + M)
     target = torch.arange(len(query), device=query.device)
-    return F.cross_entropy(logits, target)
+    return weighted_mean(F.cross_entropy(logits, target, reduction="none"), weights)
 
 
 def masked_objective_losses(
-    logits: torch.Tensor, labels: torch.Tensor, binary: Sequence[bool]
+    logits: torch.Tensor, labels: torch.Tensor, binary: Sequence[bool], weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-objective mean losses over the rows where the label is observed.
+    """Per-objective (weighted) mean losses over the rows where the label is observed.
 
     Args:
         logits: (B, O) predictions (logits for binary objectives, values for regression).
         labels: (B, O) targets, NaN where unobserved (a canvas without the objective, or not logged).
         binary: (O,) True for binary (BCE), False for regression (MSE).
+        weights: (B, O) per-sample loss weights (None: every row weighs 1); each objective's loss is then
+            ``sum(w * loss) / sum(w)`` over its observed rows.
 
     Returns:
-        (losses (O,), counts (O,)); an objective with no observed row has loss 0 and count 0.
+        (losses (O,), counts (O,) observed rows); an objective with no observed row has loss 0 and count 0.
     """
     mask = ~torch.isnan(labels)
     safe = torch.where(mask, labels, torch.zeros_like(labels))
@@ -67,7 +85,10 @@ def masked_objective_losses(
     mse = (logits - safe) ** 2
     per_row = torch.where(is_binary, bce, mse) * mask
     counts = mask.sum(dim=0)
-    return per_row.sum(dim=0) / counts.clamp(min=1), counts
+    if weights is None:
+        return per_row.sum(dim=0) / counts.clamp(min=1), counts
+    w = weights * mask
+    return (per_row * w).sum(dim=0) / w.sum(dim=0).clamp(min=1e-12), counts
 
 
 class FixedWeighting(nn.Module):

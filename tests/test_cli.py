@@ -9,6 +9,7 @@ import pytest
 
 from monorec.cli import main
 from monorec.pipeline import default_config
+from toml_writer import to_toml
 
 
 def run(*args: str) -> int:
@@ -24,7 +25,7 @@ def test_cli_pipeline_end_to_end(tmp_path, capsys):
     )
     raw["train"].update({"epochs": 2, "val_requests": 20})
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text(_to_toml(raw))
+    cfg.write_text(to_toml(raw))
     assert run("config", "check", str(cfg)) == 0
 
     assert run("generate", "--out", str(tmp_path / "world"), "--users", "50", "--items", "60", "--requests", "400") == 0
@@ -170,32 +171,3 @@ def test_busy_cores_sees_a_spinning_process():
     finally:
         spinner.kill()
         spinner.wait()
-
-
-def _to_toml(raw: dict) -> str:
-    """A minimal TOML writer for the config's shapes (tests only)."""
-
-    def value(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
-        return repr(v)
-
-    lines = []
-    for section in ("project", "catalogue", "labels", "split", "model", "train", "evaluate"):
-        if section in raw:
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {value(v)}" for k, v in raw[section].items()]
-    for f in raw["context"]["fields"]:
-        lines.append("[[context.fields]]")
-        lines += [f"{k} = {value(v)}" for k, v in f.items()]
-    for group in ("objectives", "canvases"):
-        for name, body in raw[group].items():
-            lines.append(f"[{group}.{name}]")
-            lines += [f"{k} = {value(v)}" for k, v in body.items()]
-    return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
 """``monorec``: a thin command line over the library.
 
 monorec demo       [--workdir DIR] [--quick] [--retrain]
-monorec generate   --out DIR [--users N --items N --requests N --seed S]
+monorec generate   --out DIR [--users N --items N --requests N --seed S --notify SHARE]
 monorec prepare    --data DIR --out DIR [--config FILE]
 monorec train      --prepared DIR --out DIR [--canvas NAME ...] [--device cpu|cuda]
 monorec evaluate   --run DIR --prepared DIR --out DIR [--split test]
@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--items", type=int, default=1500, help="number of catalogue entities")
     g.add_argument("--requests", type=int, default=12000, help="number of logged requests")
     g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument(
+        "--notify", type=float, default=0.0, metavar="SHARE", help="share of requests on a fifth canvas, notify (pushes)"
+    )
 
     pr = add_command(sub, "prepare", help="labels per canvas, time split, stratified merge")
     pr.add_argument("--data", required=True, help="a dataset folder or a MovieLens folder")
@@ -131,7 +134,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "generate":
         from monorec.data.world import WorldSpec, write_world
 
-        spec = WorldSpec(n_users=args.users, n_items=args.items, n_requests=args.requests, seed=args.seed)
+        spec = WorldSpec(
+            n_users=args.users, n_items=args.items, n_requests=args.requests, seed=args.seed, notify_share=args.notify
+        )
         print(f"wrote {write_world(args.out, spec)}")
         return 0
     if args.command == "prepare":

@@ -8,6 +8,8 @@ Latent structure, so that models can learn and metrics mean something:
 - each request is on one canvas; a logging policy shows ``impressions`` entities, noisily by the canvas's
   true utility; clicks follow that utility, likes and watch time follow the user's taste;
 - search queries are words of a topic (sometimes a title word); browse categories are topics;
+- with ``notify_share`` > 0, a fifth canvas ``notify`` (push notifications): the user's taste leaning to
+  popular entities, and only ``NOTIFY_PUSHED`` entities pushed per request;
 - every request carries the user's recently clicked entities (``history``, oldest first);
 - a few bot users and some double-logged impressions, so that label cleaning has something to clean.
 """
@@ -39,6 +41,7 @@ FILLERS = ["the", "of", "night", "last", "city", "world", "return", "story", "da
 COUNTRIES = {"US": "en", "GB": "en", "DE": "de", "FR": "fr", "BR": "pt"}
 DEVICES = ["mobile", "tv", "web"]
 CANVAS_SHARES = {"home": 0.45, "related": 0.25, "search": 0.18, "browse": 0.12}
+NOTIFY_PUSHED = 2  # entities a notify request pushes (its logged impressions)
 DAY = 86400
 EPOCH = 1_700_000_000
 HISTORY = 20  # clicked entities a request's history carries
@@ -57,6 +60,14 @@ class WorldSpec:
     n_bots: int = 3
     duplicate_rate: float = 0.01  # share of impressions logged twice
     seed: int = 0
+    notify_share: float = 0.0  # share of requests on the ``notify`` canvas (0: the four canvases only)
+
+    def canvas_shares(self) -> dict[str, float]:
+        """Canvas -> share of requests."""
+        if self.notify_share <= 0:
+            return dict(CANVAS_SHARES)
+        rest = 1.0 - self.notify_share
+        return {**{c: share * rest for c, share in CANVAS_SHARES.items()}, "notify": self.notify_share}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -138,7 +149,8 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
     # ---- requests
     n = spec.n_requests
     user = rng.choice(spec.n_users, n, p=activity / activity.sum())
-    canvas = rng.choice(list(CANVAS_SHARES), n, p=list(CANVAS_SHARES.values()))
+    shares = spec.canvas_shares()
+    canvas = rng.choice(list(shares), n, p=list(shares.values()))
     ts = np.sort(rng.integers(EPOCH, EPOCH + spec.days * DAY, n))
     hour = ((ts % DAY) // 3600).astype(np.float64)
     evening = (hour >= 18).astype(np.float64)
@@ -177,6 +189,8 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
                     query[j] = " ".join(words)
                     match = np.array([len(tw.intersection(words)) for tw in title_words], dtype=np.float64)
                     utility[j] = 2.0 * in_topic[:, t] + 1.5 * match + 0.4 * affinity[j]
+            elif cv[j] == "notify":  # a push: the user's taste, leaning to what is popular
+                utility[j] = affinity[j] + 0.8 * popularity
         # the logging policy: Gumbel top-k on a tempered utility, so that impressions are informative
         noisy = utility / 1.5 + rng.gumbel(size=utility.shape)
         shown = np.argpartition(-noisy, spec.impressions, axis=1)[:, : spec.impressions]  # (B, K)
@@ -191,6 +205,8 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
         )
         k = spec.impressions
         uu = np.repeat(u, k)
+        # a notify request logs only the entities it pushed
+        logged = ((cv != "notify")[:, None] | (np.arange(k) < NOTIFY_PUSHED)[None, :]).ravel()
         rows.append(
             pl.DataFrame(
                 {
@@ -211,7 +227,7 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
                     "watch_seconds": np.round(watch.ravel(), 1),
                 },
                 strict=False,
-            )
+            ).filter(pl.Series(logged))
         )
     logs = pl.concat(rows).with_columns(pl.col("liked").fill_nan(None), pl.col("watch_seconds").fill_nan(None))
     logs = logs.join(_click_histories(logs, HISTORY), on="request_id", how="left")
@@ -243,6 +259,6 @@ def write_world(out: str | Path, spec: WorldSpec = WorldSpec()) -> Path:
     with atomic_dir(out, manifest={"kind": "dataset", "generator": "synthetic", "spec": spec.__dict__}) as tmp:
         catalogue.write_parquet(tmp / "catalogue.parquet")
         (tmp / "logs").mkdir()
-        for canvas in CANVAS_SHARES:
+        for canvas in spec.canvas_shares():
             logs.filter(pl.col("canvas") == canvas).write_parquet(tmp / "logs" / f"{canvas}.parquet")
     return Path(out)

@@ -4,6 +4,7 @@ import polars as pl
 import pytest
 import torch
 
+from monorec.errors import ConfigError
 from monorec.evaluation.evaluate import evaluate_bundle
 from monorec.train import train
 
@@ -160,3 +161,27 @@ def test_a_dedicated_model_gets_the_consolidated_budget_in_steps(config, prepare
         steps_ratio = epochs * m["rows"] / (config.train.epochs * total)
         assert epochs == MAX_DEDICATED_EPOCHS or 1.0 <= steps_ratio < 1.0 + m["rows"] / total + 1e-9, canvas
         assert epochs >= config.train.epochs
+
+
+def test_selection_reads_the_declared_canvases_only():
+    from monorec.train import validation_score
+
+    val = {
+        "home": {"ndcg@10": 0.02, "requests": 100},
+        "search": {"ndcg@10": 0.50, "requests": 10},
+        "browse": {"ndcg@10": 0.04, "requests": 300},
+    }
+    assert validation_score(val, 10) == pytest.approx((2 + 5 + 12) / 410)
+    assert validation_score(val, 10, ("home", "browse")) == pytest.approx((2 + 12) / 400)
+
+
+def test_selection_canvases_must_be_declared_and_follow_a_dedicated_model(config):
+    from monorec.config import parse_config
+
+    raw = config.to_dict()
+    raw["train"]["selection_canvases"] = ["home", "nope"]
+    with pytest.raises(ConfigError, match="train.selection_canvases"):
+        parse_config(raw)
+    cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, selection_canvases=("home", "browse")))
+    assert cfg.only_canvases(["search"]).train.selection_canvases == ()  # its own canvas selects
+    assert cfg.only_canvases(["browse", "search"]).train.selection_canvases == ("browse",)

@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--requests", type=int, default=12000, help="number of logged requests")
     g.add_argument("--seed", type=int, default=0, help="random seed")
     g.add_argument(
-        "--notify", type=float, default=0.0, metavar="SHARE", help="share of requests on a fifth canvas, notify (pushes)"
+        "--notify", type=float, default=0.0, metavar="SHARE", help="share of requests on a fifth canvas, notify"
     )
 
     pr = add_command(sub, "prepare", help="labels per canvas, time split, stratified merge")

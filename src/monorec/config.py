@@ -200,6 +200,10 @@ class TrainSpec:
     # every validation row; smoother when a canvas's validation requests are few and come from few users)
     selection: Literal["ndcg", "loss"] = "ndcg"
     val_requests: int = 1000  # validation requests per canvas for "ndcg" selection (fewer: noisier choice)
+    # the canvases whose validation NDCG selects the epoch under "ndcg" (empty: every canvas). Every canvas's
+    # validation is still measured and recorded; a canvas whose validation requests are too few or come from
+    # too few users to tell epochs apart would otherwise pick the epoch for all of them
+    selection_canvases: tuple[str, ...] = ()
     max_train_rows: int = 0  # cap on merged training rows per epoch (0: all)
 
 
@@ -304,7 +308,9 @@ class ProjectConfig:
             self.evaluate, exclude_seen=tuple(c for c in self.evaluate.exclude_seen if c in kept)
         )
         train = dataclasses.replace(
-            self.train, sequence_canvases=tuple(c for c in self.train.sequence_canvases if c in kept)
+            self.train,
+            sequence_canvases=tuple(c for c in self.train.sequence_canvases if c in kept),
+            selection_canvases=tuple(c for c in self.train.selection_canvases if c in kept),
         )
         return dataclasses.replace(self, canvases=keep, evaluate=evaluate, train=train)
 
@@ -504,9 +510,10 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
     for canvas in ev.exclude_seen:
         if declared and canvas not in declared:
             p.add("evaluate.exclude_seen", f"unknown canvas {canvas!r}")
-    for canvas in sections["train"].sequence_canvases:
-        if declared and canvas not in declared:
-            p.add("train.sequence_canvases", f"unknown canvas {canvas!r}")
+    for key in ("sequence_canvases", "selection_canvases"):
+        for canvas in getattr(sections["train"], key):
+            if declared and canvas not in declared:
+                p.add(f"train.{key}", f"unknown canvas {canvas!r}")
 
     idx = sections["index"]
     for key in ("hnsw_m", "ef_construction", "ef_search"):

@@ -43,13 +43,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def validation_score(val: dict[str, dict[str, Any]], k: int) -> float:
-    """Model selection score: NDCG@k averaged over validation requests (not over canvases).
+def validation_score(val: dict[str, dict[str, Any]], k: int, canvases: tuple[str, ...] = ()) -> float:
+    """Model selection score: NDCG@k averaged over validation requests (not over canvases), of
+    ``canvases`` only when given (``train.selection_canvases``).
 
     A canvas with a handful of validation requests (search on MovieLens) swings wildly from epoch to
     epoch; an unweighted mean over canvases lets that noise pick the epoch for every canvas.
     """
-    weighted = [(m[f"ndcg@{k}"], m["requests"]) for m in val.values() if m["requests"]]
+    chosen = [m for c, m in val.items() if not canvases or c in canvases]
+    weighted = [(m[f"ndcg@{k}"], m["requests"]) for m in chosen if m["requests"]]
     total = sum(n for _, n in weighted)
     return float(sum(v * n for v, n in weighted) / total) if total else 0.0
 
@@ -166,7 +168,7 @@ def _train(
             depth = cfg.evaluate.retrieval_depth
             recommender = ModelRecommender(bundle, prepared.catalogue, depth=depth, sources=sources)
             val = evaluate_recommender(recommender, val_requests, cfg.evaluate.k)
-            score = validation_score(val, cfg.evaluate.k)
+            score = validation_score(val, cfg.evaluate.k, t.selection_canvases)
         history.append(
             {
                 "epoch": epoch,

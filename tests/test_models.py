@@ -80,6 +80,20 @@ def test_sampled_softmax_matches_a_reference_and_masks_accidental_hits():
     torch.testing.assert_close(got, torch.stack(rows).mean())
 
 
+def test_sampled_softmax_with_hard_negatives_matches_a_reference():
+    torch.manual_seed(2)
+    q, p, n = torch.randn(3, 5), torch.randn(3, 5), torch.randn(2, 5)
+    pid, nid, logq = torch.tensor([0, 1, 2]), torch.tensor([7, 8]), torch.zeros(3)
+    hard, hid = torch.randn(3, 2, 5), torch.tensor([[5, 6], [1, 9], [4, 4]])  # row 1's first is its positive
+    got = sampled_softmax_loss(q, p, pid, logq, n, nid, 0.3, temperature=0.5, hard=hard, hard_ids=hid, hard_logq=0.7)
+    rows = []
+    for i in range(3):
+        cands = [q[i] @ p[j] / 0.5 for j in range(3)] + [q[i] @ n[m] / 0.5 - 0.3 for m in range(2)]
+        cands += [q[i] @ hard[i, h] / 0.5 - 0.7 for h in range(2) if hid[i, h] != pid[i]]
+        rows.append(torch.logsumexp(torch.stack(cands), 0) - q[i] @ p[i] / 0.5)
+    torch.testing.assert_close(got, torch.stack(rows).mean())
+
+
 def test_loss_weightings():
     losses, present = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 0.0, 1.0])
     assert FixedWeighting([1.0, 5.0, 0.5])(losses, present).item() == pytest.approx(2.5)

@@ -1,5 +1,6 @@
 import dataclasses
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -180,8 +181,41 @@ def test_selection_canvases_must_be_declared_and_follow_a_dedicated_model(config
 
     raw = config.to_dict()
     raw["train"]["selection_canvases"] = ["home", "nope"]
-    with pytest.raises(ConfigError, match="train.selection_canvases"):
+    with pytest.raises(ConfigError, match=r"train\.selection_canvases"):
         parse_config(raw)
     cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, selection_canvases=("home", "browse")))
     assert cfg.only_canvases(["search"]).train.selection_canvases == ()  # its own canvas selects
     assert cfg.only_canvases(["browse", "search"]).train.selection_canvases == ("browse",)
+
+
+def test_hard_negatives_are_the_towers_top_pool_entities_and_train(config, prepared):
+    """Above ``full_softmax_max`` (forced tiny here) each query's hard negatives are the entities its
+    current towers score highest in a uniform pool, never its target; training with them runs."""
+    from monorec.data.features import Featurizer
+    from monorec.models.model import build_model, model_kwargs
+    from monorec.train_step import TrainStep
+    from monorec.training_data import TrainingData
+
+    t = dataclasses.replace(config.train, full_softmax_max=10, hard_negatives=3, hard_negative_pool=40, epochs=1)
+    cfg = dataclasses.replace(config, train=t)
+    fz = Featurizer(cfg).fit(prepared.rows("train"), prepared.catalogue)
+    model = build_model(model_kwargs(cfg, fz))
+    data = TrainingData.build(cfg, fz, prepared.merged(cfg.canvas_names), prepared.catalogue, torch.device("cpu"))
+    step = TrainStep(model, cfg, data, torch.Generator().manual_seed(0))
+    model.eval()
+    ctx = {k: v[:8] for k, v in data.ctx.items()}
+    _, query = model.encode_context(ctx)
+    target = data.entity[:8]
+    emb, ids = step._hard_negatives(query, target, torch.Generator().manual_seed(5))
+    assert emb.shape == (8, 3, query.shape[1]) and ids.shape == (8, 3)
+    pool = torch.randint(0, step.n_items, (40,), generator=torch.Generator().manual_seed(5))  # the same draw
+    with torch.no_grad():
+        _, all_items = model.encode_items(data.items)
+    scores = query.detach() @ all_items.T  # (8, N)
+    for i in range(8):
+        assert target[i] not in ids[i]
+        others = [int(e) for e in pool if int(e) not in ids[i].tolist() and int(e) != int(target[i])]
+        assert scores[i, ids[i]].min() >= max(scores[i, others]) - 1e-5
+        torch.testing.assert_close(emb[i], all_items[ids[i]], rtol=1e-5, atol=1e-5)
+    bundle = train(cfg, prepared, progress=False)
+    assert np.isfinite(bundle.meta["history"][0]["loss"])

@@ -175,6 +175,10 @@ class TrainSpec:
     # negatives with logQ correction
     full_softmax_max: int = 200_000
     random_negatives: int = 256  # sampled softmax: uniform catalogue negatives per batch, beside in-batch ones
+    # sampled softmax: per query, this many hard negatives mined from the retrieval itself (the current
+    # towers' top entities for the query among ``hard_negative_pool`` uniform samples, the positive excluded)
+    hard_negatives: int = 0
+    hard_negative_pool: int = 2048
     # the ranker may also learn from negatives drawn the way serving presents candidates: per positive row
     # that retrieval found, this many entities drawn from the retrieval's top candidates. Off by default:
     # measured on MovieLens's VALIDATION requests, 4 of them made the ranker alone invert the retrieval
@@ -487,6 +491,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
         0 < split.valid_fraction < 1 and 0 < split.test_fraction < 1 and split.valid_fraction + split.test_fraction < 1
     ):
         p.add("split", "valid_fraction and test_fraction must be in (0, 1) and sum below 1")
+    if sections["train"].hard_negatives < 0 or sections["train"].hard_negative_pool < 1:
+        p.add("train.hard_negatives", "hard_negatives must be >= 0 and hard_negative_pool >= 1")
     for wname in sections["train"].objective_weights:
         if wname not in obj_by_name:
             p.add(f"train.objective_weights.{wname}", "unknown objective")

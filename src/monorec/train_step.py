@@ -78,6 +78,7 @@ class TrainStep:
         self.id_dropout = t.id_dropout
         self.id_fields = [f.name for f in config.fields if f.kind == "id"]
         self.random_negatives = t.random_negatives
+        self.hard_negatives, self.hard_negative_pool = t.hard_negatives, t.hard_negative_pool
         self.retrieval_negatives = t.retrieval_negatives
         self.retrieval_depth = config.evaluate.retrieval_depth
         self.task_names = [*(o.name for o in config.objectives), "retrieval", "next_entity"]
@@ -115,6 +116,7 @@ class TrainStep:
         ids = candidates.ids
         assert ids is not None
         _, target_emb = self.model.encode_items({k: v[target] for k, v in self.data.items.items()})
+        hard, hard_ids = self._hard_negatives(query, target, generator) if self.hard_negatives > 0 else (None, None)
         return sampled_softmax_loss(
             query,
             target_emb,
@@ -125,7 +127,30 @@ class TrainStep:
             math.log(len(ids) / self.n_items),
             self.temperature,
             weights,
+            hard,
+            hard_ids,
+            math.log(min(1.0, self.hard_negative_pool / self.n_items)),
         )
+
+    def _hard_negatives(
+        self, query: torch.Tensor, target: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hard negatives from the retrieval itself: for (P, D) queries and their (P,) targets, the current
+        towers' top ``hard_negatives`` entities among a uniform pool (scored without gradients; the target
+        never chosen), then embedded with gradients. Returns ((P, H, D) embeddings, (P, H) catalogue ids).
+
+        The pool keeps the mining affordable above ``full_softmax_max``, where scoring the whole catalogue
+        every step is what the sampled softmax avoids.
+        """
+        pool = torch.randint(0, self.n_items, (self.hard_negative_pool,), generator=generator).to(query.device)
+        with torch.no_grad():
+            _, pool_emb = self.model.encode_items({k: v[pool] for k, v in self.data.items.items()})
+            scores = (query @ pool_emb.T).masked_fill(pool[None, :] == target[:, None], float("-inf"))
+        h = min(self.hard_negatives, len(pool))
+        chosen = pool[torch.topk(scores, h, dim=1).indices]  # (P, H)
+        unique, where = torch.unique(chosen, return_inverse=True)
+        _, emb = self.model.encode_items({k: v[unique] for k, v in self.data.items.items()})
+        return emb[where], chosen
 
     def _candidates(self, entity: torch.Tensor, generator: torch.Generator) -> Candidates:
         """What retrieval scores against in this step: the whole catalogue, or uniform samples."""

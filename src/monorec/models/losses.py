@@ -36,8 +36,12 @@ def sampled_softmax_loss(
     negative_logq: float,
     temperature: float,
     weights: torch.Tensor | None = None,
+    hard: torch.Tensor | None = None,
+    hard_ids: torch.Tensor | None = None,
+    hard_logq: float = 0.0,
 ) -> torch.Tensor:
-    """In-batch plus uniformly sampled negatives softmax, with logQ correction (Yi et al. 2019).
+    """In-batch plus uniformly sampled negatives softmax, with logQ correction (Yi et al. 2019), plus each
+    row's own hard negatives when given (mixed negative sampling).
 
     Args:
         query: (B, D) context embeddings of positive rows.
@@ -49,6 +53,9 @@ def sampled_softmax_loss(
         negative_logq: log of the expected times a uniform negative is drawn.
         temperature: softmax temperature.
         weights: (B,) per-sample loss weights (None: every row weighs 1).
+        hard: (B, H, D) each row's hard negatives (entities the current model scores high for it).
+        hard_ids: (B, H) their catalogue indices (one equal to the row's positive is masked).
+        hard_logq: log of the expected times a hard negative is drawn (its uniform pool's share).
 
     Returns:
         Scalar (weighted) mean cross-entropy of each query against its positive.
@@ -59,6 +66,10 @@ def sampled_softmax_loss(
     sampled = query @ negatives.T / temperature - negative_logq  # (B, M)
     sampled = sampled.masked_fill(negative_ids[None, :] == positive_ids[:, None], float("-inf"))
     logits = torch.cat([in_batch, sampled], dim=1)  # (B, B + M)
+    if hard is not None and hard_ids is not None:
+        own = torch.einsum("bd,bhd->bh", query, hard) / temperature - hard_logq  # (B, H)
+        own = own.masked_fill(hard_ids == positive_ids[:, None], float("-inf"))
+        logits = torch.cat([logits, own], dim=1)  # (B, B + M + H)
     target = torch.arange(len(query), device=query.device)
     return weighted_mean(F.cross_entropy(logits, target, reduction="none"), weights)
 

@@ -8,6 +8,7 @@ monorec retire   VERSION
 monorec stream publish FILE|-      (JSON lines: {"op": "upsert"|"delete", "entity_id", "revision", ...})
 monorec stream status
 monorec serve    [--env NAME] [--config FILE] [--host H] [--port P]   (the HTTP API and the page)
+monorec events export --out DIR      (answers + events -> training logs, a dataset folder for prepare)
 
 Every command takes --root DIR (the deployment folder; default $MONOREC_ROOT, else the demo's
 runs/demo/deployment), --registry DIR (default $MONOREC_REGISTRY, else runs/demo/registry) and --redis URL
@@ -29,7 +30,7 @@ from monorec.errors import ChangeError, DeployError
 
 __all__ = ["DEFAULT_REGISTRY", "DEFAULT_ROOT", "add_command", "add_deploy_commands", "run_deploy_command"]
 
-COMMANDS = ("deploy", "versions", "switch", "rollback", "retire", "stream", "serve")
+COMMANDS = ("deploy", "versions", "switch", "rollback", "retire", "stream", "serve", "events")
 
 # where `make demo` puts them, so that a new user's next command finds them; the environment overrides
 DEFAULT_ROOT = os.environ.get("MONOREC_ROOT", "runs/demo/deployment")
@@ -79,6 +80,12 @@ def add_deploy_commands(sub: Any) -> None:
     _common(pub)
     status = add_command(ssub, "status", help="consumer groups, lag, dead letters")
     _common(status)
+
+    ev = add_command(sub, "events", help="users' events and the answers they belong to (the feedback journal)")
+    esub = ev.add_subparsers(dest="events_command", required=True)
+    export = add_command(esub, "export", help="write answers + events as training logs (a dataset folder)")
+    export.add_argument("--out", required=True, help="the dataset folder to write (replaced atomically)")
+    _common(export)
 
 
 def _print_versions(rows: list[dict[str, Any]]) -> None:
@@ -207,9 +214,38 @@ def _remote(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
+def _export_events(args: argparse.Namespace) -> int:
+    """The journal and the current catalogue as a dataset folder; reads only (a server may keep running)."""
+    from monorec.feedback import FeedbackJournal, export_logs
+    from monorec.registry import Registry
+    from monorec.stream.catalogue import CatalogueStore
+
+    _require_existing(args)
+    journal_path = Path(args.root) / "feedback.sqlite"
+    if not journal_path.exists():
+        raise DeployError(f"no feedback journal at {journal_path}: serve the deployment and post events first")
+    registry = Registry(args.registry)
+    versions = registry.versions()
+    if not versions:
+        raise DeployError(f"registry {args.registry} has no version")
+    config = registry.config(versions[-1].version)
+    journal = FeedbackJournal(journal_path)
+    try:
+        summary = export_logs(journal, CatalogueStore(Path(args.root) / "catalogue.sqlite").frame(), config, args.out)
+    finally:
+        journal.close()
+    print(
+        f"wrote {args.out}: {summary['rows']} rows from {summary['requests']} requests over {len(summary['days'])} "
+        f"day(s); {summary['events_without_answer']} event(s) named an answer the journal does not hold"
+    )
+    return 0
+
+
 def run_deploy_command(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return _serve(args)
+    if args.command == "events":
+        return _export_events(args)
     if args.command == "stream" and args.stream_command == "publish":
         return _publish(args)
     from monorec.deploy import Deployment, open_log

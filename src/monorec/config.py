@@ -24,6 +24,7 @@ __all__ = [
     "CanvasSpec",
     "DeploySpec",
     "EvaluateSpec",
+    "FeedbackSpec",
     "FieldSpec",
     "ImputeRule",
     "IndexSpec",
@@ -261,6 +262,18 @@ class DeploySpec:
 
 
 @dataclass(frozen=True)
+class FeedbackSpec:
+    """Which log column each kind of user event sets when the feedback journal is exported as training
+    logs (monorec.feedback.export); None: that kind sets nothing. An exported pair (request, entity)
+    without a click has the click column 0; like is 0 on a clicked pair without a like."""
+
+    click: str | None = None
+    like: str | None = None
+    watch: str | None = None  # the sum of the pair's watch values
+    rating: str | None = None  # the pair's last rating
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     """A whole project config. Canvas order defines ``task_type`` indices."""
 
@@ -278,6 +291,7 @@ class ProjectConfig:
     sources: SourcesSpec = SourcesSpec()
     index: IndexSpec = IndexSpec()
     deploy: DeploySpec = DeploySpec()
+    feedback: FeedbackSpec = FeedbackSpec()
     environments: dict[str, EnvironmentSpec] = field(default_factory=dict)  # serving environments by name
 
     def field(self, name: str) -> FieldSpec:
@@ -344,6 +358,7 @@ class ProjectConfig:
             "sources": clean(self.sources),
             "index": clean(self.index),
             "deploy": clean(self.deploy),
+            "feedback": clean(self.feedback),
             "environments": {name: env.to_dict() for name, env in self.environments.items()},
         }
 
@@ -373,6 +388,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
             "sources",
             "index",
             "deploy",
+            "feedback",
             "environments",
         }:
             p.add(key, "unknown section")
@@ -484,6 +500,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
         ("sources", SourcesSpec),
         ("index", IndexSpec),
         ("deploy", DeploySpec),
+        ("feedback", FeedbackSpec),
     ):
         sections[key] = parse_dataclass(cls, raw.get(key, {}), key, p) or cls()
     split = sections["split"]
@@ -536,6 +553,10 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
     if not 0 <= dep.canary_min_recall <= 1:
         p.add("deploy.canary_min_recall", "must be in [0, 1]")
 
+    columns = {o.column for o in objectives}
+    for kind, column in dataclasses.asdict(sections["feedback"]).items():
+        if column is not None and column not in columns:
+            p.add(f"feedback.{kind}", f"{column!r} is not the column of a declared objective")
     environments = parse_environments(raw.get("environments"), {c.name: c.fields for c in canvases}, p)
 
     if p.items:

@@ -31,6 +31,9 @@ def stratified_merge(
         (merged rows shuffled, mixture record ``{canvas: {available, rows, share, target_share, replacement}}``).
     """
     canvases = [c for c in config.canvases if c.name in train and train[c.name].height > 0]
+    if not canvases:  # no training rows at all (a short log): an empty merge, reported by the manifest
+        empty = next(iter(train.values())).clear() if train else pl.DataFrame()
+        return empty, {}
     available = {c.name: train[c.name].height for c in canvases}
     total = total_rows or sum(available.values())
     mix_sum = sum(c.mix for c in canvases)

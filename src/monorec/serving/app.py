@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 from monorec.deploy import Deployment
 from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, load_environments
 from monorec.errors import CanvasNotServed, ChangeError, DeployError, RequestError, ServingUnavailable
+from monorec.feedback.journal import EventRecord, FeedbackJournal
 from monorec.registry import Registry
 from monorec.serving.body_limit import BodyLimit
 from monorec.serving.docs import offline_docs
@@ -47,6 +48,8 @@ from monorec.serving.messages import (
     BatchResponse,
     EntityOut,
     EntityWrite,
+    EventBatch,
+    EventIn,
     RecommendRequest,
     RecommendResponse,
 )
@@ -82,6 +85,10 @@ class ServeSettings:
     admin_token: str | None = None  # None: admin and write endpoints refuse every call
     read_token: str | None = None  # for environments with open_reads = false (default: the admin token)
     max_body_bytes: int = 1 << 20
+    # the feedback journal (answers' contexts and users' events, monorec.feedback): a SQLite file, by
+    # default ``feedback.sqlite`` in the deployment folder
+    journal: Path | None = None
+    events_token: str | None = None  # for POST /v1/events (default: the admin token; both are accepted)
     public_url: str | None = None  # announced in the deployment folder, so the CLI can reach this server
 
 
@@ -181,10 +188,12 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         versions = dep.registry.versions()
         if versions:
             contract_openapi(app, dep.registry.config(versions[-1].version), env)
-        engine = ServingEngine(dep, env)
+        journal = FeedbackJournal(settings.journal or settings.root / "feedback.sqlite")
+        engine = ServingEngine(dep, env, journal=journal)
         app.state.deployment, app.state.env, app.state.engine = dep, env, engine
         app.state.metrics = ServingMetrics(dep)
         app.state.deploy_job = _DeployJob()
+        app.state.journal = journal
         # the app, its routes and schemas are long-lived: out of the collector's generations like the
         # deployment's state (open() has just run the full collection), so that full collections walk only
         # what requests allocate
@@ -193,6 +202,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
             yield
         finally:
             engine.close()
+            journal.close()
             if owned:
                 dep.close()
 
@@ -218,8 +228,12 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         if not request.app.state.env.open_reads:
             _check(credentials, settings.read_token or settings.admin_token, settings.admin_token)
 
+    def event_writer(credentials: Credentials) -> None:
+        _check(credentials, settings.events_token, settings.admin_token)
+
     Admin = Depends(admin)
     Reader = Depends(reader)
+    EventWriter = Depends(event_writer)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -328,6 +342,16 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         offsets = request.app.state.deployment.publish([Change("delete", entity_id, revision).to_dict()])
         return {"entity_id": entity_id, "revision": revision, "offset": offsets[0]}
 
+    @app.post("/v1/events", status_code=202, dependencies=[EventWriter], tags=["events"])
+    def post_event(body: EventIn, request: Request) -> dict[str, Any]:
+        """Records what a user did with an entity (idempotent by ``event_id``)."""
+        return _record_events(request, [body])
+
+    @app.post("/v1/events/batch", status_code=202, dependencies=[EventWriter], tags=["events"])
+    def post_events(body: EventBatch, request: Request) -> dict[str, Any]:
+        """Records up to 1,000 events in one transaction (idempotent by ``event_id``)."""
+        return _record_events(request, body.events)
+
     # ----------------------------------------------------------------------------------- admin
 
     @app.get("/v1/admin/versions", dependencies=[Admin], tags=["admin"])
@@ -394,3 +418,31 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
+
+
+def _record_events(request: Request, events: list[EventIn]) -> dict[str, Any]:
+    """Stores the events in the feedback journal; an event for a canvas the serving version does not
+    declare is refused (422, position named); one for an entity the catalogue does not hold is stored
+    (the entity may arrive later) and counted."""
+    dep: Deployment = request.app.state.deployment
+    version = dep.router.current
+    if version is not None:
+        declared = set(version.schema.canvas_names)
+        for i, e in enumerate(events):
+            if e.canvas not in declared:
+                request.app.state.metrics.events.labels(e.kind, "unknown_canvas").inc()
+                raise RequestError(f"events.{i}.canvas", f"unknown canvas {e.canvas!r}; declared: {sorted(declared)}")
+    now = time.time()
+    records = [
+        EventRecord(e.event_id, e.request_id, e.user_id, e.canvas, e.entity_id, e.kind, e.value, e.ts or now)
+        for e in events
+    ]
+    stored, duplicates = request.app.state.journal.record_events(records)
+    known = dep.catalogue.entities(list({e.entity_id for e in events}))
+    unknown = sum(1 for e in events if e.entity_id not in known)
+    metrics = request.app.state.metrics.events
+    for e in events:
+        metrics.labels(e.kind, "unknown_entity" if e.entity_id not in known else "received").inc()
+    if duplicates:
+        metrics.labels("any", "duplicate").inc(duplicates)
+    return {"stored": stored, "duplicates": duplicates, "unknown_entities": unknown}

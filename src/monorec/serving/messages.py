@@ -6,9 +6,10 @@ the context schema's (unknown fields, text length) are checked by the engine wit
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from monorec.stream.changes import MAX_REVISION
 
@@ -21,6 +22,8 @@ __all__ = [
     "Candidates",
     "EntityOut",
     "EntityWrite",
+    "EventBatch",
+    "EventIn",
     "FallbackInfo",
     "RecommendRequest",
     "RecommendResponse",
@@ -107,6 +110,9 @@ class RecommendResponse(BaseModel):
     sources: list[str] = Field(
         default_factory=list, description="the candidate sources that answered (a failed one is left out)"
     )
+    request_id: str = Field(
+        default="", description="this answer's id: events about what it showed name it (POST /v1/events)"
+    )
 
 
 class BatchResponse(BaseModel):
@@ -132,3 +138,45 @@ class EntityOut(BaseModel):
     categories: list[str]
     revision: int
     versions: dict[str, bool] = Field(default_factory=dict, description="live version -> whether its index holds it")
+
+
+MAX_EVENTS = 1000  # events per batch call
+# an event's time: seconds since the epoch, between 2000-01-01 and 2100-01-01 (a millisecond or nanosecond
+# timestamp sent by mistake is refused instead of landing its rows in another century)
+MIN_EVENT_TS, MAX_EVENT_TS = 946_684_800.0, 4_102_444_800.0
+VALUED_KINDS = ("watch", "rating")
+
+
+class EventIn(_Strict):
+    """One thing a user did with an entity shown (or not) by an answer. ``event_id`` is the idempotency
+    key: the same event sent twice is stored once."""
+
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ENTITY_ID_PATTERN)]
+    request_id: Id | None = Field(default=None, description="the answer it belongs to (its request_id)")
+    user_id: Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=ENTITY_ID_PATTERN)]
+    canvas: Label
+    entity_id: Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=ENTITY_ID_PATTERN)]
+    kind: Literal["impression", "click", "like", "watch", "rating"]
+    value: float | None = Field(default=None, description="watch: seconds (>= 0); rating: the rating")
+    ts: float | None = Field(default=None, description="seconds since the epoch (default: when received)")
+
+    @field_validator("value", "ts")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EventIn:
+        if self.kind in VALUED_KINDS and self.value is None:
+            raise ValueError(f"a {self.kind} event needs a value")
+        if self.kind == "watch" and self.value is not None and self.value < 0:
+            raise ValueError("watch seconds must be >= 0")
+        if self.ts is not None and not MIN_EVENT_TS <= self.ts <= MAX_EVENT_TS:
+            raise ValueError("ts must be seconds since the epoch (years 2000-2100)")
+        return self
+
+
+class EventBatch(_Strict):
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS)

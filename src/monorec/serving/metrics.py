@@ -86,6 +86,12 @@ class ServingMetrics:
         self.errors = Counter(
             "monorec_request_errors", "requests refused or failed, by HTTP status", ["status"], registry=self.registry
         )
+        self.events = Counter(
+            "monorec_events",
+            "user events by kind and outcome (received, unknown_entity, unknown_canvas; duplicate under kind any)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
         self.registry.register(_DeploymentCollector(deployment))
 
     def observe(self, response: RecommendResponse) -> None:

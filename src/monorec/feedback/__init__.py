@@ -1,0 +1,7 @@
+"""What users did with the answers, and the loop back to training: the feedback journal (answers and
+events) and its export as training logs."""
+
+from monorec.feedback.export import export_logs, feedback_rows
+from monorec.feedback.journal import EVENT_KINDS, AnswerRecord, EventRecord, FeedbackJournal
+
+__all__ = ["EVENT_KINDS", "AnswerRecord", "EventRecord", "FeedbackJournal", "export_logs", "feedback_rows"]

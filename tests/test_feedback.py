@@ -69,6 +69,17 @@ def test_events_are_journaled_once_and_export_as_logs_prepare_reads(api, two_ver
     assert 'monorec_events_total{kind="click",outcome="unknown_entity"} 1.0' in metrics
     assert 'monorec_events_total{kind="any",outcome="duplicate"} 4.0' in metrics
 
+    # the user's next request reflects what they did: a canvas that reads a history gets their clicks as
+    # its history when the request gives none (and answers none of them: already seen)
+    browse = {"canvas": "browse", "context": {"user_id": "u00007", "category": "drama"}, "k": 10}
+    filled = client.post("/v1/recommend", json=browse).json()
+    history = [shown[1], "not-in-catalogue"]  # the user's clicks, oldest first
+    explicit = client.post("/v1/recommend", json={**browse, "context": {**browse["context"], "history": history}})
+    assert [i["entity_id"] for i in filled["items"]] == [i["entity_id"] for i in explicit.json()["items"]]
+    assert shown[1] not in {i["entity_id"] for i in filled["items"]}
+    stranger = {**browse, "context": {**browse["context"], "user_id": "u-without-events"}}
+    assert client.post("/v1/recommend", json=stranger).json()["items"] != filled["items"]
+
     # bad events are refused with the field named; nothing of the batch is stored
     bad = [
         (_event("b1", rid, shown[0], "watch"), "value"),  # watch needs a value

@@ -21,6 +21,7 @@ from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, parse_env
 from monorec.errors import ConfigError
 
 __all__ = [
+    "EVENT_KINDS",
     "CanvasSpec",
     "DeploySpec",
     "EvaluateSpec",
@@ -261,6 +262,10 @@ class DeploySpec:
     loader_checkpoint_s: float = 60.0
 
 
+# what users do with an answer's entities (POST /v1/events; monorec.feedback)
+EVENT_KINDS = ("impression", "click", "like", "watch", "rating")
+
+
 @dataclass(frozen=True)
 class FeedbackSpec:
     """Which log column each kind of user event sets when the feedback journal is exported as training
@@ -271,6 +276,11 @@ class FeedbackSpec:
     like: str | None = None
     watch: str | None = None  # the sum of the pair's watch values
     rating: str | None = None  # the pair's last rating
+    # serving: a request that names the user (``user_field``) but gives no ``history_field`` gets the
+    # entities of the user's most recent ``history_kind`` events as its history (None: never filled)
+    history_field: str | None = None
+    history_kind: str = "click"
+    user_field: str = "user_id"
 
 
 @dataclass(frozen=True)
@@ -554,9 +564,19 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
         p.add("deploy.canary_min_recall", "must be in [0, 1]")
 
     columns = {o.column for o in objectives}
-    for kind, column in dataclasses.asdict(sections["feedback"]).items():
+    fb = sections["feedback"]
+    for kind in ("click", "like", "watch", "rating"):
+        column = getattr(fb, kind)
         if column is not None and column not in columns:
             p.add(f"feedback.{kind}", f"{column!r} is not the column of a declared objective")
+    if fb.history_field is not None:
+        history = by_name.get(fb.history_field)
+        if history is None or history.kind != "id_list" or history.vocabulary != "entity":
+            p.add("feedback.history_field", "must be a declared id_list field with vocabulary 'entity'")
+        if fb.user_field not in by_name:
+            p.add("feedback.user_field", f"unknown context field {fb.user_field!r}")
+        if fb.history_kind not in EVENT_KINDS:
+            p.add("feedback.history_kind", f"expected one of {EVENT_KINDS}")
     environments = parse_environments(raw.get("environments"), {c.name: c.fields for c in canvases}, p)
 
     if p.items:

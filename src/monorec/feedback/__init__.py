@@ -2,6 +2,6 @@
 events) and its export as training logs."""
 
 from monorec.feedback.export import export_logs, feedback_rows
-from monorec.feedback.journal import EVENT_KINDS, AnswerRecord, EventRecord, FeedbackJournal
+from monorec.feedback.journal import AnswerRecord, EventRecord, FeedbackJournal
 
-__all__ = ["EVENT_KINDS", "AnswerRecord", "EventRecord", "FeedbackJournal", "export_logs", "feedback_rows"]
+__all__ = ["AnswerRecord", "EventRecord", "FeedbackJournal", "export_logs", "feedback_rows"]

@@ -28,11 +28,9 @@ import polars as pl
 
 from monorec._sqlite import SqliteFile
 
-__all__ = ["EVENT_KINDS", "AnswerRecord", "EventRecord", "FeedbackJournal"]
+__all__ = ["AnswerRecord", "EventRecord", "FeedbackJournal"]
 
 log = logging.getLogger(__name__)
-
-EVENT_KINDS = ("impression", "click", "like", "watch", "rating")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -44,6 +42,7 @@ CREATE TABLE IF NOT EXISTS events (
     entity_id TEXT NOT NULL, kind TEXT NOT NULL, value REAL, ts REAL NOT NULL, received REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_request ON events(request_id);
+CREATE INDEX IF NOT EXISTS events_by_user ON events(user_id, kind, ts);
 """
 
 
@@ -147,6 +146,17 @@ class FeedbackJournal:
             )
             new = db.total_changes - before
         return new, len(events) - new
+
+    def recent_entities(self, user_id: str, kind: str, limit: int) -> list[str]:
+        """The entities of the user's ``limit`` most recent events of ``kind``, oldest first (what a request
+        that names the user but no history is given as its history: the user's next answer reflects what
+        they just did). One indexed read; a user with 10^5 events costs the same."""
+        with self._db.transaction() as db:
+            rows = db.execute(
+                "SELECT entity_id FROM events WHERE user_id = ? AND kind = ? ORDER BY ts DESC, rowid DESC LIMIT ?",
+                (user_id, kind, limit),
+            ).fetchall()
+        return [r[0] for r in reversed(rows)]
 
     # ------------------------------------------------------------------ reading (export)
 

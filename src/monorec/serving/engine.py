@@ -142,8 +142,9 @@ class ServingEngine:
         version = self.deployment.router.current
         if version is None:
             raise ServingUnavailable("no version is serving yet; deploy one first")
+        request = self._with_recent_history(request, version)
         work = self.validate(request, version)
-        key = request_key(request)
+        key = request_key(request)  # with the history filled in: a new event makes it a new request
         if self._cache is not None:
             hit = self._cache.get(key)
             if hit is not None and hit[0] == version.name:
@@ -182,6 +183,24 @@ class ServingEngine:
     async def recommend_many_async(self, requests: Sequence[RecommendRequest]) -> list[RecommendResponse]:
         """:meth:`recommend_many` for an event loop."""
         return [self._issue(s, await self._finish_async(s)) for s in self._start_many(requests)]
+
+    def _with_recent_history(self, request: RecommendRequest, version: ServingVersion) -> RecommendRequest:
+        """The request with the user's recent events as its history, when it names the user, gives no
+        history and its canvas reads one (``[feedback] history_field``): what the user just did shapes their
+        next answer, without retraining. Unchanged otherwise."""
+        fb = version.bundle.config.feedback
+        field = fb.history_field
+        if self.journal is None or field is None or request.context.get(field) not in (None, "", []):
+            return request
+        user = request.context.get(fb.user_field)
+        canvas = next((c for c in version.bundle.config.canvases if c.name == request.canvas), None)
+        if not isinstance(user, str) or not user or canvas is None or field not in canvas.fields:
+            return request
+        limit = version.bundle.config.field(field).max_tokens
+        recent: list[str | int] = list(self.journal.recent_entities(user, fb.history_kind, limit))
+        if not recent:
+            return request
+        return request.model_copy(update={"context": {**request.context, field: recent}})
 
     def _issue(self, started: _Started, response: RecommendResponse) -> RecommendResponse:
         """The answer with its own request id (a cached answer gets a new one: it is another request),

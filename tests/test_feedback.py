@@ -155,3 +155,23 @@ def test_feedback_rows_follow_the_declared_columns(config) -> None:  # type: ign
     assert rows["liked"].to_list() == [None, 0.0, 1.0]
     assert rows["hour"].to_list() == [21.0, 21.0, None] and rows["canvas"].to_list() == ["home", "home", "search"]
     assert rows["user_id"].to_list() == ["u1", "u1", "u2"]
+
+
+def test_a_user_with_a_hundred_thousand_events_reads_only_the_recent_ones(tmp_path: Path) -> None:
+    from monorec.feedback import EventRecord
+
+    journal = FeedbackJournal(tmp_path / "feedback.sqlite")
+    try:
+        for start in range(0, 100_000, 10_000):
+            batch = [
+                EventRecord(f"e{i}", None, "heavy", "home", f"m{i % 997}", "click", None, TS + i)
+                for i in range(start, start + 10_000)
+            ]
+            assert journal.record_events(batch) == (10_000, 0)
+        recent = journal.recent_entities("heavy", "click", 20)
+        assert recent == [f"m{i % 997}" for i in range(100_000 - 20, 100_000)]  # oldest first, the last 20
+        assert (
+            journal.recent_entities("heavy", "like", 20) == [] and journal.recent_entities("nobody", "click", 5) == []
+        )
+    finally:
+        journal.close()

@@ -31,14 +31,16 @@ def bench_config(index: str = "exact", **deploy: object) -> ProjectConfig:
     )
 
 
-def two_version_registry(root: Path, config: ProjectConfig) -> tuple[Registry, pl.DataFrame]:
-    """Two versions (seeds 0 and 1) trained for one epoch on a small world; returns the registry and the
-    world's catalogue."""
+def two_version_registry(
+    root: Path, config: ProjectConfig, seeds: tuple[int, ...] = (0, 1)
+) -> tuple[Registry, pl.DataFrame]:
+    """Two versions (seeds 0 and 1; or one per given seed) trained for one epoch on a small world; returns
+    the registry and the world's catalogue."""
     catalogue, logs = generate_world(SMALL_WORLD)
     catalogue, logs = validate_catalogue(catalogue, config), validate_logs(logs, config)
     prepared = prepare(config, catalogue, logs)
     registry = Registry(root)
-    for seed in (0, 1):
+    for seed in seeds:
         cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
         registry.publish(train(cfg, prepared, progress=False), {"canvases": {}}, force=True)
     return registry, catalogue

@@ -142,7 +142,7 @@ class ServingEngine:
         version = self.deployment.router.current
         if version is None:
             raise ServingUnavailable("no version is serving yet; deploy one first")
-        request = self._with_recent_history(request, version)
+        request = self.with_recent_history(request, version)
         work = self.validate(request, version)
         key = request_key(request)  # with the history filled in: a new event makes it a new request
         if self._cache is not None:
@@ -184,7 +184,7 @@ class ServingEngine:
         """:meth:`recommend_many` for an event loop."""
         return [self._issue(s, await self._finish_async(s)) for s in self._start_many(requests)]
 
-    def _with_recent_history(self, request: RecommendRequest, version: ServingVersion) -> RecommendRequest:
+    def with_recent_history(self, request: RecommendRequest, version: ServingVersion) -> RecommendRequest:
         """The request with the user's recent events as its history, when it names the user, gives no
         history and its canvas reads one (``[feedback] history_field``): what the user just did shapes their
         next answer, without retraining. Unchanged otherwise."""

@@ -175,3 +175,28 @@ def test_a_user_with_a_hundred_thousand_events_reads_only_the_recent_ones(tmp_pa
         )
     finally:
         journal.close()
+
+
+def test_answers_never_wait_for_the_journal_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    """With the journal's file locked by another writer, recording answers returns at once; what does not
+    fit the queue is dropped and counted, and what was queued is written once the lock goes."""
+    import sqlite3
+    import time
+
+    from monorec.feedback import AnswerRecord
+
+    journal = FeedbackJournal(tmp_path / "feedback.sqlite", queue_size=4)
+    blocker = sqlite3.connect(tmp_path / "feedback.sqlite", timeout=60)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")  # every other writer now waits
+        started = time.monotonic()
+        for i in range(50):
+            journal.record_answer(AnswerRecord(f"r{i}", TS, "home", "v0001", {"user_id": "u1"}, ["a"]))
+        assert time.monotonic() - started < 0.5  # never blocked on the locked file
+        assert journal.dropped_answers >= 50 - 4 - 1  # the queue, and the batch the writer holds
+        blocker.rollback()
+        journal.flush()
+        assert journal.answers().height + journal.dropped_answers == 50
+    finally:
+        blocker.close()
+        journal.close()

@@ -200,3 +200,12 @@ def test_answers_never_wait_for_the_journal_a_full_queue_drops_and_counts(tmp_pa
     finally:
         blocker.close()
         journal.close()
+
+
+def test_the_api_accepts_exactly_the_declared_event_kinds() -> None:
+    from typing import get_args
+
+    from monorec.config import EVENT_KINDS
+    from monorec.serving.messages import EventIn
+
+    assert get_args(EventIn.model_fields["kind"].annotation) == EVENT_KINDS

@@ -3,6 +3,7 @@ synthetic model, and synthetic catalogues of any size in the same vocabulary."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
@@ -60,3 +61,25 @@ def synthetic_catalogue(n: int, seed: int = 0, prefix: str = "x") -> pl.DataFram
             "categories": [topics[t] for t in main],
         }
     )
+
+
+def freshness_arguments(description: str | None) -> tuple[argparse.Namespace, int, float, list[int]]:
+    """The command line of the freshness benchmarks (B6, B10): returns (args, entities, seconds per rate,
+    rates), the --quick sizes applied. Sets torch and faiss to one thread each: request-level parallelism
+    (threads) instead of intra-op parallelism, whose pools would only oversubscribe 2 cores with several
+    requests in flight."""
+    import faiss
+    import torch
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rates", type=int, nargs="+", default=[10, 100, 1000])
+    ap.add_argument("--quick", action="store_true", help="5k entities, 2 s per rate (checks the script runs)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    if args.quick:
+        return args, 5_000, 2.0, [10, 100]
+    return args, args.items, args.seconds, args.rates

@@ -16,7 +16,6 @@ journal write, no journal read). Target: p99 <= 1 s.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import tempfile
@@ -25,12 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import faiss
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
-from _serving import bench_config, synthetic_catalogue, two_version_registry
+from _serving import bench_config, freshness_arguments, synthetic_catalogue, two_version_registry
 from b6_freshness import percentiles
 from monorec.deploy import Deployment
 from monorec.environments import EnvironmentSpec
@@ -123,16 +119,7 @@ def run_rate(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--items", type=int, default=100_000)
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--rates", type=int, nargs="+", default=[10, 100, 1000])
-    ap.add_argument("--quick", action="store_true", help="5k entities, 2 s per rate (checks the script runs)")
-    args = ap.parse_args()
-    torch.set_num_threads(1)  # request-level parallelism, as in B6
-    faiss.omp_set_num_threads(1)
-    n, seconds, rates = (5_000, 2.0, [10, 100]) if args.quick else (args.items, args.seconds, args.rates)
+    args, n, seconds, rates = freshness_arguments(__doc__)
     tmp = Path(tempfile.mkdtemp())
     registry, _ = two_version_registry(tmp / "registry", bench_config(index="exact" if args.quick else "hnsw"), (0,))
     catalogue = synthetic_catalogue(n)

@@ -14,7 +14,6 @@ index) followed by the same search. Targets: p99 <= 1 s; query p99 during ingest
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import tempfile
@@ -23,13 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
-from _serving import bench_config, synthetic_catalogue, two_version_registry
+from _serving import bench_config, freshness_arguments, synthetic_catalogue, two_version_registry
 from monorec.deploy import Deployment
 from monorec.index import EntityFilter
 from monorec.stream.changes import Change
@@ -147,18 +144,7 @@ def run_rate(dep: Deployment, rate: int, seconds: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--items", type=int, default=100_000)
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--rates", type=int, nargs="+", default=[10, 100, 1000])
-    ap.add_argument("--quick", action="store_true", help="5k entities, 2 s per rate (checks the script runs)")
-    args = ap.parse_args()
-    # request-level parallelism (threads) instead of intra-op parallelism: with several requests in flight,
-    # torch's and faiss's own thread pools only oversubscribe the 2 cores
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    n, seconds, rates = (5_000, 2.0, [10, 100]) if args.quick else (args.items, args.seconds, args.rates)
+    args, n, seconds, rates = freshness_arguments(__doc__)
     tmp = Path(tempfile.mkdtemp())
     registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"))
 

@@ -3,7 +3,6 @@ and writes through the change log, admin deploy / switch / rollback with the tok
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from monorec.deploy import Deployment
 from monorec.registry import Registry
 from monorec.serving.app import ServeSettings, create_app
 from serving_fixtures import deployed
+from waiting import wait_for
 
 TOKEN = "admin-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -29,13 +29,6 @@ def api(tmp_path: Path, two_versions: Registry, prepared) -> Iterator[tuple[http
     with live_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield client, dep
     dep.close()
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_every_canvas_and_the_batch_endpoint(api: tuple[httpx.Client, Deployment], prepared) -> None:  # type: ignore[no-untyped-def]

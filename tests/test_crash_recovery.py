@@ -1,5 +1,6 @@
 """kill -9 at random points of a deploy under streaming: after a restart the live version answers and the
-new version ends with exactly the catalogue (same ids, each at its latest revision)."""
+new version ends with exactly the catalogue (same ids, each at its latest revision) and, in its user store,
+exactly the users table (every user's state at its latest revision)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from monorec.control_plane import ControlPlane
 from monorec.deploy import Deployment, open_log
 from monorec.registry import Registry
 from monorec.stream.log import ChangeLog
+from monorec.users import user_key
+from monorec.users.seed import user_states
 from redis_server import RedisServer
 
 CHILD = Path(__file__).with_name("deploy_child.py")
@@ -43,7 +46,7 @@ def run_child(
 
 
 class Publisher:
-    """Another process's view of the log: streams upserts and deletes while the deploy runs."""
+    """Another process's view of the log: streams upserts, deletes and user states while the deploy runs."""
 
     def __init__(self, log: ChangeLog, seed: int, interval_s: float = 0.003) -> None:
         self.log, self.interval_s = log, interval_s
@@ -59,7 +62,13 @@ class Publisher:
             revision += 1
             n = self.rng.randrange(120)  # the catalogue has 80 entities: existing and new ids
             entity = f"m{n:05d}" if n % 2 else f"new{n}"
-            if self.rng.random() < 0.2:
+            draw = self.rng.random()
+            if draw < 0.25:  # a user's new state: known users and new ones
+                user = f"u{self.rng.randrange(60)}"
+                country = self.rng.choice(["US", "DE", "FR"])
+                change = {"op": "user", "user_id": user, "revision": revision, "profile": {"country": country}}
+                change["history"] = [entity]
+            elif draw < 0.45:
                 change = {"op": "delete", "entity_id": entity, "revision": revision}
             else:
                 change = {
@@ -122,6 +131,8 @@ def run_case(  # type: ignore[no-untyped-def]
     root = tmp_path / "dep"
     with Deployment(root, two_versions, log=open_log(root, redis_url or None)) as dep:
         dep.seed_catalogue(prepared.catalogue)
+        dep.seed_users(user_states(prepared.rows("train"), two_versions.config("v0001")))
+        assert dep.catalogue.user_count() > 20
         dep.deploy("v0001")
 
     # qdrant-client's local mode (Python, persisting every write) applies changes far slower than faiss: a
@@ -172,4 +183,9 @@ def run_case(  # type: ignore[no-untyped-def]
             for (revision, entity), hits in zip(publisher.titled.items(), found, strict=True):
                 assert [e for e, _ in hits] == ([entity] if expected.get(entity) == revision else []), (name, entity)
         assert len(dep.versions["v0002"].index) == dep.catalogue.count()
+        users = dep.catalogue.user_revisions()
+        for name in ("v0002", "v0001"):  # and both hold every user's latest state, nothing else
+            store = dep.versions[name].users
+            assert store is not None
+            assert store.revisions() == {user_key("home", u): r for u, r in users.items()}, name
         assert not dep.control.dead_letters()

@@ -14,6 +14,7 @@ from monorec.deploy import Deployment
 from monorec.errors import ChangeError, DeployError
 from monorec.registry import Registry
 from monorec.stream.changes import Change
+from waiting import wait_for
 
 
 def upsert(entity_id: str, revision: int, title: str = "fresh title", kind: str = "movie") -> dict:
@@ -25,13 +26,6 @@ def upsert(entity_id: str, revision: int, title: str = "fresh title", kind: str 
         "title": title,
         "categories": ["drama"],
     }
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -219,7 +213,8 @@ def test_a_stale_replay_changes_neither_features_nor_text(deployment: Deployment
     deployment.deploy("v0001")
     sv = deployment.versions["v0001"]
     deployment.publish([upsert("twice", 7, title="Qwv Newer")])
-    wait_for(lambda: "twice" in sv.index.revisions())
+    # the loader commits the lexical index after the vector index: wait for both
+    wait_for(lambda: "twice" in sv.index.revisions() and sv.sources.lexical.search(["qwv"], 5) != [[]])
     features = sv.features.get(["twice"]).copy()
 
     assert sv.apply([Change("upsert", "twice", 3, "movie", title="Pxq Older", categories=("comedy",))]) == 0

@@ -21,6 +21,7 @@ from monorec.feedback import FeedbackJournal, export_logs, feedback_rows
 from monorec.registry import Registry
 from monorec.serving.app import ServeSettings, create_app
 from serving_fixtures import deployed
+from waiting import wait_for
 
 TOKEN = "feedback-test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -69,11 +70,16 @@ def test_events_are_journaled_once_and_export_as_logs_prepare_reads(api, two_ver
     assert 'monorec_events_total{kind="click",outcome="unknown_entity"} 1.0' in metrics
     assert 'monorec_events_total{kind="any",outcome="duplicate"} 4.0' in metrics
 
+    # the events become the user's new state on the change log: within a loader poll the users table holds
+    # their clicks as history, and every live version's user store holds that state's encoding
+    history = [shown[1], "not-in-catalogue"]  # the user's clicks, oldest first
+    wait_for(lambda: client.get("/v1/users/u00007").json().get("history") == history, timeout=10)
+    wait_for(lambda: all(client.get("/v1/users/u00007").json()["versions"].values()), timeout=10)
+    assert set(client.get("/v1/users/u00007").json()["versions"]) == set(dep.versions)
     # the user's next request reflects what they did: a canvas that reads a history gets their clicks as
     # its history when the request gives none (and answers none of them: already seen)
     browse = {"canvas": "browse", "context": {"user_id": "u00007", "category": "drama"}, "k": 10}
     filled = client.post("/v1/recommend", json=browse).json()
-    history = [shown[1], "not-in-catalogue"]  # the user's clicks, oldest first
     explicit = client.post("/v1/recommend", json={**browse, "context": {**browse["context"], "history": history}})
     assert [i["entity_id"] for i in filled["items"]] == [i["entity_id"] for i in explicit.json()["items"]]
     assert shown[1] not in {i["entity_id"] for i in filled["items"]}
@@ -122,6 +128,38 @@ def test_events_are_journaled_once_and_export_as_logs_prepare_reads(api, two_ver
     args = ["events", "export", "--root", str(tmp_path / "dep"), "--registry", str(two_versions.root)]
     assert main([*args, "--out", str(out)]) == 0
     assert sum(pl.read_parquet(f).height for f in (out / "logs").glob("feedback-*.parquet")) == 4
+
+
+def test_users_are_created_by_events_and_profiles_written_through_the_log(api) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = api
+    assert client.get("/v1/users/u-brand-new").status_code == 404
+    # an event of an unknown user creates the user (empty profile, the click as history)
+    click = {"event_id": "new-1", "user_id": "u-brand-new", "canvas": "home", "entity_id": "m00003", "kind": "click"}
+    assert client.post("/v1/events", json=click, headers=AUTH).status_code == 202
+    wait_for(lambda: client.get("/v1/users/u-brand-new").status_code == 200, timeout=10)
+    assert client.get("/v1/users/u-brand-new").json()["history"] == ["m00003"]
+    # a profile write replaces the profile, keeps the history, and reaches every live version's user store
+    profile = {"profile": {"country": "FR", "device": "tv"}}
+    assert client.put("/v1/users/u-brand-new", json=profile).status_code == 401  # writes need the token
+    written = client.put("/v1/users/u-brand-new", json=profile, headers=AUTH)
+    assert written.status_code == 202, written.text
+    revision = written.json()["revision"]
+
+    def current() -> dict[str, object]:
+        return client.get("/v1/users/u-brand-new").json()  # type: ignore[no-any-return]
+
+    wait_for(lambda: current()["revision"] == revision and all(current()["versions"].values()), timeout=10)
+    assert current()["profile"] == {"country": "FR", "device": "tv"} and current()["history"] == ["m00003"]
+    for body, field in [
+        ({"profile": {"user_id": "x"}}, "profile.user_id"),  # the user is the key, not a profile field
+        ({"profile": {"history": "m1"}}, "profile.history"),
+        ({"profile": {"planet": "mars"}}, "profile.planet"),
+        ({"profile": {"hour": "noon"}}, "profile.hour"),  # a numeric field
+        ({"profile": {f"f{i}": 1 for i in range(33)}}, "profile"),
+    ]:
+        r = client.put("/v1/users/u-brand-new", json=body, headers=AUTH)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][1:] == field.split("."), (field, r.text)
+    assert current()["revision"] == revision  # nothing refused was published
 
 
 def test_feedback_rows_follow_the_declared_columns(config) -> None:  # type: ignore[no-untyped-def]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,13 +18,7 @@ from monorec.registry import Registry
 from monorec.stream.changes import Change
 from monorec.stream.loader import Loader
 from monorec.stream.log import SqliteChangeLog
-
-
-def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
+from waiting import wait_for
 
 
 def upsert(entity_id: str, revision: int, title: str = "t") -> str:

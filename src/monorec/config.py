@@ -245,6 +245,10 @@ class IndexSpec:
     # each version's lexical index: "tantivy" (a folder per version) or "qdrant" (BM25 sparse vectors in
     # the version's collection, beside the dense ones: needs kind = "qdrant"); see monorec.retrieval
     lexical: Literal["tantivy", "qdrant"] = "tantivy"
+    # each version's user store (see monorec.users): "local" (in memory, saved with each index checkpoint)
+    # or "redis" (two hashes per version at ``users_redis_url``, shared by replicas on every host)
+    users: Literal["local", "redis"] = "local"
+    users_redis_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,9 @@ class DeploySpec:
     # between a serving loader's index checkpoints: the log is the write-ahead log, so this bounds the replay
     # after a crash; each checkpoint writes a full snapshot, so shorter means more I/O and more tail latency
     loader_checkpoint_s: float = 60.0
+    # the canvases whose context encodes a user alone (home, notify): each version keeps, per known user, its
+    # context tower's encoding of the user's stored state in each of them (monorec.users; () : no user store)
+    user_canvases: tuple[str, ...] = ()
 
 
 # what users do with an answer's entities (POST /v1/events; monorec.feedback)
@@ -562,6 +569,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
             p.add(f"deploy.{key}", "must be >= 1")
     if not 0 <= dep.canary_min_recall <= 1:
         p.add("deploy.canary_min_recall", "must be in [0, 1]")
+    if idx.users == "redis" and not idx.users_redis_url:
+        p.add("index.users_redis_url", 'users = "redis" needs the Redis URL of the user stores')
 
     columns = {o.column for o in objectives}
     fb = sections["feedback"]
@@ -577,6 +586,12 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
             p.add("feedback.user_field", f"unknown context field {fb.user_field!r}")
         if fb.history_kind not in EVENT_KINDS:
             p.add("feedback.history_kind", f"expected one of {EVENT_KINDS}")
+    for canvas in dep.user_canvases:
+        spec = next((c for c in canvases if c.name == canvas), None)
+        if spec is None:
+            p.add("deploy.user_canvases", f"unknown canvas {canvas!r}")
+        elif fb.user_field not in spec.fields:
+            p.add("deploy.user_canvases", f"canvas {canvas!r} has no {fb.user_field!r} field to name the user")
     environments = parse_environments(raw.get("environments"), {c.name: c.fields for c in canvases}, p)
 
     if p.items:

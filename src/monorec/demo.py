@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import polars as pl
 
 from monorec.config import load_config
 from monorec.data.world import WorldSpec, write_world
@@ -24,6 +27,8 @@ from monorec.evaluation.gate import compare_reports
 from monorec.evaluation.report import comparison_table, write_report
 from monorec.pipeline import compare_models, default_config, prepare_stage, write_comparison
 from monorec.registry import Registry
+from monorec.stream.changes import UserChange
+from monorec.users.seed import user_states
 
 __all__ = ["deploy_and_ask", "retrain_demo", "run_demo"]
 
@@ -106,13 +111,18 @@ def run_demo(workdir: Path, *, quick: bool = False, seed: int = 0, progress: boo
     print(f"      report: {workdir / 'report' / 'report.md'}")
     if version is not None:
         stages.next(f"deploying {version} with the embedding server (bulk-embedded index, pinned requests)")
-        deploy_and_ask(workdir, version, data / "catalogue.parquet", progress=progress)
+        rows = pl.concat(list(prepared.canvases.values()), how="diagonal_relaxed")
+        users = user_states(rows, config)  # each user's latest profile and history: the users table's start
+        deploy_and_ask(workdir, version, data / "catalogue.parquet", users=users, progress=progress)
     stages.finish()
     return {"version": version, "results": results, "gate": gate.passed}
 
 
-def deploy_and_ask(workdir: Path, version: str, catalogue: Path, *, progress: bool = True) -> None:
-    """Deploys ``version`` into ``workdir/deployment`` and prints one answer per canvas."""
+def deploy_and_ask(
+    workdir: Path, version: str, catalogue: Path, *, users: Sequence[UserChange] = (), progress: bool = True
+) -> None:
+    """Deploys ``version`` into ``workdir/deployment`` (seeding its catalogue and users when new) and prints
+    one answer per canvas."""
     from monorec.data.tables import read_table, validate_catalogue
     from monorec.deploy import Deployment
 
@@ -120,6 +130,7 @@ def deploy_and_ask(workdir: Path, version: str, catalogue: Path, *, progress: bo
         if dep.catalogue.count() == 0:
             config = dep.registry.config(version)
             dep.seed_catalogue(validate_catalogue(read_table(catalogue), config, str(catalogue)))
+            dep.seed_users(users)
         dep.open()
         dep.deploy(version)  # the version it replaces (a demo run again) stays on standby for a rollback
         from monorec.serving.engine import ServingEngine

@@ -7,8 +7,8 @@ the owner through the API)::
     control.sqlite      the control plane: each version's state, the serving pointers, dead letters
     catalogue.sqlite    the current catalogue, materialised from the change log (what bulk loads read)
     changes.sqlite      the embedded change log (unless a Redis stream is given)
-    indexes/vNNNN/      each version's last checkpoint: vector index, item features and lexical index
-                        (checksummed together; offset and bulk cursor inside)
+    indexes/vNNNN/      each version's last checkpoint: vector index, item features, lexical index and
+                        (local store) user encodings, checksummed together; offset and bulk cursors inside
     lexical/vNNNN/      each live version's working lexical index (started from its checkpoint's copy)
 
 Deploying version N+1 under streaming:
@@ -16,10 +16,13 @@ Deploying version N+1 under streaming:
 1. subscribe: N+1's consumer group is created at the log's current head H0, BEFORE anything is loaded;
 2. the catalogue catches up to at least H0, so the snapshot holds every change up to H0;
 3. bulk load: the catalogue, paged in id order, is embedded with N+1's item tower into N+1's index,
-   interleaved with N+1's own log consumption; checkpoints record the bulk cursor, so a crash resumes
-   after the last stored id (changes to ids already passed arrive through the log);
+   then every known user's state is encoded with N+1's context tower into N+1's user store (see
+   :mod:`monorec.users`), interleaved with N+1's own log consumption; checkpoints record both bulk
+   cursors, so a crash resumes after the last stored id (changes to ids already passed arrive through
+   the log);
 4. catch up and validate: catalogue and N+1 are brought to the same log offset; N+1's index must hold
-   exactly the catalogue (every id at its latest revision), load from its checkpoint with valid checksums,
+   exactly the catalogue (every id at its latest revision), its user store every known user, load from its
+   checkpoint with valid checksums,
    and answer canary queries with sane recall against exact search; otherwise the version is ``failed``;
 5. switch: one control-plane transaction; in process, new requests pin N+1 at once, requests already on N
    finish there (drain); N stays on standby (fed by its loader) for rollback until it is retired.
@@ -51,11 +54,12 @@ from monorec.ownership import FolderLock
 from monorec.registry import Registry
 from monorec.retrieval.lexical_backends import create_lexical, load_lexical
 from monorec.stream.catalogue import CatalogueStore
-from monorec.stream.changes import Change
+from monorec.stream.changes import AnyChange, UserChange
 from monorec.stream.loader import Loader
 from monorec.stream.log import ChangeLog
 from monorec.stream.publish import open_log, publish_changes
 from monorec.stream.sinks import CatalogueSink, VersionSink
+from monorec.users import create_user_store, load_user_store, user_key
 from monorec.versions import ItemFeatures, ServingVersion, VersionRouter, canary_recall
 
 __all__ = ["Deployment", "open_log", "publish_changes"]  # the last two re-exported from monorec.stream.publish
@@ -166,16 +170,19 @@ class Deployment:
         bundle = self.registry.load(version)
         spec = bundle.config.index
         path, lexical_path = self._index_path(version), self._lexical_path(version)
+        user_width = ServingVersion.user_width(bundle)
         if fresh:
             dim = int(bundle.model_kwargs["retrieval_dim"])
             index = create_index(spec, dim, name=version, root=self.root)
             features = ItemFeatures(ServingVersion.feature_width(bundle))
             lexical = create_lexical(spec, index, lexical_path, lambda: self.catalogue.page("", 10_000))
-            return ServingVersion(version, bundle, index, features, self._title, lexical), {}
+            users = create_user_store(spec, version, user_width)
+            return ServingVersion(version, bundle, index, features, self._title, lexical, users), {}
         index, manifest = load_index(path, spec=spec, name=version, root=self.root)
         features = ItemFeatures.load(path / "features.npz")
         lexical = load_lexical(spec, path / "lexical", index, lexical_path, int(manifest["entities"]))
-        return ServingVersion(version, bundle, index, features, self._title, lexical), manifest
+        users = load_user_store(spec, path, version, user_width)
+        return ServingVersion(version, bundle, index, features, self._title, lexical, users), manifest
 
     @staticmethod
     def _settle_gc(collect: bool = False) -> None:
@@ -194,7 +201,12 @@ class Deployment:
         """Loads an initial catalogue table into the store (before any deploy)."""
         return self.catalogue.seed(catalogue, revision)
 
-    def publish(self, changes: Sequence[Change | dict[str, Any]]) -> list[str]:
+    def seed_users(self, users: Sequence[UserChange]) -> int:
+        """Loads users' initial states (profile, recent history; e.g. from the training logs) into the store
+        that bulk passes read, where nothing newer is stored (before a deploy, like :meth:`seed_catalogue`)."""
+        return self.catalogue.seed_users(users)
+
+    def publish(self, changes: Sequence[AnyChange | dict[str, Any]]) -> list[str]:
         """Validates changes and appends them to the log; returns their offsets.
 
         Raises:
@@ -283,6 +295,7 @@ class Deployment:
             self.log.rewind(self._group(version))  # re-read what the last run applied after its checkpoint
             loader, sink = self._loader_for(sv)
             sink.bulk_cursor = str(manifest.get("bulk_cursor", ""))
+            sink.user_cursor = str(manifest.get("user_cursor", ""))
             self._bulk_load(sv, loader, sink, progress_cb)
             loader.catch_up()
             self.validate(version, sv, loader)
@@ -293,22 +306,35 @@ class Deployment:
         self, sv: ServingVersion, loader: Loader, sink: VersionSink, progress_cb: Callable[[int], None] | None
     ) -> None:
         spec = sv.bundle.config.deploy
-        total = self.catalogue.count()
-        bar = tqdm(total=total, desc=f"bulk-embedding {sv.name}", unit="entity", disable=not self.progress)
+        users = bool(sv.user_canvases)
+        total = self.catalogue.count() + (self.catalogue.user_count() if users else 0)
+        bar = tqdm(total=total, desc=f"bulk-embedding {sv.name}", unit="row", disable=not self.progress)
         batches = 0
-        while sink.bulk_cursor != BULK_DONE:
-            page = self.catalogue.page(sink.bulk_cursor, spec.batch_size)
-            if page.height == 0:
-                sink.bulk_cursor = BULK_DONE
+        if not users:
+            sink.user_cursor = BULK_DONE
+        while not sink.bulk_cursor == sink.user_cursor == BULK_DONE:  # entities first, then users
+            if sink.bulk_cursor != BULK_DONE:
+                page = self.catalogue.page(sink.bulk_cursor, spec.batch_size)
+                done = page.height
+                if done == 0:
+                    sink.bulk_cursor = BULK_DONE
+                else:
+                    sink.load_rows(page)
+                    sink.bulk_cursor = str(page["entity_id"][-1])
             else:
-                sink.load_rows(page)
-                sink.bulk_cursor = str(page["entity_id"][-1])
-                bar.update(page.height)
-                if progress_cb is not None:
-                    progress_cb(page.height)
+                states = self.catalogue.user_page(sink.user_cursor, spec.batch_size)
+                done = len(states)
+                if done == 0:
+                    sink.user_cursor = BULK_DONE
+                else:
+                    sink.load_users(states)
+                    sink.user_cursor = states[-1].user_id
+            bar.update(done)
+            if progress_cb is not None and done:
+                progress_cb(done)
             loader.step()  # changes made during the bulk load reach N+1 as it goes
             batches += 1
-            if batches % spec.checkpoint_batches == 0 or sink.bulk_cursor == BULK_DONE:
+            if batches % spec.checkpoint_batches == 0 or sink.user_cursor == BULK_DONE:
                 loader.checkpoint(force=True)
             failpoint("bulk_batch")
         bar.close()
@@ -344,6 +370,7 @@ class Deployment:
                     f"{version}: the lexical index holds {len(lexical)} entities, the catalogue {len(expected)} "
                     "(or misses some of them)"
                 )
+            self._validate_users(version, sv)
             recall = canary_recall(sv)
             minimum = sv.bundle.config.deploy.canary_min_recall
             if recall < minimum:
@@ -355,6 +382,23 @@ class Deployment:
             if catalogue_was_running:
                 self._catalogue_loader.start()
         self.control.set_state(version, "ready")
+
+    def _validate_users(self, version: str, sv: ServingVersion) -> None:
+        """The version's user store holds every known user at its latest revision in each user canvas."""
+        if sv.users is None or not sv.user_canvases:
+            return
+        expected = self.catalogue.user_revisions()
+        got = sv.users.revisions()
+        for canvas in sv.user_canvases:
+            prefix = user_key(canvas, "")
+            held = {k[len(prefix) :]: r for k, r in got.items() if k.startswith(prefix)}
+            if held != expected:
+                missing = len(expected.keys() - held.keys())
+                stale = sum(1 for u, r in held.items() if u in expected and expected[u] != r)
+                raise DeployError(
+                    f"{version}: the user store holds {len(held)} users for {canvas}, the users table "
+                    f"{len(expected)} ({missing} missing, {stale} at another revision)"
+                )
 
     def switch(self, version: str) -> None:
         """Atomically serves ``version`` (ready or standby); the old serving version drains to standby."""
@@ -415,10 +459,15 @@ class Deployment:
             if sv is not None:
                 VersionRouter.drain(sv, sv.bundle.config.deploy.drain_timeout_s)
                 sv.index.drop()
+                if sv.users is not None:
+                    sv.users.drop()
                 sv.sources.close()  # before its working folder goes
             elif state.state in LIVE_STATES or state.state == "failed":
                 with contextlib.suppress(ArtifactError):
-                    self._open_version(version, fresh=False)[0].index.drop()
+                    opened = self._open_version(version, fresh=False)[0]
+                    opened.index.drop()
+                    if opened.users is not None:
+                        opened.users.drop()
             with contextlib.suppress(KeyError):
                 self.log.drop(self._group(version))
             shutil.rmtree(self._index_path(version), ignore_errors=True)

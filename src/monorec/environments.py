@@ -58,6 +58,9 @@ class EnvironmentSpec:
     canvases: tuple[str, ...] = ()  # canvases served (empty: every canvas of the model)
     latency_budget_ms: float = 100.0  # default deadline of a request; requests may set a shorter one
     mode: Literal["online", "precomputed"] = "online"
+    # canvases whose requests naming a stored user take the version's stored encoding of that user (profile
+    # and recent history, kept fresh by the change log) instead of the context tower; others encode online
+    user_embeddings: tuple[str, ...] = ()
     precompute: dict[str, str] = field(default_factory=dict)  # canvas -> the context field keying its table
     precompute_k: int = 100  # answers stored per key
     precompute_max_keys: int = 20000  # keys scored per canvas (most frequent first)
@@ -122,7 +125,7 @@ def parse_environments(raw: Any, canvas_fields: dict[str, tuple[str, ...]], p: P
         env = parse_dataclass(EnvironmentSpec, table, where, p, name=name, rules=rules)
         if env is None:
             continue
-        for canvas in (*env.canvases, *env.precompute):
+        for canvas in (*env.canvases, *env.precompute, *env.user_embeddings):
             if canvas not in canvas_names:
                 p.add(f"{where}", f"unknown canvas {canvas!r} (declared: {', '.join(canvas_names)})")
         for key in ("worker_threads", "max_batch", "retrieval_depth", "max_k", "max_batch_requests", "cache_size"):

@@ -33,62 +33,21 @@ from monorec.errors import ArtifactError, DeployError
 from monorec.index import EntityFilter, EntityRows, VectorIndex
 from monorec.retrieval import OFFLINE_SOURCES, CandidateSources, CooccurrenceTable, LexicalIndex
 from monorec.retrieval.lexical import LexicalSource
+from monorec.row_table import RowTable
 from monorec.schema import TitleLookup
-from monorec.stream.changes import Change, changes_frame
+from monorec.stream.changes import AnyChange, Change, UserChange, changes_frame
+from monorec.users import UserStore, user_key
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Answer", "ItemFeatures", "ServingVersion", "VersionRouter", "canary_recall"]
 
 
-class ItemFeatures:
-    """Entity id -> the item tower's features (F_i,) that the ranker reads beside the embedding.
-
-    Rows live in a buffer that doubles when full; overwritten rows are reclaimed by compaction."""
-
-    def __init__(self, width: int) -> None:
-        self.width = width
-        self._rows = np.zeros((1024, width), dtype=np.float32)
-        self._used = 0
-        self._row_of: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def put(self, ids: Sequence[str], feats: np.ndarray) -> None:
-        with self._lock:
-            if self._used + len(ids) > len(self._rows):
-                if self._used > 2 * len(self._row_of):  # mostly dead rows: compact before growing
-                    keep = list(self._row_of.items())
-                    live = self._rows[[r for _, r in keep]]
-                    self._rows[: len(keep)] = live
-                    self._row_of = {e: i for i, (e, _) in enumerate(keep)}
-                    self._used = len(keep)
-                if self._used + len(ids) > len(self._rows):
-                    grown = np.zeros((max(2 * len(self._rows), self._used + len(ids)), self.width), np.float32)
-                    grown[: self._used] = self._rows[: self._used]
-                    self._rows = grown
-            self._rows[self._used : self._used + len(ids)] = feats
-            for i, entity_id in enumerate(ids):
-                self._row_of[entity_id] = self._used + i
-            self._used += len(ids)
-
-    def remove(self, ids: Sequence[str]) -> None:
-        with self._lock:
-            for entity_id in ids:
-                self._row_of.pop(entity_id, None)
-
-    def known(self, ids: Sequence[str]) -> list[str]:
-        """The given ids that have features, in order."""
-        with self._lock:
-            return [i for i in ids if i in self._row_of]
-
-    def get(self, ids: Sequence[str]) -> np.ndarray:
-        with self._lock:
-            return self._rows[[self._row_of[i] for i in ids]]
+class ItemFeatures(RowTable):
+    """Entity id -> the item tower's features (F_i,) that the ranker reads beside the embedding."""
 
     def save(self, path: Path) -> None:
-        with self._lock:  # snapshot under the lock, write outside it
-            ids = list(self._row_of)
-            feats = self._rows[[self._row_of[i] for i in ids]]
+        ids, feats = self.snapshot()  # under the lock; written outside it
         np.savez(path, ids=pack_strings(ids), feats=feats)
 
     @classmethod
@@ -123,6 +82,7 @@ class ServingVersion:
         features: ItemFeatures,
         titles: TitleLookup | None = None,
         lexical: LexicalSource | None = None,
+        users: UserStore | None = None,
     ) -> None:
         self.name = name
         # the lexical index (in memory unless given) is filled by load_rows/apply like the vector index
@@ -137,6 +97,9 @@ class ServingVersion:
         self.bundle = bundle
         self.index = index
         self.features = features
+        # user canvas -> stored user encodings (context features + embedding), fed by user changes
+        self.users = users
+        self.user_canvases = bundle.config.deploy.user_canvases if users is not None else ()
         self.in_flight = 0
         self.skipped_sources: dict[str, int] = {}  # source -> how many times it failed or was late
         self._last_skip_log: dict[str, float] = {}
@@ -151,6 +114,15 @@ class ServingVersion:
         frame = changes_frame([Change("upsert", "<probe>", 0, bundle.config.entity_types[0])])
         feats, _ = bundle.item_embeddings(frame)
         return int(feats.shape[1])
+
+    @staticmethod
+    def user_width(bundle: ModelBundle) -> int:
+        """The width of a stored user row: context features F_c + embedding D."""
+        with torch.no_grad():
+            feats, emb = bundle.model.encode_context(
+                context_tensors(bundle.featurizer.transform_records([{"task_type": bundle.config.canvas_names[0]}]))
+            )
+        return int(feats.shape[1] + emb.shape[1])
 
     # --------------------------------------------------------------------------------------- writes
 
@@ -186,11 +158,13 @@ class ServingVersion:
         self.sources.lexical.upsert(rows.ids, cols["title"].to_list(), cols["categories"].to_list(), commit=commit)
         return applied
 
-    def apply(self, changes: Sequence[Change]) -> int:
-        """Applies validated changes in order (upserts embedded with this version's item tower)."""
-        applied = 0
+    def apply(self, changes: Sequence[AnyChange]) -> int:
+        """Applies validated changes in order (upserts embedded with this version's item tower, user states
+        with its context tower; the two never depend on each other's order)."""
+        users = [c for c in changes if isinstance(c, UserChange)]
+        applied = self.load_users(users) if users else 0
         batch: list[Change] = []
-        for change in [*changes, None]:
+        for change in [*(c for c in changes if isinstance(c, Change)), None]:
             if change is not None and change.op == "upsert":
                 batch.append(change)
                 continue
@@ -205,6 +179,55 @@ class ServingVersion:
                 applied += removed
         self.sources.lexical.commit()  # once per batch of changes: a commit costs milliseconds
         return applied
+
+    @torch.no_grad()
+    def load_users(self, states: Sequence[UserChange]) -> int:
+        """Encodes user states newer than the stored ones in each user canvas and stores them; returns how
+        many (user, canvas) rows it stored.
+
+        Raises:
+            RequestError: a profile value does not fit its declared field (the loader dead-letters it).
+        """
+        if self.users is None or not self.user_canvases or not states:
+            return 0
+        keys = [user_key(c, s.user_id) for c in self.user_canvases for s in states]
+        revisions = np.array([s.revision for _ in self.user_canvases for s in states], dtype=np.int64)
+        keep = self.users.newer(keys, revisions)
+        if not keep:
+            return 0
+        records = [self._user_record(c, s) for c in self.user_canvases for s in states]
+        feats, emb = self.encode_records([records[i] for i in keep])
+        rows = torch.cat([feats, emb], dim=1).numpy()
+        return self.users.put([keys[i] for i in keep], revisions[keep], rows)
+
+    def _user_record(self, canvas: str, state: UserChange) -> dict[str, Any]:
+        """A user's stored state as a normalized record of ``canvas``: the profile fields this version
+        declares (a profile may hold fields of other versions), the user and, where the canvas reads one,
+        the recent history."""
+        feedback = self.bundle.config.feedback
+        declared = set(self.schema.field_names)
+        context: dict[str, Any] = {k: v for k, v in state.profile if k in declared}
+        context[feedback.user_field] = state.user_id
+        if feedback.history_field is not None and state.history:
+            context[feedback.history_field] = list(state.history)
+        return self.schema.normalize(canvas, context, self.titles)
+
+    def holds_user(self, user_id: str, revision: int) -> bool:
+        """Whether the store holds the user's state at ``revision`` (or newer) in every user canvas."""
+        if self.users is None or not self.user_canvases:
+            return False
+        keys = [user_key(c, user_id) for c in self.user_canvases]
+        return not self.users.newer(keys, np.full(len(keys), revision, dtype=np.int64))
+
+    def stored_users(self, canvas: str, user_ids: Sequence[str]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """(found (N,) bool, context features (N, F_c), embeddings (N, D)) of users as stored for ``canvas``
+        (zeros where not found). Every user is not found when the canvas keeps no user store."""
+        if self.users is None or canvas not in self.user_canvases:
+            return np.zeros(len(user_ids), dtype=bool), torch.zeros(0), torch.zeros(0)
+        found, rows = self.users.get([user_key(canvas, u) for u in user_ids])
+        dim = int(self.bundle.model_kwargs["retrieval_dim"])
+        rows_t = torch.from_numpy(rows)
+        return found, rows_t[:, :-dim], rows_t[:, -dim:]
 
     # ---------------------------------------------------------------------------------------- reads
 
@@ -392,6 +415,8 @@ class ServingVersion:
     def close(self) -> None:
         self.index.close()
         self.sources.close()
+        if self.users is not None:
+            self.users.close()
 
 
 _POOL: ThreadPoolExecutor | None = None

@@ -34,10 +34,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from monorec.config import ProjectConfig
 from monorec.deploy import Deployment
 from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, load_environments
 from monorec.errors import CanvasNotServed, ChangeError, DeployError, RequestError, ServingUnavailable
 from monorec.feedback.journal import EventRecord, FeedbackJournal
+from monorec.feedback.users import UserStates
 from monorec.registry import Registry
 from monorec.serving.body_limit import BodyLimit
 from monorec.serving.docs import offline_docs
@@ -52,6 +54,8 @@ from monorec.serving.messages import (
     EventIn,
     RecommendRequest,
     RecommendResponse,
+    UserOut,
+    UserWrite,
 )
 from monorec.serving.metrics import ServingMetrics
 from monorec.serving.openapi import contract_openapi
@@ -194,6 +198,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         app.state.metrics = ServingMetrics(dep)
         app.state.deploy_job = _DeployJob()
         app.state.journal = journal
+        app.state.users = UserStates(dep, journal)  # events and profile writes -> user changes on the log
         # the app, its routes and schemas are long-lived: out of the collector's generations like the
         # deployment's state (open() has just run the full collection), so that full collections walk only
         # what requests allocate
@@ -342,6 +347,29 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         offsets = request.app.state.deployment.publish([Change("delete", entity_id, revision).to_dict()])
         return {"entity_id": entity_id, "revision": revision, "offset": offsets[0]}
 
+    @app.get("/v1/users/{user_id}", response_model=UserOut, dependencies=[Reader], tags=["users"])
+    def get_user(user_id: EntityId, request: Request) -> UserOut:
+        """A user's stored state (profile, recent history) and which live versions' user stores hold it."""
+        dep: Deployment = request.app.state.deployment
+        state = dep.catalogue.user(user_id)
+        if state is None:
+            raise HTTPException(404, f"unknown user {user_id!r}")
+        return UserOut(
+            user_id=state.user_id,
+            revision=state.revision,
+            profile=dict(state.profile),
+            history=list(state.history),
+            versions={name: sv.holds_user(user_id, state.revision) for name, sv in list(dep.versions.items())},
+        )
+
+    @app.put("/v1/users/{user_id}", status_code=202, dependencies=[Admin], tags=["users"])
+    def put_user(user_id: EntityId, body: UserWrite, request: Request) -> dict[str, Any]:
+        """Replaces a user's profile through the change log (the users table and every live version's user
+        store apply it); creates the user when unknown."""
+        config = _serving_config(request)
+        revision, offset = request.app.state.users.write_profile(config, user_id, body.profile)
+        return {"user_id": user_id, "revision": revision, "offset": offset}
+
     @app.post("/v1/events", status_code=202, dependencies=[EventWriter], tags=["events"])
     def post_event(body: EventIn, request: Request) -> dict[str, Any]:
         """Records what a user did with an entity (idempotent by ``event_id``)."""
@@ -420,6 +448,19 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
     return app
 
 
+def _serving_config(request: Request) -> ProjectConfig:
+    """The serving version's config (what user profiles and histories are checked against).
+
+    Raises:
+        ServingUnavailable: no version serves yet.
+    """
+    version = request.app.state.deployment.router.current
+    if version is None:
+        raise ServingUnavailable("no version is serving yet; deploy one first")
+    config: ProjectConfig = version.bundle.config
+    return config
+
+
 def _record_events(request: Request, events: list[EventIn]) -> dict[str, Any]:
     """Stores the events in the feedback journal; an event for a canvas the serving version does not
     declare is refused (422, position named); one for an entity the catalogue does not hold is stored
@@ -438,6 +479,8 @@ def _record_events(request: Request, events: list[EventIn]) -> dict[str, Any]:
         for e in events
     ]
     stored, duplicates = request.app.state.journal.record_events(records)
+    if version is not None:  # the users' new states through the change log (histories, new users)
+        request.app.state.users.after_events(version.bundle.config, records)
     known = dep.catalogue.entities(list({e.entity_id for e in events}))
     unknown = sum(1 for e in events if e.entity_id not in known)
     metrics = request.app.state.metrics.events

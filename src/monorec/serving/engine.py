@@ -44,6 +44,7 @@ from monorec.serving.cache import LruCache
 from monorec.serving.messages import FallbackInfo, RecommendRequest, RecommendResponse, ScoredEntity
 from monorec.serving.precomputed import PrecomputedTables
 from monorec.serving.rules import Scored, apply_rules, canvas_rules, needs_entity_info
+from monorec.serving.user_context import encode_contexts, with_recent_history
 from monorec.stream.catalogue import Entity
 from monorec.versions import ServingVersion
 
@@ -185,22 +186,8 @@ class ServingEngine:
         return [self._issue(s, await self._finish_async(s)) for s in self._start_many(requests)]
 
     def with_recent_history(self, request: RecommendRequest, version: ServingVersion) -> RecommendRequest:
-        """The request with the user's recent events as its history, when it names the user, gives no
-        history and its canvas reads one (``[feedback] history_field``): what the user just did shapes their
-        next answer, without retraining. Unchanged otherwise."""
-        fb = version.bundle.config.feedback
-        field = fb.history_field
-        if self.journal is None or field is None or request.context.get(field) not in (None, "", []):
-            return request
-        user = request.context.get(fb.user_field)
-        canvas = next((c for c in version.bundle.config.canvases if c.name == request.canvas), None)
-        if not isinstance(user, str) or not user or canvas is None or field not in canvas.fields:
-            return request
-        limit = version.bundle.config.field(field).max_tokens
-        recent: list[str | int] = list(self.journal.recent_entities(user, fb.history_kind, limit))
-        if not recent:
-            return request
-        return request.model_copy(update={"context": {**request.context, field: recent}})
+        """See :func:`monorec.serving.user_context.with_recent_history`."""
+        return with_recent_history(request, version, self.deployment.catalogue)
 
     def _issue(self, started: _Started, response: RecommendResponse) -> RecommendResponse:
         """The answer with its own request id (a cached answer gets a new one: it is another request),
@@ -310,7 +297,7 @@ class ServingEngine:
     def rank_works(self, version: ServingVersion, works: Sequence[_Work]) -> list[_Ranked | BaseException]:
         """Retrieve and rank a batch with one version: one context forward, one search per distinct filter,
         one ranker forward over every (request, candidate) pair."""
-        cf, ce = version.encode_records([w.record for w in works])
+        cf, ce = encode_contexts(version, [(w.request.canvas, w.record) for w in works], self.env.user_embeddings)
         candidates: list[list[str]] = [[] for _ in works]
         unknown: list[list[str]] = [[] for _ in works]
         by_filter: dict[EntityFilter | None, list[int]] = {}

@@ -7,7 +7,7 @@ the context schema's (unknown fields, text length) are checked by the engine wit
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -138,6 +138,36 @@ class EntityOut(BaseModel):
     categories: list[str]
     revision: int
     versions: dict[str, bool] = Field(default_factory=dict, description="live version -> whether its index holds it")
+
+
+ProfileValue = Annotated[str, StringConstraints(max_length=1000)] | int | float | bool
+
+
+class UserWrite(_Strict):
+    """A user's profile through the API: a full replace of the profile fields (their history stays what
+    their events made it). It goes to the change log as the user's new state."""
+
+    profile: dict[str, ProfileValue] = Field(
+        max_length=32, description="declared context fields other than the user and the history (country...)"
+    )
+
+    @field_validator("profile")
+    @classmethod
+    def _finite(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name, value in v.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"profile.{name} must be a finite number")
+        return v
+
+
+class UserOut(BaseModel):
+    user_id: str
+    revision: int
+    profile: dict[str, Any]
+    history: list[str] = Field(description="the user's recent entities, oldest first")
+    versions: dict[str, bool] = Field(
+        default_factory=dict, description="live version -> whether its user store holds the user's current state"
+    )
 
 
 MAX_EVENTS = 1000  # events per batch call

@@ -1,13 +1,15 @@
-"""The current catalogue, materialised from the change log into SQLite.
+"""The current catalogue and users, materialised from the change log into SQLite.
 
-It is what a new version bulk-loads: every live entity at its latest applied revision, paged in id order
-(so an interrupted bulk load resumes after the last id it stored). It consumes the log like any other
-consumer, and records the offset it reflects in the same transaction as the changes, so it is exactly
-as fresh as that offset says.
+It is what a new version bulk-loads: every live entity at its latest applied revision, and every known
+user's state (profile and recent history), each paged in id order (so an interrupted bulk load resumes
+after the last id it stored). It consumes the log like any other consumer, and records the offset it
+reflects in the same transaction as the changes, so it is exactly as fresh as that offset says.
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from monorec._sqlite import SqliteFile
-from monorec.stream.changes import ENTITY_FRAME_SCHEMA, Change
+from monorec.stream.changes import ENTITY_FRAME_SCHEMA, AnyChange, Change, UserChange
 
 __all__ = ["CatalogueStore", "Entity"]
 
@@ -36,6 +38,8 @@ CREATE TABLE IF NOT EXISTS entities (
     entity_id TEXT PRIMARY KEY, entity_type TEXT NOT NULL, title TEXT NOT NULL, categories TEXT NOT NULL,
     revision INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY, revision INTEGER NOT NULL, profile TEXT NOT NULL, history TEXT NOT NULL);
 """
 
 
@@ -59,11 +63,18 @@ class CatalogueStore:
         ]
         return self.apply(changes)
 
-    def apply(self, changes: Sequence[Change], offset: str | None = None) -> int:
+    def seed_users(self, users: Sequence[UserChange]) -> int:
+        """Loads users' initial states (e.g. from the training logs) where nothing newer is stored."""
+        return self.apply(users)
+
+    def apply(self, changes: Sequence[AnyChange], offset: str | None = None) -> int:
         """Applies changes newer than what is stored (and records ``offset``) in one transaction."""
         applied = 0
         with self._db() as db:
             for c in changes:
+                if isinstance(c, UserChange):
+                    applied += _apply_user(db, c)
+                    continue
                 row = db.execute("SELECT revision FROM entities WHERE entity_id = ?", (c.entity_id,)).fetchone()
                 if row is not None and row[0] >= c.revision:
                     continue
@@ -125,3 +136,46 @@ class CatalogueStore:
     def frame(self) -> pl.DataFrame:
         """Every live entity (the catalogue table as of :meth:`offset`)."""
         return self.page("", 1 << 62)
+
+    # ------------------------------------------------------------------------------------------ users
+
+    def user(self, user_id: str) -> UserChange | None:
+        """The user's stored state (profile and recent history), None for an unknown user."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT user_id, revision, profile, history FROM users WHERE user_id = ?", (user_id,)
+            ).fetchone()
+        return None if row is None else _user(row)
+
+    def user_page(self, after: str, limit: int) -> list[UserChange]:
+        """Up to ``limit`` users with ids after ``after``, in id order (a bulk-load batch)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT user_id, revision, profile, history FROM users WHERE user_id > ? ORDER BY user_id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [_user(r) for r in rows]
+
+    def user_revisions(self) -> dict[str, int]:
+        """User id -> latest revision."""
+        with self._db() as db:
+            return dict(db.execute("SELECT user_id, revision FROM users").fetchall())
+
+    def user_count(self) -> int:
+        with self._db() as db:
+            return int(db.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+
+
+def _apply_user(db: sqlite3.Connection, change: UserChange) -> int:
+    row = db.execute("SELECT revision FROM users WHERE user_id = ?", (change.user_id,)).fetchone()
+    if row is not None and row[0] >= change.revision:
+        return 0
+    db.execute(
+        "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)",
+        (change.user_id, change.revision, json.dumps(dict(change.profile)), json.dumps(list(change.history))),
+    )
+    return 1
+
+
+def _user(row: tuple[str, int, str, str]) -> UserChange:
+    return UserChange(row[0], int(row[1]), tuple(sorted(json.loads(row[2]).items())), tuple(json.loads(row[3])))

@@ -1,14 +1,17 @@
-"""Catalogue changes: what the change log carries.
+"""What the change log carries: catalogue changes and user changes.
 
-A change upserts or deletes one entity and carries a ``revision`` (an integer that grows with every
-change of that entity, e.g. the source system's row version or a timestamp). Consumers apply a change
-only when its revision is newer than what they hold, so replays are harmless and order across entities
-does not matter for correctness.
+A :class:`Change` upserts or deletes one entity; a :class:`UserChange` is one user's whole new state (the
+profile fields of their context and their recent history, oldest first), published when a profile is
+written or an event arrives. Both carry a ``revision`` (an integer that grows with every change of that
+entity or user, e.g. the source system's row version or a timestamp). Consumers apply a change only when
+its revision is newer than what they hold, so replays are harmless and order across keys does not matter
+for correctness.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,7 +24,9 @@ __all__ = [
     "ENTITY_FRAME_SCHEMA",
     "MAX_CHANGE_BYTES",
     "MAX_REVISION",
+    "AnyChange",
     "Change",
+    "UserChange",
     "changes_frame",
     "check_category",
     "check_entity_id",
@@ -42,6 +47,8 @@ MAX_CHANGE_BYTES = 64 * 1024  # a catalogue entity is small; anything bigger is 
 MAX_TITLE_CHARS = 2000
 MAX_CATEGORIES = 64
 MAX_ID_CHARS = 256
+MAX_PROFILE_FIELDS = 32  # a user's profile: the user canvas's context fields, a handful
+MAX_HISTORY = 200  # a user change carries at most this many recent entities (a history field keeps fewer)
 # revisions are stored as signed 64-bit integers everywhere (SQLite INTEGER, numpy int64, Parquet Int64):
 # a larger one must be refused where it enters, never reach a consumer that cannot store it
 MAX_REVISION = 2**63 - 1
@@ -126,7 +133,56 @@ class Change:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
 
-def parse_change(payload: str | bytes | dict[str, Any], entity_types: Sequence[str]) -> Change:
+@dataclass(frozen=True)
+class UserChange:
+    """One user's whole new state (a full replace, like an entity upsert): ``profile`` holds context field
+    values (country, language...; checked against the schema where a version encodes them), ``history``
+    the user's recent entities, oldest first."""
+
+    user_id: str
+    revision: int
+    profile: tuple[tuple[str, str | int | float | bool], ...] = ()
+    history: tuple[str, ...] = ()
+    op: Literal["user"] = "user"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": "user",
+            "user_id": self.user_id,
+            "revision": self.revision,
+            "profile": dict(self.profile),
+            "history": list(self.history),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+AnyChange = Change | UserChange
+
+
+def _parse_user(payload: dict[str, Any]) -> UserChange:
+    user_id = check_entity_id(payload.get("user_id"), "user_id")
+    revision = check_revision(payload.get("revision"))
+    profile = payload.get("profile", {})
+    if not isinstance(profile, dict) or len(profile) > MAX_PROFILE_FIELDS:
+        raise ChangeError("profile", f"must be an object of at most {MAX_PROFILE_FIELDS} fields")
+    for name, value in profile.items():
+        if not isinstance(name, str) or not name or len(name) > 64 or _control_character(name) is not None:
+            raise ChangeError("profile", f"field names are 1-64 characters without control characters: {name!r}")
+        if not isinstance(value, str | int | float | bool) or (isinstance(value, str) and len(value) > 1000):
+            raise ChangeError(f"profile.{name}", "must be a string (at most 1000 characters), number or boolean")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ChangeError(f"profile.{name}", f"must be finite, got {value!r}")
+    history = payload.get("history", [])
+    if not isinstance(history, list) or len(history) > MAX_HISTORY:
+        raise ChangeError("history", f"must be a list of at most {MAX_HISTORY} entity ids")
+    for entity_id in history:
+        check_entity_id(entity_id, "history")
+    return UserChange(user_id, revision, tuple(sorted(profile.items())), tuple(history))
+
+
+def parse_change(payload: str | bytes | dict[str, Any], entity_types: Sequence[str]) -> AnyChange:
     """Validates one change (JSON text or a dict) against the declared entity types.
 
     Raises:
@@ -142,8 +198,10 @@ def parse_change(payload: str | bytes | dict[str, Any], entity_types: Sequence[s
     if not isinstance(payload, dict):
         raise ChangeError("*", "a change is a JSON object")
     op = payload.get("op")
+    if op == "user":
+        return _parse_user(payload)
     if op not in ("upsert", "delete"):
-        raise ChangeError("op", f"must be 'upsert' or 'delete', got {op!r}")
+        raise ChangeError("op", f"must be 'upsert', 'delete' or 'user', got {op!r}")
     entity_id = check_entity_id(payload.get("entity_id"))
     revision = check_revision(payload.get("revision"))
     if op == "delete":

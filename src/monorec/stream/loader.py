@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from monorec.errors import ChangeError
-from monorec.stream.changes import Change, parse_change
+from monorec.stream.changes import AnyChange, parse_change
 from monorec.stream.log import ChangeLog, LogEntry, StreamUnavailable, offset_key
 
 __all__ = ["Loader", "Sink"]
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    def apply(self, changes: Sequence[Change]) -> int:
+    def apply(self, changes: Sequence[AnyChange]) -> int:
         """Applies validated changes in order (idempotently); returns how many changed something."""
         ...
 
@@ -106,7 +106,7 @@ class Loader:
         with self._step_lock:
             entries = self._next_entries(block_s, until)
             if entries:
-                good: list[tuple[LogEntry, Change]] = []
+                good: list[tuple[LogEntry, AnyChange]] = []
                 for entry in entries:
                     try:
                         good.append((entry, parse_change(entry.payload, self.entity_types)))
@@ -123,7 +123,7 @@ class Loader:
         self.dead_letter(self.group, entry.offset, entry.payload, reason)
         self.rejected_total += 1
 
-    def _apply(self, good: Sequence[tuple[LogEntry, Change]]) -> int:
+    def _apply(self, good: Sequence[tuple[LogEntry, AnyChange]]) -> int:
         """Applies the batch; when the sink refuses it, one change at a time, dead-lettering each one it
         cannot apply (applying again what went through before the failure is harmless: revisions). A
         failure of the sink's environment (disk, database locked, memory, broker) is not the record's

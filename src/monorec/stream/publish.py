@@ -1,4 +1,5 @@
-"""Producing catalogue changes: validate, then append to the deployment's change log (all or none).
+"""Producing changes (catalogue entities, user states): validate, then append to the deployment's change log
+(all or none).
 
 Producers need no deployment: any process may publish while another owns the deployment folder.
 """
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from monorec.errors import ChangeError
-from monorec.stream.changes import Change, parse_change
+from monorec.stream.changes import AnyChange, Change, UserChange, parse_change
 from monorec.stream.log import ChangeLog, SqliteChangeLog
 
 __all__ = ["MAX_PUBLISH_BATCH", "open_log", "publish_changes"]
@@ -28,7 +29,7 @@ def open_log(root: str | Path, redis_url: str | None = None) -> ChangeLog:
 
 
 def publish_changes(
-    log: ChangeLog, changes: Sequence[Change | dict[str, Any]], entity_types: Sequence[str]
+    log: ChangeLog, changes: Sequence[AnyChange | dict[str, Any]], entity_types: Sequence[str]
 ) -> list[str]:
     """Validates changes and appends them to the log (all or none); returns their offsets.
 
@@ -38,5 +39,5 @@ def publish_changes(
     if len(changes) > MAX_PUBLISH_BATCH:
         raise ChangeError("*", f"{len(changes)} changes in one batch; at most {MAX_PUBLISH_BATCH}")
     # Change objects are checked like any payload: the log must never carry what a consumer cannot apply
-    parsed = [parse_change(c.to_dict() if isinstance(c, Change) else c, entity_types) for c in changes]
+    parsed = [parse_change(c.to_dict() if isinstance(c, Change | UserChange) else c, entity_types) for c in changes]
     return log.append([c.to_json() for c in parsed])

@@ -1,5 +1,6 @@
-"""What loaders apply changes to: a deployed version (index + item features, checkpointed together with
-the bulk cursor) and the catalogue store (changes and offset in one transaction)."""
+"""What loaders apply changes to: a deployed version (index, item features, lexical index and user store,
+checkpointed together with the bulk cursors) and the catalogue store (changes and offset in one
+transaction)."""
 
 from __future__ import annotations
 
@@ -12,24 +13,25 @@ import polars as pl
 from monorec.config import ProjectConfig
 from monorec.index import save_index
 from monorec.stream.catalogue import CatalogueStore
-from monorec.stream.changes import Change
+from monorec.stream.changes import AnyChange, UserChange
 from monorec.versions import ServingVersion
 
 __all__ = ["CatalogueSink", "VersionSink"]
 
 
 class VersionSink:
-    """Applies changes to a version and checkpoints its index, features, lexical index and bulk cursor
-    together."""
+    """Applies changes to a version and checkpoints its index, features, lexical index, user store and bulk
+    cursors (entities, then users) together."""
 
     def __init__(self, version: ServingVersion, path: Path, config: ProjectConfig) -> None:
         self.version, self.path, self.config = version, path, config
         self.bulk_cursor = ""
+        self.user_cursor = ""
         self._lock = threading.Lock()
         self._writes = 0  # changes applied (bulk rows included) since the last checkpoint
-        self._saved: tuple[str, str] | None = None  # (offset, bulk cursor) of the last checkpoint
+        self._saved: tuple[str, str, str] | None = None  # (offset, bulk cursors) of the last checkpoint
 
-    def apply(self, changes: Sequence[Change]) -> int:
+    def apply(self, changes: Sequence[AnyChange]) -> int:
         self._writes += len(changes)
         return self.version.apply(changes)
 
@@ -37,16 +39,22 @@ class VersionSink:
         self._writes += page.height
         self.version.load_rows(page)
 
+    def load_users(self, states: Sequence[UserChange]) -> None:
+        self._writes += len(states)
+        self.version.load_users(states)
+
     def checkpoint(self, offset: str) -> None:
         with self._lock:
-            if self._saved == (offset, self.bulk_cursor) and self._writes == 0:
+            state = (offset, self.bulk_cursor, self.user_cursor)
+            if self._saved == state and self._writes == 0:
                 return  # nothing changed since the last checkpoint
-            self._saved, self._writes = (offset, self.bulk_cursor), 0
+            self._saved, self._writes = state, 0
+            meta = {"version": self.version.name, "offset": offset, "bulk_cursor": self.bulk_cursor}
             save_index(
                 self.version.index,
                 self.path,
                 spec=self.config.index,
-                meta={"version": self.version.name, "offset": offset, "bulk_cursor": self.bulk_cursor},
+                meta={**meta, "user_cursor": self.user_cursor, "users": len(self.version.users or ())},
                 attach=self._attach,
             )
 
@@ -55,6 +63,8 @@ class VersionSink:
         this loader's thread is the version's only writer)."""
         self.version.features.save(folder / "features.npz")
         self.version.sources.lexical.save(folder / "lexical")
+        if self.version.users is not None:
+            self.version.users.save(folder)
 
 
 class CatalogueSink:
@@ -65,7 +75,7 @@ class CatalogueSink:
     def __init__(self, store: CatalogueStore) -> None:
         self.store = store
 
-    def apply(self, changes: Sequence[Change]) -> int:
+    def apply(self, changes: Sequence[AnyChange]) -> int:
         return self.store.apply(changes)
 
     def checkpoint(self, offset: str) -> None:

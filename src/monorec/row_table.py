@@ -1,0 +1,72 @@
+"""A growable table of float32 rows addressed by string keys (item features, user embeddings).
+
+Rows live in one buffer that doubles when full; an overwritten or removed key leaves a dead row behind,
+reclaimed by compaction before the buffer grows. Thread-safe: one writer and many readers at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["RowTable"]
+
+
+class RowTable:
+    """Key -> one float32 row of ``width`` values."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self._rows = np.zeros((1024, width), dtype=np.float32)
+        self._used = 0
+        self._row_of: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._row_of)
+
+    def put(self, keys: Sequence[str], rows: np.ndarray) -> None:
+        """Stores ``rows`` (N, width) under ``keys`` (N,), replacing what a key held."""
+        with self._lock:
+            if self._used + len(keys) > len(self._rows):
+                if self._used > 2 * len(self._row_of):  # mostly dead rows: compact before growing
+                    keep = list(self._row_of.items())
+                    live = self._rows[[r for _, r in keep]]
+                    self._rows[: len(keep)] = live
+                    self._row_of = {e: i for i, (e, _) in enumerate(keep)}
+                    self._used = len(keep)
+                if self._used + len(keys) > len(self._rows):
+                    grown = np.zeros((max(2 * len(self._rows), self._used + len(keys)), self.width), np.float32)
+                    grown[: self._used] = self._rows[: self._used]
+                    self._rows = grown
+            self._rows[self._used : self._used + len(keys)] = rows
+            for i, key in enumerate(keys):
+                self._row_of[key] = self._used + i
+            self._used += len(keys)
+
+    def remove(self, keys: Sequence[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._row_of.pop(key, None)
+
+    def known(self, keys: Sequence[str]) -> list[str]:
+        """The given keys that have a row, in order."""
+        with self._lock:
+            return [k for k in keys if k in self._row_of]
+
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        """The rows (N, width) of ``keys``.
+
+        Raises:
+            KeyError: a key has no row.
+        """
+        with self._lock:
+            return self._rows[[self._row_of[k] for k in keys]]
+
+    def snapshot(self) -> tuple[list[str], np.ndarray]:
+        """Every key and its row (N, width), taken under the lock (for a checkpoint written outside it)."""
+        with self._lock:
+            keys = list(self._row_of)
+            return keys, self._rows[[self._row_of[k] for k in keys]]

@@ -147,6 +147,7 @@ def main() -> None:
     with Deployment(tmp / "dep", registry) as dep:
         dep.seed_catalogue(catalogue)
         dep.deploy("v0001")
+        dep.open()  # the loaders run, as in the server: the catalogue's fills the users table from the log
         journal = FeedbackJournal(tmp / "dep" / "feedback.sqlite")
         engine = ServingEngine(dep, EnvironmentSpec("bench"), journal=journal)
         try:

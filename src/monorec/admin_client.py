@@ -61,6 +61,13 @@ class AdminClient:
     def retire(self, version: str) -> None:
         self._call("POST", "/v1/admin/retire", {"version": version})
 
+    def trial(self, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A trial call: ``start`` (with ``body``), ``status``, ``promote`` or ``abort``."""
+        if action == "status":
+            return dict(self._call("GET", "/v1/admin/trial"))
+        path = "/v1/admin/trial" if action == "start" else f"/v1/admin/trial/{action}"
+        return dict(self._call("POST", path, body))
+
     def deploy(self, version: str, poll_s: float = 1.0, timeout_s: float = 3600.0) -> dict[str, Any]:
         """Starts the deploy in the server and waits for it to end; returns the version's row.
 

@@ -7,7 +7,7 @@ monorec train      --prepared DIR --out DIR [--canvas NAME ...] [--device cpu|cu
 monorec evaluate   --run DIR --prepared DIR --out DIR [--split test]
 monorec publish    --run DIR --metrics FILE [--registry DIR] [--tolerance T] [--force]
 monorec config check FILE [FILE ...]
-monorec deploy | versions | switch | rollback | retire | stream | serve   (see monorec.cli_deploy)
+monorec deploy | versions | switch | rollback | retire | canary | stream | serve   (see monorec.cli_deploy)
 """
 
 from __future__ import annotations

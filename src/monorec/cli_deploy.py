@@ -21,8 +21,10 @@ its admin API (token: $MONOREC_ADMIN_TOKEN). Read-only commands never create a f
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,12 @@ from monorec.errors import ChangeError, DeployError
 
 __all__ = ["DEFAULT_REGISTRY", "DEFAULT_ROOT", "add_command", "add_deploy_commands", "run_deploy_command"]
 
-COMMANDS = ("deploy", "versions", "switch", "rollback", "retire", "stream", "serve", "events")
+COMMANDS = ("deploy", "versions", "switch", "rollback", "retire", "canary", "stream", "serve", "events")
 
 # where `make demo` puts them, so that a new user's next command finds them; the environment overrides
 DEFAULT_ROOT = os.environ.get("MONOREC_ROOT", "runs/demo/deployment")
 DEFAULT_REGISTRY = os.environ.get("MONOREC_REGISTRY", "runs/demo/registry")
-READ_ONLY = ("versions", "stream status")
+READ_ONLY = ("versions", "stream status", "canary status")
 
 
 def add_command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -80,6 +82,21 @@ def add_deploy_commands(sub: Any) -> None:
     _common(pub)
     status = add_command(ssub, "status", help="consumer groups, lag, dead letters")
     _common(status)
+
+    ca = add_command(sub, "canary", help="put a ready version on canary or shadow trial beside the serving one")
+    csub = ca.add_subparsers(dest="canary_command", required=True)
+    cs = add_command(csub, "start", help="start a trial of a ready (deployed, not serving) version")
+    cs.add_argument("version", help="a ready or standby version")
+    cs.add_argument("--share", type=float, default=0.05, help="canary: the share of requests it answers")
+    cs.add_argument("--sticky-by", default="user_id", help="canary: the context field a share sticks to")
+    cs.add_argument("--shadow", action="store_true", help="score every request beside the serving version instead")
+    _common(cs)
+    for name, text in (
+        ("status", "the trial and, from a server, both versions' comparison per canvas"),
+        ("promote", "switch to the version on trial"),
+        ("abort", "end the trial: every request goes to the serving version"),
+    ):
+        _common(add_command(csub, name, help=text))
 
     ev = add_command(sub, "events", help="users' events and the answers they belong to (the feedback journal)")
     esub = ev.add_subparsers(dest="events_command", required=True)
@@ -172,7 +189,33 @@ def _print_stream(status: dict[str, Any]) -> None:
 
 
 def _command_name(args: argparse.Namespace) -> str:
-    return f"stream {args.stream_command}" if args.command == "stream" else str(args.command)
+    if args.command in ("stream", "canary"):
+        return f"{args.command} {getattr(args, args.command + '_command')}"
+    return str(args.command)
+
+
+def _trial(args: argparse.Namespace, call: Callable[[str, dict[str, Any] | None], dict[str, Any]]) -> None:
+    """A ``monorec canary`` command through ``call(action, body)`` (the server's API or the folder)."""
+    action = args.canary_command
+    body = None
+    if action == "start":
+        mode = "shadow" if args.shadow else "canary"
+        body = {"version": args.version, "mode": mode, "share": args.share, "sticky_by": args.sticky_by}
+    print(json.dumps(call(action, body), indent=2, default=str))
+
+
+def _local_trial(dep: Any, action: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    """A trial command on the folder itself (no server owns it): the control plane keeps the trial, and the
+    next ``monorec serve`` resumes it."""
+    if action == "start":
+        assert body is not None
+        dep.trials.start(body["version"], body["mode"], body["share"], body["sticky_by"])
+    elif action == "promote":
+        return {"serving": dep.trials.promote()}
+    elif action == "abort":
+        return {"aborted": dep.trials.abort().version}
+    trial = dep.router.trial
+    return {"trial": None if trial is None else trial.__dict__, "serving": dep.control.pointer("serving")}
 
 
 def _require_existing(args: argparse.Namespace) -> None:
@@ -207,6 +250,8 @@ def _remote(args: argparse.Namespace, url: str) -> int:
         elif name == "retire":
             client.retire(args.version)
             print(f"{args.version} is retired")
+        elif name.startswith("canary "):
+            _trial(args, client.trial)
         else:
             raise AssertionError(name)
     finally:
@@ -280,4 +325,7 @@ def run_deploy_command(args: argparse.Namespace) -> int:
             _print_versions(dep.status())
         elif args.command == "stream":
             _print_stream(dep.stream_status())
+        elif args.command == "canary":
+            dep.open(start_loaders=False)
+            _trial(args, lambda action, body: _local_trial(dep, action, body))
     return 0

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS deployed (
     version TEXT PRIMARY KEY, state TEXT NOT NULL, start_offset TEXT, error TEXT,
     created_at REAL NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS pointers (name TEXT PRIMARY KEY, version TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, consumer TEXT NOT NULL, log_offset TEXT NOT NULL,
     payload TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
@@ -101,6 +102,20 @@ class ControlPlane:
                     "UPDATE deployed SET state = ?, updated_at = ? WHERE version = ?", (previous_state, now, previous)
                 )
                 db.execute("INSERT OR REPLACE INTO pointers VALUES ('previous', ?)", (previous,))
+
+    def setting(self, name: str) -> str | None:
+        """A named piece of lifecycle state (e.g. the running trial, as JSON); None when unset."""
+        with self._db() as db:
+            row = db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_setting(self, name: str, value: str | None) -> None:
+        """Sets (or, with None, clears) a named piece of lifecycle state, in one transaction."""
+        with self._db() as db:
+            if value is None:
+                db.execute("DELETE FROM settings WHERE name = ?", (name,))
+            else:
+                db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
 
     def add_dead_letter(self, consumer: str, log_offset: str, payload: str, reason: str) -> None:
         with self._db() as db:

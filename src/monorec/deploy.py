@@ -37,7 +37,7 @@ import gc
 import logging
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from monorec.stream.loader import Loader
 from monorec.stream.log import ChangeLog
 from monorec.stream.publish import open_log, publish_changes
 from monorec.stream.sinks import CatalogueSink, VersionSink
+from monorec.trials import TrialController
 from monorec.users import create_user_store, load_user_store, user_key
 from monorec.versions import ItemFeatures, ServingVersion, VersionRouter, canary_recall
 
@@ -103,6 +104,7 @@ class Deployment:
         self.versions: dict[str, ServingVersion] = {}
         self.loaders: dict[str, Loader] = {}
         self._ops = threading.RLock()  # one lifecycle operation at a time
+        self.trials = TrialController(self)  # canary and shadow trials of a ready version
         self._types: tuple[str, ...] | None = None
         self.log.subscribe(CATALOGUE_GROUP, "0")
         self._catalogue_loader = Loader(
@@ -234,6 +236,8 @@ class Deployment:
                 self.loaders[version] = loader
                 if self.control.get(version).state == "serving":  # type: ignore[union-attr]
                     self.router.switch(sv)
+            if self.router.trial is None and self.router.current is not None:
+                self.trials.resume()  # a trial the control plane records goes on after a restart
             if start_loaders:
                 for loader in [self._catalogue_loader, *self.loaders.values()]:
                     if not loader.running:
@@ -403,11 +407,39 @@ class Deployment:
     def switch(self, version: str) -> None:
         """Atomically serves ``version`` (ready or standby); the old serving version drains to standby."""
         with self._ops:
+            sv = self.load_ready(version)
+            previous_name = self.control.pointer("serving")
+            failpoint("switching")
+            previous = self.router.switch(sv)
+            self.control.switch(version, previous_name if previous_name != version else None)
+            trial = self.router.trial
+            if trial is not None and trial.version in (version, previous_name):  # the trial's question is settled
+                self.router.clear_trial()
+                self.control.set_setting("trial", None)
+            set_alias = getattr(sv.index, "set_alias", None)
+            if set_alias is not None:  # Qdrant: external readers follow the alias
+                set_alias(SERVING_ALIAS)
+            if previous is not None and previous is not sv:
+                VersionRouter.drain(previous, sv.bundle.config.deploy.drain_timeout_s)
+            failpoint("switched")
+            for older in self.control.in_state("standby"):  # keep one rollback target
+                if older != previous_name:
+                    self.retire(older)
+            self._settle_gc()
+
+    def load_ready(self, version: str) -> ServingVersion:
+        """A ready, standby or serving version in memory with its loader running (after a restart a ready
+        one is reloaded from its checkpoint, caught up and validated again).
+
+        Raises:
+            DeployError: the version is in another state, or its checkpoint cannot serve (it is then failed).
+        """
+        with self._ops:
             state = self.control.get(version)
             if state is None or state.state not in ("ready", "standby", "serving"):
                 current = "not deployed" if state is None else state.state
                 raise DeployError(f"{version} is {current}; only a ready or standby version can serve")
-            if version not in self.versions:  # e.g. ready before a restart: reload, catch up, revalidate
+            if version not in self.versions:
                 try:
                     sv, _ = self._open_version(version, fresh=False)
                 except ArtifactError as exc:
@@ -416,23 +448,15 @@ class Deployment:
                 loader, _ = self._loader_for(sv)
                 self.validate(version, sv, loader)
                 self.versions[version], self.loaders[version] = sv, loader
-            sv = self.versions[version]
-            previous_name = self.control.pointer("serving")
-            failpoint("switching")
-            previous = self.router.switch(sv)
-            self.control.switch(version, previous_name if previous_name != version else None)
-            set_alias = getattr(sv.index, "set_alias", None)
-            if set_alias is not None:  # Qdrant: external readers follow the alias
-                set_alias(SERVING_ALIAS)
             if not self.loaders[version].running:
                 self.loaders[version].start()
-            if previous is not None and previous is not sv:
-                VersionRouter.drain(previous, sv.bundle.config.deploy.drain_timeout_s)
-            failpoint("switched")
-            for older in self.control.in_state("standby"):  # keep one rollback target
-                if older != previous_name:
-                    self.retire(older)
-            self._settle_gc()
+            return self.versions[version]
+
+    @contextlib.contextmanager
+    def lifecycle(self) -> Iterator[None]:
+        """One lifecycle operation at a time (deploy, switch, trial changes, retire)."""
+        with self._ops:
+            yield
 
     def rollback(self) -> str:
         """Serves the previous version again (while it is kept on standby); returns its name."""
@@ -452,6 +476,9 @@ class Deployment:
                 raise DeployError(f"{version} is not deployed")
             if state.state == "serving":
                 raise DeployError(f"{version} is serving; switch to another version before retiring it")
+            trial = self.router.trial
+            if trial is not None and trial.version == version:
+                raise DeployError(f"{version} is on {trial.mode} trial; abort the trial before retiring it")
             loader = self.loaders.pop(version, None)
             if loader is not None:
                 loader.stop()

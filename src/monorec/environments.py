@@ -79,6 +79,12 @@ class EnvironmentSpec:
     max_batch_requests: int = 64  # requests in one call of the batch endpoint
     max_explicit_candidates: int = 1000  # explicit candidate ids to rank in one request
     open_reads: bool = True  # read endpoints without a token (admin and writes always need one)
+    # a canary or shadow trial (monorec.trials) is aborted when its candidate, on any canvas, after
+    # ``trial_min_requests`` answers there, fails or is late on more than ``trial_max_error_rate`` of them,
+    # or its p99 latency exceeds ``trial_max_p99_ms`` (0: the latency budget)
+    trial_max_error_rate: float = 0.05
+    trial_max_p99_ms: float = 0.0
+    trial_min_requests: int = 50
     rules: dict[str, CanvasRules] = field(default_factory=dict)  # canvas -> its business rules
 
     def serves(self, canvas: str) -> bool:
@@ -136,7 +142,9 @@ def parse_environments(raw: Any, canvas_fields: dict[str, tuple[str, ...]], p: P
                 p.add(f"{where}.{key}", "must be > 0")
         if env.retrieval_depth < env.max_k:
             p.add(f"{where}.retrieval_depth", f"must be >= max_k ({env.max_k}): rules need candidates to cut from")
-        for key in ("cache_ttl_s", "max_wait_ms", "refresh_s"):
+        if not 0 <= env.trial_max_error_rate <= 1:
+            p.add(f"{where}.trial_max_error_rate", "must be in [0, 1]")
+        for key in ("cache_ttl_s", "max_wait_ms", "refresh_s", "trial_max_p99_ms", "trial_min_requests"):
             if getattr(env, key) < 0:
                 p.add(f"{where}.{key}", "must be >= 0")
         for canvas, key in env.precompute.items():

@@ -36,6 +36,7 @@ from monorec.retrieval.lexical import LexicalSource
 from monorec.row_table import RowTable
 from monorec.schema import TitleLookup
 from monorec.stream.changes import AnyChange, Change, UserChange, changes_frame
+from monorec.trials import Trial
 from monorec.users import UserStore, user_key
 
 log = logging.getLogger(__name__)
@@ -434,21 +435,43 @@ def _source_pool() -> ThreadPoolExecutor:
 
 
 class VersionRouter:
-    """Holds the serving version; requests pin one version for their whole life."""
+    """Holds the serving version and the version on trial (canary or shadow, see :mod:`monorec.trials`);
+    requests pin one version for their whole life."""
 
     def __init__(self) -> None:
         self._current: ServingVersion | None = None
+        self._trial: tuple[ServingVersion, Trial] | None = None
         self._lock = threading.Lock()
 
     @property
     def current(self) -> ServingVersion | None:
         return self._current
 
+    @property
+    def trial(self) -> Trial | None:
+        held = self._trial
+        return None if held is None else held[1]
+
+    @property
+    def trial_version(self) -> ServingVersion | None:
+        """The version on trial, while one is."""
+        held = self._trial
+        return None if held is None else held[0]
+
+    def set_trial(self, version: ServingVersion, trial: Trial) -> None:
+        with self._lock:
+            self._trial = (version, trial)
+
+    def clear_trial(self) -> None:
+        with self._lock:
+            self._trial = None
+
     @contextmanager
-    def pin(self) -> Iterator[ServingVersion]:
-        """The serving version, resolved once; it stays usable (not freed) until the block ends."""
+    def pin(self, candidate: bool = False) -> Iterator[ServingVersion]:
+        """The serving version (or with ``candidate`` the version on trial, while one is: else the serving
+        one), resolved once; it stays usable (not freed) until the block ends."""
         with self._lock:  # read and count in one step, so a drain can never miss this request
-            version = self._current
+            version = self._trial[0] if candidate and self._trial is not None else self._current
             if version is None:
                 raise DeployError("no version is serving yet; deploy one first")
             version.enter()

@@ -158,6 +158,29 @@ class FeedbackJournal:
             ).fetchall()
         return [r[0] for r in reversed(rows)]
 
+    def rates_by_version(self, since: float) -> dict[str, dict[str, dict[str, float]]]:
+        """canvas -> version -> answers since ``since`` and, per event kind, the events on them per answer
+        (click rate, like rate...): how users took each version's answers during a trial."""
+        self.flush()
+        with self._db.transaction() as db:
+            answers = db.execute(
+                "SELECT canvas, version, COUNT(*) FROM answers WHERE ts >= ? GROUP BY canvas, version", (since,)
+            ).fetchall()
+            events = db.execute(
+                "SELECT a.canvas, a.version, e.kind, COUNT(DISTINCT e.request_id || '|' || e.entity_id) "
+                "FROM events e JOIN answers a ON a.request_id = e.request_id WHERE a.ts >= ? "
+                "GROUP BY a.canvas, a.version, e.kind",
+                (since,),
+            ).fetchall()
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for canvas, version, n in answers:
+            out.setdefault(canvas, {})[str(version)] = {"answers": float(n)}
+        for canvas, version, kind, n in events:
+            row = out.get(canvas, {}).get(str(version))
+            if row is not None:
+                row[f"{kind}_rate"] = n / row["answers"]
+        return out
+
     # ------------------------------------------------------------------ reading (export)
 
     def answers(self) -> pl.DataFrame:

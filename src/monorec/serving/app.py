@@ -59,6 +59,7 @@ from monorec.serving.messages import (
 )
 from monorec.serving.metrics import ServingMetrics
 from monorec.serving.openapi import contract_openapi
+from monorec.serving.trial_routes import trial_routes
 from monorec.stream.changes import MAX_REVISION, Change
 
 __all__ = ["ServeSettings", "create_app", "resolve_environment"]
@@ -411,6 +412,8 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
     def retire(body: VersionBody, request: Request) -> dict[str, Any]:
         request.app.state.deployment.retire(body.version)
         return {"retired": body.version}
+
+    app.include_router(trial_routes(Admin))
 
     @app.get("/v1/admin/stream", dependencies=[Admin], tags=["admin"])
     def stream(request: Request) -> dict[str, Any]:

@@ -19,6 +19,7 @@ The HTTP layer (:mod:`monorec.serving.app`) is a thin shell over this class.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -44,6 +45,7 @@ from monorec.serving.cache import LruCache
 from monorec.serving.messages import FallbackInfo, RecommendRequest, RecommendResponse, ScoredEntity
 from monorec.serving.precomputed import PrecomputedTables
 from monorec.serving.rules import Scored, apply_rules, canvas_rules, needs_entity_info
+from monorec.serving.trial_watch import TrialWatch
 from monorec.serving.user_context import encode_contexts, with_recent_history
 from monorec.stream.catalogue import Entity
 from monorec.versions import ServingVersion
@@ -62,6 +64,7 @@ class _Work:
     excluded: frozenset[str]
     where: EntityFilter | None
     depth: int
+    candidate: bool = False  # a canary request: answered by the version on trial
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class ServingEngine:
         self._batcher: MicroBatcher[_Work] = MicroBatcher(
             self._run_batch, workers=env.worker_threads, max_batch=env.max_batch, max_wait_s=env.max_wait_ms / 1000
         )
+        self.trials = TrialWatch(self)  # measures both sides of a canary or shadow trial, aborts a bad one
         self.precomputed: PrecomputedTables | None = None
         if env.mode == "precomputed":
             self.precomputed = PrecomputedTables(self)
@@ -140,11 +144,16 @@ class ServingEngine:
 
     def _start_request(self, request: RecommendRequest) -> _Started:
         start = time.monotonic()
-        version = self.deployment.router.current
+        router = self.deployment.router
+        version = router.current
         if version is None:
             raise ServingUnavailable("no version is serving yet; deploy one first")
+        trial = router.trial
+        candidate = trial is not None and trial.takes(request.context)
+        if candidate:  # a canary request: everything below reads the candidate version
+            version = router.trial_version or version
         request = self.with_recent_history(request, version)
-        work = self.validate(request, version)
+        work = dataclasses.replace(self.validate(request, version), candidate=candidate)
         key = request_key(request)  # with the history filled in: a new event makes it a new request
         if self._cache is not None:
             hit = self._cache.get(key)
@@ -194,6 +203,8 @@ class ServingEngine:
         journaled with the context the model saw when the engine has a feedback journal."""
         request_id = uuid.uuid4().hex
         response = response.model_copy(update={"request_id": request_id})
+        if self.deployment.router.trial is not None:
+            self.trials.observe(started.work, response)
         if self.journal is not None:
             context = {k: v for k, v in started.work.record.items() if k != "task_type" and v is not None}
             items = [item.entity_id for item in response.items]
@@ -223,6 +234,7 @@ class ServingEngine:
         return self._fallback(started, f"error: {type(exc).__name__}")
 
     def _answered(self, started: _Started, ranked: _Ranked) -> RecommendResponse:
+        self.trials.shadow(started.work, ranked)
         response = RecommendResponse(
             canvas=started.work.request.canvas,
             version=ranked.version,
@@ -284,14 +296,19 @@ class ServingEngine:
     # ---------------------------------------------------------------------------------- model path
 
     def _run_batch(self, jobs: Sequence[Job[_Work]]) -> None:
-        """The model path for a micro-batch, on a worker thread: every job of the batch sees ONE version."""
-        with self.deployment.router.pin() as version:
-            results = self.rank_works(version, [j.payload for j in jobs])
-        for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+        """The model path for a micro-batch, on a worker thread: the serving version's jobs see ONE version,
+        a canary's jobs the version on trial."""
+        for candidate in (False, True):
+            group = [j for j in jobs if j.payload.candidate == candidate]
+            if not group:
+                continue
+            with self.deployment.router.pin(candidate=candidate) as version:
+                results = self.rank_works(version, [j.payload for j in group])
+            for job, result in zip(group, results, strict=True):
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
 
     @torch.no_grad()
     def rank_works(self, version: ServingVersion, works: Sequence[_Work]) -> list[_Ranked | BaseException]:
@@ -458,6 +475,7 @@ class ServingEngine:
             if self.precomputed is not None:
                 self.precomputed.close()
             self._batcher.close()
+            self.trials.close()
 
 
 # ------------------------------------------------------------------------------------------- helpers

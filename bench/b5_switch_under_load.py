@@ -1,13 +1,16 @@
-"""B5: version switches under load, with catalogue changes streaming in.
+"""B5: version switches under load, with canary traffic, catalogue changes and users' events streaming in.
 
-Two versions are deployed over the same catalogue (one serving, one on standby, both fed by their
-loaders). Requests arrive open-loop at ~70% of the measured capacity (mixed canvases) for the whole run;
-changes stream at 50/s; the serving version is switched twice (a switch, then a rollback). Every request
-pins a version, and the record counts:
+Two versions are deployed over the same catalogue: v0001 serving, v0002 ready beside it on a canary trial
+(a sticky 20% of the requests, by user; both fed by their loaders). Requests arrive open-loop at ~70% of
+the measured capacity (mixed canvases) for the whole run; catalogue changes stream at 50/s and user
+changes (a user's new state, as events make them) at 50/s; a third of the way in the canary is promoted
+(a switch to v0002, ending the trial), two thirds in it is rolled back. Every request pins ONE version (the
+candidate when the canary takes it), and the record counts:
 
 - ``failed``: requests that raised;
 - ``mismatched``: answers whose version is not the version object the request pinned;
 - ``stale_after_switch``: requests that STARTED after a switch had returned but were served by the old one;
+- ``canary``: the share of requests the candidate answered while the trial ran (target: its share);
 - ``p99_ms_steady`` / ``p99_ms_switch``: latency (from the scheduled arrival, queueing included) outside /
   inside the switch windows (0.5 s before a switch until 2 s after it returned). Target: 0 / 0 / 0, and
   p99 in the switch windows <= 2x steady.
@@ -35,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
 from _serving import bench_config, synthetic_catalogue, two_version_registry
 from monorec.deploy import Deployment
+from monorec.stream.changes import UserChange
 
 CANVASES = [("home", 0.6), ("related", 0.25), ("search", 0.15)]
+CANARY_SHARE = 0.2
 WORDS = ["space", "love", "war", "ghost", "city", "family", "robot", "dream"]
 
 
@@ -50,8 +55,10 @@ def make_request(rng: random.Random, ids: list[str]) -> tuple[str, dict[str, Any
 
 
 def serve(dep: Deployment, canvas: str, context: dict[str, Any]) -> tuple[str, str]:
-    """One request: (the pinned version's name, the version named by the answer)."""
-    with dep.router.pin() as version:
+    """One request: (the pinned version's name, the version named by the answer); a canary's share of
+    requests pins the version on trial, as the serving engine does."""
+    trial = dep.router.trial
+    with dep.router.pin(candidate=trial is not None and trial.takes(context)) as version:
         answer = version.recommend(canvas, context, k=10)
         return version.name, answer.version
 
@@ -98,7 +105,9 @@ def main() -> None:
     with Deployment(tmp / "dep", registry) as dep:
         dep.seed_catalogue(catalogue)
         dep.deploy("v0001")
-        dep.deploy("v0002")  # v0001 on standby
+        dep.open()
+        dep.stage("v0002")  # ready beside v0001, then a canary of it
+        trial = dep.trials.start("v0002", "canary", share=CANARY_SHARE)
 
         results: list[tuple[float, float, float, str, str, bool]] = []  # scheduled, start, end, pinned, named, ok
         lock = threading.Lock()
@@ -131,19 +140,23 @@ def main() -> None:
                         }
                     ]
                 )
+                user = f"u{i % 400}"  # the home requests' users: their stored encodings change under them
+                dep.publish(
+                    [UserChange(user, revision, (("country", ("us", "fr", "de")[i % 3]),), (ids[i % len(ids)],))]
+                )
                 i += 1
                 stop.wait(0.02)
 
         switches: list[dict[str, Any]] = []
 
         def switcher() -> None:
-            for when, action in ((seconds / 3, "switch"), (2 * seconds / 3, "rollback")):
+            for when, action in ((seconds / 3, "promote"), (2 * seconds / 3, "rollback")):
                 while time.monotonic() - t0 < when:
                     time.sleep(0.01)
                 before = dep.router.current.name  # type: ignore[union-attr]
                 began = time.monotonic()
-                if action == "switch":
-                    dep.switch("v0001" if before == "v0002" else "v0002")
+                if action == "promote":
+                    dep.trials.promote()  # the switch to the candidate; the trial ends
                 else:
                     dep.rollback()
                 switches.append(
@@ -178,6 +191,14 @@ def main() -> None:
         for t in threads:
             t.join()
 
+    promoted = switches[0]["began"] if switches else float("inf")
+    during = [pinned for _, start, _, pinned, _, ok in results if ok and start < promoted]
+    canary = {
+        "version": trial.version,
+        "share": trial.share,
+        "requests": len(during),
+        "answered_by_candidate": sum(p == trial.version for p in during) / max(len(during), 1),
+    }
     failed = sum(not ok for *_, ok in results)
     mismatched = sum(ok and pinned != named for _, _, _, pinned, named, ok in results)
     stale = 0
@@ -209,11 +230,13 @@ def main() -> None:
         "p99_ms_switch": p99_switch,
         "switch_p99_ratio": p99_switch / p99_steady,
         "switches": [{**s, "switch_ms": (s["returned"] - s["began"]) * 1000} for s in switches],
+        "canary": canary,
         "quick": args.quick,
     }
     print(
         f"failed {failed}, mismatched {mismatched}, stale after switch {stale}; p99 steady {p99_steady:.1f} ms, "
-        f"in switch windows {p99_switch:.1f} ms"
+        f"in switch windows {p99_switch:.1f} ms; canary answered {canary['answered_by_candidate']:.1%} of "
+        f"{canary['requests']} requests before the promotion (share {trial.share:.0%})"
     )
     write_record(args.out, record)
 

@@ -16,6 +16,7 @@ from live_server import live_server
 from monorec.registry import Registry
 from monorec.serving.app import ServeSettings, create_app
 from serving_fixtures import deployed
+from waiting import wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -159,3 +160,66 @@ def test_the_api_docs_render_offline(browser: Any, page_url: str) -> None:
     page.goto(f"{page_url}/docs")
     page.wait_for_selector('[data-path="/v1/recommend/batch"]', timeout=20000)  # operations rendered from /openapi.json
     assert requested and all(u.startswith(page_url) for u in requested), [u for u in requested if page_url not in u]
+
+
+def test_the_page_shows_the_user_the_trial_and_the_operations(
+    browser: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    two_versions: Registry,
+    prepared,  # type: ignore[no-untyped-def]
+) -> None:
+    """Issue 12 must-have 7: a user's history beside their list, a running trial with both versions side by
+    side, and the operations view (versions, lag, dead letters, latency per canvas)."""
+    import httpx
+
+    token = "page-test-token-0123456789abcdef"
+    root = tmp_path_factory.mktemp("page-ops") / "dep"
+    dep = deployed(root, two_versions, prepared.catalogue)
+    dep.open()
+    dep.stage("v0002")
+    dep.trials.start("v0002", "canary", share=0.5)
+    settings = ServeSettings(root=root, registry=two_versions.root, admin_token=token)
+    try:
+        with live_server(create_app(settings, deployment=dep)) as url:
+            click = {"event_id": "p1", "user_id": "u-page", "canvas": "home", "entity_id": "m00003", "kind": "click"}
+            headers = {"Authorization": f"Bearer {token}"}
+            assert httpx.post(f"{url}/v1/events", json=click, headers=headers, timeout=30).status_code == 202
+            wait_for(lambda: httpx.get(f"{url}/v1/users/u-page", timeout=30).status_code == 200, timeout=10)
+
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url)
+            page.wait_for_selector("body[data-ready=true]")
+            # operations: both live versions with their states, the stream, the running trial
+            page.wait_for_selector("#ops-versions tr[data-version=v0002]")
+            states = page.eval_on_selector_all(
+                "#ops-versions tbody tr",
+                "trs => trs.map(tr => tr.children[0].textContent + ' ' + tr.children[1].textContent)",
+            )
+            assert states == ["v0001 serving", "v0002 ready"]
+            assert "dead letters 0" in page.text_content("#ops-summary")
+            assert page.text_content("#trial-name") == "v0002 on canary (50% of users)"
+
+            # the user's profile and history beside their home list
+            page.select_option("#canvas", "home")
+            page.fill("#field-user_id", "u-page")
+            assert len(ask(page)) == 10
+            page.wait_for_selector("#user-history")
+            assert page.eval_on_selector_all("#user-history li", "ls => ls.map(l => l.textContent)") == ["m00003"]
+            assert "v0001 yes" in page.text_content("#user-stores")
+
+            # the two versions of the trial side by side for the same request (admin token)
+            page.fill("#token", token)
+            page.click("#compare")
+            page.wait_for_selector("#overlap")
+            assert page.eval_on_selector_all("#side > div[data-version]", "ds => ds.map(d => d.dataset.version)") == [
+                "v0001",
+                "v0002",
+            ]
+            assert page.text_content("#overlap").startswith("overlap@k ")
+            # latency per canvas from the answers just given, charted as the page polls
+            page.wait_for_selector("#ops-latency tr[data-canvas=home] svg.spark", timeout=10000)
+            assert not errors, errors
+    finally:
+        dep.close()

@@ -326,6 +326,8 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
             examples=examples,
             latency_budget_ms=env.latency_budget_ms,
             max_k=env.max_k,
+            user_field=config.feedback.user_field,
+            history_field=config.feedback.history_field,
         )
         return out
 
@@ -438,6 +440,24 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         if failing:
             return JSONResponse({"status": "loaders failing", "loaders": failing}, status_code=503)
         return JSONResponse({"status": "ready", "version": version.name})
+
+    @app.get("/v1/ops", dependencies=[Reader], tags=["operations"])
+    def ops(request: Request) -> dict[str, Any]:
+        """What the page's operations view shows: versions and their states, each consumer's lag and
+        health, dead letters, recent latency per canvas, and the trial with its comparison."""
+        dep: Deployment = request.app.state.deployment
+        stream = dep.stream_status()
+        trial = dep.router.trial
+        return {
+            "versions": [{k: r[k] for k in ("version", "state", "entities", "lag", "in_flight")} for r in dep.status()],
+            "lag": stream["lag"],
+            "loaders": {g: h["healthy"] for g, h in stream["loaders"].items()},
+            "dead_letters": stream["dead_letters"],
+            "latency": request.app.state.metrics.recent_latency(),
+            "trial": None if trial is None else {"version": trial.version, "mode": trial.mode, "share": trial.share},
+            "trial_comparison": request.app.state.engine.trials.summary() if trial is not None else None,
+            "last_trial_abort": dep.trials.last_abort,
+        }
 
     @app.get("/metrics", tags=["operations"])
     def metrics(request: Request) -> Response:

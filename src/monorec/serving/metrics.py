@@ -8,8 +8,10 @@ tests, never collide).
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Iterator
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -19,6 +21,7 @@ from monorec.serving.messages import RecommendResponse
 
 __all__ = ["ServingMetrics"]
 
+RECENT = 500  # latest answers per canvas behind the page's latency figures
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
 
 
@@ -93,13 +96,25 @@ class ServingMetrics:
             registry=self.registry,
         )
         self.registry.register(_DeploymentCollector(deployment))
+        self._recent: dict[str, deque[float]] = {}  # canvas -> the latest latencies (ms), for the page
 
     def observe(self, response: RecommendResponse) -> None:
         self.latency.labels(response.canvas).observe(response.took_ms / 1000)
+        self._recent.setdefault(response.canvas, deque(maxlen=RECENT)).append(response.took_ms)
         self.answers.labels(response.canvas, response.source).inc()
         if response.fallback is not None:
             reason = response.fallback.reason.split(":")[0]  # "error: X" -> "error" (bounded label values)
             self.fallbacks.labels(response.canvas, reason).inc()
+
+    def recent_latency(self) -> dict[str, dict[str, float]]:
+        """canvas -> p50 / p99 (ms) and count of its latest answers (at most 500): what the page charts."""
+        out = {}
+        for canvas, window in list(self._recent.items()):
+            values = np.array(window)
+            if values.size:
+                p50, p99 = np.percentile(values, [50, 99])
+                out[canvas] = {"p50_ms": float(p50), "p99_ms": float(p99), "answers": int(values.size)}
+        return out
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

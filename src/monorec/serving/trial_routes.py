@@ -9,6 +9,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from monorec.serving.messages import RecommendRequest
+
 __all__ = ["TrialBody", "trial_routes"]
 
 
@@ -49,6 +51,11 @@ def trial_routes(admin: Any) -> APIRouter:
     @router.get("")
     def status(request: Request) -> dict[str, Any]:
         return trial_status(request)
+
+    @router.post("/compare")
+    def compare(body: RecommendRequest, request: Request) -> dict[str, Any]:
+        """One request answered by the serving version and by the version on trial, side by side."""
+        return dict(request.app.state.engine.trials.side_by_side(body))
 
     @router.post("/promote")
     def promote(request: Request) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from monorec.errors import DeployError
 from monorec.serving.messages import RecommendResponse
-from monorec.serving.trial_stats import TrialStats
+from monorec.serving.trial_stats import TrialStats, overlap_at_k, rank_agreement
 from monorec.trials import Trial
 
 if TYPE_CHECKING:
@@ -113,6 +113,35 @@ class TrialWatch:
             pass  # ended meanwhile
         finally:
             self._aborting.release()
+
+    def side_by_side(self, request: Any) -> dict[str, Any]:
+        """One request answered by both versions of the running trial (the page's comparison): each side's
+        entities, and their overlap@k and rank agreement.
+
+        Raises:
+            DeployError: no trial runs.
+        """
+        router = self.engine.deployment.router
+        trial = router.trial
+        if trial is None:
+            raise DeployError("no trial runs")
+        sides: dict[str, Any] = {}
+        for candidate in (False, True):
+            with router.pin(candidate=candidate) as version:
+                request_v = self.engine.with_recent_history(request, version)
+                work = self.engine.validate(request_v, version)
+                result = self.engine.rank_works(version, [work])[0]
+            if isinstance(result, BaseException):
+                raise result
+            sides["candidate" if candidate else "serving"] = {
+                "version": version.name,
+                "items": [i.model_dump() for i in result.items],
+            }
+        served = [i["entity_id"] for i in sides["serving"]["items"]]
+        tried = [i["entity_id"] for i in sides["candidate"]["items"]]
+        sides["overlap_at_k"] = overlap_at_k(served, tried, request.k)
+        sides["rank_agreement"] = rank_agreement(served, tried)
+        return sides
 
     def summary(self) -> dict[str, Any]:
         return {"canvases": self.stats.summary(), "shadow_dropped": self.shadow_dropped}

@@ -160,6 +160,8 @@ def test_users_are_created_by_events_and_profiles_written_through_the_log(api) -
         r = client.put("/v1/users/u-brand-new", json=body, headers=AUTH)
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][1:] == field.split("."), (field, r.text)
     assert current()["revision"] == revision  # nothing refused was published
+    rows = [line for line in client.get("/metrics").text.splitlines() if line.startswith("monorec_user_store_rows{")]
+    assert rows and all(float(line.split()[-1]) >= 1 for line in rows)  # each live version's stored users
 
 
 def test_feedback_rows_follow_the_declared_columns(config) -> None:  # type: ignore[no-untyped-def]

@@ -47,9 +47,15 @@ class _DeploymentCollector(Collector):
             "times a candidate source failed or missed its timeout and requests went on without it",
             labels=["version", "source"],
         )
+        users = GaugeMetricFamily(
+            "monorec_user_store_rows", "stored user encodings (user x user canvas) per live version", labels=["version"]
+        )
         for name, version in list(self.deployment.versions.items()):
             for source, count in version.skipped_sources.items():
                 skipped.add_metric([name, source], float(count))
+            if version.users is not None:
+                with contextlib.suppress(Exception):  # a Redis store away must not break the scrape
+                    users.add_metric([name], float(len(version.users)))
         for row in self.deployment.status():
             if row["state"] in ("serving", "standby", "staging", "ready"):
                 live.add_metric([row["version"], row["state"]], 1.0)
@@ -65,6 +71,7 @@ class _DeploymentCollector(Collector):
         yield healthy
         yield dead
         yield skipped
+        yield users
 
 
 class ServingMetrics:

@@ -1,10 +1,12 @@
 """The CLI end to end on a tiny world: generate -> prepare -> train -> evaluate -> publish."""
 
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
 
+import polars as pl
 import pytest
 
 from monorec.cli import main
@@ -80,6 +82,33 @@ def test_cli_pipeline_end_to_end(tmp_path, capsys):
     )
     assert "release gate refused" in capsys.readouterr().err
     assert not (tmp_path / "registry" / "versions" / "v0002").exists()
+
+    # the loop back to training: newer logs (here the world's last day again, a day later, as an export of
+    # the feedback journal would add them) prepared beside the original ones; the live version's metrics
+    # were measured on other requests, so publish measures it again on the candidate's (--prepared)
+    logs = pl.concat([pl.read_parquet(f) for f in sorted((tmp_path / "world" / "logs").glob("*.parquet"))])
+    newer = logs.filter(pl.col("ts") >= logs["ts"].max() - 86_400).with_columns(pl.col("ts") + 86_400)
+    (tmp_path / "feedback" / "logs").mkdir(parents=True)
+    newer.write_parquet(tmp_path / "feedback" / "logs" / "feedback.parquet")
+    shutil.copy(tmp_path / "world" / "catalogue.parquet", tmp_path / "feedback" / "catalogue.parquet")
+    prep2, eval2 = str(tmp_path / "prep2"), str(tmp_path / "eval2")
+    feedback = ["--logs", str(tmp_path / "feedback"), "--config", str(cfg)]
+    assert run("prepare", "--data", str(tmp_path / "world"), *feedback, "--out", prep2) == 0
+    manifest = json.loads((tmp_path / "prep2" / "manifest.json").read_text())
+    before = json.loads((tmp_path / "prep" / "manifest.json").read_text())
+
+    def latest(prep: str) -> int:  # the newest labelled row's time
+        return max(int(pl.read_parquet(f)["ts"].max()) for f in (tmp_path / prep / "labels").glob("*.parquet"))
+
+    assert latest("prep2") == latest("prep") + 86_400 and before["inputs"].get("logs") is None
+    assert manifest["inputs"]["logs"] == [str(tmp_path / "feedback")]
+    assert run("evaluate", "--run", str(tmp_path / "run"), "--prepared", prep2, "--out", eval2) == 0
+    capsys.readouterr()
+    publish = ["publish", "--run", str(tmp_path / "run"), "--metrics", f"{eval2}/metrics.json", "--registry", reg]
+    assert run(*publish) == 1  # not comparable with v0001's metrics: refused, named
+    assert "request" in capsys.readouterr().err
+    assert run(*publish, "--prepared", prep2) == 0  # v0001 measured again on the same requests: the gate passes
+    assert "published v0002" in capsys.readouterr().out
 
 
 def test_config_check_exit_codes_and_messages(tmp_path, capsys):

@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", required=True, help="a dataset folder or a MovieLens folder")
     pr.add_argument("--out", required=True, help="the prepared-data folder to write")
     pr.add_argument(
+        "--logs", action="append", default=[], help="another dataset folder whose logs are added (e.g. exported events)"
+    )
+    pr.add_argument(
         "--config", help="project config (default: the synthetic world's, or MovieLens's for MovieLens data)"
     )
 
@@ -84,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     pb.add_argument("--registry", default=DEFAULT_REGISTRY, help="the model registry ($MONOREC_REGISTRY)")
     pb.add_argument("--tolerance", type=float, help="allowed regression per canvas (default: the config's)")
     pb.add_argument("--force", action="store_true", help="publish even if the gate refuses")
+    pb.add_argument(
+        "--prepared", help="the candidate's prepared data: the live version is re-measured on it when needed"
+    )
 
     c = add_command(sub, "config", help="config tools")
     csub = c.add_subparsers(dest="config_command", required=True)
@@ -144,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
 
         default = "movielens" if is_movielens(args.data) else "synthetic"
         config = load_config(args.config or pipeline.default_config(default))
-        prepared = pipeline.prepare_stage(config, args.data, args.out)
+        prepared = pipeline.prepare_stage(config, args.data, args.out, tuple(args.logs))
         for canvas, counts in prepared.manifest["rows"].items():
             print(f"{canvas:>10}: " + "  ".join(f"{s} {n}" for s, n in counts.items()))
         print(f"wrote {args.out}")
@@ -172,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "publish":
         version = pipeline.publish_stage(
-            args.run, args.metrics, args.registry, tolerance=args.tolerance, force=args.force
+            args.run, args.metrics, args.registry, tolerance=args.tolerance, force=args.force, prepared=args.prepared
         )
         print(f"published {version} to {args.registry}; not serving yet (monorec deploy {version} serves it)")
         return 0

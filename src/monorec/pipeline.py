@@ -54,9 +54,17 @@ def load_input(config: ProjectConfig, data: str | Path) -> tuple[pl.DataFrame, p
     return load_dataset(data, config)
 
 
-def prepare_stage(config: ProjectConfig, data: str | Path, out: str | Path) -> PreparedData:
+def prepare_stage(
+    config: ProjectConfig, data: str | Path, out: str | Path, extra_logs: tuple[str | Path, ...] = ()
+) -> PreparedData:
+    """Prepares ``data`` (with the logs of each ``extra_logs`` dataset folder appended, e.g. the feedback
+    journal exported by ``monorec events export``: the loop back to training) into ``out``."""
     catalogue, logs = load_input(config, data)
-    prepared = prepare(config, catalogue, logs, inputs={"data": str(data)})
+    if extra_logs:
+        more = [load_dataset(folder, config)[1] for folder in extra_logs]
+        logs = pl.concat([logs, *more], how="diagonal_relaxed")
+    inputs = {"data": str(data), **({"logs": [str(f) for f in extra_logs]} if extra_logs else {})}
+    prepared = prepare(config, catalogue, logs, inputs=inputs)
     prepared.manifest["config_dict"] = config.to_dict()
     prepared.save(out)
     return prepared
@@ -108,11 +116,25 @@ def publish_stage(
     *,
     tolerance: float | None = None,
     force: bool = False,
+    prepared: str | Path | None = None,
 ) -> str:
+    """Publishes a trained run through the registry's gate. With ``prepared`` (the data the candidate was
+    evaluated on), the live version is measured again on the same requests when its own metrics were
+    measured on others (a retrain on newer logs): the gate then compares like with like.
+
+    Raises:
+        NotComparable: the metrics are not comparable with the live version's, and no ``prepared`` is given.
+        GateError: a canvas regresses significantly.
+    """
     report = read_json(metrics)
     report.pop("comparisons", None)  # the other models' reports and the paired differences stay beside it
     report.pop("differences", None)
-    return Registry(registry).publish(ModelBundle.load(run_dir), report, tolerance=tolerance, force=force)
+    reg = Registry(registry)
+    baseline = None
+    live = reg.live()
+    if prepared is not None and live is not None and not reg.comparable(report, reg.metrics(live)):
+        baseline = evaluate_bundle(reg.load(live), PreparedData.load(prepared), str(report.get("split", "test")))
+    return reg.publish(ModelBundle.load(run_dir), report, tolerance=tolerance, force=force, baseline=baseline)
 
 
 MAX_DEDICATED_EPOCHS = 60

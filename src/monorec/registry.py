@@ -97,10 +97,24 @@ class Registry:
             raise RegistryError(f"unknown version {version!r} in {self.root}")
         return ModelBundle.load(self.path(version), device=device)
 
-    def gate(self, metrics: dict[str, Any], tolerance: float) -> GateResult | None:
-        """The candidate against the live version (None when nothing is live yet)."""
+    def gate(
+        self, metrics: dict[str, Any], tolerance: float, baseline: dict[str, Any] | None = None
+    ) -> GateResult | None:
+        """The candidate against the live version (its published metrics, or ``baseline``: the live version
+        measured again on the candidate's requests); None when nothing is live yet."""
         live = self.live()
-        return None if live is None else compare_reports(metrics, self.metrics(live), tolerance=tolerance)
+        if live is None:
+            return None
+        return compare_reports(metrics, baseline if baseline is not None else self.metrics(live), tolerance=tolerance)
+
+    @staticmethod
+    def comparable(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        """Whether two reports were measured on the same requests (what the gate needs)."""
+        try:
+            compare_reports(a, b, tolerance=0.0)
+        except NotComparable:
+            return False
+        return True
 
     def publish(
         self,
@@ -110,6 +124,7 @@ class Registry:
         tolerance: float | None = None,
         force: bool = False,
         make_live: bool = True,
+        baseline: dict[str, Any] | None = None,
     ) -> str:
         """Gates the candidate against the live version, then writes it as the next immutable version.
 
@@ -128,7 +143,7 @@ class Registry:
             raise RegistryError("the metrics name no model checksum (not written by evaluate); evaluate this model")
         tol = bundle.config.evaluate.gate_tolerance if tolerance is None else tolerance
         try:
-            result = self.gate(metrics, tol)
+            result = self.gate(metrics, tol, baseline)
         except NotComparable:
             if not force:
                 raise

@@ -150,6 +150,9 @@ def test_trials_through_the_admin_api_and_the_command_line(two_live: Deployment,
         assert versions == {"v0001", "v0002"}
         status = client.get("/v1/admin/trial", headers=AUTH).json()
         assert set(status["comparison"]["canvases"]["home"]["versions"]) == {"v0001", "v0002"}
+        metrics = client.get("/metrics").text  # the same comparison for Prometheus
+        assert 'monorec_trial_answers{canvas="home",version="v0002"}' in metrics
+        assert 'monorec_trial_p99_seconds{canvas="home",version="v0001"}' in metrics
         wait_for(lambda: "home" in client.get("/v1/admin/trial", headers=AUTH).json()["event_rates"])
         assert client.post("/v1/admin/trial/abort", headers=AUTH).json()["aborted"] == "v0002"
         assert client.post("/v1/admin/trial/abort", headers=AUTH).status_code == 409  # nothing runs

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -74,6 +75,38 @@ class _DeploymentCollector(Collector):
         yield users
 
 
+class _TrialCollector(Collector):
+    """The running trial's comparison per canvas (see :mod:`monorec.serving.trial_watch`), read at scrape time."""
+
+    def __init__(self, summary: Callable[[], dict[str, Any]]) -> None:
+        self.summary = summary
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["version", "canvas"]
+        answers = GaugeMetricFamily("monorec_trial_answers", "answers per version during the trial", labels=labels)
+        failed = GaugeMetricFamily(
+            "monorec_trial_failed_ratio", "share of a version's answers that failed or were late", labels=labels
+        )
+        p99 = GaugeMetricFamily("monorec_trial_p99_seconds", "a version's p99 latency during the trial", labels=labels)
+        overlap = GaugeMetricFamily(
+            "monorec_trial_overlap", "shadow: mean overlap@k of the two answers", labels=["canvas"]
+        )
+        agreement = GaugeMetricFamily(
+            "monorec_trial_rank_agreement", "shadow: mean Kendall tau of the two answers", labels=["canvas"]
+        )
+        for canvas, c in self.summary().get("canvases", {}).items():
+            for version, m in c.get("versions", {}).items():
+                answers.add_metric([version, canvas], float(m["requests"]))
+                failed.add_metric([version, canvas], float(m["error_rate"] + m["late_rate"]))
+                p99.add_metric([version, canvas], float(m["p99_ms"]) / 1000)
+            shadow = c.get("shadow")
+            if shadow is not None:
+                overlap.add_metric([canvas], float(shadow["overlap_at_k"]))
+                if shadow["rank_agreement"] is not None:
+                    agreement.add_metric([canvas], float(shadow["rank_agreement"]))
+        yield from (answers, failed, p99, overlap, agreement)
+
+
 class ServingMetrics:
     def __init__(self, deployment: Deployment) -> None:
         self.registry = CollectorRegistry()
@@ -112,6 +145,10 @@ class ServingMetrics:
         if response.fallback is not None:
             reason = response.fallback.reason.split(":")[0]  # "error: X" -> "error" (bounded label values)
             self.fallbacks.labels(response.canvas, reason).inc()
+
+    def watch_trials(self, summary: Callable[[], dict[str, Any]]) -> None:
+        """Exports the running trial's comparison (``summary``: the engine's trial watch) at each scrape."""
+        self.registry.register(_TrialCollector(summary))
 
     def recent_latency(self) -> dict[str, dict[str, float]]:
         """canvas -> p50 / p99 (ms) and count of its latest answers (at most 500): what the page charts."""

@@ -117,3 +117,43 @@ def test_loader_survives_a_broker_outage_and_loses_nothing(
         while loader.unavailable_since is not None:
             assert time.monotonic() < deadline, "the loader still reports the broker unavailable"
             time.sleep(0.02)
+
+
+def test_writes_during_a_broker_outage_are_refused_with_503_and_events_are_kept(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    two_versions: Registry,
+    prepared,  # type: ignore[no-untyped-def]
+) -> None:
+    """The API's writes while the Redis log is away: an entity write publishes nothing and says so (503);
+    an event is stored in the journal first, so its retry after the outage is a duplicate that still
+    publishes the user's new state: nothing is lost."""
+    import httpx
+
+    from live_server import live_server
+    from monorec.serving.app import ServeSettings, create_app
+    from waiting import wait_for
+
+    token = "outage-test-token-0123456789abcdef"
+    auth = {"Authorization": f"Bearer {token}"}
+    with Deployment(tmp_path / "dep", two_versions, log=RedisChangeLog(redis_server.url)) as dep:
+        dep.seed_catalogue(prepared.catalogue)
+        dep.deploy("v0001")
+        settings = ServeSettings(root=tmp_path / "dep", registry=two_versions.root, admin_token=token)
+        with live_server(create_app(settings, deployment=dep)) as url, httpx.Client(base_url=url, timeout=30) as client:
+            redis_server.stop()
+            entity = {"entity_type": "movie", "title": "During The Outage", "categories": []}
+            refused = client.put("/v1/entities/m-outage", json=entity, headers=auth)
+            assert refused.status_code == 503 and "nothing published" in refused.text
+            click = {"event_id": "o1", "user_id": "u-outage", "canvas": "home", "entity_id": "m00003", "kind": "click"}
+            stored = client.post("/v1/events", json=click, headers=auth)
+            assert stored.status_code == 503 and "events stored" in stored.text
+            assert (
+                client.post("/v1/recommend", json={"canvas": "home", "context": {"user_id": "u1"}}).status_code == 200
+            )
+
+            redis_server.start()
+            retry = client.post("/v1/events", json=click, headers=auth)
+            assert retry.status_code == 202 and retry.json()["duplicates"] == 1
+            wait_for(lambda: client.get("/v1/users/u-outage").status_code == 200, timeout=20)
+            assert client.get("/v1/users/u-outage").json()["history"] == ["m00003"]

@@ -37,7 +37,14 @@ from pydantic import BaseModel, Field
 from monorec.config import ProjectConfig
 from monorec.deploy import Deployment
 from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, load_environments
-from monorec.errors import CanvasNotServed, ChangeError, DeployError, RequestError, ServingUnavailable
+from monorec.errors import (
+    CanvasNotServed,
+    ChangeError,
+    DeployError,
+    RequestError,
+    ServingUnavailable,
+    StreamUnavailable,
+)
 from monorec.feedback.journal import EventRecord, FeedbackJournal
 from monorec.feedback.users import UserStates
 from monorec.registry import Registry
@@ -265,6 +272,12 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
     async def unavailable(request: Request, exc: ServingUnavailable) -> JSONResponse:
         request.app.state.metrics.errors.labels("503").inc()
         return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(StreamUnavailable)
+    async def log_unavailable(request: Request, exc: StreamUnavailable) -> JSONResponse:
+        """A write the change log could not take (its broker is away): nothing was published; retry."""
+        request.app.state.metrics.errors.labels("503").inc()
+        return JSONResponse({"detail": f"the change log is unreachable, nothing published: {exc}"}, status_code=503)
 
     @app.exception_handler(DeployError)
     async def deploy_error(request: Request, exc: DeployError) -> JSONResponse:
@@ -504,7 +517,10 @@ def _record_events(request: Request, events: list[EventIn]) -> dict[str, Any]:
     ]
     stored, duplicates = request.app.state.journal.record_events(records)
     if version is not None:  # the users' new states through the change log (histories, new users)
-        request.app.state.users.after_events(version.bundle.config, records)
+        try:
+            request.app.state.users.after_events(version.bundle.config, records)
+        except StreamUnavailable as exc:  # the events are stored: a retry (idempotent) publishes the states
+            raise ServingUnavailable(f"events stored, users' states not yet published ({exc}); retry") from None
     known = dep.catalogue.entities(list({e.entity_id for e in events}))
     unknown = sum(1 for e in events if e.entity_id not in known)
     metrics = request.app.state.metrics.events

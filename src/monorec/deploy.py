@@ -414,8 +414,7 @@ class Deployment:
             self.control.switch(version, previous_name if previous_name != version else None)
             trial = self.router.trial
             if trial is not None and trial.version in (version, previous_name):  # the trial's question is settled
-                self.router.clear_trial()
-                self.control.set_setting("trial", None)
+                self.trials.end()
             set_alias = getattr(sv.index, "set_alias", None)
             if set_alias is not None:  # Qdrant: external readers follow the alias
                 set_alias(SERVING_ALIAS)

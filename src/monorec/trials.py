@@ -114,35 +114,37 @@ class TrialController:
             return None
         return trial
 
+    def _running(self) -> Trial:
+        trial = self.trial
+        if trial is None:
+            raise DeployError("no trial runs")
+        return trial
+
+    def end(self) -> None:
+        """Forgets the trial (router and control plane); the caller holds the lifecycle lock."""
+        self.deployment.router.clear_trial()
+        self.deployment.control.set_setting("trial", None)
+
     def abort(self, reason: str = "aborted by an operator") -> Trial:
         """Ends the trial: every request goes to the serving version again; the candidate stays ready.
 
         Raises:
             DeployError: no trial runs.
         """
-        dep = self.deployment
-        with dep.lifecycle():
-            trial = self.trial
-            if trial is None:
-                raise DeployError("no trial runs")
-            dep.router.clear_trial()
-            dep.control.set_setting("trial", None)
+        with self.deployment.lifecycle():
+            trial = self._running()
+            self.end()
             self.last_abort = f"{trial.version}: {reason}"
             log.warning("trial of %s aborted: %s", trial.version, reason)
             return trial
 
     def promote(self) -> str:
-        """Switches to the candidate (the serving version goes to standby) and ends the trial.
+        """Switches to the candidate (the serving version goes to standby); the switch ends the trial.
 
         Raises:
             DeployError: no trial runs.
         """
-        dep = self.deployment
-        with dep.lifecycle():
-            trial = self.trial
-            if trial is None:
-                raise DeployError("no trial runs")
-            dep.switch(trial.version)
-            dep.router.clear_trial()
-            dep.control.set_setting("trial", None)
+        with self.deployment.lifecycle():
+            trial = self._running()
+            self.deployment.switch(trial.version)
             return trial.version

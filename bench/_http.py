@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from _serving import bench_config, synthetic_catalogue, two_version_registry
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.environments import EnvironmentSpec
 from monorec.serving.app import ServeSettings, create_app
 from monorec.serving.messages import RecommendRequest, RecommendResponse

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
 from _serving import bench_config, freshness_arguments, synthetic_catalogue, two_version_registry
 from b6_freshness import percentiles
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.environments import EnvironmentSpec
 from monorec.feedback import EventRecord, FeedbackJournal
 from monorec.feedback.users import UserStates

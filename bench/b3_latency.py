@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
 from _http import BENCH_ENV, bench_deployment, echo_app, load, monorec_app, percentiles, served
 from _load import request_body
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 
 CANVASES = ("home", "related", "search", "browse")
 CONCURRENCY = (1, 16)

@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
 from _serving import bench_config, synthetic_catalogue, two_version_registry
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.stream.changes import UserChange
 
 CANVASES = [("home", 0.6), ("related", 0.25), ("search", 0.15)]

@@ -27,10 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
 from _serving import bench_config, freshness_arguments, synthetic_catalogue, two_version_registry
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
+from monorec.deployment.version import ServingVersion
 from monorec.index import EntityFilter
 from monorec.stream.changes import Change
-from monorec.versions import ServingVersion
 
 
 def word(tag: str) -> str:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
 from _serving import bench_config, synthetic_catalogue, two_version_registry
 from monorec.bundle import item_tensors
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 
 
 def main() -> None:

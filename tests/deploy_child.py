@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from monorec.deploy import Deployment, open_log
+from monorec.deployment import Deployment, open_log
 
 
 def main(root: str, registry: str, version: str, redis_url: str | None = None) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.environments import EnvironmentSpec
 from monorec.registry import Registry
 from monorec.serving.engine import ServingEngine

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from live_server import live_server
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.registry import Registry
 from monorec.serving.app import ServeSettings, create_app
 from serving_fixtures import deployed

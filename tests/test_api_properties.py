@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
 from live_server import live_server
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.environments import EnvironmentSpec
 from monorec.registry import Registry
 from monorec.serving.app import ServeSettings, create_app

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.registry import Registry
 from monorec.stream.log import ChangeLog, SqliteChangeLog, offset_key
 from monorec.stream.redis_log import RedisChangeLog

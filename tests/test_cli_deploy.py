@@ -91,7 +91,7 @@ def test_monorec_serve_runs_the_api_for_a_named_environment(
     import httpx
 
     from live_server import free_port
-    from monorec.deploy import Deployment
+    from monorec.deployment import Deployment
 
     with Deployment(tmp_path / "dep", two_versions) as dep:
         dep.seed_catalogue(prepared.catalogue)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from monorec.control_plane import ControlPlane
-from monorec.deploy import Deployment, open_log
+from monorec.deployment import Deployment, open_log
+from monorec.deployment.control_plane import ControlPlane
 from monorec.registry import Registry
 from monorec.stream.log import ChangeLog
 from monorec.users import user_key

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.errors import ChangeError, DeployError
 from monorec.registry import Registry
 from monorec.stream.changes import Change

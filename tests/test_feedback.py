@@ -16,7 +16,7 @@ from live_server import live_server
 from monorec.cli import main
 from monorec.data.prepared import prepare
 from monorec.data.tables import load_dataset
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.feedback import FeedbackJournal, export_logs, feedback_rows
 from monorec.registry import Registry
 from monorec.serving.app import ServeSettings, create_app

@@ -13,7 +13,7 @@ import pytest
 
 from live_server import live_server
 from monorec.cli import main
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.pipeline import default_config
 from monorec.registry import Registry
 from monorec.serving.app import ServeSettings, create_app

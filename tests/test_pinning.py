@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.registry import Registry
 
 CANVAS_CONTEXTS = [

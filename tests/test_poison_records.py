@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from monorec.artifacts import recover_dirs
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.registry import Registry
 from monorec.stream.changes import Change
 from monorec.stream.loader import Loader

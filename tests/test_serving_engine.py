@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from monorec.config import SOURCE_NAMES
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
+from monorec.deployment.version import ServingVersion
 from monorec.environments import CanvasRules
 from monorec.errors import CanvasNotServed, RequestError, ServingUnavailable
 from monorec.registry import Registry
 from monorec.serving.messages import RecommendRequest, RecommendResponse
-from monorec.versions import ServingVersion
 from serving_fixtures import deployed, engine_for
 
 

@@ -13,13 +13,13 @@ import pytest
 
 from live_server import live_server
 from monorec.cli import main
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
+from monorec.deployment.trials import Trial
 from monorec.errors import DeployError
 from monorec.registry import Registry
 from monorec.serving.app import ServeSettings, create_app
 from monorec.serving.messages import RecommendRequest
 from monorec.serving.trial_stats import TrialStats, overlap_at_k, rank_agreement
-from monorec.trials import Trial
 from serving_fixtures import engine_for
 from waiting import wait_for
 

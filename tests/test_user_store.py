@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.errors import ArtifactError, ChangeError
 from monorec.registry import Registry
 from monorec.serving.messages import RecommendRequest

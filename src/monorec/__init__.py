@@ -11,7 +11,7 @@ from monorec.data.movielens import read_movielens
 from monorec.data.prepared import PreparedData, prepare
 from monorec.data.tables import load_dataset
 from monorec.data.world import WorldSpec, generate_world
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.environments import CanvasRules, EnvironmentSpec
 from monorec.errors import (
     ArtifactError,

@@ -1,7 +1,7 @@
 """The admin API of a running server, for the command line: while ``monorec serve`` owns a deployment folder
 (its lock), ``monorec versions``, ``stream status``, ``deploy``, ``switch``, ``rollback`` and ``retire`` ask
 the server instead of opening the folder. The server announces its address in the folder
-(``server.json``, see :mod:`monorec.ownership`); the token is ``MONOREC_ADMIN_TOKEN``.
+(``server.json``, see :mod:`monorec.deployment.ownership`); the token is ``MONOREC_ADMIN_TOKEN``.
 """
 
 from __future__ import annotations

@@ -293,8 +293,8 @@ def run_deploy_command(args: argparse.Namespace) -> int:
         return _export_events(args)
     if args.command == "stream" and args.stream_command == "publish":
         return _publish(args)
-    from monorec.deploy import Deployment, open_log
-    from monorec.ownership import running_server
+    from monorec.deployment import Deployment, open_log
+    from monorec.deployment.ownership import running_server
 
     if _command_name(args) in READ_ONLY:
         _require_existing(args)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from monorec._typed_tables import Problems, parse_dataclass, read_toml
-from monorec.data.weights import RETRIEVAL, parse_weight
 from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, parse_environments
 from monorec.errors import ConfigError
+from monorec.weight_expressions import RETRIEVAL, parse_weight
 
 __all__ = [
     "EVENT_KINDS",
@@ -253,7 +253,7 @@ class IndexSpec:
 
 @dataclass(frozen=True)
 class DeploySpec:
-    """Bulk loading, validation and streaming of a deployed version (see :mod:`monorec.deploy`)."""
+    """Bulk loading, validation and streaming of a deployed version (see :mod:`monorec.deployment`)."""
 
     batch_size: int = 4096  # entities embedded per bulk batch
     checkpoint_batches: int = 64  # bulk batches between checkpoints (a crash resumes from the last one)

@@ -124,7 +124,7 @@ def deploy_and_ask(
     """Deploys ``version`` into ``workdir/deployment`` (seeding its catalogue and users when new) and prints
     one answer per canvas."""
     from monorec.data.tables import read_table, validate_catalogue
-    from monorec.deploy import Deployment
+    from monorec.deployment import Deployment
 
     with Deployment(workdir / "deployment", workdir / "registry", progress=progress) as dep:
         if dep.catalogue.count() == 0:

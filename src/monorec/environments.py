@@ -79,7 +79,7 @@ class EnvironmentSpec:
     max_batch_requests: int = 64  # requests in one call of the batch endpoint
     max_explicit_candidates: int = 1000  # explicit candidate ids to rank in one request
     open_reads: bool = True  # read endpoints without a token (admin and writes always need one)
-    # a canary or shadow trial (monorec.trials) is aborted when its candidate, on any canvas, after
+    # a canary or shadow trial (monorec.deployment.trials) is aborted when its candidate, on any canvas, after
     # ``trial_min_requests`` answers there, fails or is late on more than ``trial_max_error_rate`` of them,
     # or its p99 latency exceeds ``trial_max_p99_ms`` (0: the latency budget)
     trial_max_error_rate: float = 0.05

@@ -25,34 +25,19 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from monorec.errors import DataError
+from monorec.weight_expressions import AGE_COLUMN, RETRIEVAL, parse_weight
 
 if TYPE_CHECKING:
     from monorec.config import CanvasSpec, ProjectConfig
 
 __all__ = ["AGE_COLUMN", "RETRIEVAL", "add_sample_weights", "parse_weight", "weight_column", "weighted_tasks"]
 
-AGE_COLUMN = "age_days"
-RETRIEVAL = "retrieval"  # the weight key of the retrieval softmax (and the every-prefix loss)
 SECONDS_PER_DAY = 86_400
 
 
 def weight_column(task: str) -> str:
     """The prepared rows' column holding a task's weight (``task``: an objective name or "retrieval")."""
     return f"weight_{task}"
-
-
-def parse_weight(expression: str) -> pl.Expr:
-    """The polars expression of a declared weight.
-
-    Raises:
-        ValueError: not a string, or not a valid polars SQL expression (the message says why).
-    """
-    if not isinstance(expression, str) or not expression.strip():
-        raise ValueError('a weight is a non-empty SQL expression string, e.g. "POWER(0.5, age_days / 180)"')
-    try:
-        return pl.sql_expr(expression)
-    except Exception as exc:  # polars raises its SQLInterfaceError / SQLSyntaxError
-        raise ValueError(f"not a valid polars SQL expression: {exc}") from exc
 
 
 def weighted_tasks(config: ProjectConfig) -> list[str]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monorec.config import ProjectConfig
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.errors import RequestError
 from monorec.feedback.journal import EventRecord, FeedbackJournal
 from monorec.schema import ContextSchema

@@ -1,5 +1,5 @@
 """The HTTP API: a thin FastAPI layer over :class:`~monorec.serving.engine.ServingEngine` and the
-:class:`~monorec.deploy.Deployment` it serves (DESIGN section 7).
+:class:`~monorec.deployment.Deployment` it serves (DESIGN section 7).
 
 Reads (recommend, entities, info, the page) are open unless the environment sets ``open_reads = false``;
 writes (entity upserts and deletes, which go to the change log) and admin calls (deploy, switch, rollback,
@@ -35,7 +35,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from monorec.config import ProjectConfig
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, load_environments
 from monorec.errors import (
     CanvasNotServed,

@@ -25,30 +25,24 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from monorec.config import SOURCE_NAMES
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
+from monorec.deployment.version import ServingVersion
 from monorec.environments import EnvironmentSpec
 from monorec.errors import CanvasNotServed, RequestError, ServingUnavailable
 from monorec.feedback.journal import AnswerRecord, FeedbackJournal
-from monorec.index import EntityFilter
-from monorec.serving.answers import entity_out, matches, popular_answer
+from monorec.serving.answers import popular_answer
 from monorec.serving.batcher import Job, MicroBatcher
 from monorec.serving.cache import LruCache
-from monorec.serving.messages import FallbackInfo, RecommendRequest, RecommendResponse, ScoredEntity
+from monorec.serving.messages import FallbackInfo, RecommendRequest, RecommendResponse
+from monorec.serving.model_path import ModelPath, Ranked, Work
 from monorec.serving.precomputed import PrecomputedTables
-from monorec.serving.rules import Scored, apply_rules, canvas_rules, needs_entity_info
 from monorec.serving.trial_watch import TrialWatch
-from monorec.serving.user_context import encode_contexts, with_recent_history
-from monorec.stream.catalogue import Entity
-from monorec.versions import ServingVersion
 
 __all__ = ["ServingEngine", "request_key"]
 
@@ -56,36 +50,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class _Work:
-    """A validated request on its way through the model path."""
-
-    request: RecommendRequest
-    record: dict[str, Any]  # the normalized unified context
-    excluded: frozenset[str]
-    where: EntityFilter | None
-    depth: int
-    candidate: bool = False  # a canary request: answered by the version on trial
-
-
-@dataclass(frozen=True)
 class _Started:
     """A request after validation: answered already (cache, precomputed) or waiting on the model path."""
 
-    work: _Work
+    work: Work
     key: str
     start: float
     version: ServingVersion
     ready: RecommendResponse | None
     future: Future[Any] | None = None
     deadline: float = 0.0
-
-
-@dataclass(frozen=True)
-class _Ranked:
-    version: str
-    items: list[ScoredEntity]
-    unknown: list[str]
-    sources: list[str]  # the candidate sources that answered
 
 
 class ServingEngine:
@@ -101,13 +75,14 @@ class ServingEngine:
             LruCache(env.cache_size, env.cache_ttl_s) if env.cache_ttl_s > 0 else None
         )
         self._last_good: LruCache[tuple[str, bytes]] = LruCache(env.cache_size)
-        self._batcher: MicroBatcher[_Work] = MicroBatcher(
+        self._batcher: MicroBatcher[Work] = MicroBatcher(
             self._run_batch, workers=env.worker_threads, max_batch=env.max_batch, max_wait_s=env.max_wait_ms / 1000
         )
-        self.trials = TrialWatch(self)  # measures both sides of a canary or shadow trial, aborts a bad one
+        self.model = ModelPath(deployment, env)  # validation, retrieval and ranking (no deadlines)
+        self.trials = TrialWatch(self.model)  # measures both sides of a canary or shadow trial, aborts a bad one
         self.precomputed: PrecomputedTables | None = None
         if env.mode == "precomputed":
-            self.precomputed = PrecomputedTables(self)
+            self.precomputed = PrecomputedTables(self.model)
         self._closed = threading.Event()
 
     # ------------------------------------------------------------------------------------ requests
@@ -152,8 +127,8 @@ class ServingEngine:
         candidate = trial is not None and trial.takes(request.context)
         if candidate:  # a canary request: everything below reads the candidate version
             version = router.trial_version or version
-        request = self.with_recent_history(request, version)
-        work = dataclasses.replace(self.validate(request, version), candidate=candidate)
+        request = self.model.with_recent_history(request, version)
+        work = dataclasses.replace(self.model.validate(request, version), candidate=candidate)
         key = request_key(request)  # with the history filled in: a new event makes it a new request
         if self._cache is not None:
             hit = self._cache.get(key)
@@ -175,7 +150,7 @@ class ServingEngine:
             return started.ready.model_copy(update={"took_ms": _ms_since(started.start)})
         assert started.future is not None
         try:
-            ranked: _Ranked = started.future.result(timeout=max(0.0, started.deadline - time.monotonic()))
+            ranked: Ranked = started.future.result(timeout=max(0.0, started.deadline - time.monotonic()))
         except (FutureTimeout, TimeoutError):
             started.future.cancel()
             return self._fallback(started, "deadline")
@@ -193,10 +168,6 @@ class ServingEngine:
     async def recommend_many_async(self, requests: Sequence[RecommendRequest]) -> list[RecommendResponse]:
         """:meth:`recommend_many` for an event loop."""
         return [self._issue(s, await self._finish_async(s)) for s in self._start_many(requests)]
-
-    def with_recent_history(self, request: RecommendRequest, version: ServingVersion) -> RecommendRequest:
-        """See :func:`monorec.serving.user_context.with_recent_history`."""
-        return with_recent_history(request, version, self.deployment.catalogue)
 
     def _issue(self, started: _Started, response: RecommendResponse) -> RecommendResponse:
         """The answer with its own request id (a cached answer gets a new one: it is another request),
@@ -218,7 +189,7 @@ class ServingEngine:
             return started.ready.model_copy(update={"took_ms": _ms_since(started.start)})
         assert started.future is not None
         try:  # a timeout cancels the wrapped future, so a job still queued is dropped
-            ranked: _Ranked = await asyncio.wait_for(
+            ranked: Ranked = await asyncio.wait_for(
                 asyncio.wrap_future(started.future), timeout=max(0.0, started.deadline - time.monotonic())
             )
         except TimeoutError:
@@ -233,7 +204,7 @@ class ServingEngine:
         log.warning("model path failed, the fallback answers: %r", exc)
         return self._fallback(started, f"error: {type(exc).__name__}")
 
-    def _answered(self, started: _Started, ranked: _Ranked) -> RecommendResponse:
+    def _answered(self, started: _Started, ranked: Ranked) -> RecommendResponse:
         self.trials.shadow(started.work, ranked)
         response = RecommendResponse(
             canvas=started.work.request.canvas,
@@ -254,48 +225,9 @@ class ServingEngine:
         budget = self.env.latency_budget_ms
         return (min(budget, request.timeout_ms) if request.timeout_ms else budget) / 1000
 
-    def validate(self, request: RecommendRequest, version: ServingVersion, *, max_k: int | None = None) -> _Work:
-        """Checks a request against the schema and the environment and resolves what the model path needs.
-
-        Raises:
-            RequestError: naming the field at fault. CanvasNotServed: the environment does not serve it.
-        """
-        env = self.env
-        if request.canvas not in version.schema.canvas_names:
-            version.schema.task_index(request.canvas)  # raises RequestError naming the declared canvases
-        if not env.serves(request.canvas):
-            raise CanvasNotServed(request.canvas, env.canvases)
-        if request.k > (max_k or env.max_k):
-            raise RequestError("k", f"{request.k} exceeds this environment's max_k {max_k or env.max_k}")
-        explicit = request.candidates.ids
-        if explicit is not None and len(explicit) > env.max_explicit_candidates:
-            raise RequestError(
-                "candidates.ids", f"{len(explicit)} ids exceed the limit of {env.max_explicit_candidates}"
-            )
-        types = request.candidates.entity_types
-        declared = version.bundle.config.entity_types
-        for t in types or ():
-            if t not in declared:
-                raise RequestError("candidates.entity_types", f"unknown entity type {t!r}; declared: {declared}")
-        try:
-            record = version.schema.normalize(request.canvas, request.context, version.titles)
-        except RequestError as exc:  # the schema names the context field; the API names its place in the body
-            raise RequestError(f"context.{exc.field}", exc.reason) from None
-        excluded = set(request.candidates.exclude)
-        if env.rules_for(request.canvas).exclude_seen:
-            excluded |= _named_entities(version, request.context)
-        where = None
-        if types or request.candidates.categories:
-            where = EntityFilter(
-                entity_types=tuple(types) if types else None,
-                categories=tuple(request.candidates.categories) if request.candidates.categories else None,
-            )
-        depth = max(env.retrieval_depth, request.k) + min(len(excluded), env.retrieval_depth)
-        return _Work(request, record, frozenset(excluded), where, depth)
-
     # ---------------------------------------------------------------------------------- model path
 
-    def _run_batch(self, jobs: Sequence[Job[_Work]]) -> None:
+    def _run_batch(self, jobs: Sequence[Job[Work]]) -> None:
         """The model path for a micro-batch, on a worker thread: the serving version's jobs see ONE version,
         a canary's jobs the version on trial."""
         for candidate in (False, True):
@@ -303,139 +235,12 @@ class ServingEngine:
             if not group:
                 continue
             with self.deployment.router.pin(candidate=candidate) as version:
-                results = self.rank_works(version, [j.payload for j in group])
+                results = self.model.rank(version, [j.payload for j in group])
             for job, result in zip(group, results, strict=True):
                 if isinstance(result, BaseException):
                     job.future.set_exception(result)
                 else:
                     job.future.set_result(result)
-
-    @torch.no_grad()
-    def rank_works(self, version: ServingVersion, works: Sequence[_Work]) -> list[_Ranked | BaseException]:
-        """Retrieve and rank a batch with one version: one context forward, one search per distinct filter,
-        one ranker forward over every (request, candidate) pair."""
-        cf, ce = encode_contexts(version, [(w.request.canvas, w.record) for w in works], self.env.user_embeddings)
-        candidates: list[list[str]] = [[] for _ in works]
-        unknown: list[list[str]] = [[] for _ in works]
-        by_filter: dict[EntityFilter | None, list[int]] = {}
-        for i, w in enumerate(works):
-            explicit = w.request.candidates.ids
-            if explicit is None:
-                by_filter.setdefault(w.where, []).append(i)
-                continue
-            wanted = [e for e in dict.fromkeys(explicit) if e not in w.excluded]
-            known = version.known(wanted)
-            held = set(known)
-            unknown[i] = [e for e in wanted if e not in held]
-            if w.where is not None:  # explicit candidates still obey the request's type/category filter
-                info = self.deployment.catalogue.entities(known)
-                known = [e for e in known if e in info and matches(info[e], w.where)]
-            candidates[i] = known
-        queries = ce.numpy()
-        for where, rows in by_filter.items():
-            depth = max(works[i].depth for i in rows)
-            hits = version.index.search(queries[rows], depth, where)
-            for q, i in enumerate(rows):
-                candidates[i] = [e for e, _ in hits.row(q)][: works[i].depth]
-        from_index = {i: set(candidates[i]) for rows in by_filter.values() for i in rows}
-        proposed, answered = self._propose(version, works, [i for rows in by_filter.values() for i in rows])
-        for i, found in proposed.items():
-            held = set(candidates[i])
-            candidates[i] += [e for e in found if e not in held]
-        flat = [e for ids in candidates for e in ids]
-        try:
-            item_feats, item_emb = version.candidate_rows(flat)
-        except KeyError:  # deleted since the search: rank what is still there
-            candidates = [version.indexed(version.known(ids)) for ids in candidates]
-            flat = [e for ids in candidates for e in ids]
-            item_feats, item_emb = version.candidate_rows(flat)
-        owner = torch.repeat_interleave(torch.arange(len(works)), torch.tensor([len(c) for c in candidates]))
-        task = torch.tensor([version.schema.task_index(w.request.canvas) for w in works], dtype=torch.long)[owner]
-        zero = [0.0] * len(SOURCE_NAMES)
-        sources = torch.tensor(
-            [proposed.get(i, {}).get(e, zero) for i, ids in enumerate(candidates) for e in ids], dtype=torch.float32
-        ).reshape(len(flat), len(SOURCE_NAMES))
-        scores, logits = version.rank(cf[owner], ce[owner], item_feats, item_emb, task, sources)
-        out: list[_Ranked | BaseException] = []
-        start = 0
-        for i, w in enumerate(works):
-            end = start + len(candidates[i])
-            try:
-                found = proposed.get(i, {})
-                items = self._finish(
-                    version, w, candidates[i], scores[start:end], logits[start:end], found, from_index.get(i, set())
-                )
-                searched = ["embedding"] if w.request.candidates.ids is None else []
-                out.append(_Ranked(version.name, items, unknown[i], searched + answered.get(i, [])))
-            except Exception as exc:  # one bad request never fails its batch-mates
-                out.append(exc)
-            start = end
-        return out
-
-    def _propose(
-        self, version: ServingVersion, works: Sequence[_Work], rows: Sequence[int]
-    ) -> tuple[dict[int, dict[str, list[float]]], dict[int, list[str]]]:
-        """Row of ``works`` -> the candidates its canvas's offline sources add (entity id -> (S,) source
-        scores), never an excluded entity nor one outside the request's type/category filter; and row ->
-        the offline sources that answered it."""
-        by_canvas: dict[str, list[int]] = {}
-        for i in rows:
-            by_canvas.setdefault(works[i].request.canvas, []).append(i)
-        out: dict[int, dict[str, list[float]]] = {}
-        answered: dict[int, list[str]] = {}
-        for canvas, members in by_canvas.items():
-            timeout_s = self.env.source_timeout_ms / 1000
-            proposals, names = version.propose(canvas, [works[i].record for i in members], timeout_s)
-            for i, found in zip(members, proposals, strict=True):
-                w = works[i]
-                found = {e: v for e, v in found.items() if e not in w.excluded}
-                if w.where is not None and found:
-                    info = self.deployment.catalogue.entities(list(found))
-                    found = {e: v for e, v in found.items() if e in info and matches(info[e], w.where)}
-                out[i] = found
-                answered[i] = names
-        return out, answered
-
-    def _finish(
-        self,
-        version: ServingVersion,
-        work: _Work,
-        ids: list[str],
-        scores: torch.Tensor,
-        logits: torch.Tensor,
-        proposed: Mapping[str, list[float]],
-        from_index: set[str],
-    ) -> list[ScoredEntity]:
-        """Ranked candidates -> rules -> the best k, described, each with the sources that proposed it
-        (``from_index``: what the vector index returned; ``proposed``: the other sources' scores). Rules see
-        ids and scores (plus entity descriptions only when a configured rule reads them); predictions are
-        computed for the k kept."""
-        canvas = work.request.canvas
-        spec = self.env.rules_for(canvas)
-        order = torch.argsort(scores, descending=True).tolist()
-        values = scores.tolist()
-        info: Mapping[str, Entity] = {}
-        if needs_entity_info(spec):
-            info = self.deployment.catalogue.entities(ids)
-        else:  # only exclusions and pins: the best k + |excluded| + |pins| (and the pinned) decide the answer
-            limit = work.request.k + len(work.excluded) + len(spec.pins)
-            order = order[:limit] + [j for j in order[limit:] if ids[j] in spec.pins]
-        ranked = [_scored(ids[j], values[j], info) for j in order]
-        kept = apply_rules(ranked, canvas_rules(spec, work.excluded), work.request.k)
-        row_of = {e: j for j, e in enumerate(ids)}
-        predictions = version.predictions(logits[[row_of[c.entity_id] for c in kept]], canvas)
-        if not info:
-            info = self.deployment.catalogue.entities([c.entity_id for c in kept])
-        return [
-            entity_out(
-                c,
-                info.get(c.entity_id),
-                c.score,
-                {n: float(v[i]) for n, v in predictions.items()},
-                _proposed_by(c.entity_id, from_index, proposed),
-            )
-            for i, c in enumerate(kept)
-        ]
 
     # ------------------------------------------------------------------------------------- fallback
 
@@ -488,36 +293,3 @@ def request_key(request: RecommendRequest) -> str:
 
 def _ms_since(start: float) -> float:
     return round((time.monotonic() - start) * 1000, 3)
-
-
-def _named_entities(version: ServingVersion, context: Mapping[str, Any]) -> set[str]:
-    """Entity ids the context names (source item, history): already seen, so not worth answering."""
-    out: set[str] = set()
-    for f in version.schema.fields:
-        value = context.get(f.name)
-        if f.vocabulary != "entity" or value is None:
-            continue
-        if isinstance(value, list):
-            out.update(str(v) for v in value)
-        elif f.kind == "id_list" and isinstance(value, str):
-            out.update(v for v in value.split("|") if v)
-        else:
-            out.add(str(value))
-    return out
-
-
-def _proposed_by(entity_id: str, from_index: set[str], proposed: Mapping[str, list[float]]) -> list[str]:
-    """The sources that proposed an entity, in ``SOURCE_NAMES`` order."""
-    scores = proposed.get(entity_id)
-    return [
-        name
-        for j, name in enumerate(SOURCE_NAMES)
-        if (j == 0 and entity_id in from_index) or (j > 0 and scores is not None and scores[j] > 0)
-    ]
-
-
-def _scored(entity_id: str, score: float, info: Mapping[str, Entity]) -> Scored:
-    e = info.get(entity_id)
-    if e is None:
-        return Scored(entity_id, score)
-    return Scored(entity_id, score, e.entity_type, e.categories, e.title)

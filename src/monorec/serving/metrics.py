@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monorec.deploy import Deployment
+from monorec.deployment import Deployment
 from monorec.serving.messages import RecommendResponse
 
 __all__ = ["ServingMetrics"]

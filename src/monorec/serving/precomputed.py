@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 from pydantic import TypeAdapter
 
 from monorec.serving.messages import Candidates, RecommendRequest, ScoredEntity
+from monorec.serving.model_path import ModelPath, Work
 
 if TYPE_CHECKING:
-    from monorec.serving.engine import ServingEngine, _Work
-    from monorec.versions import ServingVersion
+    from monorec.deployment.version import ServingVersion
 
 __all__ = ["PrecomputedTables"]
 
@@ -31,9 +31,9 @@ _ITEMS = TypeAdapter(list[ScoredEntity])
 class PrecomputedTables:
     """(canvas, key value) -> ranked entities of one version; scored in a background thread."""
 
-    def __init__(self, engine: ServingEngine) -> None:
-        self.engine = engine
-        self.env = engine.env
+    def __init__(self, model: ModelPath) -> None:
+        self.model = model
+        self.env = model.env
         self.version: str | None = None
         # entries are JSON bytes: one object each where live models would be ~100 per key, all walked by every
         # full garbage collection (tables hold up to precompute_max_keys x precompute_k entities)
@@ -44,7 +44,7 @@ class PrecomputedTables:
         self._thread = threading.Thread(target=self._loop, name="monorec-precompute", daemon=True)
         self._thread.start()
 
-    def answer(self, work: _Work, version: str) -> list[ScoredEntity] | None:
+    def answer(self, work: Work, version: str) -> list[ScoredEntity] | None:
         """The stored answer for this request, or None (not this version's table, no entry, explicit
         candidates, or too few left after the request's filters)."""
         request = work.request
@@ -73,7 +73,7 @@ class PrecomputedTables:
 
     def refresh(self) -> None:
         """Scores every table with the serving version and swaps them in at once."""
-        with self.engine.deployment.router.pin() as version:
+        with self.model.deployment.router.pin() as version:
             tables: dict[tuple[str, str], bytes] = {}
             for canvas, field in self.env.precompute.items():
                 values = version.bundle.featurizer.known_values(field)[: self.env.precompute_max_keys]
@@ -89,13 +89,13 @@ class PrecomputedTables:
     ) -> list[list[ScoredEntity]]:
         k = self.env.precompute_k
         works = [
-            self.engine.validate(
+            self.model.validate(
                 RecommendRequest(canvas=canvas, context={field: v}, k=k, candidates=Candidates()), version, max_k=k
             )
             for v in values
         ]
         out = []
-        for result in self.engine.rank_works(version, works):
+        for result in self.model.rank(version, works):
             if isinstance(result, BaseException):
                 raise result
             out.append(result.items)
@@ -103,7 +103,7 @@ class PrecomputedTables:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if self.engine.deployment.router.current is not None:
+            if self.model.deployment.router.current is not None:
                 try:
                     self.refresh()
                 except Exception:  # requests are answered online meanwhile; retried at the next tick

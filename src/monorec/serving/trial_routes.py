@@ -1,4 +1,4 @@
-"""Admin calls of canary and shadow trials (see :mod:`monorec.trials`): start, status (both versions'
+"""Admin calls of canary and shadow trials (see :mod:`monorec.deployment.trials`): start, status (both versions'
 online comparison per canvas and how users took their answers), promote, abort."""
 
 from __future__ import annotations

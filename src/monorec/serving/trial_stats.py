@@ -1,4 +1,4 @@
-"""The online comparison of a trial's two versions, per canvas (see :mod:`monorec.trials`).
+"""The online comparison of a trial's two versions, per canvas (see :mod:`monorec.deployment.trials`).
 
 For every answer while a trial runs: the version that answered, its latency, whether the model path
 failed (an ``error`` fallback) or was late (a ``deadline`` fallback). In shadow mode, for each request the

@@ -1,4 +1,4 @@
-"""The serving side of a trial (see :mod:`monorec.trials`): both versions' answers measured per canvas,
+"""The serving side of a trial (see :mod:`monorec.deployment.trials`): both versions' answers measured per canvas,
 the candidate scored off the request path in shadow mode, and the trial aborted when the candidate breaches
 the environment's thresholds (``trial_max_error_rate``, ``trial_max_p99_ms``, ``trial_min_requests``)."""
 
@@ -10,13 +10,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from monorec.deployment.trials import Trial
 from monorec.errors import DeployError
 from monorec.serving.messages import RecommendResponse
 from monorec.serving.trial_stats import TrialStats, overlap_at_k, rank_agreement
-from monorec.trials import Trial
 
 if TYPE_CHECKING:
-    from monorec.serving.engine import ServingEngine
+    from monorec.serving.model_path import ModelPath
 
 __all__ = ["TrialWatch"]
 
@@ -26,8 +26,8 @@ SHADOW_QUEUE = 64  # shadow scorings waiting at most; beyond, a request is not s
 
 
 class TrialWatch:
-    def __init__(self, engine: ServingEngine) -> None:
-        self.engine = engine
+    def __init__(self, model: ModelPath) -> None:
+        self.model = model  # the path both versions' answers take
         self.stats = TrialStats()
         self.shadow_dropped = 0
         self._slots = threading.BoundedSemaphore(SHADOW_QUEUE)
@@ -36,7 +36,7 @@ class TrialWatch:
 
     def _current(self) -> Trial | None:
         """The running trial, its statistics reset when it is a new one."""
-        trial = self.engine.deployment.router.trial
+        trial = self.model.deployment.router.trial
         if trial is not None and self.stats.trial_key != (trial.version, trial.started):
             self.stats.reset((trial.version, trial.started))
         return trial
@@ -75,10 +75,10 @@ class TrialWatch:
         canvas = work.request.canvas
         started = time.monotonic()
         try:
-            with self.engine.deployment.router.pin(candidate=True) as version:
+            with self.model.deployment.router.pin(candidate=True) as version:
                 if version.name != trial.version:
                     return  # the trial ended meanwhile
-                result = self.engine.rank_works(version, [work])[0]
+                result = self.model.rank(version, [work])[0]
             took_ms = (time.monotonic() - started) * 1000
             if isinstance(result, BaseException):
                 self.stats.observe(trial.version, canvas, took_ms, error=True)
@@ -94,7 +94,7 @@ class TrialWatch:
             self._slots.release()
 
     def _guard(self, trial: Trial) -> None:
-        env = self.engine.env
+        env = self.model.env
         reason = self.stats.breach(
             trial.version,
             max_error_rate=env.trial_max_error_rate,
@@ -107,8 +107,8 @@ class TrialWatch:
 
     def _abort(self, trial: Trial, reason: str) -> None:
         try:
-            if self.engine.deployment.router.trial == trial:
-                self.engine.deployment.trials.abort(f"automatic: {reason}")
+            if self.model.deployment.router.trial == trial:
+                self.model.deployment.trials.abort(f"automatic: {reason}")
         except DeployError:
             pass  # ended meanwhile
         finally:
@@ -121,16 +121,16 @@ class TrialWatch:
         Raises:
             DeployError: no trial runs.
         """
-        router = self.engine.deployment.router
+        router = self.model.deployment.router
         trial = router.trial
         if trial is None:
             raise DeployError("no trial runs")
         sides: dict[str, Any] = {}
         for candidate in (False, True):
             with router.pin(candidate=candidate) as version:
-                request_v = self.engine.with_recent_history(request, version)
-                work = self.engine.validate(request_v, version)
-                result = self.engine.rank_works(version, [work])[0]
+                request_v = self.model.with_recent_history(request, version)
+                work = self.model.validate(request_v, version)
+                result = self.model.rank(version, [work])[0]
             if isinstance(result, BaseException):
                 raise result
             sides["candidate" if candidate else "serving"] = {

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from monorec.deployment.version import ServingVersion
 from monorec.serving.messages import RecommendRequest
 from monorec.stream.catalogue import CatalogueStore
-from monorec.versions import ServingVersion
 
 __all__ = ["encode_contexts", "with_recent_history"]
 

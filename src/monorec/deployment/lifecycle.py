@@ -41,27 +41,26 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
 
 from monorec._failpoints import failpoint
 from monorec.artifacts import read_json, recover_dirs, verify_manifest
-from monorec.control_plane import LIVE_STATES, ControlPlane, Deployed
+from monorec.deployment.checks import check_stores
+from monorec.deployment.control_plane import LIVE_STATES, ControlPlane, Deployed
+from monorec.deployment.ownership import FolderLock
+from monorec.deployment.router import VersionRouter
+from monorec.deployment.sinks import CatalogueSink, VersionSink
+from monorec.deployment.staging import bulk_load, open_version
+from monorec.deployment.trial_control import TrialController
+from monorec.deployment.version import ServingVersion
 from monorec.errors import ArtifactError, DeployError
-from monorec.index import create_index, load_index, release_local_indexes
-from monorec.ownership import FolderLock
+from monorec.index import release_local_indexes
 from monorec.registry import Registry
-from monorec.retrieval.lexical_backends import create_lexical, load_lexical
 from monorec.stream.catalogue import CatalogueStore
 from monorec.stream.changes import AnyChange, UserChange
 from monorec.stream.loader import Loader
 from monorec.stream.log import ChangeLog
 from monorec.stream.publish import open_log, publish_changes
-from monorec.stream.sinks import CatalogueSink, VersionSink
-from monorec.trials import TrialController
-from monorec.users import create_user_store, load_user_store, user_key
-from monorec.versions import ItemFeatures, ServingVersion, VersionRouter, canary_recall
 
 __all__ = ["Deployment", "open_log", "publish_changes"]  # the last two re-exported from monorec.stream.publish
 
@@ -69,7 +68,6 @@ _log = logging.getLogger(__name__)
 
 CATALOGUE_GROUP = "catalogue"
 SERVING_ALIAS = "monorec_serving"  # Qdrant alias of the serving version's collection (readers outside monorec)
-BULK_DONE = "\U0010ffff"  # a bulk cursor after every possible id
 
 
 class Deployment:
@@ -118,7 +116,7 @@ class Deployment:
 
     def announce(self, url: str) -> None:
         """Records that this owner serves the folder at ``url``, so the CLI asks it instead of refusing
-        (see :mod:`monorec.ownership`); withdrawn by :meth:`close`."""
+        (see :mod:`monorec.deployment.ownership`); withdrawn by :meth:`close`."""
         self._owner.announce(url)
 
     # ------------------------------------------------------------------------------------- helpers
@@ -156,35 +154,20 @@ class Deployment:
         )
         return loader, sink
 
-    def _title(self, entity_id: str) -> str | None:
-        return self.catalogue.titles([entity_id]).get(entity_id)
-
     def _lexical_path(self, version: str) -> Path:
         return self.root / "lexical" / version
 
     def _open_version(self, version: str, *, fresh: bool) -> tuple[ServingVersion, dict[str, Any]]:
-        """The version with its index and lexical index: from its checkpoint, or new and empty when
-        ``fresh`` (see :mod:`monorec.retrieval.lexical_backends` for the lexical index).
-
-        Raises:
-            ArtifactError: the checkpoint is missing, corrupt, or its two indexes disagree.
-        """
-        bundle = self.registry.load(version)
-        spec = bundle.config.index
-        path, lexical_path = self._index_path(version), self._lexical_path(version)
-        user_width = ServingVersion.user_width(bundle)
-        if fresh:
-            dim = int(bundle.model_kwargs["retrieval_dim"])
-            index = create_index(spec, dim, name=version, root=self.root)
-            features = ItemFeatures(ServingVersion.feature_width(bundle))
-            lexical = create_lexical(spec, index, lexical_path, lambda: self.catalogue.page("", 10_000))
-            users = create_user_store(spec, version, user_width)
-            return ServingVersion(version, bundle, index, features, self._title, lexical, users), {}
-        index, manifest = load_index(path, spec=spec, name=version, root=self.root)
-        features = ItemFeatures.load(path / "features.npz")
-        lexical = load_lexical(spec, path / "lexical", index, lexical_path, int(manifest["entities"]))
-        users = load_user_store(spec, path, version, user_width)
-        return ServingVersion(version, bundle, index, features, self._title, lexical, users), manifest
+        """See :func:`monorec.deployment.staging.open_version`."""
+        return open_version(
+            self.registry,
+            self.catalogue,
+            version,
+            checkpoint=self._index_path(version),
+            lexical_path=self._lexical_path(version),
+            root=self.root,
+            fresh=fresh,
+        )
 
     @staticmethod
     def _settle_gc(collect: bool = False) -> None:
@@ -300,48 +283,11 @@ class Deployment:
             loader, sink = self._loader_for(sv)
             sink.bulk_cursor = str(manifest.get("bulk_cursor", ""))
             sink.user_cursor = str(manifest.get("user_cursor", ""))
-            self._bulk_load(sv, loader, sink, progress_cb)
+            bulk_load(sv, self.catalogue, loader, sink, progress=self.progress, progress_cb=progress_cb)
             loader.catch_up()
             self.validate(version, sv, loader)
             self.versions[version] = sv
             self.loaders[version] = loader
-
-    def _bulk_load(
-        self, sv: ServingVersion, loader: Loader, sink: VersionSink, progress_cb: Callable[[int], None] | None
-    ) -> None:
-        spec = sv.bundle.config.deploy
-        users = bool(sv.user_canvases)
-        total = self.catalogue.count() + (self.catalogue.user_count() if users else 0)
-        bar = tqdm(total=total, desc=f"bulk-embedding {sv.name}", unit="row", disable=not self.progress)
-        batches = 0
-        if not users:
-            sink.user_cursor = BULK_DONE
-        while not sink.bulk_cursor == sink.user_cursor == BULK_DONE:  # entities first, then users
-            if sink.bulk_cursor != BULK_DONE:
-                page = self.catalogue.page(sink.bulk_cursor, spec.batch_size)
-                done = page.height
-                if done == 0:
-                    sink.bulk_cursor = BULK_DONE
-                else:
-                    sink.load_rows(page)
-                    sink.bulk_cursor = str(page["entity_id"][-1])
-            else:
-                states = self.catalogue.user_page(sink.user_cursor, spec.batch_size)
-                done = len(states)
-                if done == 0:
-                    sink.user_cursor = BULK_DONE
-                else:
-                    sink.load_users(states)
-                    sink.user_cursor = states[-1].user_id
-            bar.update(done)
-            if progress_cb is not None and done:
-                progress_cb(done)
-            loader.step()  # changes made during the bulk load reach N+1 as it goes
-            batches += 1
-            if batches % spec.checkpoint_batches == 0 or sink.user_cursor == BULK_DONE:
-                loader.checkpoint(force=True)
-            failpoint("bulk_batch")
-        bar.close()
 
     def validate(self, version: str, sv: ServingVersion, loader: Loader) -> None:
         """Marks the version ready, or failed (raising DeployError) when its index is not the catalogue.
@@ -358,27 +304,7 @@ class Deployment:
             loader.checkpoint(force=True)
             verify_manifest(self._index_path(version))  # the checkpoint is complete and its checksums hold
             failpoint("validating")
-            expected = self.catalogue.revisions()
-            got = sv.index.revisions()
-            if got != expected:
-                missing = len(expected.keys() - got.keys())
-                extra = len(got.keys() - expected.keys())
-                stale = sum(1 for e, r in got.items() if e in expected and expected[e] != r)
-                raise DeployError(
-                    f"{version}: index holds {len(got)} entities, the catalogue {len(expected)} "
-                    f"({missing} missing, {extra} extra, {stale} at another revision)"
-                )
-            lexical = sv.sources.lexical
-            if len(lexical) != len(expected) or not all(lexical.holds(e) for e in _sample(expected, 100)):
-                raise DeployError(
-                    f"{version}: the lexical index holds {len(lexical)} entities, the catalogue {len(expected)} "
-                    "(or misses some of them)"
-                )
-            self._validate_users(version, sv)
-            recall = canary_recall(sv)
-            minimum = sv.bundle.config.deploy.canary_min_recall
-            if recall < minimum:
-                raise DeployError(f"{version}: canary recall@10 {recall:.3f} < {minimum} against exact search")
+            check_stores(version, sv, self.catalogue)
         except (DeployError, ArtifactError) as exc:
             self.control.set_state(version, "failed", error=str(exc))
             raise DeployError(str(exc)) from None
@@ -386,23 +312,6 @@ class Deployment:
             if catalogue_was_running:
                 self._catalogue_loader.start()
         self.control.set_state(version, "ready")
-
-    def _validate_users(self, version: str, sv: ServingVersion) -> None:
-        """The version's user store holds every known user at its latest revision in each user canvas."""
-        if sv.users is None or not sv.user_canvases:
-            return
-        expected = self.catalogue.user_revisions()
-        got = sv.users.revisions()
-        for canvas in sv.user_canvases:
-            prefix = user_key(canvas, "")
-            held = {k[len(prefix) :]: r for k, r in got.items() if k.startswith(prefix)}
-            if held != expected:
-                missing = len(expected.keys() - held.keys())
-                stale = sum(1 for u, r in held.items() if u in expected and expected[u] != r)
-                raise DeployError(
-                    f"{version}: the user store holds {len(held)} users for {canvas}, the users table "
-                    f"{len(expected)} ({missing} missing, {stale} at another revision)"
-                )
 
     def switch(self, version: str) -> None:
         """Atomically serves ``version`` (ready or standby); the old serving version drains to standby."""
@@ -579,11 +488,3 @@ class Deployment:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _sample(ids: dict[str, int], n: int, seed: int = 0) -> list[str]:
-    """Up to ``n`` of the ids, a seeded choice (spot checks at validation)."""
-    keys = sorted(ids)
-    if len(keys) <= n:
-        return keys
-    return [keys[i] for i in np.random.default_rng(seed).choice(len(keys), n, replace=False)]

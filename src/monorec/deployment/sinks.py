@@ -11,10 +11,10 @@ from pathlib import Path
 import polars as pl
 
 from monorec.config import ProjectConfig
+from monorec.deployment.version import ServingVersion
 from monorec.index import save_index
 from monorec.stream.catalogue import CatalogueStore
 from monorec.stream.changes import AnyChange, UserChange
-from monorec.versions import ServingVersion
 
 __all__ = ["CatalogueSink", "VersionSink"]
 

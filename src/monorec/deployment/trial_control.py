@@ -1,70 +1,42 @@
-"""Canary and shadow trials of a candidate version beside the serving one (DESIGN section 6).
-
-A :class:`Trial` names a ready (validated, loaded, fed by its loader) version and how it takes traffic:
-
-- ``canary``: a ``share`` of requests is answered by the candidate, sticky per value of ``sticky_by``
-  (a user always lands on the same side: a hash of the value, not a coin per request); requests without
-  that field are assigned by a hash of their whole context. Each request is still pinned to ONE version.
-- ``shadow``: every request is answered by the serving version; the candidate scores the same request off
-  the request path and the two answers are compared (overlap@k, rank correlation, latency, errors).
-
-:class:`TrialController` starts, promotes (switches to the candidate) and aborts trials of a
-:class:`~monorec.deploy.Deployment`; the trial is kept in the control plane, so a restarted owner resumes
-it. The serving engine measures both sides and aborts a trial whose candidate breaches the environment's
-thresholds (see :mod:`monorec.serving.trial_stats`).
+"""Starting, promoting and aborting the trial of a :class:`~monorec.deployment.trials.Trial` on a
+deployment: the trial is kept in the control plane, so a restarted owner resumes it (:meth:`resume`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from contextlib import AbstractContextManager
+from typing import Protocol
 
+from monorec.deployment.control_plane import ControlPlane
+from monorec.deployment.router import VersionRouter
+from monorec.deployment.trials import Trial, TrialMode
+from monorec.deployment.version import ServingVersion
 from monorec.errors import DeployError
 
-if TYPE_CHECKING:
-    from monorec.deploy import Deployment
-
-__all__ = ["Trial", "TrialController"]
+__all__ = ["TrialController", "TrialHost"]
 
 log = logging.getLogger(__name__)
 
-TrialMode = Literal["canary", "shadow"]
 
+class TrialHost(Protocol):
+    """What a trial needs from its deployment (:class:`~monorec.deployment.Deployment` is one)."""
 
-@dataclass(frozen=True)
-class Trial:
-    version: str
-    mode: TrialMode
-    share: float = 0.0  # canary: the share of requests (of sticky keys) the candidate answers
-    sticky_by: str = "user_id"
-    started: float = 0.0
+    router: VersionRouter
+    control: ControlPlane
 
-    def takes(self, context: Mapping[str, Any]) -> bool:
-        """Whether the candidate answers a request with this context (canary only; deterministic)."""
-        if self.mode != "canary" or self.share <= 0:
-            return False
-        value = context.get(self.sticky_by)
-        key = str(value) if value not in (None, "") else json.dumps(context, sort_keys=True, default=str)
-        digest = hashlib.blake2b(f"{self.version}\x1f{key}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") / 2**64 < self.share
+    def lifecycle(self) -> AbstractContextManager[None]: ...
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
+    def load_ready(self, version: str) -> ServingVersion: ...
 
-    @classmethod
-    def from_json(cls, text: str) -> Trial:
-        return cls(**json.loads(text))
+    def switch(self, version: str) -> None: ...
 
 
 class TrialController:
     """Starts, promotes and aborts the deployment's trial (one at a time)."""
 
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(self, deployment: TrialHost) -> None:
         self.deployment = deployment
         self.last_abort: str | None = None
 

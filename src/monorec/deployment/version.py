@@ -1,12 +1,10 @@
-"""A deployed model version in memory, and the router that pins each request to one of them.
+"""A deployed model version in memory: what one request needs from one version.
 
 A :class:`ServingVersion` bundles what one request needs from one version: the context tower (query
 embedder), that version's index of item embeddings, its other candidate sources (a lexical index that
 follows the same catalogue changes as the vector index, and the co-occurrence and popular lists fitted
-with the model), the item features its ranker reads, and the ranker.
-:class:`VersionRouter` holds the serving version; ``pin()`` resolves it ONCE at the start of a request and
-counts the request in flight until it ends, so a switch never changes a request's version half-way and
-the old version can be drained before it is freed.
+with the model), the item features its ranker reads, and the ranker. It counts the requests pinned to it
+(:mod:`monorec.deployment.router`), so it can be drained before it is freed.
 """
 
 from __future__ import annotations
@@ -14,10 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +33,11 @@ from monorec.retrieval.lexical import LexicalSource
 from monorec.row_table import RowTable
 from monorec.schema import TitleLookup
 from monorec.stream.changes import AnyChange, Change, UserChange, changes_frame
-from monorec.trials import Trial
 from monorec.users import UserStore, user_key
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Answer", "ItemFeatures", "ServingVersion", "VersionRouter", "canary_recall"]
+__all__ = ["Answer", "ItemFeatures", "ServingVersion"]
 
 
 class ItemFeatures(RowTable):
@@ -432,92 +428,3 @@ def _source_pool() -> ThreadPoolExecutor:
         if _POOL is None:
             _POOL = ThreadPoolExecutor(max_workers=2 * len(OFFLINE_SOURCES), thread_name_prefix="monorec-source")
         return _POOL
-
-
-class VersionRouter:
-    """Holds the serving version and the version on trial (canary or shadow, see :mod:`monorec.trials`);
-    requests pin one version for their whole life."""
-
-    def __init__(self) -> None:
-        self._current: ServingVersion | None = None
-        self._trial: tuple[ServingVersion, Trial] | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def current(self) -> ServingVersion | None:
-        return self._current
-
-    @property
-    def trial(self) -> Trial | None:
-        held = self._trial
-        return None if held is None else held[1]
-
-    @property
-    def trial_version(self) -> ServingVersion | None:
-        """The version on trial, while one is."""
-        held = self._trial
-        return None if held is None else held[0]
-
-    def set_trial(self, version: ServingVersion, trial: Trial) -> None:
-        with self._lock:
-            self._trial = (version, trial)
-
-    def clear_trial(self) -> None:
-        with self._lock:
-            self._trial = None
-
-    @contextmanager
-    def pin(self, candidate: bool = False) -> Iterator[ServingVersion]:
-        """The serving version (or with ``candidate`` the version on trial, while one is: else the serving
-        one), resolved once; it stays usable (not freed) until the block ends."""
-        with self._lock:  # read and count in one step, so a drain can never miss this request
-            version = self._trial[0] if candidate and self._trial is not None else self._current
-            if version is None:
-                raise DeployError("no version is serving yet; deploy one first")
-            version.enter()
-        try:
-            yield version
-        finally:
-            version.leave()
-
-    def switch(self, version: ServingVersion) -> ServingVersion | None:
-        """Atomically makes ``version`` serve new requests; returns the previous one (still draining)."""
-        with self._lock:
-            previous, self._current = self._current, version
-        return previous
-
-    @staticmethod
-    def drain(version: ServingVersion, timeout_s: float) -> bool:
-        """Waits until no request is pinned to ``version``; False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while version.in_flight > 0:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.001)
-        return True
-
-
-def canary_recall(sv: ServingVersion, k: int = 10, seed: int = 0) -> float:
-    """Recall@k of the version's index against exact search, for catalogue entities as queries.
-
-    Tie-aware: a hit counts when its exact score reaches the exact k-th score (entities with identical
-    features, e.g. cold ones with the same title, have identical embeddings)."""
-    ids = sorted(sv.index.revisions())
-    if not ids:
-        return 1.0
-    rng = np.random.default_rng(seed)
-    n = min(len(ids), sv.bundle.config.deploy.canary_queries)
-    k = min(k, len(ids))
-    probe = [ids[i] for i in rng.choice(len(ids), n, replace=False)]
-    queries = sv.index.vectors_of(probe)
-    scores = torch.from_numpy(queries) @ torch.from_numpy(sv.index.vectors_of(ids)).T  # (n, N)
-    exact_scores = torch.topk(scores, k, dim=1).values.numpy()  # (n, k), best first
-    hits = sv.index.search(queries, k)
-    found = 0
-    for q in range(n):
-        returned = [e for e, _ in hits.row(q)]
-        if not returned:
-            continue
-        true_scores = sv.index.vectors_of(returned) @ queries[q]  # re-scored, not the index's own claim
-        found += int((true_scores >= exact_scores[q, -1] - 1e-5).sum())
-    return found / (n * k)

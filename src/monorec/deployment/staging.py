@@ -1,0 +1,113 @@
+"""Staging a version (steps 1-3 of :mod:`monorec.deployment.lifecycle`): opening its stores, fresh or from
+its checkpoint, and the bulk pass that fills them from the catalogue and the users table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from monorec._failpoints import failpoint
+from monorec.deployment.sinks import VersionSink
+from monorec.deployment.version import ItemFeatures, ServingVersion
+from monorec.index import create_index, load_index
+from monorec.registry import Registry
+from monorec.retrieval.lexical_backends import create_lexical, load_lexical
+from monorec.stream.catalogue import CatalogueStore
+from monorec.stream.loader import Loader
+from monorec.users import create_user_store, load_user_store
+
+__all__ = ["BULK_DONE", "bulk_load", "open_version"]
+
+BULK_DONE = "\U0010ffff"  # a bulk cursor after every possible id
+
+
+def open_version(
+    registry: Registry,
+    catalogue: CatalogueStore,
+    version: str,
+    *,
+    checkpoint: Path,
+    lexical_path: Path,
+    root: Path,
+    fresh: bool,
+) -> tuple[ServingVersion, dict[str, Any]]:
+    """The version with its stores: from its checkpoint folder, or new and empty when ``fresh`` (see
+    :mod:`monorec.retrieval.lexical_backends` for the lexical index, which works in ``lexical_path``).
+
+    Returns:
+        The version and its checkpoint's manifest (empty when fresh).
+
+    Raises:
+        ArtifactError: the checkpoint is missing, corrupt, or its stores disagree.
+    """
+    bundle = registry.load(version)
+    spec = bundle.config.index
+    user_width = ServingVersion.user_width(bundle)
+
+    def title(entity_id: str) -> str | None:
+        return catalogue.titles([entity_id]).get(entity_id)
+
+    if fresh:
+        dim = int(bundle.model_kwargs["retrieval_dim"])
+        index = create_index(spec, dim, name=version, root=root)
+        features = ItemFeatures(ServingVersion.feature_width(bundle))
+        lexical = create_lexical(spec, index, lexical_path, lambda: catalogue.page("", 10_000))
+        users = create_user_store(spec, version, user_width)
+        return ServingVersion(version, bundle, index, features, title, lexical, users), {}
+    index, manifest = load_index(checkpoint, spec=spec, name=version, root=root)
+    features = ItemFeatures.load(checkpoint / "features.npz")
+    lexical = load_lexical(spec, checkpoint / "lexical", index, lexical_path, int(manifest["entities"]))
+    users = load_user_store(spec, checkpoint, version, user_width)
+    return ServingVersion(version, bundle, index, features, title, lexical, users), manifest
+
+
+def bulk_load(
+    sv: ServingVersion,
+    catalogue: CatalogueStore,
+    loader: Loader,
+    sink: VersionSink,
+    *,
+    progress: bool = False,
+    progress_cb: Callable[[int], None] | None = None,
+) -> None:
+    """Step 3: the catalogue paged in id order through ``sv``'s item tower, then every known user's state
+    through its context tower (when it stores users), from the sink's bulk cursors on; the version's own
+    log consumption interleaves (``loader.step()``) and checkpoints record both cursors, so a crash
+    resumes after the last stored id."""
+    spec = sv.bundle.config.deploy
+    users = bool(sv.user_canvases)
+    total = catalogue.count() + (catalogue.user_count() if users else 0)
+    bar = tqdm(total=total, desc=f"bulk-embedding {sv.name}", unit="row", disable=not progress)
+    batches = 0
+    if not users:
+        sink.user_cursor = BULK_DONE
+    while not sink.bulk_cursor == sink.user_cursor == BULK_DONE:  # entities first, then users
+        if sink.bulk_cursor != BULK_DONE:
+            page = catalogue.page(sink.bulk_cursor, spec.batch_size)
+            done = page.height
+            if done == 0:
+                sink.bulk_cursor = BULK_DONE
+            else:
+                sink.load_rows(page)
+                sink.bulk_cursor = str(page["entity_id"][-1])
+        else:
+            states = catalogue.user_page(sink.user_cursor, spec.batch_size)
+            done = len(states)
+            if done == 0:
+                sink.user_cursor = BULK_DONE
+            else:
+                sink.load_users(states)
+                sink.user_cursor = states[-1].user_id
+        bar.update(done)
+        if progress_cb is not None and done:
+            progress_cb(done)
+        loader.step()  # changes made during the bulk load reach N+1 as it goes
+        batches += 1
+        if batches % spec.checkpoint_batches == 0 or sink.user_cursor == BULK_DONE:
+            loader.checkpoint(force=True)
+        failpoint("bulk_batch")
+    bar.close()

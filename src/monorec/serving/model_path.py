@@ -1,0 +1,262 @@
+"""The model path of a request, without deadlines or fallbacks: validation against the schema and the
+environment, then retrieval and ranking of a micro-batch with ONE pinned version (steps 1 and 3 of
+:mod:`monorec.serving.engine`). The engine, the precomputed tables and the trial's shadow scoring all
+answer through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from monorec.config import SOURCE_NAMES
+from monorec.deployment import Deployment
+from monorec.deployment.version import ServingVersion
+from monorec.environments import EnvironmentSpec
+from monorec.errors import CanvasNotServed, RequestError
+from monorec.index import EntityFilter
+from monorec.serving.answers import entity_out, matches
+from monorec.serving.messages import RecommendRequest, ScoredEntity
+from monorec.serving.rules import Scored, apply_rules, canvas_rules, needs_entity_info
+from monorec.serving.user_context import encode_contexts, with_recent_history
+from monorec.stream.catalogue import Entity
+
+__all__ = ["ModelPath", "Ranked", "Work"]
+
+
+@dataclass(frozen=True)
+class Work:
+    """A validated request on its way through the model path."""
+
+    request: RecommendRequest
+    record: dict[str, Any]  # the normalized unified context
+    excluded: frozenset[str]
+    where: EntityFilter | None
+    depth: int
+    candidate: bool = False  # a canary request: answered by the version on trial
+
+
+@dataclass(frozen=True)
+class Ranked:
+    version: str
+    items: list[ScoredEntity]
+    unknown: list[str]
+    sources: list[str]  # the candidate sources that answered
+
+
+class ModelPath:
+    """Validates requests and answers micro-batches of them with one version, under one environment's knobs."""
+
+    def __init__(self, deployment: Deployment, env: EnvironmentSpec) -> None:
+        self.deployment = deployment  # the router, the trials and the catalogue (entity descriptions)
+        self.env = env
+        self.catalogue = deployment.catalogue
+
+    def with_recent_history(self, request: RecommendRequest, version: ServingVersion) -> RecommendRequest:
+        """See :func:`monorec.serving.user_context.with_recent_history`."""
+        return with_recent_history(request, version, self.catalogue)
+
+    def validate(self, request: RecommendRequest, version: ServingVersion, *, max_k: int | None = None) -> Work:
+        """Checks a request against the schema and the environment and resolves what the model path needs.
+
+        Raises:
+            RequestError: naming the field at fault. CanvasNotServed: the environment does not serve it.
+        """
+        env = self.env
+        if request.canvas not in version.schema.canvas_names:
+            version.schema.task_index(request.canvas)  # raises RequestError naming the declared canvases
+        if not env.serves(request.canvas):
+            raise CanvasNotServed(request.canvas, env.canvases)
+        if request.k > (max_k or env.max_k):
+            raise RequestError("k", f"{request.k} exceeds this environment's max_k {max_k or env.max_k}")
+        explicit = request.candidates.ids
+        if explicit is not None and len(explicit) > env.max_explicit_candidates:
+            raise RequestError(
+                "candidates.ids", f"{len(explicit)} ids exceed the limit of {env.max_explicit_candidates}"
+            )
+        types = request.candidates.entity_types
+        declared = version.bundle.config.entity_types
+        for t in types or ():
+            if t not in declared:
+                raise RequestError("candidates.entity_types", f"unknown entity type {t!r}; declared: {declared}")
+        try:
+            record = version.schema.normalize(request.canvas, request.context, version.titles)
+        except RequestError as exc:  # the schema names the context field; the API names its place in the body
+            raise RequestError(f"context.{exc.field}", exc.reason) from None
+        excluded = set(request.candidates.exclude)
+        if env.rules_for(request.canvas).exclude_seen:
+            excluded |= _named_entities(version, request.context)
+        where = None
+        if types or request.candidates.categories:
+            where = EntityFilter(
+                entity_types=tuple(types) if types else None,
+                categories=tuple(request.candidates.categories) if request.candidates.categories else None,
+            )
+        depth = max(env.retrieval_depth, request.k) + min(len(excluded), env.retrieval_depth)
+        return Work(request, record, frozenset(excluded), where, depth)
+
+    @torch.no_grad()
+    def rank(self, version: ServingVersion, works: Sequence[Work]) -> list[Ranked | BaseException]:
+        """Retrieve and rank a batch with one version: one context forward, one search per distinct filter,
+        one ranker forward over every (request, candidate) pair."""
+        cf, ce = encode_contexts(version, [(w.request.canvas, w.record) for w in works], self.env.user_embeddings)
+        candidates: list[list[str]] = [[] for _ in works]
+        unknown: list[list[str]] = [[] for _ in works]
+        by_filter: dict[EntityFilter | None, list[int]] = {}
+        for i, w in enumerate(works):
+            explicit = w.request.candidates.ids
+            if explicit is None:
+                by_filter.setdefault(w.where, []).append(i)
+                continue
+            wanted = [e for e in dict.fromkeys(explicit) if e not in w.excluded]
+            known = version.known(wanted)
+            held = set(known)
+            unknown[i] = [e for e in wanted if e not in held]
+            if w.where is not None:  # explicit candidates still obey the request's type/category filter
+                info = self.catalogue.entities(known)
+                known = [e for e in known if e in info and matches(info[e], w.where)]
+            candidates[i] = known
+        queries = ce.numpy()
+        for where, rows in by_filter.items():
+            depth = max(works[i].depth for i in rows)
+            hits = version.index.search(queries[rows], depth, where)
+            for q, i in enumerate(rows):
+                candidates[i] = [e for e, _ in hits.row(q)][: works[i].depth]
+        from_index = {i: set(candidates[i]) for rows in by_filter.values() for i in rows}
+        proposed, answered = self._propose(version, works, [i for rows in by_filter.values() for i in rows])
+        for i, found in proposed.items():
+            held = set(candidates[i])
+            candidates[i] += [e for e in found if e not in held]
+        flat = [e for ids in candidates for e in ids]
+        try:
+            item_feats, item_emb = version.candidate_rows(flat)
+        except KeyError:  # deleted since the search: rank what is still there
+            candidates = [version.indexed(version.known(ids)) for ids in candidates]
+            flat = [e for ids in candidates for e in ids]
+            item_feats, item_emb = version.candidate_rows(flat)
+        owner = torch.repeat_interleave(torch.arange(len(works)), torch.tensor([len(c) for c in candidates]))
+        task = torch.tensor([version.schema.task_index(w.request.canvas) for w in works], dtype=torch.long)[owner]
+        zero = [0.0] * len(SOURCE_NAMES)
+        sources = torch.tensor(
+            [proposed.get(i, {}).get(e, zero) for i, ids in enumerate(candidates) for e in ids], dtype=torch.float32
+        ).reshape(len(flat), len(SOURCE_NAMES))
+        scores, logits = version.rank(cf[owner], ce[owner], item_feats, item_emb, task, sources)
+        out: list[Ranked | BaseException] = []
+        start = 0
+        for i, w in enumerate(works):
+            end = start + len(candidates[i])
+            try:
+                found = proposed.get(i, {})
+                items = self._finish(
+                    version, w, candidates[i], scores[start:end], logits[start:end], found, from_index.get(i, set())
+                )
+                searched = ["embedding"] if w.request.candidates.ids is None else []
+                out.append(Ranked(version.name, items, unknown[i], searched + answered.get(i, [])))
+            except Exception as exc:  # one bad request never fails its batch-mates
+                out.append(exc)
+            start = end
+        return out
+
+    def _propose(
+        self, version: ServingVersion, works: Sequence[Work], rows: Sequence[int]
+    ) -> tuple[dict[int, dict[str, list[float]]], dict[int, list[str]]]:
+        """Row of ``works`` -> the candidates its canvas's offline sources add (entity id -> (S,) source
+        scores), never an excluded entity nor one outside the request's type/category filter; and row ->
+        the offline sources that answered it."""
+        by_canvas: dict[str, list[int]] = {}
+        for i in rows:
+            by_canvas.setdefault(works[i].request.canvas, []).append(i)
+        out: dict[int, dict[str, list[float]]] = {}
+        answered: dict[int, list[str]] = {}
+        for canvas, members in by_canvas.items():
+            timeout_s = self.env.source_timeout_ms / 1000
+            proposals, names = version.propose(canvas, [works[i].record for i in members], timeout_s)
+            for i, found in zip(members, proposals, strict=True):
+                w = works[i]
+                found = {e: v for e, v in found.items() if e not in w.excluded}
+                if w.where is not None and found:
+                    info = self.catalogue.entities(list(found))
+                    found = {e: v for e, v in found.items() if e in info and matches(info[e], w.where)}
+                out[i] = found
+                answered[i] = names
+        return out, answered
+
+    def _finish(
+        self,
+        version: ServingVersion,
+        work: Work,
+        ids: list[str],
+        scores: torch.Tensor,
+        logits: torch.Tensor,
+        proposed: Mapping[str, list[float]],
+        from_index: set[str],
+    ) -> list[ScoredEntity]:
+        """Ranked candidates -> rules -> the best k, described, each with the sources that proposed it
+        (``from_index``: what the vector index returned; ``proposed``: the other sources' scores). Rules see
+        ids and scores (plus entity descriptions only when a configured rule reads them); predictions are
+        computed for the k kept."""
+        canvas = work.request.canvas
+        spec = self.env.rules_for(canvas)
+        order = torch.argsort(scores, descending=True).tolist()
+        values = scores.tolist()
+        info: Mapping[str, Entity] = {}
+        if needs_entity_info(spec):
+            info = self.catalogue.entities(ids)
+        else:  # only exclusions and pins: the best k + |excluded| + |pins| (and the pinned) decide the answer
+            limit = work.request.k + len(work.excluded) + len(spec.pins)
+            order = order[:limit] + [j for j in order[limit:] if ids[j] in spec.pins]
+        ranked = [_scored(ids[j], values[j], info) for j in order]
+        kept = apply_rules(ranked, canvas_rules(spec, work.excluded), work.request.k)
+        row_of = {e: j for j, e in enumerate(ids)}
+        predictions = version.predictions(logits[[row_of[c.entity_id] for c in kept]], canvas)
+        if not info:
+            info = self.catalogue.entities([c.entity_id for c in kept])
+        return [
+            entity_out(
+                c,
+                info.get(c.entity_id),
+                c.score,
+                {n: float(v[i]) for n, v in predictions.items()},
+                _proposed_by(c.entity_id, from_index, proposed),
+            )
+            for i, c in enumerate(kept)
+        ]
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _named_entities(version: ServingVersion, context: Mapping[str, Any]) -> set[str]:
+    """Entity ids the context names (source item, history): already seen, so not worth answering."""
+    out: set[str] = set()
+    for f in version.schema.fields:
+        value = context.get(f.name)
+        if f.vocabulary != "entity" or value is None:
+            continue
+        if isinstance(value, list):
+            out.update(str(v) for v in value)
+        elif f.kind == "id_list" and isinstance(value, str):
+            out.update(v for v in value.split("|") if v)
+        else:
+            out.add(str(value))
+    return out
+
+
+def _proposed_by(entity_id: str, from_index: set[str], proposed: Mapping[str, list[float]]) -> list[str]:
+    """The sources that proposed an entity, in ``SOURCE_NAMES`` order."""
+    scores = proposed.get(entity_id)
+    return [
+        name
+        for j, name in enumerate(SOURCE_NAMES)
+        if (j == 0 and entity_id in from_index) or (j > 0 and scores is not None and scores[j] > 0)
+    ]
+
+
+def _scored(entity_id: str, score: float, info: Mapping[str, Entity]) -> Scored:
+    e = info.get(entity_id)
+    if e is None:
+        return Scored(entity_id, score)
+    return Scored(entity_id, score, e.entity_type, e.categories, e.title)

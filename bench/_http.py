@@ -3,6 +3,7 @@ in threads with identical uvicorn settings, and the load generator started as a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -32,6 +33,12 @@ LOAD = Path(__file__).resolve().parent / "_load.py"
 # the environment measured: 2 worker threads, concurrent requests batched (up to 8, no waiting), a
 # budget far above the latencies so that fallbacks do not hide slowness (the record counts them anyway)
 BENCH_ENV = EnvironmentSpec("bench", latency_budget_ms=2000.0, worker_threads=2, max_batch=8, max_wait_ms=0.0)
+RUNTIMES = ("torch", "onnx")
+
+
+def bench_env(runtime: str) -> EnvironmentSpec:
+    """:data:`BENCH_ENV` with the model path on ``runtime`` ("torch" or "onnx", see ``model_runtime``)."""
+    return dataclasses.replace(BENCH_ENV, model_runtime=runtime)  # type: ignore[arg-type]
 
 
 def echo_app() -> FastAPI:
@@ -85,11 +92,12 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 @contextmanager
 def bench_deployment(n_items: int) -> Iterator[tuple[Deployment, Path, Path]]:
-    """A deployment of the synthetic model (HNSW index) over ``n_items`` synthetic entities, v0001 serving."""
+    """A deployment of the synthetic model (HNSW index, published with its ONNX export) over ``n_items``
+    synthetic entities, v0001 serving."""
     torch.set_num_threads(1)  # request-level parallelism: intra-op threads only oversubscribe the 2 cores
     faiss.omp_set_num_threads(1)
     tmp = Path(tempfile.mkdtemp())
-    registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"))
+    registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"), export_onnx=True)
     with Deployment(tmp / "dep", registry) as dep:
         dep.seed_catalogue(synthetic_catalogue(n_items))
         dep.deploy("v0001")

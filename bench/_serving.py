@@ -33,17 +33,17 @@ def bench_config(index: str = "exact", **deploy: object) -> ProjectConfig:
 
 
 def two_version_registry(
-    root: Path, config: ProjectConfig, seeds: tuple[int, ...] = (0, 1)
+    root: Path, config: ProjectConfig, seeds: tuple[int, ...] = (0, 1), *, export_onnx: bool = False
 ) -> tuple[Registry, pl.DataFrame]:
-    """Two versions (seeds 0 and 1; or one per given seed) trained for one epoch on a small world; returns
-    the registry and the world's catalogue."""
+    """Two versions (seeds 0 and 1; or one per given seed) trained for one epoch on a small world, published
+    with their ONNX export when ``export_onnx``; returns the registry and the world's catalogue."""
     catalogue, logs = generate_world(SMALL_WORLD)
     catalogue, logs = validate_catalogue(catalogue, config), validate_logs(logs, config)
     prepared = prepare(config, catalogue, logs)
     registry = Registry(root)
     for seed in seeds:
         cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
-        registry.publish(train(cfg, prepared, progress=False), {"canvases": {}}, force=True)
+        registry.publish(train(cfg, prepared, progress=False), {"canvases": {}}, force=True, export_onnx=export_onnx)
     return registry, catalogue
 
 

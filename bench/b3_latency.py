@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
-from _http import BENCH_ENV, bench_deployment, echo_app, load, monorec_app, percentiles, served
+from _http import RUNTIMES, bench_deployment, bench_env, echo_app, load, monorec_app, percentiles, served
 from _load import request_body
 from monorec.deployment import Deployment
 
@@ -42,10 +42,10 @@ def measure(port: int, items: int, seconds: float) -> dict[str, Any]:
     return out
 
 
-def source_costs(dep: Deployment, items: int, requests: int) -> dict[str, dict[str, dict[str, float]]]:
+def source_costs(dep: Deployment, items: int, requests: int, runtime: str) -> dict[str, dict[str, dict[str, float]]]:
     """Canvas -> source -> latency percentiles (ms) of that source alone, over ``requests`` requests."""
     version = dep.versions["v0001"]
-    depth = BENCH_ENV.retrieval_depth
+    depth = bench_env("torch").retrieval_depth
     out: dict[str, dict[str, dict[str, float]]] = {}
     for canvas in CANVASES:
         rng = random.Random(0)
@@ -59,7 +59,7 @@ def source_costs(dep: Deployment, items: int, requests: int) -> dict[str, dict[s
             for source, source_depth in declared.items():
                 started = time.perf_counter()
                 if source == "embedding":
-                    _, emb = version.encode_records([record])
+                    _, emb = version.encode_records([record], runtime=runtime)  # type: ignore[arg-type]
                     version.index.search(emb.numpy(), depth)
                 else:
                     version.sources.propose(source, canvas, [record], source_depth)
@@ -73,15 +73,16 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=10.0, help="per canvas and concurrency level")
+    ap.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="the model path's runtime (model_runtime)")
     ap.add_argument("--quick", action="store_true", help="5k entities, 1 s per cell (checks the script runs)")
     args = ap.parse_args()
     items, seconds = (5_000, 1.0) if args.quick else (args.items, args.seconds)
     with bench_deployment(items) as (dep, root, registry):
         with served(echo_app()) as port:
             echo = measure(port, items, seconds)
-        with served(monorec_app(dep, root, registry)) as port:
+        with served(monorec_app(dep, root, registry, bench_env(args.runtime))) as port:
             ours = measure(port, items, seconds)
-        costs = source_costs(dep, items, 200 if args.quick else 1000)
+        costs = source_costs(dep, items, 200 if args.quick else 1000, args.runtime)
     rows = {
         cell: {
             "ours_p50_ms": ours[cell]["p50"],
@@ -110,7 +111,7 @@ def main() -> None:
             "benchmark": "B3",
             "items": items,
             "seconds_per_cell": seconds,
-            "environment_knobs": BENCH_ENV.to_dict(),
+            "environment_knobs": bench_env(args.runtime).to_dict(),
             "index": "hnsw",
             "cells": rows,
             "worst_p99_ms": worst,

@@ -69,6 +69,23 @@ def test_every_canvas_answers_with_scores_predictions_and_the_version(dep: Deplo
             assert all(item.sources and set(item.sources) <= set(r.sources) for item in r.items)
 
 
+def test_the_model_path_times_each_stage_of_every_answer(dep: Deployment) -> None:
+    """The stage clock behind /metrics and bench/profile_request.py: each model answer passes every stage
+    once, in order, and the stages' time fits within the calls' own."""
+    with engine_for(dep) as engine:
+        asked = [("home", {"user_id": "u1"}), ("search", {"query": "x"})]
+        start = time.perf_counter()
+        answers = [engine.recommend(req(canvas, context)) for canvas, context in asked]
+        wall = time.perf_counter() - start
+        assert all(a.source == "model" for a in answers)
+        times = engine.model.stages.snapshot()
+        path = ["validate", "featurize", "context_tower", "retrieve", "sources", "gather", "ranker", "finish", "answer"]
+        assert list(times) == path
+        assert times["validate"][0] == times["answer"][0] == 2  # per request
+        assert all(calls >= 1 and seconds > 0 for calls, seconds in times.values())
+        assert sum(seconds for _, seconds in times.values()) <= wall
+
+
 @pytest.mark.parametrize("fault", ["fails", "late"])
 def test_a_failing_or_late_source_is_skipped_and_the_answer_says_so(dep: Deployment, monkeypatch, fault: str) -> None:  # type: ignore[no-untyped-def]
     version = dep.versions["v0001"]

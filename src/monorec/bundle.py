@@ -22,6 +22,7 @@ from monorec.artifacts import atomic_dir, read_json, verify_manifest, write_json
 from monorec.config import ProjectConfig, parse_config
 from monorec.data.features import Featurizer, ItemArrays
 from monorec.errors import ArtifactError
+from monorec.models.graphs import export_onnx as export_onnx_graphs
 from monorec.models.model import MonorecModel, build_model
 from monorec.popular import PopularLists
 from monorec.retrieval.cooccurrence import CooccurrenceTable
@@ -55,6 +56,7 @@ class ModelBundle:
     meta: dict[str, Any] = field(default_factory=dict)
     popular: PopularLists = field(default_factory=PopularLists)
     cooccurrence: CooccurrenceTable | None = None
+    folder: Path | None = None  # where it was loaded from (its ONNX export, when it has one, is there)
 
     def candidate_sources(self, catalogue: pl.DataFrame) -> CandidateSources:
         """This version's lexical (over ``catalogue``, in memory), co-occurrence and popular sources."""
@@ -88,9 +90,24 @@ class ModelBundle:
                 embs.append(e)
         return torch.cat(feats), torch.cat(embs)
 
-    def save(self, path: str | Path, *, overwrite: bool = True, extra: dict[str, Any] | None = None) -> Path:
+    def example_contexts(self) -> dict[str, torch.Tensor]:
+        """Featurized contexts of one empty request per canvas (sentinels everywhere): the names, dtypes and
+        widths of the context tower's inputs, e.g. to export it."""
+        schema = self.schema
+        records = [schema.normalize(c.name, {}) for c in self.config.canvases]
+        return context_tensors(self.featurizer.transform_records(records))
+
+    def save(
+        self,
+        path: str | Path,
+        *,
+        overwrite: bool = True,
+        extra: dict[str, Any] | None = None,
+        export_onnx: bool = False,
+    ) -> Path:
         """Writes the bundle atomically (a complete directory or nothing); ``extra`` maps file names to
-        JSON payloads written inside it (covered by the manifest's checksums)."""
+        JSON payloads written inside it (covered by the manifest's checksums). With ``export_onnx`` the
+        context tower and the ranker are exported too (:func:`monorec.models.graphs.export_onnx`)."""
         with atomic_dir(
             path, manifest={"kind": "model", "schema": self.schema.fingerprint()}, overwrite=overwrite
         ) as tmp:
@@ -104,6 +121,8 @@ class ModelBundle:
                 self.cooccurrence.save(tmp / "cooccurrence.npz")
             # save_model de-duplicates the embedding tables shared by the two towers
             save_model(self.model, str(tmp / "model.safetensors"))
+            if export_onnx:
+                export_onnx_graphs(self.model, self.example_contexts(), tmp)
             for name, payload in (extra or {}).items():
                 write_json(tmp / name, payload)
         return Path(path)
@@ -131,4 +150,4 @@ class ModelBundle:
         # bundles written before candidate sources have no co-occurrence table: that source proposes nothing
         table = CooccurrenceTable.load(path / "cooccurrence.npz") if (path / "cooccurrence.npz").exists() else None
         meta = read_json(path / "meta.json")
-        return cls(config, featurizer, model, kwargs, meta, popular or PopularLists(), table)
+        return cls(config, featurizer, model, kwargs, meta, popular or PopularLists(), table, folder=path)

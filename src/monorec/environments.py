@@ -32,10 +32,18 @@ from typing import Any, Literal
 from monorec._typed_tables import Problems, parse_dataclass, read_toml
 from monorec.errors import ConfigError
 
-__all__ = ["DEFAULT_ENVIRONMENT", "CanvasRules", "EnvironmentSpec", "load_environments", "parse_environments"]
+__all__ = [
+    "DEFAULT_ENVIRONMENT",
+    "CanvasRules",
+    "EnvironmentSpec",
+    "ModelRuntime",
+    "load_environments",
+    "parse_environments",
+]
 
 DEFAULT_ENVIRONMENT = "default"
 Fallback = Literal["popular", "cached", "none"]
+ModelRuntime = Literal["torch", "onnx"]  # what runs the context tower and the ranker
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,10 @@ class EnvironmentSpec:
     cache_ttl_s: float = 0.0  # identical requests within this many seconds share one answer (0: off)
     cache_size: int = 10000  # answers kept by the cache and by the last-good store
     worker_threads: int = 2  # threads running the model path
+    # what runs the context tower and the ranker: "onnx" (ONNX Runtime on the version's export, the GIL
+    # released while it runs; a version published without an export is served by "torch") or "torch"
+    # (PyTorch eager: the reference)
+    model_runtime: ModelRuntime = "torch"
     max_batch: int = 1  # concurrent requests scored together (1: no micro-batching)
     max_wait_ms: float = 1.0  # how long a batch waits to fill up
     retrieval_depth: int = 100  # candidates retrieved and ranked before rules cut to k

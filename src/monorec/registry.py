@@ -125,8 +125,11 @@ class Registry:
         force: bool = False,
         make_live: bool = True,
         baseline: dict[str, Any] | None = None,
+        export_onnx: bool | None = None,
     ) -> str:
-        """Gates the candidate against the live version, then writes it as the next immutable version.
+        """Gates the candidate against the live version, then writes it as the next immutable version, with
+        its ONNX export when ``export_onnx`` (default: when one of its config's environments serves through
+        ONNX Runtime, ``model_runtime = "onnx"``).
 
         Raises:
             RegistryError: the metrics were computed for another model (or name none, unless ``force``).
@@ -162,7 +165,11 @@ class Registry:
             "gate": None if result is None else {"passed": result.passed, "rows": result.rows},
         }
         target = self.path(version)
-        dataclasses.replace(bundle, meta=meta).save(target, overwrite=False, extra={"metrics.json": metrics})
+        if export_onnx is None:
+            export_onnx = any(env.model_runtime == "onnx" for env in bundle.config.environments.values())
+        dataclasses.replace(bundle, meta=meta).save(
+            target, overwrite=False, extra={"metrics.json": metrics}, export_onnx=export_onnx
+        )
         for p in target.iterdir():
             p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         with self._db() as db:

@@ -26,12 +26,16 @@ import torch
 from monorec.artifacts import pack_strings, unpack_strings
 from monorec.bundle import ModelBundle, context_tensors
 from monorec.config import SOURCE_NAMES
+from monorec.environments import ModelRuntime
 from monorec.errors import ArtifactError, DeployError
 from monorec.index import EntityFilter, EntityRows, VectorIndex
+from monorec.models.model import MonorecModel
+from monorec.models.onnx_model import OnnxModel
 from monorec.retrieval import OFFLINE_SOURCES, CandidateSources, CooccurrenceTable, LexicalIndex
 from monorec.retrieval.lexical import LexicalSource
 from monorec.row_table import RowTable
 from monorec.schema import TitleLookup
+from monorec.stage_times import StageTimes, timed
 from monorec.stream.changes import AnyChange, Change, UserChange, changes_frame
 from monorec.users import UserStore, user_key
 
@@ -102,6 +106,9 @@ class ServingVersion:
         self._last_skip_log: dict[str, float] = {}
         self._count_lock = threading.Lock()
         self.bundle.model.eval()
+        # the version's ONNX export in ONNX Runtime, for environments with ``model_runtime = "onnx"``
+        folder = bundle.folder
+        self.onnx = OnnxModel(folder) if folder is not None and OnnxModel.exported(folder) else None
         # the first forward of a tower (the sequence encoder above all) pays one-off set-up costs: pay them
         # here, not within the first request's deadline
         self.encode_records([{"task_type": c} for c in bundle.config.canvas_names])
@@ -233,11 +240,21 @@ class ServingVersion:
         """Raw contexts of one canvas -> (features (B, F_c), embeddings (B, D)) from this version's tower."""
         return self.encode_records([self.schema.normalize(canvas, c, self.titles) for c in contexts])
 
+    def runtime(self, kind: ModelRuntime = "torch") -> MonorecModel | OnnxModel:
+        """What runs the context tower and the ranker: the version's ONNX Runtime sessions for ``"onnx"``
+        when it was published with its export, else the PyTorch model (the reference)."""
+        return self.onnx if kind == "onnx" and self.onnx is not None else self.bundle.model
+
     @torch.no_grad()
-    def encode_records(self, records: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalized records (any canvases, ``task_type`` set) -> (features (B, F_c), embeddings (B, D))."""
-        ctx = context_tensors(self.bundle.featurizer.transform_records(records))
-        feats, emb = self.bundle.model.encode_context(ctx)
+    def encode_records(
+        self, records: Sequence[dict[str, Any]], *, stages: StageTimes | None = None, runtime: ModelRuntime = "torch"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized records (any canvases, ``task_type`` set) -> (features (B, F_c), embeddings (B, D)),
+        the time of featurizing and of the tower going to ``stages``."""
+        with timed(stages, "featurize"):
+            ctx = context_tensors(self.bundle.featurizer.transform_records(records))
+        with timed(stages, "context_tower"):
+            feats, emb = self.runtime(runtime).encode_context(ctx)
         return feats, emb
 
     def candidate_rows(self, ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,13 +290,14 @@ class ServingVersion:
         item_emb: torch.Tensor,
         task: torch.Tensor,
         sources: torch.Tensor | None = None,
+        runtime: ModelRuntime = "torch",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Row-aligned (context, entity) pairs (N, ...) -> (ranking scores (N,), objective logits (N, O)); the
         score is the canvas's blend of objectives plus its weights of the (N, S) source scores (see
         :meth:`propose`; column 0, the retrieval score, is computed here for every candidate)."""
         scores = torch.zeros(len(task), len(SOURCE_NAMES)) if sources is None else sources.clone()
         scores[:, 0] = (ctx_emb * item_emb).sum(dim=1)
-        logits = self.bundle.model.rank(ctx_feats, ctx_emb, item_feats, item_emb, task, scores)
+        logits = self.runtime(runtime).rank(ctx_feats, ctx_emb, item_feats, item_emb, task, scores)
         return self.bundle.model.blend_scores(logits, task, scores), logits
 
     def propose(

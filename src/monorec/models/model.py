@@ -143,13 +143,25 @@ class MonorecModel(nn.Module):
         """Objective logits for (context, entity) pairs: all inputs row-aligned (B, ...) -> (B, O).
         ``sources`` (B, S): each source's score of the entity for its request (0: not proposed; None: no
         source proposed any), read by a model built with ``source_inputs``."""
+        return self.towers.for_rows(self.shared_ranking(ctx_feats, ctx_emb, item_feats, item_emb, sources), task)
+
+    def shared_ranking(
+        self,
+        ctx_feats: torch.Tensor,
+        ctx_emb: torch.Tensor,
+        item_feats: torch.Tensor,
+        item_emb: torch.Tensor,
+        sources: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The ranker's input row by row, through the multi-task bottom: (B, ...) -> (T, B, H), each task's
+        view of each pair (what :meth:`rank`'s canvas towers read)."""
         dot = (ctx_emb * item_emb).sum(dim=1, keepdim=True)
         parts = [ctx_feats, item_feats, ctx_emb * item_emb, dot]
         if self.source_columns:
             if sources is None:
                 sources = dot.new_zeros(len(dot), len(SOURCE_NAMES))
             parts.append(source_inputs(sources[:, self.source_columns]))
-        return self.towers.for_rows(self.bottom(torch.cat(parts, dim=1)), task)
+        return self.bottom(torch.cat(parts, dim=1))
 
     def blend_scores(
         self, logits: torch.Tensor, task: torch.Tensor, sources: torch.Tensor | None = None

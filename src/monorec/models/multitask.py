@@ -127,6 +127,12 @@ class TaskTowers(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return torch.stack([tower(h[t]) for t, tower in enumerate(self.towers)])
 
+    def gathered(self, h: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """:meth:`for_rows` without data-dependent branches (what an exported graph needs): every tower on
+        every row, then each row's own task's output; T times the towers' work. (T, B, H), (B,) -> (B, n_heads)."""
+        every = self.forward(h)  # (T, B, n_heads)
+        return every.gather(0, task[None, :, None].expand(1, -1, every.shape[2])).squeeze(0)
+
     def for_rows(self, h: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Each row through its own task's tower only: h (T, B, H), task (B,) -> (B, n_heads)."""
         out = h.new_empty(h.shape[1], self.n_heads)

@@ -82,5 +82,8 @@ class SequenceEncoder(nn.Module):
         the history has none)."""
         n = valid.sum(dim=1)  # (B,)
         out = self.forward(emb, valid)
-        at_end = out[torch.arange(len(out), device=out.device), (n - 1).clamp(min=0)]
+        # a gather, not out[arange(B), idx]: the same values, and a graph whose batch stays symbolic when
+        # exported (torch.export specialises the advanced indexing's arange to the example's batch size)
+        at = (n - 1).clamp(min=0).to(torch.long)[:, None, None].expand(-1, 1, out.shape[2])  # (B, 1, E)
+        at_end = out.gather(1, at).squeeze(1)
         return torch.where((n > 0)[:, None], at_end, self.empty.expand_as(at_end))

@@ -205,6 +205,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         app.state.deployment, app.state.env, app.state.engine = dep, env, engine
         app.state.metrics = ServingMetrics(dep)
         app.state.metrics.watch_trials(lambda: engine.trials.summary() if dep.router.trial is not None else {})
+        app.state.metrics.watch_stages(engine.model.stages)
         app.state.deploy_job = _DeployJob()
         app.state.journal = journal
         app.state.users = UserStates(dep, journal)  # events and profile writes -> user changes on the log

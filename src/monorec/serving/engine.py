@@ -127,9 +127,10 @@ class ServingEngine:
         candidate = trial is not None and trial.takes(request.context)
         if candidate:  # a canary request: everything below reads the candidate version
             version = router.trial_version or version
-        request = self.model.with_recent_history(request, version)
-        work = dataclasses.replace(self.model.validate(request, version), candidate=candidate)
-        key = request_key(request)  # with the history filled in: a new event makes it a new request
+        with self.model.stages.stage("validate"):
+            request = self.model.with_recent_history(request, version)
+            work = dataclasses.replace(self.model.validate(request, version), candidate=candidate)
+            key = request_key(request)  # with the history filled in: a new event makes it a new request
         if self._cache is not None:
             hit = self._cache.get(key)
             if hit is not None and hit[0] == version.name:
@@ -205,6 +206,10 @@ class ServingEngine:
         return self._fallback(started, f"error: {type(exc).__name__}")
 
     def _answered(self, started: _Started, ranked: Ranked) -> RecommendResponse:
+        with self.model.stages.stage("answer"):
+            return self._answer(started, ranked)
+
+    def _answer(self, started: _Started, ranked: Ranked) -> RecommendResponse:
         self.trials.shadow(started.work, ranked)
         response = RecommendResponse(
             canvas=started.work.request.canvas,

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from monorec.deployment import Deployment
 from monorec.serving.messages import RecommendResponse
+from monorec.stage_times import StageTimes
 
 __all__ = ["ServingMetrics"]
 
@@ -107,6 +108,25 @@ class _TrialCollector(Collector):
         yield from (answers, failed, p99, overlap, agreement)
 
 
+class _StageCollector(Collector):
+    """The model path's time per stage (see :mod:`monorec.stage_times`), read at scrape time."""
+
+    def __init__(self, stages: StageTimes) -> None:
+        self.stages = stages
+
+    def collect(self) -> Iterator[Metric]:
+        seconds = CounterMetricFamily(
+            "monorec_model_path_seconds", "wall time spent in each stage of the model path", labels=["stage"]
+        )
+        calls = CounterMetricFamily(
+            "monorec_model_path_calls", "times each stage ran (once per micro-batch or request)", labels=["stage"]
+        )
+        for stage, (n, total) in self.stages.snapshot().items():
+            seconds.add_metric([stage], total)
+            calls.add_metric([stage], float(n))
+        yield from (seconds, calls)
+
+
 class ServingMetrics:
     def __init__(self, deployment: Deployment) -> None:
         self.registry = CollectorRegistry()
@@ -149,6 +169,10 @@ class ServingMetrics:
     def watch_trials(self, summary: Callable[[], dict[str, Any]]) -> None:
         """Exports the running trial's comparison (``summary``: the engine's trial watch) at each scrape."""
         self.registry.register(_TrialCollector(summary))
+
+    def watch_stages(self, stages: StageTimes) -> None:
+        """Exports the model path's time per stage (the engine's :class:`StageTimes`) at each scrape."""
+        self.registry.register(_StageCollector(stages))
 
     def recent_latency(self) -> dict[str, dict[str, float]]:
         """canvas -> p50 / p99 (ms) and count of its latest answers (at most 500): what the page charts."""

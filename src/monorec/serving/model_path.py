@@ -22,6 +22,7 @@ from monorec.serving.answers import entity_out, matches
 from monorec.serving.messages import RecommendRequest, ScoredEntity
 from monorec.serving.rules import Scored, apply_rules, canvas_rules, needs_entity_info
 from monorec.serving.user_context import encode_contexts, with_recent_history
+from monorec.stage_times import StageTimes
 from monorec.stream.catalogue import Entity
 
 __all__ = ["ModelPath", "Ranked", "Work"]
@@ -54,6 +55,7 @@ class ModelPath:
         self.deployment = deployment  # the router, the trials and the catalogue (entity descriptions)
         self.env = env
         self.catalogue = deployment.catalogue
+        self.stages = StageTimes()  # where the model path's time goes, stage by stage (``/metrics``)
 
     def with_recent_history(self, request: RecommendRequest, version: ServingVersion) -> RecommendRequest:
         """See :func:`monorec.serving.user_context.with_recent_history`."""
@@ -101,8 +103,64 @@ class ModelPath:
     @torch.no_grad()
     def rank(self, version: ServingVersion, works: Sequence[Work]) -> list[Ranked | BaseException]:
         """Retrieve and rank a batch with one version: one context forward, one search per distinct filter,
-        one ranker forward over every (request, candidate) pair."""
-        cf, ce = encode_contexts(version, [(w.request.canvas, w.record) for w in works], self.env.user_embeddings)
+        one ranker forward over every (request, candidate) pair. Each stage's time goes to ``stages``."""
+        stages = self.stages
+        runtime = self.env.model_runtime
+        cf, ce = encode_contexts(
+            version,
+            [(w.request.canvas, w.record) for w in works],
+            self.env.user_embeddings,
+            stages=stages,
+            runtime=runtime,
+        )
+        with stages.stage("retrieve"):
+            candidates, unknown, searched = self._retrieve(version, works, ce)
+        from_index = {i: set(candidates[i]) for i in searched}
+        with stages.stage("sources"):
+            proposed, answered = self._propose(version, works, searched)
+            for i, found in proposed.items():
+                held = set(candidates[i])
+                candidates[i] += [e for e in found if e not in held]
+        with stages.stage("gather"):
+            flat = [e for ids in candidates for e in ids]
+            try:
+                item_feats, item_emb = version.candidate_rows(flat)
+            except KeyError:  # deleted since the search: rank what is still there
+                candidates = [version.indexed(version.known(ids)) for ids in candidates]
+                flat = [e for ids in candidates for e in ids]
+                item_feats, item_emb = version.candidate_rows(flat)
+            owner = torch.repeat_interleave(torch.arange(len(works)), torch.tensor([len(c) for c in candidates]))
+            task = torch.tensor([version.schema.task_index(w.request.canvas) for w in works], dtype=torch.long)
+            zero = [0.0] * len(SOURCE_NAMES)
+            sources = torch.tensor(
+                [proposed.get(i, {}).get(e, zero) for i, ids in enumerate(candidates) for e in ids],
+                dtype=torch.float32,
+            ).reshape(len(flat), len(SOURCE_NAMES))
+        with stages.stage("ranker"):
+            scores, logits = version.rank(cf[owner], ce[owner], item_feats, item_emb, task[owner], sources, runtime)
+        out: list[Ranked | BaseException] = []
+        start = 0
+        with stages.stage("finish"):
+            for i, w in enumerate(works):
+                end = start + len(candidates[i])
+                try:
+                    found = proposed.get(i, {})
+                    items = self._finish(
+                        version, w, candidates[i], scores[start:end], logits[start:end], found, from_index.get(i, set())
+                    )
+                    used = ["embedding"] if w.request.candidates.ids is None else []
+                    out.append(Ranked(version.name, items, unknown[i], used + answered.get(i, [])))
+                except Exception as exc:  # one bad request never fails its batch-mates
+                    out.append(exc)
+                start = end
+        return out
+
+    def _retrieve(
+        self, version: ServingVersion, works: Sequence[Work], ce: torch.Tensor
+    ) -> tuple[list[list[str]], list[list[str]], list[int]]:
+        """Per request: its candidates (the explicit ids this version holds, within the request's filter, or
+        the index's nearest entities to its (B, D) context embedding, one search per distinct filter), the
+        explicit ids it does not hold; and the rows that searched the index."""
         candidates: list[list[str]] = [[] for _ in works]
         unknown: list[list[str]] = [[] for _ in works]
         by_filter: dict[EntityFilter | None, list[int]] = {}
@@ -125,40 +183,7 @@ class ModelPath:
             hits = version.index.search(queries[rows], depth, where)
             for q, i in enumerate(rows):
                 candidates[i] = [e for e, _ in hits.row(q)][: works[i].depth]
-        from_index = {i: set(candidates[i]) for rows in by_filter.values() for i in rows}
-        proposed, answered = self._propose(version, works, [i for rows in by_filter.values() for i in rows])
-        for i, found in proposed.items():
-            held = set(candidates[i])
-            candidates[i] += [e for e in found if e not in held]
-        flat = [e for ids in candidates for e in ids]
-        try:
-            item_feats, item_emb = version.candidate_rows(flat)
-        except KeyError:  # deleted since the search: rank what is still there
-            candidates = [version.indexed(version.known(ids)) for ids in candidates]
-            flat = [e for ids in candidates for e in ids]
-            item_feats, item_emb = version.candidate_rows(flat)
-        owner = torch.repeat_interleave(torch.arange(len(works)), torch.tensor([len(c) for c in candidates]))
-        task = torch.tensor([version.schema.task_index(w.request.canvas) for w in works], dtype=torch.long)[owner]
-        zero = [0.0] * len(SOURCE_NAMES)
-        sources = torch.tensor(
-            [proposed.get(i, {}).get(e, zero) for i, ids in enumerate(candidates) for e in ids], dtype=torch.float32
-        ).reshape(len(flat), len(SOURCE_NAMES))
-        scores, logits = version.rank(cf[owner], ce[owner], item_feats, item_emb, task, sources)
-        out: list[Ranked | BaseException] = []
-        start = 0
-        for i, w in enumerate(works):
-            end = start + len(candidates[i])
-            try:
-                found = proposed.get(i, {})
-                items = self._finish(
-                    version, w, candidates[i], scores[start:end], logits[start:end], found, from_index.get(i, set())
-                )
-                searched = ["embedding"] if w.request.candidates.ids is None else []
-                out.append(Ranked(version.name, items, unknown[i], searched + answered.get(i, [])))
-            except Exception as exc:  # one bad request never fails its batch-mates
-                out.append(exc)
-            start = end
-        return out
+        return candidates, unknown, [i for rows in by_filter.values() for i in rows]
 
     def _propose(
         self, version: ServingVersion, works: Sequence[Work], rows: Sequence[int]

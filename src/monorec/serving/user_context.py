@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 from monorec.deployment.version import ServingVersion
+from monorec.environments import ModelRuntime
 from monorec.serving.messages import RecommendRequest
+from monorec.stage_times import StageTimes, timed
 from monorec.stream.catalogue import CatalogueStore
 
 __all__ = ["encode_contexts", "with_recent_history"]
@@ -38,25 +40,32 @@ def with_recent_history(request: RecommendRequest, version: ServingVersion, user
 
 
 def encode_contexts(
-    version: ServingVersion, requests: Sequence[tuple[str, dict[str, Any]]], stored_canvases: Collection[str]
+    version: ServingVersion,
+    requests: Sequence[tuple[str, dict[str, Any]]],
+    stored_canvases: Collection[str],
+    *,
+    stages: StageTimes | None = None,
+    runtime: ModelRuntime = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(context features (B, F_c), embeddings (B, D)) of a batch of (canvas, normalized record).
 
     A request of a canvas in ``stored_canvases`` that names a user the version stores takes the stored row
     (encoded from the user's stored profile and history: the request's other context fields then only
-    reach rules and filters); every other request goes through the context tower, in one forward."""
+    reach rules and filters); every other request goes through the context tower, in one forward. The
+    time of each step goes to ``stages`` ("stored_users", "featurize", "context_tower")."""
     user_field = version.bundle.config.feedback.user_field
     by_canvas: dict[str, list[int]] = {}
     for i, (canvas, record) in enumerate(requests):
         if canvas in stored_canvases and record.get(user_field) is not None:
             by_canvas.setdefault(canvas, []).append(i)
     stored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for canvas, rows in by_canvas.items():
-        found, feats, embs = version.stored_users(canvas, [str(requests[i][1][user_field]) for i in rows])
-        for j in np.flatnonzero(found):
-            stored[rows[j]] = (feats[j], embs[j])
+    with timed(stages if by_canvas else None, "stored_users"):
+        for canvas, rows in by_canvas.items():
+            found, feats, embs = version.stored_users(canvas, [str(requests[i][1][user_field]) for i in rows])
+            for j in np.flatnonzero(found):
+                stored[rows[j]] = (feats[j], embs[j])
     if not stored:
-        return version.encode_records([record for _, record in requests])
+        return version.encode_records([record for _, record in requests], stages=stages, runtime=runtime)
     online = [i for i in range(len(requests)) if i not in stored]
     some = next(iter(stored.values()))
     cf = torch.empty((len(requests), some[0].shape[0]))
@@ -64,6 +73,6 @@ def encode_contexts(
     for i, (f, e) in stored.items():
         cf[i], ce[i] = f, e
     if online:
-        f, e = version.encode_records([requests[i][1] for i in online])
+        f, e = version.encode_records([requests[i][1] for i in online], stages=stages, runtime=runtime)
         cf[online], ce[online] = f, e
     return cf, ce

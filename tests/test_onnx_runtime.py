@@ -1,0 +1,130 @@
+"""The model path through ONNX Runtime (``model_runtime = "onnx"``): a version's exported context tower and
+ranker equal its PyTorch forwards on every canvas (max abs diff <= 1e-5), the engine answers the same
+entities in the same order through either runtime, and a version without an export is served by PyTorch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from monorec.bundle import context_tensors
+from monorec.config import SOURCE_NAMES
+from monorec.deployment import Deployment
+from monorec.errors import ArtifactError
+from monorec.models.graphs import CONTEXT_FILE, RANKER_FILE
+from monorec.models.onnx_model import OnnxModel
+from monorec.registry import Registry
+from monorec.serving.messages import RecommendRequest
+from serving_fixtures import deployed, engine_for
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, two_versions: Registry) -> Registry:
+    """v0001 of the tiny model published again with its ONNX export (v0001 here), and without (v0002)."""
+    registry = Registry(tmp_path_factory.mktemp("onnx-registry"))
+    registry.publish(two_versions.load("v0001"), {"canvases": {}}, force=True, export_onnx=True)
+    registry.publish(two_versions.load("v0002"), {"canvases": {}}, force=True)
+    return registry
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory: pytest.TempPathFactory, exported: Registry, prepared) -> Iterator[Deployment]:  # type: ignore[no-untyped-def]
+    d = deployed(tmp_path_factory.mktemp("onnx-serve") / "dep", exported, prepared.catalogue)
+    yield d
+    d.close()
+
+
+def test_publish_exports_both_graphs_under_the_manifest(exported: Registry) -> None:
+    folder = exported.path("v0001")
+    assert (folder / CONTEXT_FILE).stat().st_size > 0 and (folder / RANKER_FILE).stat().st_size > 0
+    assert not OnnxModel.exported(exported.path("v0002"))
+    exported.verify("v0001")  # the export is covered by the version's checksums
+
+
+def test_the_export_equals_the_pytorch_forward_on_every_canvas(exported: Registry, prepared) -> None:  # type: ignore[no-untyped-def]
+    bundle = exported.load("v0001")
+    assert bundle.folder is not None
+    onnx, model = OnnxModel(bundle.folder), bundle.model
+    fields = [*bundle.schema.field_names, "task_type"]
+    generator = torch.Generator().manual_seed(0)
+    for canvas, rows in prepared.canvases.items():
+        records = rows.head(24).select(fields).to_dicts()  # real requests: histories, queries, unknown ids
+        ctx = context_tensors(bundle.featurizer.transform_records(records))
+        with torch.no_grad():
+            want_feats, want_emb = model.encode_context(ctx)
+        got_feats, got_emb = onnx.encode_context(ctx)
+        assert (got_feats - want_feats).abs().max() <= TOLERANCE, canvas
+        assert (got_emb - want_emb).abs().max() <= TOLERANCE, canvas
+        # every request against 7 catalogue entities, with source scores where some source proposed them
+        items = prepared.catalogue.head(7)
+        item_feats, item_emb = bundle.item_embeddings(items)
+        n = len(records)
+        proposed = torch.rand(n * 7, 1, generator=generator) > 0.5  # some pairs with source scores, some without
+        pairs = (
+            want_feats.repeat_interleave(7, 0),
+            want_emb.repeat_interleave(7, 0),
+            item_feats.repeat(n, 1),
+            item_emb.repeat(n, 1),
+            ctx["task_type"].repeat_interleave(7, 0),
+            proposed * torch.rand(n * 7, len(SOURCE_NAMES), generator=generator),
+        )
+        with torch.no_grad():
+            want = model.rank(*pairs)
+        assert (onnx.rank(*pairs) - want).abs().max() <= TOLERANCE, canvas
+
+
+def test_the_engine_answers_the_same_through_either_runtime(dep: Deployment, prepared) -> None:  # type: ignore[no-untyped-def]
+    some_item = prepared.catalogue["entity_id"][3]
+    requests = [
+        RecommendRequest(canvas="home", context={"user_id": "u1", "history": [some_item]}),
+        RecommendRequest(canvas="related", context={"source_item_id": some_item}),
+        RecommendRequest(canvas="search", context={"query": "space wedding"}),
+        RecommendRequest(canvas="browse", context={"category": "drama", "user_id": "u2"}),
+    ]
+    assert dep.router.current is not None and dep.router.current.onnx is not None
+    with engine_for(dep) as torch_engine, engine_for(dep, model_runtime="onnx") as onnx_engine:
+        for request in requests:
+            want, got = torch_engine.recommend(request), onnx_engine.recommend(request)
+            assert got.source == want.source == "model"
+            assert [i.entity_id for i in got.items] == [i.entity_id for i in want.items], request.canvas
+            for a, b in zip(got.items, want.items, strict=True):
+                assert a.score == pytest.approx(b.score, rel=1e-5, abs=1e-4)
+
+
+def test_a_version_without_an_export_is_served_by_pytorch(dep: Deployment) -> None:
+    dep.deploy("v0002")
+    try:
+        version = dep.router.current
+        assert version is not None and version.name == "v0002" and version.onnx is None
+        assert version.runtime("onnx") is version.bundle.model
+        with engine_for(dep, model_runtime="onnx") as engine:
+            answer = engine.recommend(RecommendRequest(canvas="search", context={"query": "space"}))
+        assert answer.source == "model" and answer.version == "v0002"
+    finally:
+        dep.rollback()
+
+
+def test_a_corrupt_export_fails_loudly(tmp_path: Path, exported: Registry) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / CONTEXT_FILE).write_bytes(b"not an onnx graph")
+    (folder / RANKER_FILE).write_bytes((exported.path("v0001") / RANKER_FILE).read_bytes())
+    with pytest.raises(ArtifactError, match="does not load in ONNX Runtime"):
+        OnnxModel(folder)
+    (folder / CONTEXT_FILE).unlink()
+    with pytest.raises(ArtifactError, match="published without its ONNX export"):
+        OnnxModel(folder)
+
+
+def test_the_environment_knob_is_validated() -> None:
+    from monorec._typed_tables import Problems
+    from monorec.environments import parse_environments
+
+    problems = Problems()
+    parse_environments({"x": {"model_runtime": "tensorrt"}}, {"home": ("user_id",)}, problems)
+    assert any("model_runtime" in item for item in problems.items)

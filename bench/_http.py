@@ -82,7 +82,10 @@ def load(port: int, *, concurrency: int, seconds: float, mix: str, items: int, s
     """Runs the load generator in its own process and returns its JSON result."""
     cmd = [sys.executable, str(LOAD), "--port", str(port), "--concurrency", str(concurrency)]
     cmd += ["--seconds", str(seconds), "--mix", mix, "--items", str(items), "--seed", str(seed)]
-    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "load.json"
+        subprocess.run([*cmd, "--out", str(out)], check=True)
+        return json.loads(out.read_text())
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

@@ -3,9 +3,11 @@ the server's GIL time: ``concurrency`` keep-alive connections on loopback, each 
 soon as the previous answer arrived (closed loop), for ``seconds``. HTTP/1.1 is spoken directly over asyncio
 streams: a Python HTTP client library would add a millisecond of its own to every measured latency.
 
-    python bench/_load.py --port 8000 --concurrency 16 --seconds 10 --mix home=0.6,related=0.25,search=0.15
+    python bench/_load.py --port 8000 --concurrency 16 --seconds 10 \
+        --mix home=0.6,related=0.25,search=0.15 --out load.json
 
-Prints one JSON object: per-canvas latencies (ms) and the achieved requests/s, status counts, fallbacks.
+Writes one JSON object to --out (not stdout: a large result printed to a pipe the event loop left
+non-blocking can be cut short): per-canvas latencies (ms) and the achieved requests/s, status counts, fallbacks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import json
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 WORDS = ["space", "love", "war", "ghost", "city", "family", "robot", "dream", "legend", "river"]
@@ -115,6 +118,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--prefix", default="x")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True, help="where the JSON result goes")
     args = ap.parse_args()
     try:
         import uvloop
@@ -122,7 +126,7 @@ def main() -> None:
         result = uvloop.run(run(args))
     except ImportError:
         result = asyncio.run(run(args))
-    print(json.dumps(result))
+    Path(args.out).write_text(json.dumps(result))
 
 
 if __name__ == "__main__":

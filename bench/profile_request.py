@@ -73,12 +73,15 @@ def profile_canvas(engine: ServingEngine, requests: list[RecommendRequest]) -> d
 
 
 def torch_ops(engine: ServingEngine, requests: list[RecommendRequest], top: int = 12) -> list[dict[str, Any]]:
-    """The torch operators with the most self CPU time over ``requests``."""
+    """The torch operators with the most self CPU time over ``requests``. The model path runs on this thread
+    (the profiler records the thread that started it, not the engine's workers), one request at a time."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for r in requests:
-            engine.recommend(r)
+            with engine.deployment.router.pin() as version:
+                work = engine.model.validate(engine.model.with_recent_history(r, version), version)
+                engine.model.rank(version, [work])
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     n = len(requests)
     return [

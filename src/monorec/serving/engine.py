@@ -31,7 +31,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from monorec.deployment import Deployment
+from monorec.deployment.served import ServedDeployment
 from monorec.deployment.version import ServingVersion
 from monorec.environments import EnvironmentSpec
 from monorec.errors import CanvasNotServed, RequestError, ServingUnavailable
@@ -63,9 +63,11 @@ class _Started:
 
 
 class ServingEngine:
-    """Answers :class:`RecommendRequest` s over a :class:`Deployment` with one environment's knobs."""
+    """Answers :class:`RecommendRequest` s over a deployment (the owner or a replica) with one environment's knobs."""
 
-    def __init__(self, deployment: Deployment, env: EnvironmentSpec, *, journal: FeedbackJournal | None = None) -> None:
+    def __init__(
+        self, deployment: ServedDeployment, env: EnvironmentSpec, *, journal: FeedbackJournal | None = None
+    ) -> None:
         self.deployment = deployment
         self.env = env
         self.journal = journal  # every answer's context and entities, for the loop back to training

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monorec.deployment import Deployment
+from monorec.deployment.served import ServedDeployment
 from monorec.serving.messages import RecommendResponse
 from monorec.stage_times import StageTimes
 
@@ -28,7 +28,7 @@ LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.
 
 
 class _DeploymentCollector(Collector):
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(self, deployment: ServedDeployment) -> None:
         self.deployment = deployment
 
     def collect(self) -> Iterator[Metric]:
@@ -128,7 +128,7 @@ class _StageCollector(Collector):
 
 
 class ServingMetrics:
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(self, deployment: ServedDeployment) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "monorec_request_seconds",

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from monorec.config import SOURCE_NAMES
-from monorec.deployment import Deployment
+from monorec.deployment.served import ServedDeployment
 from monorec.deployment.version import ServingVersion
 from monorec.environments import EnvironmentSpec
 from monorec.errors import CanvasNotServed, RequestError
@@ -51,7 +51,7 @@ class Ranked:
 class ModelPath:
     """Validates requests and answers micro-batches of them with one version, under one environment's knobs."""
 
-    def __init__(self, deployment: Deployment, env: EnvironmentSpec) -> None:
+    def __init__(self, deployment: ServedDeployment, env: EnvironmentSpec) -> None:
         self.deployment = deployment  # the router, the trials and the catalogue (entity descriptions)
         self.env = env
         self.catalogue = deployment.catalogue

@@ -107,8 +107,9 @@ class TrialWatch:
 
     def _abort(self, trial: Trial, reason: str) -> None:
         try:
-            if self.model.deployment.router.trial == trial:
-                self.model.deployment.trials.abort(f"automatic: {reason}")
+            controller = getattr(self.model.deployment, "trials", None)  # only an owner runs trials
+            if controller is not None and self.model.deployment.router.trial == trial:
+                controller.abort(f"automatic: {reason}")
         except DeployError:
             pass  # ended meanwhile
         finally:

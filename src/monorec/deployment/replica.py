@@ -1,0 +1,276 @@
+"""A serving replica: a read-only copy of a deployment that another process owns (issue 13, DESIGN section 8).
+
+The owner (:class:`~monorec.deployment.Deployment`) runs the lifecycle: it stages, validates, switches,
+retires, checkpoints every live version and feeds the catalogue store. A :class:`Replica` only answers
+requests. For each version the control plane calls ready, serving or standby it::
+
+    1. loads the version's newest checkpoint from the owner's folder (read only: index, item features,
+       lexical index, user encodings, checksummed together) into its own memory;
+    2. consumes the change log itself from the checkpoint's offset on, through a consumer group of its
+       own (``replica-NAME-vNNNN``, reset to that offset at every load, so a restarted replica never skips
+       what came after the checkpoint it loaded);
+    3. follows the control plane's ``serving`` pointer (switches and rollbacks) within ``poll_s``, and
+       frees the versions the owner retired.
+
+Requests pin one version here as in the owner (the same :class:`VersionRouter`). A replica writes nothing
+the owner reads: its checkpoints are no-ops (after a crash it starts again from the owner's newest one) and
+its lexical working copies live under ``replicas/NAME/``. It reports its applied offset per version, and a
+replica whose loaders lag more than ``max_lag`` entries behind the log reports not ready.
+
+The replicas of one host each hold their own copy of the vectors; replicas on several hosts share the
+deployment folder (a network filesystem or a synced copy of ``indexes/`` and ``control.sqlite``) and the
+Redis change log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from monorec.deployment.control_plane import ControlPlane
+from monorec.deployment.router import VersionRouter
+from monorec.deployment.staging import open_version
+from monorec.deployment.version import ServingVersion
+from monorec.errors import ArtifactError, DeployError
+from monorec.registry import Registry
+from monorec.stream.catalogue import CatalogueStore
+from monorec.stream.changes import AnyChange
+from monorec.stream.loader import Loader
+from monorec.stream.log import ChangeLog
+from monorec.stream.publish import open_log
+
+__all__ = ["REPLICA_STATES", "Replica", "ReplicaSink"]
+
+_log = logging.getLogger(__name__)
+
+REPLICA_STATES = ("ready", "serving", "standby")  # versions a replica holds: what may serve, or serve again
+
+
+class ReplicaSink:
+    """Applies changes to a replica's copy of a version. Durability is the owner's: a checkpoint here is a
+    no-op, and a restarted replica loads the owner's newest checkpoint and replays the log from its offset."""
+
+    def __init__(self, version: ServingVersion) -> None:
+        self.version = version
+
+    def apply(self, changes: Sequence[AnyChange]) -> int:
+        return self.version.apply(changes)
+
+    def checkpoint(self, offset: str) -> None:
+        del offset  # nothing of a replica is durable
+
+
+class Replica:
+    """Serves the live versions of the deployment folder ``root`` (owned by another process) read-only.
+
+    Args:
+        root: the owner's deployment folder.
+        registry: the model registry (versions' bundles).
+        name: this replica's name, unique among the deployment's replicas and stable across its restarts
+            (its consumer groups and working folder are named after it).
+        log: the change log (default: the folder's embedded log; a Redis stream for replicas on many hosts).
+        max_lag: log entries a version may be behind before this replica reports not ready.
+        poll_s: how often the control plane is read.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        registry: Registry | str | Path,
+        *,
+        name: str,
+        log: ChangeLog | None = None,
+        max_lag: int = 1_000,
+        poll_s: float = 0.1,
+    ) -> None:
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise DeployError(f"replica name {name!r}: letters, digits, '-' and '_' only")
+        self.root, self.name = Path(root), name
+        if not (self.root / "control.sqlite").exists():
+            raise DeployError(f"{self.root} is not a deployment folder (no control.sqlite); deploy a version first")
+        self.registry = registry if isinstance(registry, Registry) else Registry(registry)
+        self.control = ControlPlane(self.root / "control.sqlite")
+        self.catalogue = CatalogueStore(self.root / "catalogue.sqlite")
+        self.log: ChangeLog = log if log is not None else open_log(self.root)
+        self.max_lag, self.poll_s = max_lag, poll_s
+        self.work = self.root / "replicas" / name
+        self.router = VersionRouter()
+        self.versions: dict[str, ServingVersion] = {}
+        self.loaders: dict[str, Loader] = {}
+        self.error: str | None = None  # why the last follow step failed (None once one succeeds)
+        self._ops = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------------------------- following
+
+    def _group(self, version: str) -> str:
+        return f"replica-{self.name}-{version}"
+
+    def _load(self, version: str) -> None:
+        """Loads ``version`` from the owner's checkpoint, replays the log from its offset, starts its loader."""
+        work = self.work / "lexical" / version
+        shutil.rmtree(work, ignore_errors=True)  # a previous incarnation's copy: the checkpoint is the truth
+        if self.registry.config(version).index.kind == "qdrant":  # one collection per version, the owner's
+            raise DeployError(f"{version}: replicas of a Qdrant-indexed deployment are not supported yet")
+        sv, manifest = open_version(
+            self.registry,
+            self.catalogue,
+            version,
+            checkpoint=self.root / "indexes" / version,
+            lexical_path=work,
+            root=self.work,
+            fresh=False,
+        )
+        offset = str(manifest.get("offset") or "0")
+        group = self._group(version)
+        if group in self.log.groups():
+            self.log.drop(group)
+        self.log.subscribe(group, offset)
+        spec = sv.bundle.config.deploy
+        loader = Loader(
+            self.log,
+            group,
+            ReplicaSink(sv),
+            entity_types=sv.bundle.config.entity_types,
+            dead_letter=self._rejected,
+            batch=spec.loader_batch,
+            checkpoint_s=spec.loader_checkpoint_s,
+            start_offset=offset,
+        )
+        loader.catch_up()
+        loader.start()
+        self.versions[version], self.loaders[version] = sv, loader
+        _log.info("replica %s: %s loaded at offset %s", self.name, version, loader.applied_offset or offset)
+
+    def _rejected(self, consumer: str, offset: str, payload: str, reason: str) -> None:
+        """A record no version can apply: the owner's loaders dead-letter it; a replica only logs it."""
+        del payload
+        _log.warning("replica %s: %s skips the change at %s: %s", self.name, consumer, offset, reason)
+
+    def _unload(self, version: str) -> None:
+        loader = self.loaders.pop(version)
+        loader.stop()
+        sv = self.versions.pop(version)
+        VersionRouter.drain(sv, sv.bundle.config.deploy.drain_timeout_s)
+        sv.close()
+        with contextlib.suppress(KeyError):
+            self.log.drop(loader.group)
+        shutil.rmtree(self.work / "lexical" / version, ignore_errors=True)
+
+    def follow(self) -> None:
+        """One pass over the control plane: load what may serve, serve what the owner serves, free the
+        rest. Idempotent; a version whose checkpoint cannot be read now is tried again on the next pass."""
+        with self._ops:
+            states = {d.version: d.state for d in self.control.all()}
+            for version, state in states.items():
+                if state in REPLICA_STATES and version not in self.versions:
+                    try:
+                        self._load(version)
+                    except ArtifactError as exc:  # the owner is replacing that checkpoint, or it failed
+                        _log.warning("replica %s: %s not loadable yet: %s", self.name, version, exc)
+            serving = self.control.pointer("serving")
+            current = self.router.current
+            if serving in self.versions and (current is None or current.name != serving):
+                previous = self.router.switch(self.versions[serving])
+                _log.info("replica %s: now serving %s", self.name, serving)
+                if previous is not None:
+                    VersionRouter.drain(previous, previous.bundle.config.deploy.drain_timeout_s)
+            for version in list(self.versions):
+                if states.get(version) not in REPLICA_STATES and version != serving:
+                    self._unload(version)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.follow()
+                self.error = None
+            except Exception as exc:  # reported through readiness and retried: the thread must not die
+                if self.error is None:
+                    _log.exception("replica %s: following the control plane failed; retrying", self.name)
+                self.error = f"{type(exc).__name__}: {exc}"
+
+    # ----------------------------------------------------------------- what the serving app calls
+
+    def open(self) -> Replica:
+        """Loads the live versions, serves the owner's serving version, then follows the control plane."""
+        self.follow()
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"replica-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def applied_offsets(self) -> dict[str, str | None]:
+        """Version -> the last log offset applied to this replica's copy."""
+        return {v: loader.applied_offset or loader.start_offset for v, loader in list(self.loaders.items())}
+
+    def unhealthy_loaders(self) -> dict[str, str]:
+        """Consumer group -> why this replica is not ready on it: a failing loader, or a lag beyond the bound."""
+        out = {}
+        for loader in list(self.loaders.values()):
+            if not loader.healthy:
+                out[loader.group] = loader.error or "the loader thread stopped"
+            else:
+                lag = loader.lag()
+                if lag > self.max_lag:
+                    out[loader.group] = f"{lag} log entries behind (bound {self.max_lag})"
+        if self.error is not None:
+            out["control-plane"] = self.error
+        return out
+
+    def status(self) -> list[dict[str, Any]]:
+        """One row per version this replica holds: the owner's state, entities, lag, applied offset."""
+        states = {d.version: d for d in self.control.all()}
+        rows = []
+        for version, sv in sorted(self.versions.items()):
+            loader = self.loaders[version]
+            d = states.get(version)
+            rows.append(
+                {
+                    "version": version,
+                    "state": d.state if d is not None else "unknown",
+                    "entities": len(sv.index),
+                    "lag": loader.lag(),
+                    "in_flight": sv.in_flight,
+                    "applied_offset": loader.applied_offset or loader.start_offset,
+                    "replica": self.name,
+                    "start_offset": d.start_offset if d is not None else None,
+                    "error": d.error if d is not None else None,
+                }
+            )
+        return rows
+
+    def stream_status(self) -> dict[str, Any]:
+        """The log's head, this replica's groups' lag and loaders' health (the owner reports dead letters)."""
+        loaders = {loader.group: loader for loader in list(self.loaders.values())}
+        return {
+            "head": self.log.head(),
+            "lag": {g: loader.lag() for g, loader in loaders.items()},
+            "loaders": {g: loader.health() for g, loader in loaders.items()},
+            "dead_letters": len(self.control.dead_letters()),
+            "recent_dead_letters": [],
+            "replica": self.name,
+        }
+
+    def close(self) -> None:
+        """Stops following and every loader; frees the copies (the owner's folder is left as it was)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        with self._ops:
+            for version in list(self.versions):
+                self._unload(version)
+        self.log.close()
+
+    def __enter__(self) -> Replica:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,108 @@
+"""Serving replicas (monorec.deployment.replica): a read-only copy of a deployment another process owns, fed
+by the change log itself, following the owner's switches, rollbacks and retirements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from monorec.deployment import Deployment
+from monorec.deployment.replica import Replica
+from monorec.errors import DeployError
+from monorec.registry import Registry
+from monorec.serving.messages import RecommendRequest
+from serving_fixtures import deployed, engine_for
+from waiting import wait_for
+
+
+def upsert(entity_id: str, revision: int) -> dict:
+    return {
+        "op": "upsert",
+        "entity_id": entity_id,
+        "revision": revision,
+        "entity_type": "movie",
+        "title": f"replicated {entity_id}",
+        "categories": ["drama"],
+    }
+
+
+@pytest.fixture
+def owner(tmp_path: Path, two_versions: Registry, prepared) -> Iterator[Deployment]:  # type: ignore[no-untyped-def]
+    dep = deployed(tmp_path / "dep", two_versions, prepared.catalogue)
+    dep.open()
+    yield dep
+    dep.close()
+
+
+def test_a_replica_answers_as_the_owner_and_follows_its_changes_and_switches(
+    owner: Deployment, two_versions: Registry, prepared
+) -> None:  # type: ignore[no-untyped-def]
+    with Replica(owner.root, two_versions, name="r1") as replica:
+        assert replica.router.current is not None and replica.router.current.name == "v0001"
+        assert replica.versions["v0001"].index.revisions() == owner.versions["v0001"].index.revisions()
+        item = prepared.catalogue["entity_id"][2]
+        requests = [
+            RecommendRequest(canvas="home", context={"user_id": "u1", "history": [item]}),
+            RecommendRequest(canvas="related", context={"source_item_id": item}),
+            RecommendRequest(canvas="search", context={"query": "space wedding"}),
+        ]
+        with engine_for(owner) as at_owner, engine_for(replica) as at_replica:  # type: ignore[arg-type]
+            for request in requests:
+                want, got = at_owner.recommend(request), at_replica.recommend(request)
+                assert got.version == want.version == "v0001"
+                assert [i.entity_id for i in got.items] == [i.entity_id for i in want.items]
+
+        owner.publish([upsert("new-1", 3), {"op": "delete", "entity_id": item, "revision": 9}])
+        revisions = replica.versions["v0001"].index.revisions
+        wait_for(lambda: revisions().get("new-1") == 3 and item not in revisions())
+
+        owner.deploy("v0002")  # staged, validated and switched by the owner; the replica loads its checkpoint
+        wait_for(lambda: replica.router.current is not None and replica.router.current.name == "v0002")
+        assert replica.versions["v0002"].index.revisions() == owner.versions["v0002"].index.revisions()
+        owner.publish([upsert("new-2", 1)])
+        for version in ("v0001", "v0002"):  # every live version of the replica gets what streams in
+            wait_for(lambda v=version: "new-2" in replica.versions[v].index.revisions())
+        head = owner.log.head()  # each version reports the offset it applied (set just after the apply)
+        wait_for(lambda: replica.applied_offsets() == {"v0001": head, "v0002": head})
+
+        owner.rollback()
+        wait_for(lambda: replica.router.current is not None and replica.router.current.name == "v0001")
+        owner.retire("v0002")
+        wait_for(lambda: "v0002" not in replica.versions)
+        assert "replica-r1-v0002" not in owner.log.groups()  # its consumer group goes with it
+        assert [r["version"] for r in replica.status()] == ["v0001"]
+
+
+def test_a_restarted_replica_replays_from_the_checkpoint_what_it_missed(
+    owner: Deployment, two_versions: Registry
+) -> None:
+    first = Replica(owner.root, two_versions, name="r1").open()
+    owner.publish([upsert("before-crash", 1)])
+    wait_for(lambda: "before-crash" in first.versions["v0001"].index.revisions())
+    # a crash: the replica's threads stop where they are, its consumer group stays committed at the head
+    first._stop.set()
+    for loader in first.loaders.values():
+        loader.stop()
+    owner.publish([upsert("while-down", 1)])
+    with Replica(owner.root, two_versions, name="r1") as again:
+        revisions = again.versions["v0001"].index.revisions()
+        assert "before-crash" in revisions and "while-down" in revisions
+        assert revisions == owner.versions["v0001"].index.revisions()
+
+
+def test_a_replica_that_lags_beyond_its_bound_is_not_ready(owner: Deployment, two_versions: Registry) -> None:
+    with Replica(owner.root, two_versions, name="r1", max_lag=2) as replica:
+        assert replica.unhealthy_loaders() == {}
+        replica.loaders["v0001"].stop()  # stuck: changes arrive, nothing applies them
+        owner.publish([upsert(f"late-{i}", 1) for i in range(3)])
+        assert "replica-r1-v0001" in replica.unhealthy_loaders()
+        assert "3 log entries behind" in replica.unhealthy_loaders()["replica-r1-v0001"]
+
+
+def test_a_replica_needs_a_deployment_folder_and_a_plain_name(tmp_path: Path, two_versions: Registry) -> None:
+    with pytest.raises(DeployError, match="not a deployment folder"):
+        Replica(tmp_path / "nothing", two_versions, name="r1")
+    with pytest.raises(DeployError, match="replica name"):
+        Replica(tmp_path, two_versions, name="../r1")

@@ -106,3 +106,25 @@ def test_a_replica_needs_a_deployment_folder_and_a_plain_name(tmp_path: Path, tw
         Replica(tmp_path / "nothing", two_versions, name="r1")
     with pytest.raises(DeployError, match="replica name"):
         Replica(tmp_path, two_versions, name="../r1")
+
+
+def test_a_checkpoint_snapshot_keeps_its_content_when_the_owner_replaces_the_checkpoint(tmp_path: Path) -> None:
+    from monorec.artifacts import atomic_dir, link_snapshot, verify_manifest
+    from monorec.errors import ArtifactError
+
+    live = tmp_path / "indexes" / "v0001"
+    with atomic_dir(live, manifest={"offset": "7"}) as tmp:
+        (tmp / "vectors.bin").write_bytes(b"old vectors")
+        (tmp / "lexical").mkdir()
+        (tmp / "lexical" / "segment").write_bytes(b"old segment")
+    snapshot = tmp_path / "snap"
+    assert link_snapshot(live, snapshot)["offset"] == "7"
+    with atomic_dir(live, manifest={"offset": "9"}) as tmp:  # the owner's next checkpoint
+        (tmp / "vectors.bin").write_bytes(b"new vectors")
+    assert verify_manifest(snapshot)["offset"] == "7"  # the snapshot still holds the one it took
+    assert (snapshot / "lexical" / "segment").read_bytes() == b"old segment"
+    assert link_snapshot(live, snapshot)["offset"] == "9" and not (snapshot / "lexical").exists()
+    (live / "vectors.bin").unlink()
+    (live / "vectors.bin").write_bytes(b"tampered")  # (never done by atomic_dir: a torn or corrupt copy)
+    with pytest.raises(ArtifactError, match="no consistent snapshot"):
+        link_snapshot(live, snapshot, attempts=2)

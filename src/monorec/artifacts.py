@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "atomic_dir",
     "atomic_write",
     "file_sha256",
+    "link_snapshot",
     "pack_strings",
     "read_json",
     "recover_dirs",
@@ -132,6 +134,33 @@ def verify_manifest(path: str | Path) -> dict[str, Any]:
         if file_sha256(target) != digest:
             raise ArtifactError(f"{path}: {name} does not match its checksum (corrupt or modified)")
     return dict(manifest)
+
+
+def link_snapshot(path: str | Path, dest: str | Path, attempts: int = 5) -> dict[str, Any]:
+    """A consistent copy of a directory written by :func:`atomic_dir` that its owner may replace at any
+    moment (a live checkpoint), made of hard links: instant and without copying data. :func:`atomic_dir`
+    never modifies a published file, it swaps whole directories, so linked files keep their content; a
+    snapshot torn by a swap (files from two checkpoints) fails its manifest and is taken again. Returns the
+    snapshot's manifest.
+
+    Raises:
+        ArtifactError: no complete snapshot in ``attempts`` tries (``path`` missing or always changing).
+    """
+    path, dest = Path(path), Path(dest)
+    error: Exception | None = None
+    for _ in range(attempts):
+        shutil.rmtree(dest, ignore_errors=True)
+        try:
+            for source in sorted(path.rglob("*")):
+                if source.is_file():
+                    target = dest / source.relative_to(path)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.link(source, target)
+            return verify_manifest(dest)
+        except (OSError, ArtifactError) as exc:  # swapped under us: try again
+            error = exc
+            time.sleep(0.05)
+    raise ArtifactError(f"{path}: no consistent snapshot in {attempts} attempts ({error})")
 
 
 def recover_dirs(parent: str | Path) -> list[str]:

@@ -5,7 +5,8 @@ retires, checkpoints every live version and feeds the catalogue store. A :class:
 requests. For each version the control plane calls ready, serving or standby it::
 
     1. loads the version's newest checkpoint from the owner's folder (read only: index, item features,
-       lexical index, user encodings, checksummed together) into its own memory;
+       lexical index, user encodings, checksummed together) into its own memory, through a snapshot of
+       hard links (the owner swaps in a new checkpoint every few seconds while changes stream);
     2. consumes the change log itself from the checkpoint's offset on, through a consumer group of its
        own (``replica-NAME-vNNNN``, reset to that offset at every load, so a restarted replica never skips
        what came after the checkpoint it loaded);
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monorec.artifacts import link_snapshot
 from monorec.deployment.control_plane import ControlPlane
 from monorec.deployment.router import VersionRouter
 from monorec.deployment.staging import open_version
@@ -116,13 +118,16 @@ class Replica:
         """Loads ``version`` from the owner's checkpoint, replays the log from its offset, starts its loader."""
         work = self.work / "lexical" / version
         shutil.rmtree(work, ignore_errors=True)  # a previous incarnation's copy: the checkpoint is the truth
+        # the owner replaces its checkpoint every few seconds under streaming: load a snapshot of one
+        checkpoint = self.work / "checkpoints" / version
+        link_snapshot(self.root / "indexes" / version, checkpoint)
         if self.registry.config(version).index.kind == "qdrant":  # one collection per version, the owner's
             raise DeployError(f"{version}: replicas of a Qdrant-indexed deployment are not supported yet")
         sv, manifest = open_version(
             self.registry,
             self.catalogue,
             version,
-            checkpoint=self.root / "indexes" / version,
+            checkpoint=checkpoint,
             lexical_path=work,
             root=self.work,
             fresh=False,
@@ -162,6 +167,7 @@ class Replica:
         with contextlib.suppress(KeyError):
             self.log.drop(loader.group)
         shutil.rmtree(self.work / "lexical" / version, ignore_errors=True)
+        shutil.rmtree(self.work / "checkpoints" / version, ignore_errors=True)
 
     def follow(self) -> None:
         """One pass over the control plane: load what may serve, serve what the owner serves, free the

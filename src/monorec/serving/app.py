@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import gc
 import json
+import os
 import secrets
 import threading
 import time
@@ -36,6 +37,8 @@ from pydantic import BaseModel, Field
 
 from monorec.config import ProjectConfig
 from monorec.deployment import Deployment
+from monorec.deployment.replica import Replica
+from monorec.deployment.served import ServedDeployment
 from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, load_environments
 from monorec.errors import (
     CanvasNotServed,
@@ -66,8 +69,10 @@ from monorec.serving.messages import (
 )
 from monorec.serving.metrics import ServingMetrics
 from monorec.serving.openapi import contract_openapi
+from monorec.serving.owner_proxy import OwnerProxy
 from monorec.serving.trial_routes import trial_routes
 from monorec.stream.changes import MAX_REVISION, Change
+from monorec.stream.publish import open_log
 
 __all__ = ["ServeSettings", "create_app", "resolve_environment"]
 
@@ -102,6 +107,10 @@ class ServeSettings:
     journal: Path | None = None
     events_token: str | None = None  # for POST /v1/events (default: the admin token; both are accepted)
     public_url: str | None = None  # announced in the deployment folder, so the CLI can reach this server
+    # a replica (monorec.deployment.replica) serves a folder another process owns, under this name, and
+    # hands the owner's calls (admin, writes, events) to ``owner_url``
+    replica: str | None = None
+    owner_url: str | None = None
 
 
 def resolve_environment(settings: ServeSettings, registry: Registry) -> EnvironmentSpec:
@@ -187,14 +196,16 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = deployment is None
-        if deployment is None:
-            from monorec.stream.publish import open_log
-
-            dep = Deployment(settings.root, settings.registry, log=open_log(settings.root, settings.redis_url))
-        else:
+        dep: Deployment | Replica
+        if deployment is not None:
             dep = deployment
+        elif settings.replica is not None:
+            log = open_log(settings.root, settings.redis_url)
+            dep = Replica(settings.root, settings.registry, name=settings.replica, log=log)
+        else:
+            dep = Deployment(settings.root, settings.registry, log=open_log(settings.root, settings.redis_url))
         dep.open()  # idempotent: live versions loaded, every loader (the catalogue's too) running
-        if owned and settings.public_url:
+        if owned and settings.public_url and isinstance(dep, Deployment):
             dep.announce(settings.public_url)  # `monorec versions` etc. then ask this server
         env = resolve_environment(settings, dep.registry)
         versions = dep.registry.versions()
@@ -208,7 +219,8 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         app.state.metrics.watch_stages(engine.model.stages)
         app.state.deploy_job = _DeployJob()
         app.state.journal = journal
-        app.state.users = UserStates(dep, journal)  # events and profile writes -> user changes on the log
+        # events and profile writes -> user changes on the log (the owner's: a replica hands them over)
+        app.state.users = UserStates(dep, journal) if isinstance(dep, Deployment) else None
         # the app, its routes and schemas are long-lived: out of the collector's generations like the
         # deployment's state (open() has just run the full collection), so that full collections walk only
         # what requests allocate
@@ -304,7 +316,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
     @app.get("/v1/entities/{entity_id}", response_model=EntityOut, dependencies=[Reader], tags=["entities"])
     def get_entity(entity_id: EntityId, request: Request) -> EntityOut:
         """A catalogue entity and which live versions hold it."""
-        dep: Deployment = request.app.state.deployment
+        dep: ServedDeployment = request.app.state.deployment
         entity = dep.catalogue.entities([entity_id]).get(entity_id)
         if entity is None:
             raise HTTPException(404, f"unknown entity {entity_id!r}")
@@ -320,7 +332,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
     @app.get("/v1/info", dependencies=[Reader], tags=["info"])
     def info(request: Request) -> dict[str, Any]:
         """What this server serves: environment, canvases and their fields, entity types, example values."""
-        dep: Deployment = request.app.state.deployment
+        dep: ServedDeployment = request.app.state.deployment
         env: EnvironmentSpec = request.app.state.env
         version = dep.router.current
         out: dict[str, Any] = {"environment": env.name, "mode": env.mode, "version": None, "canvases": []}
@@ -368,7 +380,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
     @app.get("/v1/users/{user_id}", response_model=UserOut, dependencies=[Reader], tags=["users"])
     def get_user(user_id: EntityId, request: Request) -> UserOut:
         """A user's stored state (profile, recent history) and which live versions' user stores hold it."""
-        dep: Deployment = request.app.state.deployment
+        dep: ServedDeployment = request.app.state.deployment
         state = dep.catalogue.user(user_id)
         if state is None:
             raise HTTPException(404, f"unknown user {user_id!r}")
@@ -447,20 +459,23 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
     def readyz(request: Request) -> JSONResponse:
         """Ready when a version serves and every loader applies the change log (a stopped or failing loader
         would serve an ever staler catalogue while writes answer 202)."""
-        dep: Deployment = request.app.state.deployment
+        dep: ServedDeployment = request.app.state.deployment
         version = dep.router.current
         if version is None:
             return JSONResponse({"status": "no version serving"}, status_code=503)
         failing = dep.unhealthy_loaders()
         if failing:
             return JSONResponse({"status": "loaders failing", "loaders": failing}, status_code=503)
-        return JSONResponse({"status": "ready", "version": version.name})
+        ready: dict[str, Any] = {"status": "ready", "version": version.name}
+        if isinstance(dep, Replica):  # which process answered: connections spread over the replicas
+            ready.update(replica=dep.name, pid=os.getpid(), applied=dep.applied_offsets())
+        return JSONResponse(ready)
 
     @app.get("/v1/ops", dependencies=[Reader], tags=["operations"])
     def ops(request: Request) -> dict[str, Any]:
         """What the page's operations view shows: versions and their states, each consumer's lag and
         health, dead letters, recent latency per canvas, and the trial with its comparison."""
-        dep: Deployment = request.app.state.deployment
+        dep: ServedDeployment = request.app.state.deployment
         stream = dep.stream_status()
         trial = dep.router.trial
         return {
@@ -471,7 +486,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
             "latency": request.app.state.metrics.recent_latency(),
             "trial": None if trial is None else {"version": trial.version, "mode": trial.mode, "share": trial.share},
             "trial_comparison": request.app.state.engine.trials.summary() if trial is not None else None,
-            "last_trial_abort": dep.trials.last_abort,
+            "last_trial_abort": dep.trials.last_abort if isinstance(dep, Deployment) else None,  # the owner runs trials
         }
 
     @app.get("/metrics", tags=["operations"])
@@ -482,7 +497,11 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
     def page() -> HTMLResponse:
         return HTMLResponse(resources.files("monorec.serving").joinpath("static/index.html").read_text("utf-8"))
 
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.replica is not None:
+        if not settings.owner_url:
+            raise ValueError("a replica needs the owner's URL (ServeSettings.owner_url)")
+        app.add_middleware(OwnerProxy, owner_url=settings.owner_url)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # added last: outermost, before the proxy
     return app
 
 

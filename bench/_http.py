@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,3 +110,58 @@ def bench_deployment(n_items: int) -> Iterator[tuple[Deployment, Path, Path]]:
 
 def monorec_app(dep: Deployment, root: Path, registry: Path, env: EnvironmentSpec = BENCH_ENV) -> FastAPI:
     return create_app(ServeSettings(root=root, registry=registry, environment=env), deployment=dep)
+
+
+def _environment_toml(env: EnvironmentSpec) -> str:
+    """``env`` as an ``[environments.NAME]`` table: the scalar knobs that differ from the defaults."""
+    default = EnvironmentSpec(env.name).to_dict()
+    lines = [f"[environments.{env.name}]"]
+    for key, value in env.to_dict().items():
+        if value == default.get(key) or not isinstance(value, bool | int | float | str):
+            continue
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def served_replicas(dep: Deployment, root: Path, registry: Path, env: EnvironmentSpec, workers: int) -> Iterator[int]:
+    """``monorec serve --workers N`` around an open deployment: this process is the owner (its app on a
+    private port), ``workers`` replica processes share the port yielded (started by the same supervisor as
+    the CLI's, see :mod:`monorec.serving.workers`); yields once every replica answers /readyz."""
+    from monorec.admin_client import TOKEN_ENV
+    from monorec.serving.workers import ReplicaSupervisor, replica_command
+
+    config = root / "bench_environment.toml"
+    config.write_text(_environment_toml(env))
+    port = free_port()
+    with served(create_app(ServeSettings(root=root, registry=registry, environment=env), deployment=dep)) as owner:
+        argv = ["serve", "--root", str(root), "--registry", str(registry), "--env", env.name, "--config", str(config)]
+        argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+        argv += ["--owner-url", f"http://127.0.0.1:{owner}"]
+        supervisor = ReplicaSupervisor(workers, replica_command(argv), env={TOKEN_ENV: "bench"})
+        supervisor.start()
+        try:
+            seen: set[str] = set()
+            deadline = time.monotonic() + 600
+            while seen != set(supervisor.names):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"replicas {set(supervisor.names) - seen} did not become ready")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+                        seen.add(json.loads(answer.read()).get("replica", ""))
+                except OSError:
+                    time.sleep(0.5)
+            yield port
+        finally:
+            supervisor.stop()
+
+
+@contextmanager
+def serving(dep: Deployment, root: Path, registry: Path, env: EnvironmentSpec, workers: int) -> Iterator[int]:
+    """Our API on a loopback port: in this process (``workers`` 0) or as ``workers`` replicas."""
+    if workers:
+        with served_replicas(dep, root, registry, env, workers) as port:
+            yield port
+    else:
+        with served(monorec_app(dep, root, registry, env)) as port:
+            yield port

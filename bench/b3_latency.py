@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
-from _http import RUNTIMES, bench_deployment, bench_env, echo_app, load, monorec_app, percentiles, served
+from _http import RUNTIMES, bench_deployment, bench_env, echo_app, load, percentiles, served, serving
 from _load import request_body
 from monorec.deployment import Deployment
 
@@ -74,13 +74,14 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=10.0, help="per canvas and concurrency level")
     ap.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="the model path's runtime (model_runtime)")
+    ap.add_argument("--workers", type=int, default=0, help="serving replicas (0: the API in this process)")
     ap.add_argument("--quick", action="store_true", help="5k entities, 1 s per cell (checks the script runs)")
     args = ap.parse_args()
     items, seconds = (5_000, 1.0) if args.quick else (args.items, args.seconds)
     with bench_deployment(items) as (dep, root, registry):
         with served(echo_app()) as port:
             echo = measure(port, items, seconds)
-        with served(monorec_app(dep, root, registry, bench_env(args.runtime))) as port:
+        with serving(dep, root, registry, bench_env(args.runtime), args.workers) as port:
             ours = measure(port, items, seconds)
         costs = source_costs(dep, items, 200 if args.quick else 1000, args.runtime)
     rows = {
@@ -112,6 +113,7 @@ def main() -> None:
             "items": items,
             "seconds_per_cell": seconds,
             "environment_knobs": bench_env(args.runtime).to_dict(),
+            "workers": args.workers,
             "index": "hnsw",
             "cells": rows,
             "worst_p99_ms": worst,

@@ -16,7 +16,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
-from _http import RUNTIMES, bench_deployment, bench_env, echo_app, load, monorec_app, percentiles, served
+from _http import RUNTIMES, bench_deployment, bench_env, echo_app, load, percentiles, served, serving
 
 MIX = "home=0.6,related=0.25,search=0.15"
 SLO_MS = 50.0
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
     ap.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="the model path's runtime (model_runtime)")
+    ap.add_argument("--workers", type=int, default=0, help="serving replicas (0: the API in this process)")
     ap.add_argument("--quick", action="store_true", help="5k entities, 1 s per level, levels 1 and 4")
     args = ap.parse_args()
     items, seconds = (5_000, 1.0) if args.quick else (args.items, args.seconds)
@@ -54,7 +55,7 @@ def main() -> None:
         with served(echo_app()) as port:
             echo = sweep(port, items, seconds, levels)
         print("monorec:")
-        with served(monorec_app(dep, root, registry, bench_env(args.runtime))) as port:
+        with serving(dep, root, registry, bench_env(args.runtime), args.workers) as port:
             ours = sweep(port, items, seconds, levels)
     ratio = ours["capacity_rps"] / echo["capacity_rps"] if echo["capacity_rps"] else 0.0
     print(f"capacity at p99 <= {SLO_MS:.0f} ms: ours {ours['capacity_rps']:.0f} req/s, echo {echo['capacity_rps']:.0f}")
@@ -67,6 +68,7 @@ def main() -> None:
             "slo_p99_ms": SLO_MS,
             "seconds_per_level": seconds,
             "environment_knobs": bench_env(args.runtime).to_dict(),
+            "workers": args.workers,
             "index": "hnsw",
             "ours": ours,
             "echo": echo,

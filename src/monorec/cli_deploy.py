@@ -65,8 +65,10 @@ def add_deploy_commands(sub: Any) -> None:
         default=0,
         help="serving replicas (processes sharing the port); the owner then runs the lifecycle on a private port",
     )
-    sv.add_argument("--replica", default=None, help=argparse.SUPPRESS)  # set by the owner for its replicas
-    sv.add_argument("--owner-url", default=None, help=argparse.SUPPRESS)
+    sv.add_argument(
+        "--replica", default=None, metavar="NAME", help="serve as one replica of the folder's owner (another host)"
+    )
+    sv.add_argument("--owner-url", default=None, help="with --replica: where the owner's API listens")
     _common(sv)
     d = add_command(sub, "deploy", help="stage, validate and switch to a version (resumes an interrupted deploy)")
     d.add_argument("version", help="a published version, e.g. v0002")
@@ -164,6 +166,8 @@ def _serve(args: argparse.Namespace) -> int:
     if not token:
         token = secrets.token_urlsafe(24)
         print(f"admin token for this run (set MONOREC_ADMIN_TOKEN to choose one): {token}", flush=True)
+    if args.replica and not args.owner_url:
+        raise DeployError("--replica needs --owner-url (where the owner takes admin calls, writes and events)")
     if args.workers < 0:
         raise DeployError(f"--workers must be 0 (one process) or more, got {args.workers}")
     local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host

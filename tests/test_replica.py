@@ -71,7 +71,7 @@ def test_a_replica_answers_as_the_owner_and_follows_its_changes_and_switches(
         wait_for(lambda: replica.router.current is not None and replica.router.current.name == "v0001")
         owner.retire("v0002")
         wait_for(lambda: "v0002" not in replica.versions)
-        assert "replica-r1-v0002" not in owner.log.groups()  # its consumer group goes with it
+        assert "replica-r1-v0002" not in owner.log.groups()  # its consumer group went first
         assert [r["version"] for r in replica.status()] == ["v0001"]
 
 

@@ -159,15 +159,17 @@ class Replica:
         _log.warning("replica %s: %s skips the change at %s: %s", self.name, consumer, offset, reason)
 
     def _unload(self, version: str) -> None:
-        loader = self.loaders.pop(version)
+        """Frees a version no longer live: its loader, consumer group, copy and files; it leaves
+        :attr:`versions` last, so whoever sees it gone sees everything of it gone."""
+        loader, sv = self.loaders[version], self.versions[version]
         loader.stop()
-        sv = self.versions.pop(version)
-        VersionRouter.drain(sv, sv.bundle.config.deploy.drain_timeout_s)
-        sv.close()
         with contextlib.suppress(KeyError):
             self.log.drop(loader.group)
+        VersionRouter.drain(sv, sv.bundle.config.deploy.drain_timeout_s)
+        sv.close()
         shutil.rmtree(self.work / "lexical" / version, ignore_errors=True)
         shutil.rmtree(self.work / "checkpoints" / version, ignore_errors=True)
+        del self.loaders[version], self.versions[version]
 
     def follow(self) -> None:
         """One pass over the control plane: load what may serve, serve what the owner serves, free the

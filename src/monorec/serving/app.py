@@ -248,14 +248,16 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         if given is None or not any(t and secrets.compare_digest(given.encode(), t.encode()) for t in tokens):
             raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
-    def admin(credentials: Credentials) -> None:
+    # async although they never wait: FastAPI runs a plain-def dependency on its thread pool, one hand-off
+    # (and GIL round trip) per request for a string comparison
+    async def admin(credentials: Credentials) -> None:
         _check(credentials, settings.admin_token)
 
-    def reader(request: Request, credentials: Credentials) -> None:
+    async def reader(request: Request, credentials: Credentials) -> None:
         if not request.app.state.env.open_reads:
             _check(credentials, settings.read_token or settings.admin_token, settings.admin_token)
 
-    def event_writer(credentials: Credentials) -> None:
+    async def event_writer(credentials: Credentials) -> None:
         _check(credentials, settings.events_token, settings.admin_token)
 
     Admin = Depends(admin)

@@ -109,7 +109,7 @@ def run_rate(
         t0, event, change = newest
         with engine.deployment.router.pin() as version:
             give_up = time.perf_counter() + 5.0
-            while engine.with_recent_history(browse(event.user_id), version).context.get("history") != [
+            while engine.model.with_recent_history(browse(event.user_id), version).context.get("history") != [
                 event.entity_id
             ]:
                 if time.perf_counter() > give_up:

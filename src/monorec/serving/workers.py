@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-__all__ = ["ReplicaSupervisor", "reuseport_socket"]
+__all__ = ["ReplicaSupervisor", "replica_command", "reuseport_socket"]
 
 _log = logging.getLogger(__name__)
 
@@ -114,9 +114,6 @@ class ReplicaSupervisor:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-    def pids(self) -> dict[str, int]:
-        return {name: p.pid for name, p in self.processes.items()}
 
 
 def replica_command(argv: Sequence[str]) -> list[str]:

@@ -149,8 +149,9 @@ class LexicalIndex:
     def save(self, folder: str | Path) -> None:
         """Copies the index into the new folder ``folder`` (a checkpoint): writes so far are committed, then
         the files of that commit are copied (its ``meta.json`` and the segments it lists; segment files are
-        immutable). A background merge may delete a listed segment meanwhile: the copy then starts again
-        from the newer commit. Never waits for merges (a large one takes seconds at 100k entities).
+        immutable). A background merge may delete a listed segment meanwhile (even before the listing): the
+        copy then starts again from the newer commit. Never waits for merges (a large one takes seconds at
+        100k entities).
 
         Raises:
             ValueError: the index lives in memory (it has no files).
@@ -169,6 +170,10 @@ class LexicalIndex:
                     if file.name.startswith(segments):
                         shutil.copy2(file, target / file.name)
             except FileNotFoundError:  # merged away while copying
+                continue
+            # a merge that committed (and had its old segments' files deleted) before the listing above
+            # shows as a newer meta.json: tantivy deletes a segment's files only once no commit lists them
+            if (self.path / "meta.json").read_text() != meta:
                 continue
             (target / "meta.json").write_text(meta)
             return

@@ -1,7 +1,8 @@
 import numpy as np
 import polars as pl
 
-from monorec.data.features import MISSING_INDEX, UNKNOWN_INDEX, Featurizer, hash_texts, tokenize
+from monorec.data.features import MISSING_INDEX, UNKNOWN_INDEX, Featurizer
+from monorec.data.text_hashing import hash_texts, tokenize
 
 
 def test_tokenize_words_then_trigrams():

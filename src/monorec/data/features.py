@@ -4,18 +4,15 @@
 tables into integer/float arrays the model reads. Index conventions for every id/categorical table:
 0 = missing (the sentinel), 1 = unknown (cold start), 2.. = known values.
 
-Text (queries, titles) is tokenised into lowercase words plus character trigrams, hashed with crc32 (a
-stable hash: Python's ``hash`` is salted per process) into ``text_buckets`` buckets; 0 is padding. One
-text table serves every text field, so query words and title words meet in one space.
+Text (queries, titles) is tokenised into lowercase words plus character trigrams, hashed with crc32 into
+``text_buckets`` buckets (``text_hashing``); 0 is padding. One text table serves every text field, so
+query words and title words meet in one space.
 """
 
 from __future__ import annotations
 
-import re
-import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +22,16 @@ import polars as pl
 from monorec.artifacts import read_json, write_json
 from monorec.config import ProjectConfig
 from monorec.data.labels import responses
+from monorec.data.text_hashing import hash_texts
 from monorec.errors import ArtifactError
 
-__all__ = ["ContextArrays", "Featurizer", "ItemArrays", "tokenize"]
+__all__ = ["ContextArrays", "Featurizer", "ItemArrays"]
 
 MISSING_INDEX = 0
 UNKNOWN_INDEX = 1
 MAX_CATEGORIES = 4  # categories kept per entity
 TITLE_TOKENS = 24
 FORMAT_VERSION = 1
-_WORD = re.compile(r"[a-z0-9]+")
 
 
 Z_LIMIT = 1000.0  # standardized numeric inputs are clipped here: farther out says nothing more, and
@@ -47,29 +44,6 @@ def standardize(x: np.ndarray, mean: float, std: float) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         z = np.clip(np.where(missing, 0.0, (x - mean) / std), -Z_LIMIT, Z_LIMIT)
     return np.stack([z, missing.astype(np.float64)], axis=1).astype(np.float32)
-
-
-def tokenize(text: str) -> list[str]:
-    """Words, then character trigrams of each word (``#word#`` padded), in order of appearance."""
-    words = _WORD.findall(text.lower())
-    grams = [w[i : i + 3] for w in (f"#{w}#" for w in words) for i in range(len(w) - 2)]
-    return words + grams
-
-
-@lru_cache(maxsize=200_000)
-def _hash_text(text: str, buckets: int, max_tokens: int) -> tuple[int, ...]:
-    return tuple(1 + zlib.crc32(t.encode()) % (buckets - 1) for t in tokenize(text)[:max_tokens])
-
-
-def hash_texts(values: Iterable[str | None], buckets: int, max_tokens: int) -> np.ndarray:
-    """(N,) texts -> (N, max_tokens) int64 bucket ids, 0-padded; None/empty -> all padding."""
-    values = list(values)
-    out = np.zeros((len(values), max_tokens), dtype=np.int64)
-    for i, v in enumerate(values):
-        if v:
-            ids = _hash_text(v, buckets, max_tokens)
-            out[i, : len(ids)] = ids
-    return out
 
 
 # Arrays the model reads. Context: field -> (B,) int64 | (B, L) int64 (text) | (B, 2) float32 (numeric:
@@ -173,14 +147,21 @@ class Featurizer:
         return np.where(strings.is_null().to_numpy(), MISSING_INDEX, mapped.to_numpy()).astype(np.int64)
 
     @staticmethod
-    def _index_lists(values: pl.Series, vocab: list[str], length: int) -> np.ndarray:
-        """(N,) "|"-separated id lists -> (N, length) indices of the most recent ``length`` ids, 0-padded."""
-        index = {v: i + 2 for i, v in enumerate(vocab)}
+    def _index_lists(values: pl.Series, vocab: list[str], length: int, keep: str = "last") -> np.ndarray:
+        """(N,) "|"-separated id lists -> (N, length) indices of the ``keep="last"`` (most recent) or
+        ``"first"`` ``length`` non-empty ids, 0-padded; vectorised (a training table has 1M rows)."""
+        lists = values.cast(pl.String).str.split("|").list.eval(pl.element().filter(pl.element() != ""))
+        lists = lists.list.tail(length) if keep == "last" else lists.list.head(length)
+        counts = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
         out = np.zeros((len(values), length), dtype=np.int64)
-        for r, value in enumerate(values.cast(pl.String).to_list()):
-            if value:
-                ids = [index.get(v, UNKNOWN_INDEX) for v in value.split("|") if v][-length:]
-                out[r, : len(ids)] = ids
+        flat = lists.explode().drop_nulls()
+        if flat.len():
+            ids = flat.replace_strict(
+                vocab, list(range(2, len(vocab) + 2)), default=UNKNOWN_INDEX, return_dtype=pl.Int64
+            ).to_numpy()
+            rows = np.repeat(np.arange(len(values)), counts)
+            positions = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+            out[rows, positions] = ids
         return out
 
     def known_values(self, field: str) -> list[str]:
@@ -265,14 +246,12 @@ class Featurizer:
     def transform_catalogue(self, catalogue: pl.DataFrame) -> ItemArrays:
         """Catalogue rows -> item tower inputs, in the catalogue's row order."""
         self._check_fitted()
-        cats = catalogue["categories"].fill_null("").str.split("|").to_list()
-        index = {c: i + 2 for i, c in enumerate(self.category_vocab_)}
-        categories = np.zeros((catalogue.height, MAX_CATEGORIES), dtype=np.int64)
-        for r, row in enumerate(cats):
-            ids = [index.get(c, UNKNOWN_INDEX) for c in row if c][:MAX_CATEGORIES]
-            categories[r, : len(ids)] = ids
+        categories = self._index_lists(catalogue["categories"], self.category_vocab_, MAX_CATEGORIES, "first")
         mean, std = self.popularity_stats_
-        pop = np.array([self.popularity_.get(e, 0.0) for e in catalogue["entity_id"].to_list()])
+        entity_ids = catalogue["entity_id"].cast(pl.String)
+        pop = entity_ids.replace_strict(
+            list(self.popularity_), list(self.popularity_.values()), default=0.0, return_dtype=pl.Float64
+        ).to_numpy()
         return ItemArrays(
             entity=self._index(catalogue["entity_id"], self.entity_vocab_),
             entity_type=self._index(catalogue["entity_type"], self.type_vocab_),

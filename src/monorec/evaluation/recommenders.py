@@ -261,7 +261,7 @@ class BM25Recommender:
     def __init__(self, catalogue: pl.DataFrame, train_positives: pl.DataFrame, *, query_field: str = "query") -> None:
         from rank_bm25 import BM25Okapi
 
-        from monorec.data.features import tokenize
+        from monorec.data.text_hashing import tokenize
 
         docs = [
             [t for t in tokenize(f"{title} {cats.replace('|', ' ')}") if len(t) > 0]

@@ -257,6 +257,9 @@ class DeploySpec:
 
     batch_size: int = 4096  # entities embedded per bulk batch
     checkpoint_batches: int = 64  # bulk batches between checkpoints (a crash resumes from the last one)
+    # and at most this share of the bulk pass in checkpoints: each one is a full snapshot whose cost grows
+    # with the index, so a fixed cadence alone makes the pass quadratic in the catalogue's size
+    checkpoint_max_share: float = 0.2
     canary_queries: int = 200  # random catalogue embeddings searched in the new index and exactly
     canary_min_recall: float = 0.9  # required recall@10 of the index against exact search
     drain_timeout_s: float = 30.0  # how long a switch waits for requests still on the old version
@@ -567,6 +570,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
     for key in ("batch_size", "checkpoint_batches", "loader_batch"):
         if getattr(dep, key) < 1:
             p.add(f"deploy.{key}", "must be >= 1")
+    if not 0 < dep.checkpoint_max_share <= 1:
+        p.add("deploy.checkpoint_max_share", "must be in (0, 1]")
     if not 0 <= dep.canary_min_recall <= 1:
         p.add("deploy.canary_min_recall", "must be in [0, 1]")
     if idx.users == "redis" and not idx.users_redis_url:

@@ -4,6 +4,7 @@ its checkpoint, and the bulk pass that fills them from the catalogue and the use
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,17 @@ def bulk_load(
     """Step 3: the catalogue paged in id order through ``sv``'s item tower, then every known user's state
     through its context tower (when it stores users), from the sink's bulk cursors on; the version's own
     log consumption interleaves (``loader.step()``) and checkpoints record both cursors, so a crash
-    resumes after the last stored id."""
+    resumes after the last stored id. A checkpoint is due every ``checkpoint_batches`` batches once the
+    work since the previous one is long enough for checkpoints to stay within ``checkpoint_max_share`` of
+    the time (the last one's duration is the estimate of the next)."""
     spec = sv.bundle.config.deploy
     users = bool(sv.user_canvases)
     total = catalogue.count() + (catalogue.user_count() if users else 0)
     bar = tqdm(total=total, desc=f"bulk-embedding {sv.name}", unit="row", disable=not progress)
     batches = 0
+    worked_since = time.perf_counter()  # when the work since the last checkpoint began
+    last_checkpoint_s = 0.0
+    work_per_checkpoint = (1 - spec.checkpoint_max_share) / spec.checkpoint_max_share
     if not users:
         sink.user_cursor = BULK_DONE
     while not sink.bulk_cursor == sink.user_cursor == BULK_DONE:  # entities first, then users
@@ -107,7 +113,11 @@ def bulk_load(
             progress_cb(done)
         loader.step()  # changes made during the bulk load reach N+1 as it goes
         batches += 1
-        if batches % spec.checkpoint_batches == 0 or sink.user_cursor == BULK_DONE:
+        now = time.perf_counter()
+        due = batches % spec.checkpoint_batches == 0 and now - worked_since >= work_per_checkpoint * last_checkpoint_s
+        if due or sink.user_cursor == BULK_DONE:
             loader.checkpoint(force=True)
+            worked_since = time.perf_counter()
+            last_checkpoint_s = worked_since - now
         failpoint("bulk_batch")
     bar.close()

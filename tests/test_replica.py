@@ -128,3 +128,53 @@ def test_a_checkpoint_snapshot_keeps_its_content_when_the_owner_replaces_the_che
     (live / "vectors.bin").write_bytes(b"tampered")  # (never done by atomic_dir: a torn or corrupt copy)
     with pytest.raises(ArtifactError, match="no consistent snapshot"):
         link_snapshot(live, snapshot, attempts=2)
+
+
+class NoWrites:
+    """A Qdrant client that refuses writes and reads through: proves a follower writes nothing."""
+
+    def __init__(self, client) -> None:  # type: ignore[no-untyped-def]
+        self._client = client
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        if name in ("upsert", "delete", "update_vectors", "delete_collection", "create_collection"):
+            raise AssertionError(f"a replica called {name} on the owner's collection")
+        return getattr(self._client, name)
+
+
+def test_a_replica_of_a_qdrant_deployment_searches_the_owners_collection_and_writes_nothing(
+    tmp_path: Path, qdrant_versions: Registry, prepared
+) -> None:  # type: ignore[no-untyped-def]
+    owner = deployed(tmp_path / "dep", qdrant_versions, prepared.catalogue)
+    owner.open()
+    try:
+        with Replica(owner.root, qdrant_versions, name="r1") as replica:
+            mine = replica.versions["v0001"]
+            assert mine.index.collection == owner.versions["v0001"].index.collection  # type: ignore[attr-defined]
+            mine.index.client = NoWrites(mine.index.client)  # type: ignore[attr-defined]
+            item = prepared.catalogue["entity_id"][2]
+            requests = [
+                RecommendRequest(canvas="home", context={"user_id": "u1", "history": [item]}),
+                RecommendRequest(canvas="related", context={"source_item_id": item}),
+                RecommendRequest(canvas="search", context={"query": "space wedding"}),
+            ]
+            with engine_for(owner) as at_owner, engine_for(replica) as at_replica:  # type: ignore[arg-type]
+                for request in requests:
+                    want, got = at_owner.recommend(request), at_replica.recommend(request)
+                    assert [i.entity_id for i in got.items] == [i.entity_id for i in want.items]
+
+            owner.publish([upsert("new-1", 3), {"op": "delete", "entity_id": item, "revision": 9}])
+            wait_for(lambda: mine.index.revisions().get("new-1") == 3 and item not in mine.index.revisions())
+            assert mine.known(["new-1", item]) == ["new-1"]  # its own item features follow the log
+            # the owner wrote the dense and sparse vectors; the replica finds them through its source
+            wait_for(lambda: [e for e, _ in mine.sources.lexical.search(["replicated"], 5)[0]] == ["new-1"])
+            assert item not in {e for e, _ in mine.sources.lexical.search(["replicated"], 50)[0]}
+
+            owner.deploy("v0002")
+            wait_for(lambda: replica.router.current is not None and replica.router.current.name == "v0002")
+            owner.rollback()
+            owner.retire("v0002")  # the owner drops the collection; the replica only lets its copy go
+            wait_for(lambda: "v0002" not in replica.versions)
+            assert replica.router.current is not None and replica.router.current.name == "v0001"
+    finally:
+        owner.close()

@@ -18,9 +18,13 @@ the owner reads: its checkpoints are no-ops (after a crash it starts again from 
 its lexical working copies live under ``replicas/NAME/``. It reports its applied offset per version, and a
 replica whose loaders lag more than ``max_lag`` entries behind the log reports not ready.
 
-The replicas of one host each hold their own copy of the vectors; replicas on several hosts share the
-deployment folder (a network filesystem or a synced copy of ``indexes/`` and ``control.sqlite``) and the
-Redis change log.
+The replicas of one host each hold their own copy of the vectors of a faiss-indexed version; replicas on
+several hosts share the deployment folder (a network filesystem or a synced copy of ``indexes/`` and
+``control.sqlite``) and the Redis change log. With a Qdrant index (``index.kind = "qdrant"``) every replica
+searches the owner's collection of the version (the owner alone writes it, dense and sparse vectors; a
+replica's index keeps only the revision book in step) and holds its own item features; an entity the
+owner indexed before the replica stored its features is left out of that answer (the gather stage ranks
+what it holds).
 """
 
 from __future__ import annotations
@@ -121,17 +125,21 @@ class Replica:
         # the owner replaces its checkpoint every few seconds under streaming: load a snapshot of one
         checkpoint = self.work / "checkpoints" / version
         link_snapshot(self.root / "indexes" / version, checkpoint)
-        if self.registry.config(version).index.kind == "qdrant":  # one collection per version, the owner's
-            raise DeployError(f"{version}: replicas of a Qdrant-indexed deployment are not supported yet")
+        shared = self.registry.config(version).index.kind == "qdrant"  # the owner's collection, read here
         sv, manifest = open_version(
             self.registry,
             self.catalogue,
             version,
             checkpoint=checkpoint,
             lexical_path=work,
-            root=self.work,
+            root=self.root if shared else self.work,  # where a local-mode Qdrant keeps the owner's collections
             fresh=False,
         )
+        if shared:
+            from monorec.index.qdrant_index import QdrantIndex  # the optional engine, imported when configured
+
+            assert isinstance(sv.index, QdrantIndex)
+            sv.index.follow_only()  # the owner writes the vectors (and sparse vectors); this copy follows
         offset = str(manifest.get("offset") or "0")
         group = self._group(version)
         if group in self.log.groups():

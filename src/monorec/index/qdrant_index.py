@@ -70,6 +70,7 @@ class QdrantIndex:
         self.collection = collection
         self.client = qdrant_client_for(location)
         self.book = RevisionBook()
+        self.writes = True  # False: a follower (see follow_only)
         self._lock = threading.Lock()
         if create and not self.client.collection_exists(collection):
             self.client.create_collection(
@@ -84,11 +85,21 @@ class QdrantIndex:
         """The id of the entity's point."""
         return _point_id(entity_id)
 
+    def follow_only(self) -> None:
+        """Makes this object a follower of a collection that another process writes (a serving replica
+        beside the deployment's owner): upserts and deletes keep the revision book in step with the change
+        log, and write nothing to Qdrant."""
+        self.writes = False
+
     def upsert(self, rows: EntityRows) -> int:
         with self._lock:
             positions = self.book.newer_rows(rows.ids, rows.revisions)
             if not positions:
                 return 0
+            if not self.writes:
+                for i in positions:
+                    self.book.record(rows.ids[i], int(rows.revisions[i]), deleted=False)
+                return len(positions)
             points = [
                 qm.PointStruct(
                     id=_point_id(rows.ids[i]),
@@ -117,9 +128,9 @@ class QdrantIndex:
             newer = [(e, int(r)) for e, r in zip(ids, revisions, strict=True) if self.book.newer(e, int(r))]
             if not newer:
                 return 0
-            self.client.delete(
-                self.collection, points_selector=qm.PointIdsList(points=[_point_id(e) for e, _ in newer]), wait=True
-            )
+            if self.writes:
+                selector = qm.PointIdsList(points=[_point_id(e) for e, _ in newer])
+                self.client.delete(self.collection, points_selector=selector, wait=True)
             for entity_id, revision in newer:
                 self.book.record(entity_id, revision, deleted=True)
             return sum(e in live_before for e, _ in {e: r for e, r in newer}.items())
@@ -187,6 +198,6 @@ class QdrantIndex:
         """Nothing to free in process: the collection lives in Qdrant (see :meth:`drop`)."""
 
     def drop(self) -> None:
-        """Deletes the collection (a retired version frees its index)."""
-        if self.client.collection_exists(self.collection):
+        """Deletes the collection (a retired version frees its index); a follower leaves it to its writer."""
+        if self.writes and self.client.collection_exists(self.collection):
             self.client.delete_collection(self.collection)

@@ -83,8 +83,9 @@ class QdrantLexical:
         commit: bool = True,
     ) -> None:
         """Adds the sparse vectors to the entities' points, which the vector index wrote first (Qdrant
-        applies the update at once: ``commit`` has nothing to wait for)."""
-        if not ids:
+        applies the update at once: ``commit`` has nothing to wait for). A follower of the collection
+        (``QdrantIndex.follow_only``) leaves the writing to the collection's writer."""
+        if not ids or not self.index.writes:
             return
         points = [
             qm.PointVectors(id=self.index.point_id(e), vector={SPARSE_VECTOR: self._sparse(t, c)})

@@ -51,7 +51,7 @@ bench-quick: $(VENV)/.installed-test
 	$(PY) bench/b9_bulk_embed.py --quick --out runs/bench-quick/b9.json
 	$(PY) bench/b10_event_freshness.py --quick --out runs/bench-quick/b10.json
 	$(PY) bench/b3_latency.py --quick --out runs/bench-quick/b3.json
-	$(PY) bench/b3_latency.py --quick --workers 2 --out runs/bench-quick/b3_workers2.json
+	$(PY) bench/b11_replica_memory.py --quick --out runs/bench-quick/b11.json
 	$(PY) bench/b4_ranking_overhead.py --quick --out runs/bench-quick/b4.json
 	$(PY) bench/b8_capacity.py --quick --out runs/bench-quick/b8.json
 	$(PY) bench/profile_request.py --quick --out runs/bench-quick/profile.json

@@ -99,12 +99,13 @@ def bench_deployment(n_items: int) -> Iterator[tuple[Deployment, Path, Path]]:
     """A deployment of the synthetic model (HNSW index, published with its ONNX export) over ``n_items``
     synthetic entities, v0001 serving."""
     torch.set_num_threads(1)  # request-level parallelism: intra-op threads only oversubscribe the 2 cores
-    faiss.omp_set_num_threads(1)
     tmp = Path(tempfile.mkdtemp())
     registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"), export_onnx=True)
     with Deployment(tmp / "dep", registry) as dep:
         dep.seed_catalogue(synthetic_catalogue(n_items))
+        faiss.omp_set_num_threads(2)  # the HNSW build on every core (a 1M graph on one takes ~10 min)
         dep.deploy("v0001")
+        faiss.omp_set_num_threads(1)  # then one per request, as for torch
         yield dep, tmp / "dep", registry.root
 
 

@@ -59,7 +59,8 @@ def test_a_replica_answers_as_the_owner_and_follows_its_changes_and_switches(
         wait_for(lambda: revisions().get("new-1") == 3 and item not in revisions())
 
         owner.deploy("v0002")  # staged, validated and switched by the owner; the replica loads its checkpoint
-        wait_for(lambda: replica.router.current is not None and replica.router.current.name == "v0002")
+        # the switch returned once the replica served v0002: a request begun now is never on v0001
+        assert replica.router.current is not None and replica.router.current.name == "v0002"
         assert replica.versions["v0002"].index.revisions() == owner.versions["v0002"].index.revisions()
         owner.publish([upsert("new-2", 1)])
         for version in ("v0001", "v0002"):  # every live version of the replica gets what streams in
@@ -68,11 +69,34 @@ def test_a_replica_answers_as_the_owner_and_follows_its_changes_and_switches(
         wait_for(lambda: replica.applied_offsets() == {"v0001": head, "v0002": head})
 
         owner.rollback()
-        wait_for(lambda: replica.router.current is not None and replica.router.current.name == "v0001")
+        assert replica.router.current is not None and replica.router.current.name == "v0001"
         owner.retire("v0002")
         wait_for(lambda: "v0002" not in replica.versions)
         assert "replica-r1-v0002" not in owner.log.groups()  # its consumer group went first
         assert [r["version"] for r in replica.status()] == ["v0001"]
+
+
+def test_a_switch_waits_for_live_replicas_only_and_not_forever(
+    owner: Deployment, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from monorec.deployment import control_plane
+
+    a_minute_ago = time.time() - 60
+    with monkeypatch.context() as m:
+        m.setattr(control_plane.time, "time", lambda: a_minute_ago)
+        owner.control.heartbeat("gone", 1, "v0001")  # killed a minute ago: never heard of since
+    started = time.monotonic()
+    owner._await_replicas("v0002", timeout_s=5)
+    assert time.monotonic() - started < 1  # a dead replica is not waited for
+    owner.control.heartbeat("stuck", 2, "v0001")  # alive, but never follows
+    started = time.monotonic()
+    owner._await_replicas("v0002", timeout_s=0.3)
+    assert 0.3 <= time.monotonic() - started < 3
+    assert "replicas ['stuck'] do not serve it" in caplog.text
+    owner.control.forget_replica("stuck")  # a replica that stops cleanly leaves at once
+    assert [r.name for r in owner.control.replicas(60)] == []
 
 
 def test_a_restarted_replica_replays_from_the_checkpoint_what_it_missed(

@@ -263,6 +263,9 @@ class DeploySpec:
     canary_queries: int = 200  # random catalogue embeddings searched in the new index and exactly
     canary_min_recall: float = 0.9  # required recall@10 of the index against exact search
     drain_timeout_s: float = 30.0  # how long a switch waits for requests still on the old version
+    # how long a switch waits for every live replica to serve the new version (a replica that takes longer,
+    # e.g. still loading it, is logged and the switch returns; see monorec.deployment.replica)
+    replica_ack_s: float = 30.0
     loader_batch: int = 512  # changes read from the log per step
     # between a serving loader's index checkpoints: the log is the write-ahead log, so this bounds the replay
     # after a crash; each checkpoint writes a full snapshot, so shorter means more I/O and more tail latency

@@ -1,4 +1,5 @@
-"""The deployment control plane: each deployed version's state, the serving pointers, dead letters.
+"""The deployment control plane: each deployed version's state, the serving pointers, dead letters, and
+the replicas that serve the deployment (their heartbeats: which version each serves).
 
 SQLite by default (one file beside the deployment's indexes); every transition is one transaction, so a
 restarted process finds each version exactly in the state it last reached.
@@ -21,9 +22,11 @@ from pathlib import Path
 
 from monorec._sqlite import SqliteFile
 
-__all__ = ["LIVE_STATES", "ControlPlane", "DeadLetter", "Deployed"]
+__all__ = ["HEARTBEAT_S", "LIVE_STATES", "LIVE_WITHIN_S", "ControlPlane", "DeadLetter", "Deployed", "ReplicaSeen"]
 
 LIVE_STATES = ("staging", "ready", "serving", "standby")  # versions whose index a loader keeps fresh
+HEARTBEAT_S = 1.0  # between a replica's heartbeats when what it serves does not change
+LIVE_WITHIN_S = 5 * HEARTBEAT_S  # a replica whose last heartbeat is older is taken for dead
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployed (
@@ -34,6 +37,8 @@ CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, consumer TEXT NOT NULL, log_offset TEXT NOT NULL,
     payload TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS replicas (
+    name TEXT PRIMARY KEY, pid INTEGER NOT NULL, serving TEXT, seen_at REAL NOT NULL);
 """
 
 
@@ -52,6 +57,16 @@ class DeadLetter:
     log_offset: str
     payload: str
     reason: str
+
+
+@dataclass(frozen=True)
+class ReplicaSeen:
+    """A replica's last heartbeat: the version it serves (None before it serves one) and when."""
+
+    name: str
+    pid: int
+    serving: str | None
+    seen_at: float
 
 
 class ControlPlane:
@@ -132,3 +147,22 @@ class ControlPlane:
                 (consumer, consumer),
             ).fetchall()
         return [DeadLetter(*r) for r in rows]
+
+    def heartbeat(self, replica: str, pid: int, serving: str | None) -> None:
+        """A replica says it is alive and which version its new requests are pinned to."""
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO replicas VALUES (?, ?, ?, ?)", (replica, pid, serving, time.time()))
+
+    def forget_replica(self, replica: str) -> None:
+        """A replica that stopped (cleanly) leaves the deployment."""
+        with self._db() as db:
+            db.execute("DELETE FROM replicas WHERE name = ?", (replica,))
+
+    def replicas(self, seen_within_s: float) -> list[ReplicaSeen]:
+        """The replicas whose last heartbeat is at most ``seen_within_s`` old (a dead one drops out)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT name, pid, serving, seen_at FROM replicas WHERE seen_at >= ? ORDER BY name",
+                (time.time() - seen_within_s,),
+            ).fetchall()
+        return [ReplicaSeen(*r) for r in rows]

@@ -37,6 +37,7 @@ import gc
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ import polars as pl
 from monorec._failpoints import failpoint
 from monorec.artifacts import read_json, recover_dirs, verify_manifest
 from monorec.deployment.checks import check_stores
-from monorec.deployment.control_plane import LIVE_STATES, ControlPlane, Deployed
+from monorec.deployment.control_plane import LIVE_STATES, LIVE_WITHIN_S, ControlPlane, Deployed
 from monorec.deployment.ownership import FolderLock
 from monorec.deployment.router import VersionRouter
 from monorec.deployment.sinks import CatalogueSink, VersionSink
@@ -327,6 +328,7 @@ class Deployment:
             set_alias = getattr(sv.index, "set_alias", None)
             if set_alias is not None:  # Qdrant: external readers follow the alias
                 set_alias(SERVING_ALIAS)
+            self._await_replicas(version, sv.bundle.config.deploy.replica_ack_s)
             if previous is not None and previous is not sv:
                 VersionRouter.drain(previous, sv.bundle.config.deploy.drain_timeout_s)
             failpoint("switched")
@@ -334,6 +336,20 @@ class Deployment:
                 if older != previous_name:
                     self.retire(older)
             self._settle_gc()
+
+    def _await_replicas(self, version: str, timeout_s: float) -> None:
+        """Waits until every live replica (``monorec.deployment.replica``) serves ``version``, so that no
+        request begun after the switch returns is answered by the old one; a replica that takes longer
+        than ``timeout_s`` (still loading the version, stuck) is logged and left behind."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            behind = [r.name for r in self.control.replicas(LIVE_WITHIN_S) if r.serving != version]
+            if not behind:
+                return
+            if time.monotonic() >= deadline:
+                _log.warning("switch to %s: replicas %s do not serve it after %.0f s", version, behind, timeout_s)
+                return
+            time.sleep(0.01)
 
     def load_ready(self, version: str) -> ServingVersion:
         """A ready, standby or serving version in memory with its loader running (after a restart a ready

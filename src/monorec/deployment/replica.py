@@ -11,12 +11,16 @@ requests. For each version the control plane calls ready, serving or standby it:
        own (``replica-NAME-vNNNN``, reset to that offset at every load, so a restarted replica never skips
        what came after the checkpoint it loaded);
     3. follows the control plane's ``serving`` pointer (switches and rollbacks) within ``poll_s``, and
-       frees the versions the owner retired.
+       frees the versions the owner retired;
+    4. says which version it serves through a heartbeat in the control plane (at every change, and every
+       ``HEARTBEAT_S``): the owner's switch returns once every live replica serves the new version, so a
+       request that begins after a switch returned is never answered by the old one.
 
 Requests pin one version here as in the owner (the same :class:`VersionRouter`). A replica writes nothing
-the owner reads: its checkpoints are no-ops (after a crash it starts again from the owner's newest one) and
-its lexical working copies live under ``replicas/NAME/``. It reports its applied offset per version, and a
-replica whose loaders lag more than ``max_lag`` entries behind the log reports not ready.
+the owner reads but its heartbeat: its checkpoints are no-ops (after a crash it starts again from the
+owner's newest one) and its lexical working copies live under ``replicas/NAME/``. It reports its applied
+offset per version, and a replica whose loaders lag more than ``max_lag`` entries behind the log reports
+not ready.
 
 The replicas of one host each hold their own copy of the vectors of a faiss-indexed version; replicas on
 several hosts share the deployment folder (a network filesystem or a synced copy of ``indexes/`` and
@@ -31,14 +35,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from monorec.artifacts import link_snapshot
-from monorec.deployment.control_plane import ControlPlane
+from monorec.deployment.control_plane import HEARTBEAT_S, ControlPlane
 from monorec.deployment.router import VersionRouter
 from monorec.deployment.staging import open_version
 from monorec.deployment.version import ServingVersion
@@ -112,6 +118,7 @@ class Replica:
         self._ops = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._said: tuple[str | None, float] = (None, float("-inf"))  # the last heartbeat: serving, when
 
     # ----------------------------------------------------------------------------------- following
 
@@ -200,6 +207,15 @@ class Replica:
             for version in list(self.versions):
                 if states.get(version) not in REPLICA_STATES and version != serving:
                     self._unload(version)
+            self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        current = self.router.current
+        serving = None if current is None else current.name
+        now = time.monotonic()
+        if serving != self._said[0] or now - self._said[1] >= HEARTBEAT_S:
+            self.control.heartbeat(self.name, os.getpid(), serving)
+            self._said = (serving, now)
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -281,6 +297,7 @@ class Replica:
             self._thread.join(timeout=30)
             self._thread = None
         with self._ops:
+            self.control.forget_replica(self.name)  # first: a switch meanwhile does not wait for it
             for version in list(self.versions):
                 self._unload(version)
         self.log.close()

@@ -19,6 +19,7 @@ import pytest
 from live_server import free_port
 from monorec.deployment import Deployment
 from monorec.registry import Registry
+from monorec.serving.owner_proxy import OwnerTrials
 from waiting import wait_for
 
 TOKEN = "workers-token"
@@ -105,7 +106,22 @@ def test_replicas_share_the_port_answer_and_hand_writes_and_admin_to_the_owner(s
     body = {"canvas": "home", "context": {"user_id": "u1"}}
     on_each_replica(url, lambda c: c.post("/v1/recommend", json=body).json()["version"] == "v0002", {"r0", "r1"})
     assert httpx.post(f"{url}/v1/admin/rollback", headers=AUTH).json() == {"serving": "v0001"}
-    on_each_replica(url, lambda c: c.post("/v1/recommend", json=body).json()["version"] == "v0001", {"r0", "r1"})
+    # the rollback returned once both replicas served v0001: new connections (either replica) see only it
+    assert {httpx.post(f"{url}/v1/recommend", json=body).json()["version"] for _ in range(20)} == {"v0001"}
+
+    # a canary started on the owner is routed by the replicas too, and a replica hands an abort to the owner
+    trial = {"version": "v0002", "mode": "canary", "share": 0.5}
+    assert httpx.post(f"{url}/v1/admin/trial", json=trial, headers=AUTH).status_code == 200
+
+    def versions_for_users(client: httpx.Client) -> set[str]:
+        bodies = [{"canvas": "home", "context": {"user_id": f"u{i}"}} for i in range(40)]
+        return {client.post("/v1/recommend", json=b).json()["version"] for b in bodies}
+
+    on_each_replica(url, lambda c: versions_for_users(c) == {"v0001", "v0002"}, {"r0", "r1"})
+    OwnerTrials(url, TOKEN).abort("a replica's guard saw a breach")  # sent to a replica, done by the owner
+    status = httpx.get(f"{url}/v1/admin/trial", headers=AUTH).json()
+    assert status["trial"] is None and status["last_abort"] == "v0002: a replica's guard saw a breach"
+    on_each_replica(url, lambda c: versions_for_users(c) == {"v0001"}, {"r0", "r1"})
 
 
 def test_a_replica_killed_under_load_comes_back_caught_up_while_the_other_answers(server) -> None:  # type: ignore[no-untyped-def]

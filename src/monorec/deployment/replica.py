@@ -47,6 +47,7 @@ from monorec.artifacts import link_snapshot
 from monorec.deployment.control_plane import HEARTBEAT_S, ControlPlane
 from monorec.deployment.router import VersionRouter
 from monorec.deployment.staging import open_version
+from monorec.deployment.trials import Trial
 from monorec.deployment.version import ServingVersion
 from monorec.errors import ArtifactError, DeployError
 from monorec.registry import Registry
@@ -119,6 +120,9 @@ class Replica:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._said: tuple[str | None, float] = (None, float("-inf"))  # the last heartbeat: serving, when
+        # where this replica's trial guard sends an abort (``serving.owner_proxy.OwnerTrials``: the owner's
+        # admin API); None: a breach seen here is only logged
+        self.trials: Any = None
 
     # ----------------------------------------------------------------------------------- following
 
@@ -204,10 +208,22 @@ class Replica:
                 _log.info("replica %s: now serving %s", self.name, serving)
                 if previous is not None:
                     VersionRouter.drain(previous, previous.bundle.config.deploy.drain_timeout_s)
+            self._follow_trial()
             for version in list(self.versions):
                 if states.get(version) not in REPLICA_STATES and version != serving:
                     self._unload(version)
             self._heartbeat()
+
+    def _follow_trial(self) -> None:
+        """Routes a canary's share (and shadows) as the owner does, while the owner's trial runs."""
+        saved = self.control.setting("trial")
+        trial = None if saved is None else Trial.from_json(saved)
+        if trial is not None and trial.version in self.versions:
+            if self.router.trial != trial:
+                self.router.set_trial(self.versions[trial.version], trial)
+                _log.info("replica %s: %s on %s trial", self.name, trial.version, trial.mode)
+        elif self.router.trial is not None:
+            self.router.clear_trial()
 
     def _heartbeat(self) -> None:
         current = self.router.current

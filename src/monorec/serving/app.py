@@ -69,7 +69,7 @@ from monorec.serving.messages import (
 )
 from monorec.serving.metrics import ServingMetrics
 from monorec.serving.openapi import contract_openapi
-from monorec.serving.owner_proxy import OwnerProxy
+from monorec.serving.owner_proxy import OwnerProxy, OwnerTrials
 from monorec.serving.trial_routes import trial_routes
 from monorec.stream.changes import MAX_REVISION, Change
 from monorec.stream.publish import open_log
@@ -202,6 +202,8 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         elif settings.replica is not None:
             log = open_log(settings.root, settings.redis_url)
             dep = Replica(settings.root, settings.registry, name=settings.replica, log=log)
+            if settings.owner_url:  # its trial guard aborts the owner's trial through the owner
+                dep.trials = OwnerTrials(settings.owner_url, settings.admin_token)
         else:
             dep = Deployment(settings.root, settings.registry, log=open_log(settings.root, settings.redis_url))
         dep.open()  # idempotent: live versions loaded, every loader (the catalogue's too) running

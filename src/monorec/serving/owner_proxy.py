@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["OwnerProxy", "owner_route"]
+__all__ = ["OwnerProxy", "OwnerTrials", "owner_route"]
 
 _ADMIN_PREFIXES = ("/v1/admin/", "/v1/events")
 _WRITE_PREFIXES = ("/v1/entities/", "/v1/users/")
@@ -66,3 +66,21 @@ class OwnerProxy:
             }
         )
         await send({"type": "http.response.body", "body": content})
+
+
+class OwnerTrials:
+    """A replica's way to end the owner's trial: its trial guard (``serving.trial_watch``) measures the
+    candidate on this replica's share of the traffic and, on a breach, asks the owner to abort, as the
+    owner's own guard would (``POST /v1/admin/trial/abort``, with the admin token)."""
+
+    def __init__(self, owner_url: str, token: str | None, timeout_s: float = 30.0) -> None:
+        self.owner_url, self.token, self.timeout_s = owner_url.rstrip("/"), token, timeout_s
+
+    def abort(self, reason: str) -> None:
+        """Raises ``httpx.HTTPError`` when the owner cannot be reached or refuses (the guard logs it)."""
+        headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        answer = httpx.post(
+            f"{self.owner_url}/v1/admin/trial/abort", params={"reason": reason}, headers=headers, timeout=self.timeout_s
+        )
+        if answer.status_code != 409:  # 409: no trial runs any more (ended meanwhile)
+            answer.raise_for_status()

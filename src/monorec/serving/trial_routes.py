@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from monorec.serving.messages import RecommendRequest
@@ -63,9 +63,10 @@ def trial_routes(admin: Any) -> APIRouter:
         return {"serving": request.app.state.deployment.trials.promote()}
 
     @router.post("/abort")
-    def abort(request: Request) -> dict[str, Any]:
-        """Ends the trial; every request goes to the serving version again."""
-        trial = request.app.state.deployment.trials.abort()
+    def abort(request: Request, reason: str = Query("aborted by an operator", max_length=500)) -> dict[str, Any]:
+        """Ends the trial; every request goes to the serving version again. ``reason`` is logged and kept
+        (a replica's trial guard sends why it aborts)."""
+        trial = request.app.state.deployment.trials.abort(reason)
         return {"aborted": trial.version, "serving": request.app.state.deployment.control.pointer("serving")}
 
     return router

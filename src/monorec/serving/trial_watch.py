@@ -107,11 +107,16 @@ class TrialWatch:
 
     def _abort(self, trial: Trial, reason: str) -> None:
         try:
-            controller = getattr(self.model.deployment, "trials", None)  # only an owner runs trials
-            if controller is not None and self.model.deployment.router.trial == trial:
+            # the owner's TrialController, or a replica's hand-off of the abort to its owner
+            controller = getattr(self.model.deployment, "trials", None)
+            if controller is None:
+                log.warning("trial of %s breached (%s); nothing here can abort it", trial.version, reason)
+            elif self.model.deployment.router.trial == trial:
                 controller.abort(f"automatic: {reason}")
         except DeployError:
             pass  # ended meanwhile
+        except Exception:  # the owner unreachable: the next breach tries again
+            log.exception("trial of %s: the abort failed", trial.version)
         finally:
             self._aborting.release()
 

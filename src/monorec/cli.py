@@ -19,6 +19,7 @@ from pathlib import Path
 
 from monorec.cli_deploy import COMMANDS as DEPLOY_COMMANDS
 from monorec.cli_deploy import DEFAULT_REGISTRY, add_command, add_deploy_commands, run_deploy_command
+from monorec.devices import resolve_device
 from monorec.errors import ConfigError, MonorecError
 
 __all__ = ["main"]
@@ -157,6 +158,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "train":
         cfg = load_config(args.config) if args.config else None
+        if args.device:
+            resolve_device(args.device)  # before the data loads: a missing GPU is said at once
         bundle = pipeline.train_stage(
             args.prepared,
             args.out,

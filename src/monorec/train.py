@@ -23,6 +23,7 @@ from monorec.bundle import ModelBundle
 from monorec.config import ProjectConfig
 from monorec.data.features import Featurizer
 from monorec.data.prepared import PreparedData
+from monorec.devices import resolve_device
 from monorec.errors import DataError
 from monorec.evaluation.evaluate import evaluate_recommender, request_sets
 from monorec.evaluation.fusion import tune_source_weights
@@ -34,13 +35,7 @@ from monorec.threads import reproducible, training_threads
 from monorec.train_step import TrainStep
 from monorec.training_data import TrainingData
 
-__all__ = ["resolve_device", "train", "validation_score"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+__all__ = ["train", "validation_score"]
 
 
 def validation_score(val: dict[str, dict[str, Any]], k: int, canvases: tuple[str, ...] = ()) -> float:

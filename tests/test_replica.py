@@ -154,6 +154,36 @@ def test_a_checkpoint_snapshot_keeps_its_content_when_the_owner_replaces_the_che
         link_snapshot(live, snapshot, attempts=2)
 
 
+def test_an_unverified_snapshot_still_sees_the_checkpoint_replaced_while_it_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from monorec import artifacts
+    from monorec.artifacts import atomic_dir, link_snapshot, verify_manifest
+
+    live = tmp_path / "indexes" / "v0001"
+
+    def checkpoint(offset: str) -> None:
+        with atomic_dir(live, manifest={"offset": offset}) as tmp:
+            for name in ("a.bin", "b.bin", "c.bin"):
+                (tmp / name).write_bytes(f"{name} at {offset}".encode())
+
+    checkpoint("7")
+    real_link, swaps = os.link, []
+
+    def link_then_swap(source, target):  # type: ignore[no-untyped-def]
+        real_link(source, target)
+        if not swaps:  # the owner's next checkpoint lands after the first file is linked
+            swaps.append(1)
+            checkpoint("9")
+
+    monkeypatch.setattr(artifacts.os, "link", link_then_swap)
+    manifest = link_snapshot(live, tmp_path / "snap", verify=False)
+    assert manifest["offset"] == "9" and swaps == [1]  # the torn first try was taken again
+    assert verify_manifest(tmp_path / "snap")["offset"] == "9"
+
+
 class NoWrites:
     """A Qdrant client that refuses writes and reads through: proves a follower writes nothing."""
 

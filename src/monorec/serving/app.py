@@ -20,22 +20,18 @@ import gc
 import json
 import os
 import secrets
-import threading
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi import Path as PathParam
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from monorec.config import ProjectConfig
 from monorec.deployment import Deployment
 from monorec.deployment.replica import Replica
 from monorec.deployment.served import ServedDeployment
@@ -48,45 +44,31 @@ from monorec.errors import (
     ServingUnavailable,
     StreamUnavailable,
 )
-from monorec.feedback.journal import EventRecord, FeedbackJournal
+from monorec.feedback.journal import FeedbackJournal
 from monorec.feedback.users import UserStates
 from monorec.registry import Registry
 from monorec.serving.body_limit import BodyLimit
 from monorec.serving.docs import offline_docs
 from monorec.serving.engine import ServingEngine
+from monorec.serving.lifecycle_routes import DeployJob, lifecycle_routes
 from monorec.serving.messages import (
-    ENTITY_ID_PATTERN,
     BatchRequest,
     BatchResponse,
     EntityOut,
-    EntityWrite,
-    EventBatch,
-    EventIn,
     RecommendRequest,
     RecommendResponse,
-    UserOut,
-    UserWrite,
 )
 from monorec.serving.metrics import ServingMetrics
 from monorec.serving.openapi import contract_openapi
 from monorec.serving.owner_proxy import OwnerProxy, OwnerTrials
 from monorec.serving.trial_routes import trial_routes
-from monorec.stream.changes import MAX_REVISION, Change
+from monorec.serving.write_routes import EntityId, write_routes
 from monorec.stream.publish import open_log
 
 __all__ = ["ServeSettings", "create_app", "resolve_environment"]
 
 _bearer = HTTPBearer(auto_error=False)  # a missing token is our 401 (not FastAPI's 403)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-EntityId = Annotated[
-    str,
-    PathParam(
-        min_length=1,
-        max_length=256,
-        pattern=ENTITY_ID_PATTERN,
-        description="an entity id: 1-256 characters, no control characters",
-    ),
-]
 
 
 @dataclass(frozen=True)
@@ -157,38 +139,6 @@ def _json(model: BaseModel) -> Response:
     return Response(model.__pydantic_serializer__.to_json(model), media_type="application/json")
 
 
-class VersionBody(BaseModel):
-    version: str = Field(min_length=1, max_length=64)
-
-
-class _DeployJob:
-    """The one deploy that may run in the background (deploys take minutes; requests keep flowing)."""
-
-    def __init__(self) -> None:
-        self.version: str | None = None
-        self.state = "idle"
-        self.error: str | None = None
-        self.thread: threading.Thread | None = None
-
-    def start(self, deployment: Deployment, version: str) -> None:
-        if self.thread is not None and self.thread.is_alive():
-            raise DeployError(f"a deploy of {self.version} is running; wait for it to finish")
-        self.version, self.state, self.error = version, "running", None
-
-        def run() -> None:
-            try:
-                deployment.deploy(version)
-                self.state = "done"
-            except Exception as exc:
-                self.state, self.error = "failed", str(exc)
-
-        self.thread = threading.Thread(target=run, name=f"monorec-deploy-{version}", daemon=True)
-        self.thread.start()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "state": self.state, "error": self.error}
-
-
 def create_app(settings: ServeSettings, *, deployment: Deployment | None = None) -> FastAPI:
     """The serving app. Resources open in the lifespan: the deployment folder (unless one is given, which
     the caller keeps owning), its serving and standby versions with their loaders, and the engine."""
@@ -219,7 +169,7 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         app.state.metrics = ServingMetrics(dep)
         app.state.metrics.watch_trials(lambda: engine.trials.summary() if dep.router.trial is not None else {})
         app.state.metrics.watch_stages(engine.model.stages)
-        app.state.deploy_job = _DeployJob()
+        app.state.deploy_job = DeployJob()
         app.state.journal = journal
         # events and profile writes -> user changes on the log (the owner's: a replica hands them over)
         app.state.users = UserStates(dep, journal) if isinstance(dep, Deployment) else None
@@ -362,95 +312,12 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         )
         return out
 
-    # ---------------------------------------------------------------------------------- writes
-
-    @app.put("/v1/entities/{entity_id}", status_code=202, dependencies=[Admin], tags=["entities"])
-    def put_entity(entity_id: EntityId, body: EntityWrite, request: Request) -> dict[str, Any]:
-        """Upserts an entity through the change log (every live version and the catalogue apply it)."""
-        revision = body.revision if body.revision is not None else time.time_ns() // 1000
-        change = Change("upsert", entity_id, revision, body.entity_type, body.title, tuple(body.categories))
-        offsets = request.app.state.deployment.publish([change.to_dict()])
-        return {"entity_id": entity_id, "revision": revision, "offset": offsets[0]}
-
-    @app.delete("/v1/entities/{entity_id}", status_code=202, dependencies=[Admin], tags=["entities"])
-    def delete_entity(
-        entity_id: EntityId, request: Request, revision: Annotated[int | None, Query(ge=0, le=MAX_REVISION)] = None
-    ) -> dict[str, Any]:
-        """Deletes an entity through the change log."""
-        revision = revision if revision is not None else time.time_ns() // 1000
-        offsets = request.app.state.deployment.publish([Change("delete", entity_id, revision).to_dict()])
-        return {"entity_id": entity_id, "revision": revision, "offset": offsets[0]}
-
-    @app.get("/v1/users/{user_id}", response_model=UserOut, dependencies=[Reader], tags=["users"])
-    def get_user(user_id: EntityId, request: Request) -> UserOut:
-        """A user's stored state (profile, recent history) and which live versions' user stores hold it."""
-        dep: ServedDeployment = request.app.state.deployment
-        state = dep.catalogue.user(user_id)
-        if state is None:
-            raise HTTPException(404, f"unknown user {user_id!r}")
-        return UserOut(
-            user_id=state.user_id,
-            revision=state.revision,
-            profile=dict(state.profile),
-            history=list(state.history),
-            versions={name: sv.holds_user(user_id, state.revision) for name, sv in list(dep.versions.items())},
-        )
-
-    @app.put("/v1/users/{user_id}", status_code=202, dependencies=[Admin], tags=["users"])
-    def put_user(user_id: EntityId, body: UserWrite, request: Request) -> dict[str, Any]:
-        """Replaces a user's profile through the change log (the users table and every live version's user
-        store apply it); creates the user when unknown."""
-        config = _serving_config(request)
-        revision, offset = request.app.state.users.write_profile(config, user_id, body.profile)
-        return {"user_id": user_id, "revision": revision, "offset": offset}
-
-    @app.post("/v1/events", status_code=202, dependencies=[EventWriter], tags=["events"])
-    def post_event(body: EventIn, request: Request) -> dict[str, Any]:
-        """Records what a user did with an entity (idempotent by ``event_id``)."""
-        return _record_events(request, [body])
-
-    @app.post("/v1/events/batch", status_code=202, dependencies=[EventWriter], tags=["events"])
-    def post_events(body: EventBatch, request: Request) -> dict[str, Any]:
-        """Records up to 1,000 events in one transaction (idempotent by ``event_id``)."""
-        return _record_events(request, body.events)
+    app.include_router(write_routes(Admin, EventWriter))
 
     # ----------------------------------------------------------------------------------- admin
 
-    @app.get("/v1/admin/versions", dependencies=[Admin], tags=["admin"])
-    def versions(request: Request) -> dict[str, Any]:
-        dep: Deployment = request.app.state.deployment
-        published = [v.version for v in dep.registry.versions()]
-        return {"deployed": dep.status(), "published": published, "deploy": request.app.state.deploy_job.to_dict()}
-
-    @app.post("/v1/admin/deploy", status_code=202, dependencies=[Admin], tags=["admin"])
-    def deploy(body: VersionBody, request: Request) -> dict[str, Any]:
-        """Starts deploying a published version (bulk load, validation, switch) in the background."""
-        dep: Deployment = request.app.state.deployment
-        if body.version not in {v.version for v in dep.registry.versions()}:
-            raise HTTPException(404, f"unknown version {body.version!r}")
-        dep.check_deployable(body.version)  # a retired version: 409 now, not a failure in the background
-        request.app.state.deploy_job.start(dep, body.version)
-        return request.app.state.deploy_job.to_dict()
-
-    @app.post("/v1/admin/switch", dependencies=[Admin], tags=["admin"])
-    def switch(body: VersionBody, request: Request) -> dict[str, Any]:
-        request.app.state.deployment.switch(body.version)
-        return {"serving": body.version}
-
-    @app.post("/v1/admin/rollback", dependencies=[Admin], tags=["admin"])
-    def rollback(request: Request) -> dict[str, Any]:
-        return {"serving": request.app.state.deployment.rollback()}
-
-    @app.post("/v1/admin/retire", dependencies=[Admin], tags=["admin"])
-    def retire(body: VersionBody, request: Request) -> dict[str, Any]:
-        request.app.state.deployment.retire(body.version)
-        return {"retired": body.version}
-
+    app.include_router(lifecycle_routes(Admin))
     app.include_router(trial_routes(Admin))
-
-    @app.get("/v1/admin/stream", dependencies=[Admin], tags=["admin"])
-    def stream(request: Request) -> dict[str, Any]:
-        return request.app.state.deployment.stream_status()
 
     # ------------------------------------------------------------------------------ operations
 
@@ -507,49 +374,3 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
         app.add_middleware(OwnerProxy, owner_url=settings.owner_url)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # added last: outermost, before the proxy
     return app
-
-
-def _serving_config(request: Request) -> ProjectConfig:
-    """The serving version's config (what user profiles and histories are checked against).
-
-    Raises:
-        ServingUnavailable: no version serves yet.
-    """
-    version = request.app.state.deployment.router.current
-    if version is None:
-        raise ServingUnavailable("no version is serving yet; deploy one first")
-    config: ProjectConfig = version.bundle.config
-    return config
-
-
-def _record_events(request: Request, events: list[EventIn]) -> dict[str, Any]:
-    """Stores the events in the feedback journal; an event for a canvas the serving version does not
-    declare is refused (422, position named); one for an entity the catalogue does not hold is stored
-    (the entity may arrive later) and counted."""
-    dep: Deployment = request.app.state.deployment
-    version = dep.router.current
-    if version is not None:
-        declared = set(version.schema.canvas_names)
-        for i, e in enumerate(events):
-            if e.canvas not in declared:
-                request.app.state.metrics.events.labels(e.kind, "unknown_canvas").inc()
-                raise RequestError(f"events.{i}.canvas", f"unknown canvas {e.canvas!r}; declared: {sorted(declared)}")
-    now = time.time()
-    records = [
-        EventRecord(e.event_id, e.request_id, e.user_id, e.canvas, e.entity_id, e.kind, e.value, e.ts or now)
-        for e in events
-    ]
-    stored, duplicates = request.app.state.journal.record_events(records)
-    if version is not None:  # the users' new states through the change log (histories, new users)
-        try:
-            request.app.state.users.after_events(version.bundle.config, records)
-        except StreamUnavailable as exc:  # the events are stored: a retry (idempotent) publishes the states
-            raise ServingUnavailable(f"events stored, users' states not yet published ({exc}); retry") from None
-    known = dep.catalogue.entities(list({e.entity_id for e in events}))
-    unknown = sum(1 for e in events if e.entity_id not in known)
-    metrics = request.app.state.metrics.events
-    for e in events:
-        metrics.labels(e.kind, "unknown_entity" if e.entity_id not in known else "received").inc()
-    if duplicates:
-        metrics.labels("any", "duplicate").inc(duplicates)
-    return {"stored": stored, "duplicates": duplicates, "unknown_entities": unknown}

@@ -76,6 +76,29 @@ def test_a_replica_answers_as_the_owner_and_follows_its_changes_and_switches(
         assert [r["version"] for r in replica.status()] == ["v0001"]
 
 
+def test_a_switch_waits_for_a_replica_still_loading_the_new_version(
+    owner: Deployment, two_versions: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from monorec.deployment import lifecycle, replica
+
+    monkeypatch.setattr(lifecycle, "LIVE_WITHIN_S", 1.0)  # silent for 1 s: taken for dead
+    monkeypatch.setattr(replica, "HEARTBEAT_S", 0.2)
+    load = Replica._load
+
+    def slow_load(self: Replica, version: str) -> None:
+        if version == "v0002":
+            time.sleep(2.5)  # a large version: its checkpoint takes longer to load than the liveness bound
+        load(self, version)
+
+    monkeypatch.setattr(Replica, "_load", slow_load)
+    with Replica(owner.root, two_versions, name="r1") as r:
+        owner.deploy("v0002")
+        # the replica kept beating while it loaded, so the switch waited for it
+        assert r.router.current is not None and r.router.current.name == "v0002"
+
+
 def test_a_switch_waits_for_live_replicas_only_and_not_forever(
     owner: Deployment, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -120,6 +120,8 @@ class Replica:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._said: tuple[str | None, float] = (None, float("-inf"))  # the last heartbeat: serving, when
+        self._saying = threading.Lock()
+        self._beats: threading.Thread | None = None
         # where this replica's trial guard sends an abort (``serving.owner_proxy.OwnerTrials``: the owner's
         # admin API); None: a breach seen here is only logged
         self.trials: Any = None
@@ -226,12 +228,23 @@ class Replica:
             self.router.clear_trial()
 
     def _heartbeat(self) -> None:
-        current = self.router.current
-        serving = None if current is None else current.name
-        now = time.monotonic()
-        if serving != self._said[0] or now - self._said[1] >= HEARTBEAT_S:
-            self.control.heartbeat(self.name, os.getpid(), serving)
-            self._said = (serving, now)
+        """Says which version this replica serves, when it changed or ``HEARTBEAT_S`` after the last time.
+        Called by :meth:`follow` (at once after a switch) and by its own thread, so a replica busy loading a
+        large version (seconds) is still alive to the owner, whose switch then waits for it."""
+        with self._saying:
+            current = self.router.current
+            serving = None if current is None else current.name
+            now = time.monotonic()
+            if serving != self._said[0] or now - self._said[1] >= HEARTBEAT_S:
+                self.control.heartbeat(self.name, os.getpid(), serving)
+                self._said = (serving, now)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S / 2):
+            try:
+                self._heartbeat()
+            except Exception:  # the control plane busy or away: the next beat tries again
+                _log.exception("replica %s: heartbeat failed", self.name)
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -252,6 +265,8 @@ class Replica:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name=f"replica-{self.name}", daemon=True)
             self._thread.start()
+            self._beats = threading.Thread(target=self._beat, name=f"replica-{self.name}-heartbeat", daemon=True)
+            self._beats.start()
         return self
 
     def applied_offsets(self) -> dict[str, str | None]:
@@ -309,9 +324,10 @@ class Replica:
     def close(self) -> None:
         """Stops following and every loader; frees the copies (the owner's folder is left as it was)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        for thread in (self._thread, self._beats):
+            if thread is not None:
+                thread.join(timeout=30)
+        self._thread = self._beats = None
         with self._ops:
             self.control.forget_replica(self.name)  # first: a switch meanwhile does not wait for it
             for version in list(self.versions):

@@ -148,3 +148,29 @@ def test_qdrant_sparse_bm25_scores_as_tantivy_does(tmp_path: Path) -> None:
             if entity in scores:
                 assert score == pytest.approx(scores[entity], rel=1e-4), (query, entity)
     qdrant.index.drop()
+
+
+def test_a_restored_tantivy_index_shares_the_checkpoints_files_and_never_writes_into_them(tmp_path: Path) -> None:
+    import hashlib
+
+    index = LexicalIndex(tmp_path / "owner")
+    index.upsert(list(TITLES), [t for t, _ in TITLES.values()], [c for _, c in TITLES.values()])
+    index.save(tmp_path / "checkpoint")
+    index.close()
+
+    def files(folder: Path) -> dict[str, str]:
+        return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())}
+
+    saved = files(tmp_path / "checkpoint")
+    restored = LexicalIndex.restore(tmp_path / "checkpoint", tmp_path / "replica")
+    segment = next(f for f in (tmp_path / "checkpoint").iterdir() if f.name != "meta.json")
+    assert (tmp_path / "replica" / segment.name).stat().st_ino == segment.stat().st_ino  # linked, not copied
+    for i in range(30):  # commits, new segments, merges and their garbage collection in the working copy
+        restored.upsert([f"n{i}", "a"], [f"Nebula {i}", f"Renamed {i}"], ["", ""])
+    restored.delete(["b"])
+    assert {e for e, _ in restored.search(["renamed"], 5)[0]} == {"a"}
+    restored.close()
+    assert files(tmp_path / "checkpoint") == saved  # the checkpoint still holds what it held
+    again = LexicalIndex.restore(tmp_path / "checkpoint", tmp_path / "again")
+    assert len(again) == len(TITLES) and not {e for e, _ in again.search(["renamed"], 5)[0]}
+    again.close()

@@ -17,6 +17,7 @@ commit of it into the version's checkpoint (beside the vector index, under the s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from collections.abc import Sequence
@@ -182,6 +183,10 @@ class LexicalIndex:
     @classmethod
     def restore(cls, saved: str | Path, path: str | Path) -> LexicalIndex:
         """A working index in ``path`` (replacing what is there) started from a copy made by :meth:`save`.
+        Its files are hard links to the saved ones where the filesystem allows (no copy, and the replicas
+        of one host share their pages): tantivy never writes into an existing file (segments are written
+        once, ``meta.json`` is replaced by a rename), so writing to the working index never alters the
+        checkpoint.
 
         Raises:
             ArtifactError: ``saved`` holds no lexical index, or tantivy cannot open it.
@@ -190,7 +195,7 @@ class LexicalIndex:
         if not (saved / "meta.json").is_file():
             raise ArtifactError(f"{saved}: lexical index missing")
         shutil.rmtree(path, ignore_errors=True)
-        shutil.copytree(saved, path)
+        shutil.copytree(saved, path, copy_function=_link_or_copy)
         try:
             return cls(path)
         except Exception as exc:  # tantivy reports a broken index as ValueError or OSError, by case
@@ -226,3 +231,10 @@ class LexicalIndex:
             if self._writer is not None:
                 self._writer.wait_merging_threads()  # consumes the writer and releases the folder's lock
                 self._writer = None
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(source, target)

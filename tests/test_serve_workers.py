@@ -118,6 +118,14 @@ def test_replicas_share_the_port_answer_and_hand_writes_and_admin_to_the_owner(s
         return {client.post("/v1/recommend", json=b).json()["version"] for b in bodies}
 
     on_each_replica(url, lambda c: versions_for_users(c) == {"v0001", "v0002"}, {"r0", "r1"})
+
+    def candidate_answers_seen_by_replicas() -> dict[str, int]:  # the owner's view of each replica's side
+        sides = httpx.get(f"{url}/v1/admin/trial", headers=AUTH).json()["replicas"]
+        home = {name: side["canvases"].get("home", {}).get("versions", {}) for name, side in sides.items()}
+        return {name: versions.get("v0002", {}).get("requests", 0) for name, versions in home.items()}
+
+    # each replica reports its side with its heartbeat (about once a second)
+    wait_for(lambda: (seen := candidate_answers_seen_by_replicas()).keys() == {"r0", "r1"} and all(seen.values()))
     OwnerTrials(url, TOKEN).abort("a replica's guard saw a breach")  # sent to a replica, done by the owner
     status = httpx.get(f"{url}/v1/admin/trial", headers=AUTH).json()
     assert status["trial"] is None and status["last_abort"] == "v0002: a replica's guard saw a breach"

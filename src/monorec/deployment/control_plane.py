@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     payload TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS replicas (
     name TEXT PRIMARY KEY, pid INTEGER NOT NULL, serving TEXT, seen_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS replica_reports (
+    replica TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (replica, kind));
 """
 
 
@@ -154,9 +157,25 @@ class ControlPlane:
             db.execute("INSERT OR REPLACE INTO replicas VALUES (?, ?, ?, ?)", (replica, pid, serving, time.time()))
 
     def forget_replica(self, replica: str) -> None:
-        """A replica that stopped (cleanly) leaves the deployment."""
+        """A replica that stopped (cleanly) leaves the deployment, with its reports."""
         with self._db() as db:
             db.execute("DELETE FROM replicas WHERE name = ?", (replica,))
+            db.execute("DELETE FROM replica_reports WHERE replica = ?", (replica,))
+
+    def put_report(self, replica: str, kind: str, body: str) -> None:
+        """What a replica measured of ``kind`` (e.g. its side of a trial, as JSON), replacing its last one."""
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO replica_reports VALUES (?, ?, ?, ?)", (replica, kind, body, time.time()))
+
+    def reports(self, kind: str, seen_within_s: float) -> dict[str, str]:
+        """Replica -> its last report of ``kind``, for the replicas heard from in the last ``seen_within_s``."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT r.replica, r.body FROM replica_reports r JOIN replicas a ON a.name = r.replica "
+                "WHERE r.kind = ? AND a.seen_at >= ? ORDER BY r.replica",
+                (kind, time.time() - seen_within_s),
+            ).fetchall()
+        return {str(name): str(body) for name, body in rows}
 
     def replicas(self, seen_within_s: float) -> list[ReplicaSeen]:
         """The replicas whose last heartbeat is at most ``seen_within_s`` old (a dead one drops out)."""

@@ -34,12 +34,13 @@ what it holds).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,9 @@ class Replica:
         # where this replica's trial guard sends an abort (``serving.owner_proxy.OwnerTrials``: the owner's
         # admin API); None: a breach seen here is only logged
         self.trials: Any = None
+        # kind -> what this replica reports to the owner with each heartbeat (JSON-able; the serving app
+        # registers its side of a running trial), read by the owner through ControlPlane.reports
+        self.reporters: dict[str, Callable[[], Any]] = {}
 
     # ----------------------------------------------------------------------------------- following
 
@@ -237,6 +241,8 @@ class Replica:
             now = time.monotonic()
             if serving != self._said[0] or now - self._said[1] >= HEARTBEAT_S:
                 self.control.heartbeat(self.name, os.getpid(), serving)
+                for kind, report in list(self.reporters.items()):
+                    self.control.put_report(self.name, kind, json.dumps(report()))
                 self._said = (serving, now)
 
     def _beat(self) -> None:

@@ -165,6 +165,8 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
             contract_openapi(app, dep.registry.config(versions[-1].version), env)
         journal = FeedbackJournal(settings.journal or settings.root / "feedback.sqlite")
         engine = ServingEngine(dep, env, journal=journal)
+        if isinstance(dep, Replica):  # the owner shows every replica's side of a trial beside its own
+            dep.reporters["trial"] = engine.trials.report
         app.state.deployment, app.state.env, app.state.engine = dep, env, engine
         app.state.metrics = ServingMetrics(dep)
         app.state.metrics.watch_trials(lambda: engine.trials.summary() if dep.router.trial is not None else {})

@@ -4,11 +4,13 @@ online comparison per canvas and how users took their answers), promote, abort."
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from monorec.deployment.control_plane import LIVE_WITHIN_S
 from monorec.serving.messages import RecommendRequest
 
 __all__ = ["TrialBody", "trial_routes"]
@@ -35,6 +37,10 @@ def trial_status(request: Request) -> dict[str, Any]:
     if trial is not None:
         out["comparison"] = request.app.state.engine.trials.summary()
         out["event_rates"] = request.app.state.journal.rates_by_version(trial.started)
+        # with replicas (`serve --workers N`) the traffic is theirs: each one's side of this trial
+        key = [trial.version, trial.started]
+        reports = {name: json.loads(body) for name, body in dep.control.reports("trial", LIVE_WITHIN_S).items()}
+        out["replicas"] = {name: r for name, r in reports.items() if r.get("trial") == key}
     return out
 
 

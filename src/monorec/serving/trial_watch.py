@@ -152,6 +152,12 @@ class TrialWatch:
     def summary(self) -> dict[str, Any]:
         return {"canvases": self.stats.summary(), "shadow_dropped": self.shadow_dropped}
 
+    def report(self) -> dict[str, Any]:
+        """This process's side of the running trial, for the owner (a replica's report): the trial it
+        measured (``[version, started]``, None before any) and :meth:`summary`."""
+        key = self.stats.trial_key
+        return {"trial": None if key is None else list(key), **self.summary()}
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)

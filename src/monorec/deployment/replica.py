@@ -17,7 +17,8 @@ requests. For each version the control plane calls ready, serving or standby it:
        request that begins after a switch returned is never answered by the old one.
 
 Requests pin one version here as in the owner (the same :class:`VersionRouter`). A replica writes nothing
-the owner reads but its heartbeat: its checkpoints are no-ops (after a crash it starts again from the
+the owner reads but its heartbeat and the reports that ride on it (:attr:`Replica.reporters`, e.g. its
+side of a trial): its checkpoints are no-ops (after a crash it starts again from the
 owner's newest one) and its lexical working copies live under ``replicas/NAME/``. It reports its applied
 offset per version, and a replica whose loaders lag more than ``max_lag`` entries behind the log reports
 not ready.

@@ -57,6 +57,7 @@ from monorec.serving.messages import (
     EntityOut,
     RecommendRequest,
     RecommendResponse,
+    UserOut,
 )
 from monorec.serving.metrics import ServingMetrics
 from monorec.serving.openapi import contract_openapi
@@ -283,6 +284,21 @@ def create_app(settings: ServeSettings, *, deployment: Deployment | None = None)
             categories=list(entity.categories),
             revision=entity.revision,
             versions={name: bool(sv.known([entity_id])) for name, sv in list(dep.versions.items())},
+        )
+
+    @app.get("/v1/users/{user_id}", response_model=UserOut, dependencies=[Reader], tags=["users"])
+    def get_user(user_id: EntityId, request: Request) -> UserOut:
+        """A user's stored state (profile, recent history) and which live versions' user stores hold it."""
+        dep: ServedDeployment = request.app.state.deployment
+        state = dep.catalogue.user(user_id)
+        if state is None:
+            raise HTTPException(404, f"unknown user {user_id!r}")
+        return UserOut(
+            user_id=state.user_id,
+            revision=state.revision,
+            profile=dict(state.profile),
+            history=list(state.history),
+            versions={name: sv.holds_user(user_id, state.revision) for name, sv in list(dep.versions.items())},
         )
 
     @app.get("/v1/info", dependencies=[Reader], tags=["info"])

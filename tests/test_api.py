@@ -224,3 +224,19 @@ def test_a_failing_loader_makes_the_server_not_ready(api: tuple[httpx.Client, De
     assert stream["loaders"]["catalogue"]["healthy"] is False and stream["lag"]["catalogue"] >= 1
     monkeypatch.undo()
     wait_for(lambda: client.get("/readyz").status_code == 200)
+
+
+def test_the_route_table_is_the_api_contract(tmp_path: Path) -> None:
+    """Every public route and method, as clients rely on them: a refactor that loses or adds one fails
+    here (the route modules are assembled in app.py; a dropped route was once caught only by the page)."""
+    app = create_app(ServeSettings(root=tmp_path / "dep", registry=tmp_path / "registry"))
+    routes = {(path, method) for path, ops in app.openapi()["paths"].items() for method in ops}
+    reads = {("/v1/recommend", "post"), ("/v1/recommend/batch", "post"), ("/v1/info", "get")}
+    entities = {("/v1/entities/{entity_id}", m) for m in ("get", "put", "delete")}
+    users = {("/v1/users/{user_id}", m) for m in ("get", "put")}
+    events = {("/v1/events", "post"), ("/v1/events/batch", "post")}
+    admin = {(f"/v1/admin/{name}", "post") for name in ("deploy", "switch", "rollback", "retire")}
+    admin |= {("/v1/admin/versions", "get"), ("/v1/admin/stream", "get"), ("/v1/admin/trial", "get")}
+    admin |= {(f"/v1/admin/trial{tail}", "post") for tail in ("", "/compare", "/promote", "/abort")}
+    operations = {("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get"), ("/v1/ops", "get")}
+    assert routes == reads | entities | users | events | admin | operations

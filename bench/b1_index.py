@@ -5,7 +5,8 @@ indexes get poor recall on isotropic noise), 1,000 held-out queries from the sam
 truth by exact search. Compared, in one run:
 
 - exact: ``FaissIndex(kind="exact")`` vs faiss ``IndexFlatIP``;
-- HNSW (M=16, efConstruction=100): ``FaissIndex(kind="hnsw")`` vs faiss ``IndexHNSWFlat`` vs hnswlib.
+- HNSW (M=16, efConstruction=100): ``FaissIndex(kind="hnsw")`` vs faiss ``IndexHNSWFlat`` vs hnswlib vs
+  usearch (connectivity 16, expansion_add 100).
 
 For every HNSW index the efSearch sweep finds the cheapest setting with recall@10 >= 0.95; queries/s are
 measured there, one query per call (the serving pattern) and in one batch. The ratio is ours over the best
@@ -154,6 +155,26 @@ def run_size(n: int, seed: int, queries_n: int) -> dict[str, Any]:
         )
     except ImportError:
         print("hnswlib not installed (pip install -e '.[bench]'); comparing with faiss only")
+    try:
+        from usearch.index import Index as UsearchIndex
+
+        threads = faiss.omp_get_max_threads()  # the same cores as faiss's batched search
+        started = time.perf_counter()
+        us = UsearchIndex(ndim=DIM, metric="ip", dtype="f32", connectivity=16, expansion_add=100)
+        us.add(np.arange(n), data, threads=threads)
+        builds["usearch"] = time.perf_counter() - started
+        us.save(str(tmp / "usearch.bin"))
+        sizes["usearch"] = (tmp / "usearch.bin").stat().st_size / n
+
+        def set_us(ef: int) -> None:
+            us.expansion_search = ef
+
+        def us_search(q: np.ndarray) -> np.ndarray:
+            return np.atleast_2d(us.search(q, K, threads=threads).keys)  # one query answers (K,): made (1, K)
+
+        tuned["usearch"] = (sweep("usearch", set_us, us_search, queries, truth), us_search)
+    except ImportError:
+        print("usearch not installed (pip install -e '.[bench]'); comparing without it")
     rates = best_of_rounds({name: fn for name, (_, fn) in tuned.items()}, queries)
     out["hnsw"] = {}
     for name, (res, _) in tuned.items():

@@ -28,6 +28,20 @@ def upsert(entity_id: str, revision: int) -> dict:
     }
 
 
+def assert_same_answers(owner: Deployment, replica: Replica, item: str, version: str) -> None:
+    """The owner and the replica answer home, related and search alike, from ``version``."""
+    requests = [
+        RecommendRequest(canvas="home", context={"user_id": "u1", "history": [item]}),
+        RecommendRequest(canvas="related", context={"source_item_id": item}),
+        RecommendRequest(canvas="search", context={"query": "space wedding"}),
+    ]
+    with engine_for(owner) as at_owner, engine_for(replica) as at_replica:  # type: ignore[arg-type]
+        for request in requests:
+            want, got = at_owner.recommend(request), at_replica.recommend(request)
+            assert got.version == want.version == version
+            assert [i.entity_id for i in got.items] == [i.entity_id for i in want.items]
+
+
 @pytest.fixture
 def owner(tmp_path: Path, two_versions: Registry, prepared) -> Iterator[Deployment]:  # type: ignore[no-untyped-def]
     dep = deployed(tmp_path / "dep", two_versions, prepared.catalogue)
@@ -43,16 +57,7 @@ def test_a_replica_answers_as_the_owner_and_follows_its_changes_and_switches(
         assert replica.router.current is not None and replica.router.current.name == "v0001"
         assert replica.versions["v0001"].index.revisions() == owner.versions["v0001"].index.revisions()
         item = prepared.catalogue["entity_id"][2]
-        requests = [
-            RecommendRequest(canvas="home", context={"user_id": "u1", "history": [item]}),
-            RecommendRequest(canvas="related", context={"source_item_id": item}),
-            RecommendRequest(canvas="search", context={"query": "space wedding"}),
-        ]
-        with engine_for(owner) as at_owner, engine_for(replica) as at_replica:  # type: ignore[arg-type]
-            for request in requests:
-                want, got = at_owner.recommend(request), at_replica.recommend(request)
-                assert got.version == want.version == "v0001"
-                assert [i.entity_id for i in got.items] == [i.entity_id for i in want.items]
+        assert_same_answers(owner, replica, item, version="v0001")
 
         owner.publish([upsert("new-1", 3), {"op": "delete", "entity_id": item, "revision": 9}])
         revisions = replica.versions["v0001"].index.revisions
@@ -230,15 +235,7 @@ def test_a_replica_of_a_qdrant_deployment_searches_the_owners_collection_and_wri
             assert mine.index.collection == owner.versions["v0001"].index.collection  # type: ignore[attr-defined]
             mine.index.client = NoWrites(mine.index.client)  # type: ignore[attr-defined]
             item = prepared.catalogue["entity_id"][2]
-            requests = [
-                RecommendRequest(canvas="home", context={"user_id": "u1", "history": [item]}),
-                RecommendRequest(canvas="related", context={"source_item_id": item}),
-                RecommendRequest(canvas="search", context={"query": "space wedding"}),
-            ]
-            with engine_for(owner) as at_owner, engine_for(replica) as at_replica:  # type: ignore[arg-type]
-                for request in requests:
-                    want, got = at_owner.recommend(request), at_replica.recommend(request)
-                    assert [i.entity_id for i in got.items] == [i.entity_id for i in want.items]
+            assert_same_answers(owner, replica, item, version="v0001")
 
             owner.publish([upsert("new-1", 3), {"op": "delete", "entity_id": item, "revision": 9}])
             wait_for(lambda: mine.index.revisions().get("new-1") == 3 and item not in mine.index.revisions())

@@ -174,11 +174,13 @@ class TrainSpec:
     # cold-start sentinel is learned and the model also leans on the other fields (history, query...);
     # histories are regularised by model.sequence_dropout instead
     id_dropout: float = 0.0
-    # model selection: "ndcg" (validation NDCG@k averaged over requests) or "loss" (validation loss over
+    # model selection: "ndcg" (validation NDCG@k of the ranker alone, averaged over requests), "served"
+    # (validation NDCG@k of what serving ranks by: the ranker fused with the candidate sources, the fusion
+    # weights chosen on the same validation requests after every epoch), or "loss" (validation loss over
     # every validation row; smoother when a canvas's validation requests are few and come from few users)
-    selection: Literal["ndcg", "loss"] = "ndcg"
-    val_requests: int = 1000  # validation requests per canvas for "ndcg" selection (fewer: noisier choice)
-    # the canvases whose validation NDCG selects the epoch under "ndcg" (empty: every canvas). Every canvas's
+    selection: Literal["ndcg", "served", "loss"] = "ndcg"
+    val_requests: int = 1000  # validation requests per canvas for NDCG selection (fewer: noisier choice)
+    # the canvases whose validation NDCG selects the epoch (empty: every canvas). Every canvas's
     # validation is still measured and recorded; a canvas whose validation requests are too few or come from
     # too few users to tell epochs apart would otherwise pick the epoch for all of them
     selection_canvases: tuple[str, ...] = ()

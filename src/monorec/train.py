@@ -116,7 +116,8 @@ def _train(
     data = TrainingData.build(cfg, featurizer, rows, prepared.catalogue, dev, sources=row_sources, leave_own_out=True)
     generator = torch.Generator().manual_seed(t.seed)
     stepper = TrainStep(model, cfg, data, generator)
-    val_requests = request_sets(cfg, prepared, "valid", max_requests=t.val_requests) if t.selection == "ndcg" else {}
+    by_ndcg = t.selection in ("ndcg", "served")
+    val_requests = request_sets(cfg, prepared, "valid", max_requests=t.val_requests) if by_ndcg else {}
     # the validation rows' losses are the learning curves of every run (and the selection score of "loss"):
     # unweighted, they measure the objectives themselves whatever the training rows' sample weights
     val_rows = prepared.rows("valid", names)
@@ -162,7 +163,13 @@ def _train(
         else:
             depth = cfg.evaluate.retrieval_depth
             recommender = ModelRecommender(bundle, prepared.catalogue, depth=depth, sources=sources)
-            val = evaluate_recommender(recommender, val_requests, cfg.evaluate.k)
+            if t.selection == "served":
+                # what serving would rank by after this epoch: the fusion is chosen anew for each epoch's
+                # ranker, as it will be for the kept one (validation requests only)
+                fused = tune_source_weights(bundle, recommender, val_requests, cfg.evaluate.k)
+                val = {c: {**m, "requests": len(val_requests[c])} for c, m in fused.items()}
+            else:
+                val = evaluate_recommender(recommender, val_requests, cfg.evaluate.k)
             score = validation_score(val, cfg.evaluate.k, t.selection_canvases)
         history.append(
             {

@@ -1,6 +1,6 @@
 """The deployment commands of the ``monorec`` CLI (see :mod:`monorec.cli`).
 
-monorec deploy   VERSION [--catalogue FILE] [--retire-previous]
+monorec deploy   VERSION [--catalogue FILE] [--retire-previous] [--ray auto|ADDRESS [--ray-workers N]]
 monorec versions
 monorec switch   VERSION
 monorec rollback
@@ -74,6 +74,14 @@ def add_deploy_commands(sub: Any) -> None:
     d.add_argument("version", help="a published version, e.g. v0002")
     d.add_argument("--catalogue", help="initial catalogue table (Parquet/CSV) when the folder has none yet")
     d.add_argument("--retire-previous", action="store_true", help="retire the old version instead of keeping it")
+    d.add_argument(
+        "--ray",
+        default=None,
+        metavar="auto|ADDRESS",
+        help="bulk-embed on Ray Data: auto ($RAY_ADDRESS, else a local cluster) or a cluster's address "
+        "(pip install 'monorec[ray]'; the registry and the folder must be readable from every node)",
+    )
+    d.add_argument("--ray-workers", type=int, default=2, help="with --ray: actors encoding the catalogue")
     _common(d)
     v = add_command(sub, "versions", help="deployed versions: state, entities, loader lag")
     _common(v)
@@ -376,8 +384,15 @@ def run_deploy_command(args: argparse.Namespace) -> int:
 
     if _command_name(args) in READ_ONLY:
         _require_existing(args)
+    ray_address = getattr(args, "ray", None)
+    if ray_address is not None:
+        from monorec.distributed import import_ray
+
+        import_ray()  # Ray missing: say so before anything is read
     url = running_server(args.root)
     if url is not None:
+        if ray_address is not None:
+            raise DeployError(f"{url} owns {args.root}: --ray deploys from the folder itself; stop the server first")
         return _remote(args, url)
     with Deployment(args.root, args.registry, log=open_log(args.root, args.redis), progress=True) as dep:
         if args.command == "deploy":
@@ -387,7 +402,15 @@ def run_deploy_command(args: argparse.Namespace) -> int:
                 config = dep.registry.config(args.version)
                 dep.seed_catalogue(validate_catalogue(read_table(args.catalogue), config, args.catalogue))
             dep.open(start_loaders=False)
-            state = dep.deploy(args.version, retire_previous=args.retire_previous)
+            if ray_address is None:
+                state = dep.deploy(args.version, retire_previous=args.retire_previous)
+            else:
+                from monorec.distributed import RayBulkEmbedder, ray_session
+
+                scratch = Path(args.root) / "bulk-blocks" / args.version
+                embedder = RayBulkEmbedder(args.registry, args.version, scratch, workers=args.ray_workers)
+                with ray_session(ray_address, cpus=args.ray_workers):
+                    state = dep.deploy(args.version, retire_previous=args.retire_previous, pages=embedder)
             print(f"{state.version} is {state.state}")
         elif args.command == "switch":
             dep.open(start_loaders=False)

@@ -51,7 +51,7 @@ from monorec.deployment.control_plane import LIVE_STATES, LIVE_WITHIN_S, Control
 from monorec.deployment.ownership import FolderLock
 from monorec.deployment.router import VersionRouter
 from monorec.deployment.sinks import CatalogueSink, VersionSink
-from monorec.deployment.staging import bulk_load, open_version
+from monorec.deployment.staging import EntityPages, bulk_load, catalogue_pages, open_version
 from monorec.deployment.trial_control import TrialController
 from monorec.deployment.version import ServingVersion
 from monorec.errors import ArtifactError, DeployError
@@ -230,16 +230,22 @@ class Deployment:
         return self
 
     def deploy(
-        self, version: str, *, retire_previous: bool = False, progress_cb: Callable[[int], None] | None = None
+        self,
+        version: str,
+        *,
+        retire_previous: bool = False,
+        progress_cb: Callable[[int], None] | None = None,
+        pages: EntityPages = catalogue_pages,
     ) -> Deployed:
-        """Stages, validates and switches to ``version`` (resuming wherever a previous attempt stopped)."""
+        """Stages, validates and switches to ``version`` (resuming wherever a previous attempt stopped);
+        ``pages``: where the bulk pass's encodings come from (see :meth:`stage`)."""
         with self._ops:
             self.check_deployable(version)
             state = self.control.get(version)
             if state is not None and state.state == "serving":
                 return state
             if state is None or state.state in ("staging", "failed"):
-                self.stage(version, progress_cb=progress_cb)
+                self.stage(version, progress_cb=progress_cb, pages=pages)
             self.switch(version)
             previous = self.control.pointer("previous")
             if retire_previous and previous is not None and previous != version:
@@ -258,8 +264,16 @@ class Deployment:
         if state is not None and state.state == "retired":
             raise DeployError(f"{version} was retired; publish a new version to deploy it again")
 
-    def stage(self, version: str, *, progress_cb: Callable[[int], None] | None = None) -> None:
-        """Steps 1-4 of the module docstring; leaves the version ``ready`` (or ``failed``, raising)."""
+    def stage(
+        self,
+        version: str,
+        *,
+        progress_cb: Callable[[int], None] | None = None,
+        pages: EntityPages = catalogue_pages,
+    ) -> None:
+        """Steps 1-4 of the module docstring; leaves the version ``ready`` (or ``failed``, raising).
+        ``pages``: the bulk pass's entities and their encodings, by default embedded in this process
+        (:class:`monorec.distributed.RayBulkEmbedder` encodes them on a Ray cluster)."""
         with self._ops:
             self.registry.verify(version)
             state = self.control.get(version)
@@ -284,7 +298,7 @@ class Deployment:
             loader, sink = self._loader_for(sv)
             sink.bulk_cursor = str(manifest.get("bulk_cursor", ""))
             sink.user_cursor = str(manifest.get("user_cursor", ""))
-            bulk_load(sv, self.catalogue, loader, sink, progress=self.progress, progress_cb=progress_cb)
+            bulk_load(sv, self.catalogue, loader, sink, progress=self.progress, progress_cb=progress_cb, pages=pages)
             loader.catch_up()
             self.validate(version, sv, loader)
             self.versions[version] = sv

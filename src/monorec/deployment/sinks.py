@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from monorec.config import ProjectConfig
-from monorec.deployment.version import ServingVersion
+from monorec.deployment.version import ItemEncodings, ServingVersion
 from monorec.index import save_index
 from monorec.stream.catalogue import CatalogueStore
 from monorec.stream.changes import AnyChange, UserChange
@@ -35,11 +35,11 @@ class VersionSink:
         self._writes += len(changes)
         return self.version.apply(changes)
 
-    def load_rows(self, page: pl.DataFrame) -> None:
+    def load_rows(self, page: pl.DataFrame, encoded: ItemEncodings | None = None) -> None:
         self._writes += page.height
         # a staging version serves nothing: its lexical index commits at the checkpoints (a tantivy commit
         # per page was 10% of the bulk pass), which every reader of the bulk load waits for
-        self.version.load_rows(page, commit=False)
+        self.version.load_rows(page, commit=False, encoded=encoded)
 
     def load_users(self, states: Sequence[UserChange]) -> None:
         self._writes += len(states)

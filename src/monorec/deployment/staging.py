@@ -5,15 +5,16 @@ its checkpoint, and the bulk pass that fills them from the catalogue and the use
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from tqdm.auto import tqdm
 
 from monorec._failpoints import failpoint
 from monorec.deployment.sinks import VersionSink
-from monorec.deployment.version import ItemFeatures, ServingVersion
+from monorec.deployment.version import ItemEncodings, ItemFeatures, ServingVersion
 from monorec.index import create_index, load_index
 from monorec.registry import Registry
 from monorec.retrieval.lexical_backends import create_lexical, load_lexical
@@ -21,9 +22,24 @@ from monorec.stream.catalogue import CatalogueStore
 from monorec.stream.loader import Loader
 from monorec.users import create_user_store, load_user_store
 
-__all__ = ["BULK_DONE", "bulk_load", "open_version"]
+__all__ = ["BULK_DONE", "EntityPages", "bulk_load", "catalogue_pages", "open_version"]
 
 BULK_DONE = "\U0010ffff"  # a bulk cursor after every possible id
+
+# (catalogue, after this id, page size) -> the live entities after it in id order, page by page, each with
+# its encodings when they were computed elsewhere (None: the version embeds the page itself)
+EntityPages = Callable[[CatalogueStore, str, int], Iterator[tuple[pl.DataFrame, ItemEncodings | None]]]
+
+
+def catalogue_pages(catalogue: CatalogueStore, after: str, size: int) -> Iterator[tuple[pl.DataFrame, None]]:
+    """The in-process bulk pass: pages read from the catalogue store as they are needed, embedded by the
+    version itself (see :mod:`monorec.distributed.bulk_embed` for the same pass on Ray)."""
+    while True:
+        page = catalogue.page(after, size)
+        if page.height == 0:
+            return
+        yield page, None
+        after = str(page["entity_id"][-1])
 
 
 def open_version(
@@ -74,13 +90,15 @@ def bulk_load(
     *,
     progress: bool = False,
     progress_cb: Callable[[int], None] | None = None,
+    pages: EntityPages = catalogue_pages,
 ) -> None:
     """Step 3: the catalogue paged in id order through ``sv``'s item tower, then every known user's state
     through its context tower (when it stores users), from the sink's bulk cursors on; the version's own
     log consumption interleaves (``loader.step()``) and checkpoints record both cursors, so a crash
     resumes after the last stored id. A checkpoint is due every ``checkpoint_batches`` batches once the
     work since the previous one is long enough for checkpoints to stay within ``checkpoint_max_share`` of
-    the time (the last one's duration is the estimate of the next)."""
+    the time (the last one's duration is the estimate of the next). ``pages`` gives the entities in id
+    order (:func:`catalogue_pages`, or a Ray pool's encodings: :mod:`monorec.distributed.bulk_embed`)."""
     spec = sv.bundle.config.deploy
     users = bool(sv.user_canvases)
     total = catalogue.count() + (catalogue.user_count() if users else 0)
@@ -91,14 +109,15 @@ def bulk_load(
     work_per_checkpoint = (1 - spec.checkpoint_max_share) / spec.checkpoint_max_share
     if not users:
         sink.user_cursor = BULK_DONE
+    entities = pages(catalogue, sink.bulk_cursor, spec.batch_size) if sink.bulk_cursor != BULK_DONE else iter(())
     while not sink.bulk_cursor == sink.user_cursor == BULK_DONE:  # entities first, then users
         if sink.bulk_cursor != BULK_DONE:
-            page = catalogue.page(sink.bulk_cursor, spec.batch_size)
-            done = page.height
-            if done == 0:
+            page, encoded = next(entities, (None, None))
+            done = 0 if page is None else page.height
+            if page is None:
                 sink.bulk_cursor = BULK_DONE
             else:
-                sink.load_rows(page)
+                sink.load_rows(page, encoded)
                 sink.bulk_cursor = str(page["entity_id"][-1])
         else:
             states = catalogue.user_page(sink.user_cursor, spec.batch_size)

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -41,7 +41,7 @@ from monorec.users import UserStore, user_key
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Answer", "ItemFeatures", "ServingVersion"]
+__all__ = ["Answer", "ItemEncodings", "ItemFeatures", "ServingVersion"]
 
 
 class ItemFeatures(RowTable):
@@ -61,6 +61,14 @@ class ItemFeatures(RowTable):
         table = cls(feats.shape[1])
         table.put(ids, feats)
         return table
+
+
+class ItemEncodings(NamedTuple):
+    """N catalogue rows through a version's item tower: ``vectors`` (N, D) float32 for the index,
+    ``features`` (N, F_i) float32 for the ranker."""
+
+    vectors: np.ndarray
+    features: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -131,21 +139,15 @@ class ServingVersion:
     # --------------------------------------------------------------------------------------- writes
 
     @torch.no_grad()
-    def embed(self, catalogue: pl.DataFrame) -> tuple[EntityRows, np.ndarray]:
-        """Catalogue rows (with a ``revision`` column) -> index rows and item features (N, F_i)."""
+    def embed(self, catalogue: pl.DataFrame) -> ItemEncodings:
+        """Catalogue rows -> their item-tower encodings (embeddings (N, D), features (N, F_i))."""
         feats, embs = self.bundle.item_embeddings(catalogue)
-        rows = EntityRows(
-            ids=catalogue["entity_id"].to_list(),
-            types=catalogue["entity_type"].to_list(),
-            categories=[tuple(c for c in s.split("|") if c) for s in catalogue["categories"].fill_null("").to_list()],
-            revisions=catalogue["revision"].to_numpy().astype(np.int64),
-            vectors=embs.cpu().numpy().astype(np.float32),
-        )
-        return rows, feats.cpu().numpy()
+        return ItemEncodings(embs.cpu().numpy().astype(np.float32), feats.cpu().numpy().astype(np.float32))
 
-    def load_rows(self, catalogue: pl.DataFrame, *, commit: bool = True) -> int:
+    def load_rows(self, catalogue: pl.DataFrame, *, commit: bool = True, encoded: ItemEncodings | None = None) -> int:
         """Embeds and upserts catalogue rows (bulk load); returns how many were newer than the index.
-        ``commit=False``: the lexical index sees them at the caller's next commit."""
+        ``commit=False``: the lexical index sees them at the caller's next commit. ``encoded``: the rows'
+        encodings by this version's item tower, computed elsewhere (a Ray bulk pass), row for row."""
         # only what the index will take (newer revisions, the latest of each id in the page): a replayed or
         # late change must not overwrite the features or the text of a newer revision. One loader writes a
         # version, so nothing applies in between
@@ -154,8 +156,17 @@ class ServingVersion:
             return 0
         if len(keep) < catalogue.height:
             catalogue = catalogue[keep]
-        rows, feats = self.embed(catalogue)
-        self.features.put(rows.ids, feats)  # before the index: a searchable entity always has features
+            encoded = None if encoded is None else ItemEncodings(encoded.vectors[keep], encoded.features[keep])
+        if encoded is None:
+            encoded = self.embed(catalogue)
+        rows = EntityRows(
+            ids=catalogue["entity_id"].to_list(),
+            types=catalogue["entity_type"].to_list(),
+            categories=[tuple(c for c in s.split("|") if c) for s in catalogue["categories"].fill_null("").to_list()],
+            revisions=catalogue["revision"].to_numpy().astype(np.int64),
+            vectors=encoded.vectors,
+        )
+        self.features.put(rows.ids, encoded.features)  # before the index: a searchable entity always has features
         applied = self.index.upsert(rows)
         # after the index: with Qdrant the lexical document is a sparse vector of the point the index writes
         cols = catalogue.select("title", "categories")

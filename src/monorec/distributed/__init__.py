@@ -1,0 +1,13 @@
+"""The distributed paths, on Ray (``pip install 'monorec[ray]'``): the same work as the in-process paths,
+spread over a local or remote Ray cluster. Importing this package does not import Ray; each path does when
+it runs (and says which extra to install when Ray is missing).
+
+- :class:`RayBulkEmbedder`: a new version's bulk pass (catalogue -> item tower) on Ray Data
+  (``monorec deploy --ray auto|ADDRESS``).
+- :func:`ray_session`: joins or starts the cluster.
+"""
+
+from monorec.distributed.bulk_embed import RayBulkEmbedder
+from monorec.distributed.session import RAY_INSTALL, import_ray, ray_session
+
+__all__ = ["RAY_INSTALL", "RayBulkEmbedder", "import_ray", "ray_session"]

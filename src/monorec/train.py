@@ -23,6 +23,7 @@ from monorec.bundle import ModelBundle
 from monorec.config import ProjectConfig
 from monorec.data.features import Featurizer
 from monorec.data.prepared import PreparedData
+from monorec.data_parallel import DataParallel
 from monorec.devices import resolve_device
 from monorec.errors import DataError
 from monorec.evaluation.evaluate import evaluate_recommender, request_sets
@@ -59,6 +60,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
     device: str | None = None,
+    parallel: DataParallel | None = None,
 ) -> ModelBundle:
     """Trains one model on the prepared data.
 
@@ -70,13 +72,15 @@ def train(
             an existing ``last.pt`` there is resumed from.
         progress: show a progress bar.
         device: overrides ``train.device``.
+        parallel: this worker's place among data-parallel workers (:mod:`monorec.data_parallel`); the
+            lead's bundle is the model, the others' are copies without the fusion and the history.
 
     Returns:
         The best epoch's model as a :class:`ModelBundle` (``meta`` holds the history).
     """
     threads = training_threads(config.train.threads)
     with reproducible(threads):  # the same seed gives the same model on a busy machine too
-        bundle = _train(config, prepared, canvases, checkpoint_dir, progress, device)
+        bundle = _train(config, prepared, canvases, checkpoint_dir, progress, device, parallel or DataParallel())
     bundle.meta["threads"] = threads
     return bundle
 
@@ -88,8 +92,10 @@ def _train(
     checkpoint_dir: str | Path | None,
     progress: bool,
     device: str | None,
+    parallel: DataParallel,
 ) -> ModelBundle:
     cfg = config.only_canvases(canvases) if canvases else config
+    lead = parallel.lead  # validation, selection, checkpoints and progress are the lead worker's
     t = cfg.train
     torch.manual_seed(t.seed)
     np.random.seed(t.seed)
@@ -115,7 +121,7 @@ def _train(
     row_sources = sources if model.source_columns or t.retrieval_negatives > 0 else None
     data = TrainingData.build(cfg, featurizer, rows, prepared.catalogue, dev, sources=row_sources, leave_own_out=True)
     generator = torch.Generator().manual_seed(t.seed)
-    stepper = TrainStep(model, cfg, data, generator)
+    stepper = TrainStep(model, cfg, data, generator, parallel)
     by_ndcg = t.selection in ("ndcg", "served")
     val_requests = request_sets(cfg, prepared, "valid", max_requests=t.val_requests) if by_ndcg else {}
     # the validation rows' losses are the learning curves of every run (and the selection score of "loss"):
@@ -127,7 +133,7 @@ def _train(
 
     history: list[dict[str, Any]] = []
     best_score, best_state, best_epoch, start_epoch = float("-inf"), copy.deepcopy(model.state_dict()), -1, 0
-    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None  # the lead writes; all resume from it
     if ckpt is not None and ckpt.exists():
         saved = torch.load(ckpt, map_location=dev, weights_only=True)  # tensors and plain containers only
         stepper.load_state_dict(saved["stepper"])
@@ -140,11 +146,11 @@ def _train(
         if stale >= t.patience:
             break
         started = time.perf_counter()
-        batches = data.batches(t.batch_size, generator)
+        batches = parallel.shard(data.batches(t.batch_size, generator))
         bar = tqdm(
             batches,
             desc=f"epoch {epoch + 1}/{t.epochs} [{'+'.join(names)}]",
-            disable=None if progress else True,
+            disable=None if progress and lead else True,
             leave=False,
         )
         losses = []
@@ -157,8 +163,10 @@ def _train(
             bar.set_postfix(loss=f"{stats['loss']:.3f}")
         elapsed = time.perf_counter() - started
         val: dict[str, Any] = {}
-        val_losses = stepper.validation_losses(val_data, t.batch_size, t.seed) if len(val_data) else {}
-        if t.selection == "loss":
+        val_losses = stepper.validation_losses(val_data, t.batch_size, t.seed) if len(val_data) and lead else {}
+        if not lead:
+            score = float("nan")
+        elif t.selection == "loss":
             score = -sum(val_losses.values()) if val_losses else float("-inf")  # higher is better
         else:
             depth = cfg.evaluate.retrieval_depth
@@ -171,6 +179,7 @@ def _train(
             else:
                 val = evaluate_recommender(recommender, val_requests, cfg.evaluate.k)
             score = validation_score(val, cfg.evaluate.k, t.selection_canvases)
+        score = parallel.share(score)  # every worker stops when the lead does
         history.append(
             {
                 "epoch": epoch,
@@ -184,7 +193,7 @@ def _train(
                 "val_losses": val_losses,
             }
         )
-        if progress:
+        if progress and lead:
             print(
                 f"epoch {epoch + 1}: loss {np.mean(losses):.4f}  "
                 f"validation {t.selection} score {score:.4f}  ({elapsed:.1f}s)"
@@ -194,7 +203,7 @@ def _train(
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-        if ckpt is not None:
+        if ckpt is not None and lead:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
             torch.save(
@@ -213,6 +222,9 @@ def _train(
             tmp.replace(ckpt)
     model.load_state_dict(best_state)
     model.eval()
+    if not lead:
+        sources.close()
+        return ModelBundle(cfg, featurizer, model, kwargs, popular=popular, cooccurrence=cooccurrence)
     # the ranking score's weight of the retrieval order, per canvas, chosen on validation requests
     fusion_requests = val_requests or request_sets(cfg, prepared, "valid", max_requests=t.val_requests)
     recommender = ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth, sources=sources)

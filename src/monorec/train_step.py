@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from monorec.config import ProjectConfig
 from monorec.data.features import UNKNOWN_INDEX
+from monorec.data_parallel import DataParallel
 from monorec.models.losses import (
     FixedWeighting,
     UncertaintyWeighting,
@@ -46,9 +47,15 @@ class TrainStep:
     """Model + optimizers + loss weighting; ``step(batch_indices)`` runs one optimisation step."""
 
     def __init__(
-        self, model: MonorecModel, config: ProjectConfig, data: TrainingData, generator: torch.Generator
+        self,
+        model: MonorecModel,
+        config: ProjectConfig,
+        data: TrainingData,
+        generator: torch.Generator,
+        parallel: DataParallel | None = None,
     ) -> None:
         self.model, self.data, self.generator = model, data, generator
+        self.parallel = parallel or DataParallel()  # one process, or this worker's place among several
         t = config.train
         n_obj = len(config.objectives)
         self.binary = [o.kind == "binary" for o in config.objectives]
@@ -318,6 +325,7 @@ class TrainStep:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         total.backward()
+        self.parallel.average_gradients([p for opt in self.optimizers for g in opt.param_groups for p in g["params"]])
         for opt in self.optimizers:
             opt.step()
         values = losses.detach().cpu().tolist()

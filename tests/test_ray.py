@@ -1,6 +1,7 @@
 """The distributed paths on a real local Ray cluster (2 CPUs for the pools, no dashboard): the bulk pass of
-a version on Ray Data gives the index the in-process pass gives, survives a killed actor, and Ray missing
-is a clear error naming the extra."""
+a version on Ray Data gives the index the in-process pass gives and survives a killed actor; training on
+two Ray Train workers gives a model the release gate accepts; Ray missing is a clear error naming the
+extra."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest
 
 from monorec.cli import main
 from monorec.deployment import Deployment
-from monorec.distributed import RayBulkEmbedder, import_ray, ray_session
+from monorec.distributed import import_ray, ray_session, train_on_ray
 from monorec.errors import ConfigError
+from monorec.evaluation.evaluate import evaluate_bundle
 from monorec.registry import Registry
 
 
@@ -39,15 +41,21 @@ def test_a_ray_bulk_pass_builds_the_index_the_in_process_pass_builds(
     two_versions: Registry,
     prepared,
     ray_cluster,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
 ) -> None:
+    """Through the command line, with an actor of the pool killed (SIGKILL) at its second batch: Ray
+    replaces it and retries the batch, and nothing is lost."""
     local = seeded(tmp_path / "local", two_versions, prepared.catalogue)
     local.open(start_loaders=False)
     local.deploy("v0001")
     seeded(tmp_path / "ray", two_versions, prepared.catalogue).close()
     common = ["--root", str(tmp_path / "ray"), "--registry", str(two_versions.root)]
+    monkeypatch.setenv("MONOREC_KILL_AT", "ray_embed_batch:2")  # passed on to the actors
+    monkeypatch.setenv("MONOREC_KILL_ONCE", str(tmp_path / "killed"))  # one actor dies, its successor goes on
     assert main(["deploy", "v0001", "--ray", "auto", "--ray-workers", "2", *common]) == 0
     assert "v0001 is serving" in capsys.readouterr().out
+    assert (tmp_path / "killed").exists(), "an actor must have been killed"
     on_ray = Deployment(tmp_path / "ray", two_versions).open(start_loaders=False)  # from its checkpoint
     try:
         a, b = local.versions["v0001"], on_ray.versions["v0001"]
@@ -65,24 +73,20 @@ def test_a_ray_bulk_pass_builds_the_index_the_in_process_pass_builds(
         on_ray.close()
 
 
-def test_a_killed_actor_is_replaced_and_its_batch_retried(
+def test_training_on_two_ray_train_workers_gives_a_model_that_passes_the_gate(
     tmp_path: Path,
-    two_versions: Registry,
+    config,
     prepared,
-    monkeypatch: pytest.MonkeyPatch,
+    trained,
     ray_cluster,  # type: ignore[no-untyped-def]
 ) -> None:
-    monkeypatch.setenv("MONOREC_KILL_AT", "ray_embed_batch:2")  # an actor dies (SIGKILL) at its 2nd batch...
-    monkeypatch.setenv("MONOREC_KILL_ONCE", str(tmp_path / "killed"))  # ...once
-    embedder = RayBulkEmbedder(two_versions.root, "v0001", tmp_path / "blocks", workers=2, block_rows=40)
-    dep = seeded(tmp_path / "ray", two_versions, prepared.catalogue).open(start_loaders=False)
-    try:
-        dep.deploy("v0001", pages=embedder)
-        assert (tmp_path / "killed").exists(), "an actor must have been killed"
-        assert dep.control.get("v0001").state == "serving"  # type: ignore[union-attr]
-        assert dep.versions["v0001"].index.revisions() == dep.catalogue.revisions()  # nothing lost
-    finally:
-        dep.close()
+    folder = prepared.save(tmp_path / "prepared")
+    bundle = train_on_ray(config, folder, workers=2)
+    assert bundle.meta["ray_workers"] == 2 and len(bundle.meta["history"]) == config.train.epochs
+    assert bundle.meta["history"][-1]["loss"] < bundle.meta["history"][0]["loss"], "the workers learned"
+    registry = Registry(tmp_path / "registry")
+    registry.publish(trained, evaluate_bundle(trained, prepared, "test"))  # one process, the live version
+    assert registry.publish(bundle, evaluate_bundle(bundle, prepared, "test")) == "v0002"  # the gate accepts it
 
 
 def test_ray_missing_is_a_clear_error_naming_the_extra(
@@ -94,4 +98,6 @@ def test_ray_missing_is_a_clear_error_naming_the_extra(
     with pytest.raises(ConfigError, match=r"monorec\[ray\]"), ray_session("auto"):
         pass
     assert main(["deploy", "v0001", "--ray", "auto", "--root", "nowhere", "--registry", "nowhere"]) == 2
+    assert "monorec[ray]" in capsys.readouterr().err
+    assert main(["train", "--prepared", "nowhere", "--out", "nowhere", "--ray", "auto"]) == 2
     assert "monorec[ray]" in capsys.readouterr().err

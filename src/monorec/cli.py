@@ -3,7 +3,7 @@
 monorec demo       [--workdir DIR] [--quick] [--retrain]
 monorec generate   --out DIR [--users N --items N --requests N --seed S --notify SHARE]
 monorec prepare    --data DIR --out DIR [--config FILE]
-monorec train      --prepared DIR --out DIR [--canvas NAME ...] [--device cpu|cuda]
+monorec train      --prepared DIR --out DIR [--canvas NAME ...] [--device cpu|cuda] [--ray auto|ADDRESS --workers N]
 monorec evaluate   --run DIR --prepared DIR --out DIR [--split test]
 monorec publish    --run DIR --metrics FILE [--registry DIR] [--tolerance T] [--force]
 monorec config check FILE [FILE ...]
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from monorec.cli_deploy import COMMANDS as DEPLOY_COMMANDS
 from monorec.cli_deploy import DEFAULT_REGISTRY, add_command, add_deploy_commands, run_deploy_command
+from monorec.config import ProjectConfig
 from monorec.devices import resolve_device
 from monorec.errors import ConfigError, MonorecError
 
@@ -75,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="override the config saved with the prepared data")
     t.add_argument("--canvas", action="append", help="train on these canvases only (baseline mode)")
     t.add_argument("--device", help="cpu, cuda or auto (default: the config's train.device)")
+    t.add_argument(
+        "--ray",
+        metavar="auto|ADDRESS",
+        help="train on Ray Train: auto ($RAY_ADDRESS, else a local cluster) or a cluster's address "
+        "(pip install 'monorec[ray]'; the prepared folder must be readable from every worker)",
+    )
+    t.add_argument("--workers", type=int, default=2, help="with --ray: data-parallel workers, one CPU each")
 
     e = add_command(sub, "evaluate", help="per-canvas metrics and a report")
     e.add_argument("--run", required=True, help="a run folder written by train")
@@ -160,6 +168,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config) if args.config else None
         if args.device:
             resolve_device(args.device)  # before the data loads: a missing GPU is said at once
+        if args.ray:
+            return _train_on_ray(args, cfg)
         bundle = pipeline.train_stage(
             args.prepared,
             args.out,
@@ -186,6 +196,23 @@ def _run(args: argparse.Namespace) -> int:
         print(f"published {version} to {args.registry}; not serving yet (monorec deploy {version} serves it)")
         return 0
     raise AssertionError(args.command)
+
+
+def _train_on_ray(args: argparse.Namespace, cfg: ProjectConfig | None) -> int:
+    from monorec.distributed import import_ray, ray_session, train_on_ray
+    from monorec.pipeline import config_of
+
+    import_ray()  # Ray missing: said before anything is read
+    config = cfg or config_of(args.prepared)
+    canvases = tuple(args.canvas) if args.canvas else None
+    with ray_session(args.ray, cpus=args.workers):
+        bundle = train_on_ray(config, args.prepared, workers=args.workers, canvases=canvases, device=args.device)
+    bundle.save(args.out)
+    print(
+        f"best epoch {bundle.meta['best_epoch'] + 1} on {args.workers} Ray workers, "
+        f"validation {bundle.meta['selection']} score {bundle.meta['best_val_score']:.4f}; wrote {args.out}"
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,12 @@ retrieval loss over the catalogue, the every-prefix loss of home histories, and 
 the tables in their own group). The bare loop is written plainly here, with no loss weighting, progress
 bar, checks or bookkeeping: what our trainer adds costs the ratio.
 
-    python bench/b7_training_throughput.py --out b7.json [--quick]
+On Ray Train (``--ray-workers N``): the whole training loop (``monorec.train.train``, validation excluded
+from the timing) in one process with every core, and on N data-parallel Ray Train workers of a local
+cluster, one core each, on the same prepared data and config: samples/s of the best epoch of each, and
+Ray's start-up apart.
+
+    python bench/b7_training_throughput.py --out b7.json [--ray-workers 2] [--quick]
 """
 
 from __future__ import annotations
@@ -122,6 +127,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ray-workers", type=int, default=0, help="also train on Ray Train with this many workers")
     args = p.parse_args()
     config = load_config(default_config("synthetic"))
     spec = WorldSpec(n_users=150, n_items=200, n_requests=1500) if args.quick else WorldSpec()
@@ -140,6 +146,7 @@ def main() -> None:
     best = {k: max(v) for k, v in runs.items()}
     ratio = best["ours"] / best["bare"]
     print(f"samples/s: ours {best['ours']:.0f}  bare {best['bare']:.0f}  ratio {ratio:.3f} (target >= 0.8)")
+    on_ray = train_on_ray_vs_one_process(config, prepared, epochs, args.ray_workers) if args.ray_workers else {}
     write_record(
         args.out,
         {
@@ -153,8 +160,41 @@ def main() -> None:
             "best": best,
             "ratio": ratio,
             "config": dataclasses.asdict(config.model),
+            **on_ray,
         },
     )
+
+
+def train_on_ray_vs_one_process(config, prepared, epochs: int, workers: int) -> dict:  # type: ignore[no-untyped-def]
+    """The training loop in one process, then on ``workers`` Ray Train workers: best epoch's samples/s."""
+    import tempfile
+
+    from monorec.distributed import ray_session, train_on_ray
+    from monorec.train import train
+
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs, patience=epochs))
+    one = train(config, prepared, progress=False)
+    folder = prepared.save(Path(tempfile.mkdtemp()) / "prepared")
+    started = time.perf_counter()
+    with ray_session("auto", cpus=workers):
+        startup_s = time.perf_counter() - started
+        started = time.perf_counter()
+        bundle = train_on_ray(config, folder, workers=workers)
+        ray_s = time.perf_counter() - started
+    best_one = max(h["samples_per_s"] for h in one.meta["history"])
+    best_ray = max(h["samples_per_s"] for h in bundle.meta["history"])
+    print(
+        f"training loop: one process {best_one:.0f} samples/s; {workers} Ray Train workers {best_ray:.0f} "
+        f"samples/s ({best_ray / best_one:.2f}x); Ray start-up {startup_s:.1f} s, the Ray run {ray_s:.1f} s"
+    )
+    return {
+        "ray_workers": workers,
+        "one_process_samples_per_s": best_one,
+        "ray_samples_per_s": best_ray,
+        "ray_vs_one_process": best_ray / best_one,
+        "ray_startup_seconds": startup_s,
+        "ray_run_seconds": ray_s,
+    }
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data/ml-latest-small")
     p.add_argument("--out", default="q1.json")
     p.add_argument("--config", default=str(default_config("movielens")))
-    p.add_argument("--quick", action="store_true", help="an eighth of the users, one epoch of 30k rows (CI)")
+    p.add_argument("--quick", action="store_true", help="an eighth of the users, one epoch of 15k rows (CI)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if data_missing(args.data, "MovieLens"):
@@ -45,7 +45,7 @@ def main() -> None:
         logs = logs.filter(pl.col("user_id").is_in(keep.implode()))
         config = dataclasses.replace(
             config,
-            train=dataclasses.replace(config.train, epochs=1, val_requests=100, max_train_rows=30_000),
+            train=dataclasses.replace(config.train, epochs=1, val_requests=100, max_train_rows=15_000),
             evaluate=dataclasses.replace(config.evaluate, max_requests=300),
         )
     started = time.perf_counter()

@@ -103,7 +103,7 @@ def stage_on_ray(tmp: Path, registry, catalogue, workers: int, in_process_s: flo
         with Deployment(tmp / "dep-ray", registry) as dep:
             dep.seed_catalogue(catalogue)
             started = time.perf_counter()
-            dep.stage("v0001", pages=embedder)
+            dep.stage("v0001", encoder=embedder)
             ray_s = time.perf_counter() - started
             assert len(dep.versions["v0001"].index) == n
     print(

@@ -18,6 +18,8 @@ from monorec.distributed import import_ray, ray_session, train_on_ray
 from monorec.errors import ConfigError
 from monorec.evaluation.evaluate import evaluate_bundle
 from monorec.registry import Registry
+from monorec.stream.changes import UserChange
+from monorec.users import user_key
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +29,17 @@ def ray_cluster() -> Iterator[None]:
         yield
 
 
+USERS = [
+    UserChange(f"u{i}", 1, (("country", "US" if i % 2 else "DE"),), tuple(f"m{j:05d}" for j in range(i % 5)))
+    for i in range(50)
+]
+
+
 def seeded(root: Path, registry: Registry, catalogue) -> Deployment:  # type: ignore[no-untyped-def]
-    """A deployment folder with the catalogue and two changes in its log (a new entity, a deletion)."""
+    """A deployment folder with the catalogue, users, and two changes in its log (a new entity, a deletion)."""
     dep = Deployment(root, registry)
     dep.seed_catalogue(catalogue)
+    dep.seed_users(USERS)
     new = {"op": "upsert", "entity_id": "zz-new", "revision": 3, "entity_type": "movie", "title": "Space Robot"}
     dep.publish([{**new, "categories": ["scifi"]}, {"op": "delete", "entity_id": "m00002", "revision": 9}])
     return dep
@@ -64,6 +73,11 @@ def test_a_ray_bulk_pass_builds_the_index_the_in_process_pass_builds(
         assert "zz-new" in ids and "m00002" not in ids
         np.testing.assert_allclose(b.index.vectors_of(ids), a.index.vectors_of(ids), atol=1e-5)
         np.testing.assert_allclose(b.features.get(ids), a.features.get(ids), atol=1e-5)
+        keys = [user_key("home", u.user_id) for u in USERS]  # the users' bulk pass ran on Ray too
+        assert a.users is not None and b.users is not None
+        (found_a, rows_a), (found_b, rows_b) = a.users.get(keys), b.users.get(keys)
+        assert found_a.all() and found_b.all()
+        np.testing.assert_allclose(rows_b, rows_a, atol=1e-5)
         query = {"query": "space robot"}
         with local.router.pin() as va, on_ray.router.pin() as vb:
             assert vb.recommend("search", query, k=5).ids == va.recommend("search", query, k=5).ids

@@ -410,7 +410,7 @@ def run_deploy_command(args: argparse.Namespace) -> int:
                 scratch = Path(args.root) / "bulk-blocks" / args.version
                 embedder = RayBulkEmbedder(args.registry, args.version, scratch, workers=args.ray_workers)
                 with ray_session(ray_address, cpus=args.ray_workers):
-                    state = dep.deploy(args.version, retire_previous=args.retire_previous, pages=embedder)
+                    state = dep.deploy(args.version, retire_previous=args.retire_previous, encoder=embedder)
             print(f"{state.version} is {state.state}")
         elif args.command == "switch":
             dep.open(start_loaders=False)

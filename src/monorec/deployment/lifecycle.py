@@ -51,7 +51,7 @@ from monorec.deployment.control_plane import LIVE_STATES, LIVE_WITHIN_S, Control
 from monorec.deployment.ownership import FolderLock
 from monorec.deployment.router import VersionRouter
 from monorec.deployment.sinks import CatalogueSink, VersionSink
-from monorec.deployment.staging import EntityPages, bulk_load, catalogue_pages, open_version
+from monorec.deployment.staging import IN_PROCESS, BulkEncoder, bulk_load, open_version
 from monorec.deployment.trial_control import TrialController
 from monorec.deployment.version import ServingVersion
 from monorec.errors import ArtifactError, DeployError
@@ -235,17 +235,17 @@ class Deployment:
         *,
         retire_previous: bool = False,
         progress_cb: Callable[[int], None] | None = None,
-        pages: EntityPages = catalogue_pages,
+        encoder: BulkEncoder = IN_PROCESS,
     ) -> Deployed:
         """Stages, validates and switches to ``version`` (resuming wherever a previous attempt stopped);
-        ``pages``: where the bulk pass's encodings come from (see :meth:`stage`)."""
+        ``encoder``: where the bulk pass's encodings come from (see :meth:`stage`)."""
         with self._ops:
             self.check_deployable(version)
             state = self.control.get(version)
             if state is not None and state.state == "serving":
                 return state
             if state is None or state.state in ("staging", "failed"):
-                self.stage(version, progress_cb=progress_cb, pages=pages)
+                self.stage(version, progress_cb=progress_cb, encoder=encoder)
             self.switch(version)
             previous = self.control.pointer("previous")
             if retire_previous and previous is not None and previous != version:
@@ -269,11 +269,11 @@ class Deployment:
         version: str,
         *,
         progress_cb: Callable[[int], None] | None = None,
-        pages: EntityPages = catalogue_pages,
+        encoder: BulkEncoder = IN_PROCESS,
     ) -> None:
         """Steps 1-4 of the module docstring; leaves the version ``ready`` (or ``failed``, raising).
-        ``pages``: the bulk pass's entities and their encodings, by default embedded in this process
-        (:class:`monorec.distributed.RayBulkEmbedder` encodes them on a Ray cluster)."""
+        ``encoder``: the bulk pass's entities and users and their encodings, by default encoded in this
+        process (:class:`monorec.distributed.RayBulkEmbedder` encodes them on a Ray cluster)."""
         with self._ops:
             self.registry.verify(version)
             state = self.control.get(version)
@@ -298,7 +298,9 @@ class Deployment:
             loader, sink = self._loader_for(sv)
             sink.bulk_cursor = str(manifest.get("bulk_cursor", ""))
             sink.user_cursor = str(manifest.get("user_cursor", ""))
-            bulk_load(sv, self.catalogue, loader, sink, progress=self.progress, progress_cb=progress_cb, pages=pages)
+            bulk_load(
+                sv, self.catalogue, loader, sink, progress=self.progress, progress_cb=progress_cb, encoder=encoder
+            )
             loader.catch_up()
             self.validate(version, sv, loader)
             self.versions[version] = sv

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from monorec.config import ProjectConfig
@@ -41,9 +42,9 @@ class VersionSink:
         # per page was 10% of the bulk pass), which every reader of the bulk load waits for
         self.version.load_rows(page, commit=False, encoded=encoded)
 
-    def load_users(self, states: Sequence[UserChange]) -> None:
+    def load_users(self, states: Sequence[UserChange], rows: np.ndarray | None = None) -> None:
         self._writes += len(states)
-        self.version.load_users(states)
+        self.version.load_users(states, rows)
 
     def checkpoint(self, offset: str) -> None:
         with self._lock:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
@@ -19,27 +20,48 @@ from monorec.index import create_index, load_index
 from monorec.registry import Registry
 from monorec.retrieval.lexical_backends import create_lexical, load_lexical
 from monorec.stream.catalogue import CatalogueStore
+from monorec.stream.changes import UserChange
 from monorec.stream.loader import Loader
 from monorec.users import create_user_store, load_user_store
 
-__all__ = ["BULK_DONE", "EntityPages", "bulk_load", "catalogue_pages", "open_version"]
+__all__ = ["BULK_DONE", "IN_PROCESS", "BulkEncoder", "InProcessEncoder", "bulk_load", "open_version"]
 
 BULK_DONE = "\U0010ffff"  # a bulk cursor after every possible id
 
-# (catalogue, after this id, page size) -> the live entities after it in id order, page by page, each with
-# its encodings when they were computed elsewhere (None: the version embeds the page itself)
-EntityPages = Callable[[CatalogueStore, str, int], Iterator[tuple[pl.DataFrame, ItemEncodings | None]]]
+
+class BulkEncoder(Protocol):
+    """Where a bulk pass's pages come from, in id order after a cursor, ``size`` per page, each with its
+    encodings when they were computed elsewhere (None: the version encodes the page itself)."""
+
+    def entities(
+        self, catalogue: CatalogueStore, after: str, size: int
+    ) -> Iterator[tuple[pl.DataFrame, ItemEncodings | None]]:
+        """Live entities, with their item-tower encodings."""
+        ...
+
+    def users(
+        self, catalogue: CatalogueStore, after: str, size: int
+    ) -> Iterator[tuple[list[UserChange], np.ndarray | None]]:
+        """Users' states, with their rows of every user canvas (``version.user_rows``, canvas-major)."""
+        ...
 
 
-def catalogue_pages(catalogue: CatalogueStore, after: str, size: int) -> Iterator[tuple[pl.DataFrame, None]]:
-    """The in-process bulk pass: pages read from the catalogue store as they are needed, embedded by the
-    version itself (see :mod:`monorec.distributed.bulk_embed` for the same pass on Ray)."""
-    while True:
-        page = catalogue.page(after, size)
-        if page.height == 0:
-            return
-        yield page, None
-        after = str(page["entity_id"][-1])
+class InProcessEncoder:
+    """The in-process bulk pass: pages read from the catalogue store as they are needed, encoded by the
+    version itself (:class:`monorec.distributed.RayBulkEmbedder` encodes them on Ray)."""
+
+    def entities(self, catalogue: CatalogueStore, after: str, size: int) -> Iterator[tuple[pl.DataFrame, None]]:
+        while (page := catalogue.page(after, size)).height:
+            yield page, None
+            after = str(page["entity_id"][-1])
+
+    def users(self, catalogue: CatalogueStore, after: str, size: int) -> Iterator[tuple[list[UserChange], None]]:
+        while states := catalogue.user_page(after, size):
+            yield states, None
+            after = states[-1].user_id
+
+
+IN_PROCESS = InProcessEncoder()
 
 
 def open_version(
@@ -90,15 +112,16 @@ def bulk_load(
     *,
     progress: bool = False,
     progress_cb: Callable[[int], None] | None = None,
-    pages: EntityPages = catalogue_pages,
+    encoder: BulkEncoder = IN_PROCESS,
 ) -> None:
     """Step 3: the catalogue paged in id order through ``sv``'s item tower, then every known user's state
     through its context tower (when it stores users), from the sink's bulk cursors on; the version's own
     log consumption interleaves (``loader.step()``) and checkpoints record both cursors, so a crash
     resumes after the last stored id. A checkpoint is due every ``checkpoint_batches`` batches once the
     work since the previous one is long enough for checkpoints to stay within ``checkpoint_max_share`` of
-    the time (the last one's duration is the estimate of the next). ``pages`` gives the entities in id
-    order (:func:`catalogue_pages`, or a Ray pool's encodings: :mod:`monorec.distributed.bulk_embed`)."""
+    the time (the last one's duration is the estimate of the next). ``encoder`` gives the pages and, where
+    they were computed elsewhere, their encodings (:data:`IN_PROCESS`, or a Ray pool's:
+    :mod:`monorec.distributed.bulk_embed`)."""
     spec = sv.bundle.config.deploy
     users = bool(sv.user_canvases)
     total = catalogue.count() + (catalogue.user_count() if users else 0)
@@ -109,9 +132,11 @@ def bulk_load(
     work_per_checkpoint = (1 - spec.checkpoint_max_share) / spec.checkpoint_max_share
     if not users:
         sink.user_cursor = BULK_DONE
-    entities = pages(catalogue, sink.bulk_cursor, spec.batch_size) if sink.bulk_cursor != BULK_DONE else iter(())
+    entities = encoder.entities(catalogue, sink.bulk_cursor, spec.batch_size) if sink.bulk_cursor != BULK_DONE else None
+    users_pages = None  # opened once the entities are done
     while not sink.bulk_cursor == sink.user_cursor == BULK_DONE:  # entities first, then users
         if sink.bulk_cursor != BULK_DONE:
+            assert entities is not None
             page, encoded = next(entities, (None, None))
             done = 0 if page is None else page.height
             if page is None:
@@ -120,12 +145,14 @@ def bulk_load(
                 sink.load_rows(page, encoded)
                 sink.bulk_cursor = str(page["entity_id"][-1])
         else:
-            states = catalogue.user_page(sink.user_cursor, spec.batch_size)
-            done = len(states)
-            if done == 0:
+            if users_pages is None:
+                users_pages = encoder.users(catalogue, sink.user_cursor, spec.batch_size)
+            states, rows = next(users_pages, (None, None))
+            done = 0 if states is None else len(states)
+            if states is None:
                 sink.user_cursor = BULK_DONE
             else:
-                sink.load_users(states)
+                sink.load_users(states, rows)
                 sink.user_cursor = states[-1].user_id
         bar.update(done)
         if progress_cb is not None and done:

@@ -41,7 +41,7 @@ from monorec.users import UserStore, user_key
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Answer", "ItemEncodings", "ItemFeatures", "ServingVersion"]
+__all__ = ["Answer", "ItemEncodings", "ItemFeatures", "ServingVersion", "user_rows"]
 
 
 class ItemFeatures(RowTable):
@@ -196,9 +196,10 @@ class ServingVersion:
         return applied
 
     @torch.no_grad()
-    def load_users(self, states: Sequence[UserChange]) -> int:
+    def load_users(self, states: Sequence[UserChange], encoded: np.ndarray | None = None) -> int:
         """Encodes user states newer than the stored ones in each user canvas and stores them; returns how
-        many (user, canvas) rows it stored.
+        many (user, canvas) rows it stored. ``encoded``: every (canvas, state) row of :func:`user_rows`,
+        computed elsewhere (a Ray bulk pass).
 
         Raises:
             RequestError: a profile value does not fit its declared field (the loader dead-letters it).
@@ -210,22 +211,12 @@ class ServingVersion:
         keep = self.users.newer(keys, revisions)
         if not keep:
             return 0
-        records = [self._user_record(c, s) for c in self.user_canvases for s in states]
-        feats, emb = self.encode_records([records[i] for i in keep])
-        rows = torch.cat([feats, emb], dim=1).numpy()
+        if encoded is not None:
+            rows = encoded[keep]
+        else:
+            pairs = [(c, s) for c in self.user_canvases for s in states]
+            rows = user_rows(self.bundle, [pairs[i] for i in keep], self.titles)
         return self.users.put([keys[i] for i in keep], revisions[keep], rows)
-
-    def _user_record(self, canvas: str, state: UserChange) -> dict[str, Any]:
-        """A user's stored state as a normalized record of ``canvas``: the profile fields this version
-        declares (a profile may hold fields of other versions), the user and, where the canvas reads one,
-        the recent history."""
-        feedback = self.bundle.config.feedback
-        declared = set(self.schema.field_names)
-        context: dict[str, Any] = {k: v for k, v in state.profile if k in declared}
-        context[feedback.user_field] = state.user_id
-        if feedback.history_field is not None and state.history:
-            context[feedback.history_field] = list(state.history)
-        return self.schema.normalize(canvas, context, self.titles)
 
     def holds_user(self, user_id: str, revision: int) -> bool:
         """Whether the store holds the user's state at ``revision`` (or newer) in every user canvas."""
@@ -457,3 +448,25 @@ def _source_pool() -> ThreadPoolExecutor:
         if _POOL is None:
             _POOL = ThreadPoolExecutor(max_workers=2 * len(OFFLINE_SOURCES), thread_name_prefix="monorec-source")
         return _POOL
+
+
+@torch.no_grad()
+def user_rows(
+    bundle: ModelBundle, pairs: Sequence[tuple[str, UserChange]], titles: TitleLookup | None = None
+) -> np.ndarray:
+    """(canvas, user state) pairs -> their stored rows (N, F_c + D): each state as a record of its canvas
+    (the profile fields this version declares, the user and, where the canvas reads one, the recent
+    history) through the context tower, features then embedding."""
+    feedback = bundle.config.feedback
+    schema = bundle.schema
+    declared = set(schema.field_names)
+    records = []
+    for canvas, state in pairs:
+        context: dict[str, Any] = {k: v for k, v in state.profile if k in declared}
+        context[feedback.user_field] = state.user_id
+        if feedback.history_field is not None and state.history:
+            context[feedback.history_field] = list(state.history)
+        records.append(schema.normalize(canvas, context, titles))
+    bundle.model.eval()
+    feats, emb = bundle.model.encode_context(context_tensors(bundle.featurizer.transform_records(records)))
+    return torch.cat([feats, emb], dim=1).numpy()

@@ -1,12 +1,13 @@
-"""A new version's bulk pass on Ray Data: the catalogue encoded by a pool of actors.
+"""A new version's bulk pass on Ray Data: the catalogue and the users encoded by a pool of actors.
 
-The deployment writes the catalogue snapshot it is loading (the live entities after the bulk cursor, in id
-order) as Parquet blocks; Ray Data reads them and hands batches to a pool of actors that each load the
-version's item tower from the registry once; the encodings stream back in id order (``preserve_order``)
-to the deployment, which writes the version's index, item features and lexical index exactly as the
-in-process pass does (:func:`monorec.deployment.staging.bulk_load`): the same cursors and checkpoints, the
-same validation before the version is ready, so a half-built version never serves and a killed deploy
-resumes after its last checkpoint (re-exporting what remains). An actor that dies is restarted by Ray and
+The deployment writes the snapshot it is loading (the live entities after the bulk cursor, then the users
+after the user cursor, in id order) as Parquet blocks; Ray Data reads them and hands batches to a pool of
+actors that each load the version from the registry once (its item tower, then its context tower for each
+user canvas); the encodings stream back in id order (``preserve_order``) to the deployment, which writes
+the version's index, item features, lexical index and user store exactly as the in-process pass does
+(:func:`monorec.deployment.staging.bulk_load`): the same cursors and checkpoints, the same validation
+before the version is ready, so a half-built version never serves and a killed deploy resumes after its
+last checkpoint (re-exporting what remains). An actor that dies is restarted by Ray and
 its batch retried; a batch that keeps failing fails the pass loudly and the version stays staging.
 
 The registry and the deployment folder must be readable from every Ray node (a shared filesystem, as for
@@ -15,9 +16,10 @@ replicas on several hosts); on one machine they simply are.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +27,18 @@ import numpy as np
 import polars as pl
 
 from monorec._failpoints import failpoint
-from monorec.deployment.version import ItemEncodings
+from monorec.deployment.version import ItemEncodings, user_rows
 from monorec.distributed.session import import_ray
 from monorec.stream.catalogue import CatalogueStore
+from monorec.stream.changes import UserChange
 
 __all__ = ["RayBulkEmbedder"]
 
-VECTOR, FEATURES = "vector", "features"  # the columns the actors add to each batch
+VECTOR, FEATURES, ROWS = "vector", "features", "rows"  # the columns the actors add to each batch
 
 
 class RayBulkEmbedder:
-    """Encodes a version's catalogue pages on Ray (an ``EntityPages`` for ``Deployment.deploy``).
+    """Encodes a version's catalogue and users on Ray (a ``BulkEncoder`` for ``Deployment.deploy``).
 
     Args:
         registry: the registry folder (every Ray node reads the version from it).
@@ -61,13 +64,35 @@ class RayBulkEmbedder:
         self.registry, self.version, self.scratch = str(Path(registry).resolve()), version, Path(scratch)
         self.workers, self.block_rows, self.threads = workers, block_rows, threads
 
-    def __call__(
+    def entities(
         self, catalogue: CatalogueStore, after: str, size: int
     ) -> Iterator[tuple[pl.DataFrame, ItemEncodings]]:
         """The entities after ``after`` in id order, ``size`` per page, with their encodings."""
-        # at least two blocks per actor where the catalogue allows, at most block_rows rows each
-        rows = max(1, min(self.block_rows, -(-catalogue.count() // (2 * self.workers))))
-        blocks = self._export(catalogue, after, rows)
+        rows = self._block_rows(catalogue.count())
+        blocks = self._export(lambda cursor: catalogue.page(cursor, rows), first=after)
+        tower = {"registry": self.registry, "version": self.version, "threads": self.threads}
+        for batch in self._encode(blocks, rows, size, _ItemTower, tower):
+            yield _split_entities(batch)
+
+    def users(self, catalogue: CatalogueStore, after: str, size: int) -> Iterator[tuple[list[UserChange], np.ndarray]]:
+        """The users after ``after`` in id order, ``size`` per page, with their rows of every user canvas
+        (canvas-major, as ``ServingVersion.load_users`` takes them)."""
+        rows = self._block_rows(catalogue.user_count())
+        blocks = self._export(lambda cursor: _user_page(catalogue, cursor, rows), key="user_id", first=after)
+        tower = {"registry": self.registry, "version": self.version, "threads": self.threads}
+        tower["catalogue"] = str(catalogue.path)
+        from monorec.registry import Registry
+
+        canvases = len(Registry(self.registry).config(self.version).deploy.user_canvases)
+        for batch in self._encode(blocks, rows, size, _ContextTower, tower):
+            yield _split_users(batch, canvases)
+
+    def _block_rows(self, total: int) -> int:
+        """At least two blocks per actor where the data allows, at most ``block_rows`` rows each."""
+        return max(1, min(self.block_rows, -(-total // (2 * self.workers))))
+
+    def _encode(self, blocks: list[Path], rows: int, size: int, actor: type, kwargs: dict[str, Any]) -> Iterator[Any]:
+        """The blocks through a pool of ``actor``s, as Arrow batches of ``size`` rows in block order."""
         if not blocks:
             return
         import_ray()  # a clear error when Ray is missing
@@ -79,30 +104,28 @@ class RayBulkEmbedder:
         # they die and their batches retried (Ray Data's defaults: max_restarts and max_task_retries -1)
         dataset = ray_data.read_parquet([str(b) for b in blocks])
         dataset = dataset.repartition(target_num_rows_per_block=rows).map_batches(
-            _ItemTower,
-            fn_constructor_kwargs={"registry": self.registry, "version": self.version, "threads": self.threads},
+            actor,
+            fn_constructor_kwargs=kwargs,
             compute=ray_data.ActorPoolStrategy(size=self.workers),
             batch_size=size,
             batch_format="pyarrow",
             num_cpus=1,
             runtime_env=_failpoints_env(),
         )
-        for batch in dataset.iter_batches(batch_size=size, batch_format="pyarrow"):
-            yield _split(batch)
+        yield from dataset.iter_batches(batch_size=size, batch_format="pyarrow")
         shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def _export(self, catalogue: CatalogueStore, after: str, rows: int) -> list[Path]:
-        """The live entities after ``after`` as Parquet blocks of ``rows``, named in id order."""
+    def _export(self, page: Callable[[str], pl.DataFrame], *, key: str = "entity_id", first: str = "") -> list[Path]:
+        """``page(after)`` from ``first`` on as Parquet blocks named in id order (``key`` the id column)."""
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True)
         blocks: list[Path] = []
-        while True:
-            page = catalogue.page(after, rows)
-            if page.height == 0:
-                return blocks
+        after = first
+        while (frame := page(after)).height:
             blocks.append(self.scratch / f"part-{len(blocks):06d}.parquet")
-            page.write_parquet(blocks[-1])
-            after = str(page["entity_id"][-1])
+            frame.write_parquet(blocks[-1])
+            after = str(frame[key][-1])
+        return blocks
 
 
 class _ItemTower:
@@ -139,14 +162,70 @@ def _fixed_size(matrix: np.ndarray) -> Any:
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
-def _split(batch: Any) -> tuple[pl.DataFrame, ItemEncodings]:
-    """An encoded batch -> (its catalogue rows, their encodings)."""
+class _ContextTower:
+    """One actor of the users' pool: the version's context tower, loaded once; a batch of users' states in,
+    the same rows with their ``rows`` column out: each user's row of every user canvas, side by side."""
 
-    def matrix(name: str) -> np.ndarray:
-        column = batch.column(name).combine_chunks()
-        flat = column.flatten().to_numpy(zero_copy_only=False)
-        return flat.reshape(len(column), column.type.list_size).astype(np.float32, copy=False)
+    def __init__(self, registry: str, version: str, threads: int, catalogue: str) -> None:
+        import torch
 
+        from monorec.registry import Registry
+
+        torch.set_num_threads(threads)
+        self.bundle = Registry(registry).load(version)
+        self.canvases = self.bundle.config.deploy.user_canvases
+        store = CatalogueStore(catalogue)  # titles, for the schema's imputation rules
+        self.titles = lambda entity_id: store.titles([entity_id]).get(entity_id)
+
+    def __call__(self, batch: Any) -> Any:
+        failpoint("ray_embed_batch")
+        states = _states(batch)
+        rows = user_rows(self.bundle, [(c, s) for c in self.canvases for s in states], self.titles)
+        side_by_side = rows.reshape(len(self.canvases), len(states), -1).transpose(1, 0, 2).reshape(len(states), -1)
+        return batch.append_column(ROWS, _fixed_size(side_by_side))
+
+
+def _user_page(catalogue: CatalogueStore, after: str, limit: int) -> pl.DataFrame:
+    """Users' states after ``after`` as a frame (profile and history as JSON text)."""
+    states = catalogue.user_page(after, limit)
+    return pl.DataFrame(
+        {
+            "user_id": [s.user_id for s in states],
+            "revision": [s.revision for s in states],
+            "profile": [json.dumps([list(p) for p in s.profile]) for s in states],
+            "history": [json.dumps(list(s.history)) for s in states],
+        },
+        schema={"user_id": pl.String, "revision": pl.Int64, "profile": pl.String, "history": pl.String},
+    )
+
+
+def _states(batch: Any) -> list[UserChange]:
+    columns = batch.select(["user_id", "revision", "profile", "history"]).to_pydict()
+    return [
+        UserChange(u, r, tuple((k, v) for k, v in json.loads(p)), tuple(json.loads(h)))
+        for u, r, p, h in zip(
+            columns["user_id"], columns["revision"], columns["profile"], columns["history"], strict=True
+        )
+    ]
+
+
+def _matrix(batch: Any, name: str) -> np.ndarray:
+    """A fixed-size-list column -> (N, W) float32."""
+    column = batch.column(name).combine_chunks()
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(column), column.type.list_size).astype(np.float32, copy=False)
+
+
+def _split_entities(batch: Any) -> tuple[pl.DataFrame, ItemEncodings]:
+    """An encoded batch of entities -> (its catalogue rows, their encodings)."""
     page = pl.from_arrow(batch.drop_columns([VECTOR, FEATURES]))
     assert isinstance(page, pl.DataFrame)
-    return page, ItemEncodings(matrix(VECTOR), matrix(FEATURES))
+    return page, ItemEncodings(_matrix(batch, VECTOR), _matrix(batch, FEATURES))
+
+
+def _split_users(batch: Any, canvases: int) -> tuple[list[UserChange], np.ndarray]:
+    """An encoded batch of N users -> (their states, their rows canvas-major: (canvases * N, W))."""
+    states = _states(batch)
+    side_by_side = _matrix(batch, ROWS)  # (N, canvases * W)
+    n = len(states)
+    return states, side_by_side.reshape(n, canvases, -1).transpose(1, 0, 2).reshape(canvases * n, -1)

@@ -55,6 +55,7 @@ bench-quick: $(VENV)/.installed-test
 	$(PY) bench/b4_ranking_overhead.py --quick --out runs/bench-quick/b4.json
 	$(PY) bench/b8_capacity.py --quick --out runs/bench-quick/b8.json
 	$(PY) bench/profile_request.py --quick --out runs/bench-quick/profile.json
+	$(PY) bench/gpu_paths.py --quick --out runs/bench-quick/gpu_paths.json
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench scripts

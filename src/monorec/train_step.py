@@ -81,6 +81,7 @@ class TrainStep:
                 {"params": dense, "lr": t.lr, "weight_decay": t.weight_decay},
             ]
             self.optimizers = [torch.optim.AdamW(groups)]
+        self._params = [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]  # synced
         self.temperature = t.temperature
         self.id_dropout = t.id_dropout
         self.id_fields = [f.name for f in config.fields if f.kind == "id"]
@@ -325,7 +326,7 @@ class TrainStep:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         total.backward()
-        self.parallel.average_gradients([p for opt in self.optimizers for g in opt.param_groups for p in g["params"]])
+        self.parallel.average_gradients(self._params)
         for opt in self.optimizers:
             opt.step()
         values = losses.detach().cpu().tolist()

@@ -2,7 +2,8 @@
 spread over a local or remote Ray cluster. Importing this package does not import Ray; each path does when
 it runs (and says which extra to install when Ray is missing).
 
-- :class:`RayBulkEmbedder`: a new version's bulk pass (catalogue -> item tower) on Ray Data
+- :class:`RayBulkEmbedder`: a new version's bulk pass (catalogue -> item tower, users -> context tower)
+  on Ray Data
   (``monorec deploy --ray auto|ADDRESS``).
 - :func:`train_on_ray`: the training loop on Ray Train workers, data-parallel
   (``monorec train --ray auto|ADDRESS --workers N``).

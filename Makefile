@@ -49,6 +49,7 @@ bench-quick: $(VENV)/.installed-test
 	$(PY) bench/b5_switch_under_load.py --quick --out runs/bench-quick/b5.json
 	$(PY) bench/b6_freshness.py --quick --out runs/bench-quick/b6.json
 	$(PY) bench/b9_bulk_embed.py --quick --out runs/bench-quick/b9.json
+	$(PY) bench/b12_scale.py --quick --out runs/bench-quick/b12.json
 	$(PY) bench/b10_event_freshness.py --quick --out runs/bench-quick/b10.json
 	$(PY) bench/b3_latency.py --quick --out runs/bench-quick/b3.json
 	$(PY) bench/b11_replica_memory.py --quick --out runs/bench-quick/b11.json

@@ -2,7 +2,7 @@
 
 monorec demo       [--workdir DIR] [--quick] [--retrain]
 monorec generate   --out DIR [--users N --items N --requests N --seed S --notify SHARE]
-monorec prepare    --data DIR --out DIR [--config FILE]
+monorec prepare    --data DIR --out DIR [--config FILE] [--streaming]
 monorec train      --prepared DIR --out DIR [--canvas NAME ...] [--device cpu|cuda] [--ray auto|ADDRESS --workers N]
 monorec evaluate   --run DIR --prepared DIR --out DIR [--split test]
 monorec publish    --run DIR --metrics FILE [--registry DIR] [--tolerance T] [--force]
@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "--config", help="project config (default: the synthetic world's, or MovieLens's for MovieLens data)"
+    )
+    pr.add_argument(
+        "--streaming",
+        action="store_true",
+        help="logs larger than memory: the same preparation on polars' streaming engine, tables spilled to Parquet",
     )
 
     t = add_command(sub, "train", help="train the model (or one dedicated model with --canvas)")
@@ -159,8 +164,8 @@ def _run(args: argparse.Namespace) -> int:
 
         default = "movielens" if is_movielens(args.data) else "synthetic"
         config = load_config(args.config or pipeline.default_config(default))
-        prepared = pipeline.prepare_stage(config, args.data, args.out, tuple(args.logs))
-        for canvas, counts in prepared.manifest["rows"].items():
+        manifest = pipeline.prepare_stage(config, args.data, args.out, tuple(args.logs), streaming=args.streaming)
+        for canvas, counts in manifest["rows"].items():
             print(f"{canvas:>10}: " + "  ".join(f"{s} {n}" for s, n in counts.items()))
         print(f"wrote {args.out}")
         return 0

@@ -185,6 +185,9 @@ class TrainSpec:
     # too few users to tell epochs apart would otherwise pick the epoch for all of them
     selection_canvases: tuple[str, ...] = ()
     max_train_rows: int = 0  # cap on merged training rows per epoch (0: all)
+    # training rows larger than memory: each epoch reads the merged rows in shards of this many rows (in
+    # a seeded order of shards, a fresh one each epoch), featurizing one shard at a time (0: one table)
+    shard_rows: int = 0
 
 
 @dataclass(frozen=True)

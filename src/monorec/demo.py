@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from monorec.config import load_config
+from monorec.data.prepared import PreparedData
 from monorec.data.world import WorldSpec, write_world
 from monorec.errors import GateError
 from monorec.evaluation.gate import compare_reports
@@ -75,7 +76,8 @@ def run_demo(workdir: Path, *, quick: bool = False, seed: int = 0, progress: boo
     stages.next(f"generating a world: {spec.n_users} users, {spec.n_items} entities, {spec.n_requests} requests")
     data = write_world(workdir / "world", spec)
     stages.next("preparing labels per canvas, time split, stratified merge")
-    prepared = prepare_stage(config, data, workdir / "prepared")
+    prepare_stage(config, data, workdir / "prepared")
+    prepared = PreparedData.load(workdir / "prepared")
     for canvas, counts in prepared.manifest["rows"].items():
         print(f"      {canvas:>8}: " + "  ".join(f"{s} {n:>6}" for s, n in counts.items()))
     stages.next("training the consolidated model and one dedicated model per canvas")

@@ -12,12 +12,13 @@ from typing import Any
 
 import polars as pl
 
-from monorec.artifacts import read_json, write_json
+from monorec.artifacts import read_json, verify_manifest, write_json
 from monorec.bundle import ModelBundle
 from monorec.config import ProjectConfig, parse_config
 from monorec.data.movielens import is_movielens, read_movielens
-from monorec.data.prepared import PreparedData, prepare
-from monorec.data.tables import load_dataset, validate_catalogue, validate_logs
+from monorec.data.prepared import PreparedData, prepare, prepare_streaming
+from monorec.data.tables import load_dataset, log_files, read_catalogue, validate_catalogue, validate_logs
+from monorec.errors import DataError
 from monorec.evaluation.evaluate import evaluate_bundle, evaluate_recommender, request_sets
 from monorec.evaluation.recommenders import (
     BM25Recommender,
@@ -55,19 +56,43 @@ def load_input(config: ProjectConfig, data: str | Path) -> tuple[pl.DataFrame, p
 
 
 def prepare_stage(
-    config: ProjectConfig, data: str | Path, out: str | Path, extra_logs: tuple[str | Path, ...] = ()
-) -> PreparedData:
+    config: ProjectConfig,
+    data: str | Path,
+    out: str | Path,
+    extra_logs: tuple[str | Path, ...] = (),
+    *,
+    streaming: bool = False,
+) -> dict[str, Any]:
     """Prepares ``data`` (with the logs of each ``extra_logs`` dataset folder appended, e.g. the feedback
-    journal exported by ``monorec events export``: the loop back to training) into ``out``."""
+    journal exported by ``monorec events export``: the loop back to training) into ``out``.
+
+    Args:
+        streaming: run the same plan on polars' streaming engine over the log files (logs larger than
+            memory; a dataset folder, not MovieLens's CSV files).
+
+    Returns:
+        The prepared data's manifest.
+
+    Raises:
+        ConfigError: ``streaming`` with a MovieLens folder.
+    """
+    inputs = {"data": str(data), **({"logs": [str(f) for f in extra_logs]} if extra_logs else {})}
+    if streaming:
+        if is_movielens(data):
+            raise DataError(
+                str(data), "streaming reads a dataset folder (catalogue + logs/*.parquet), not MovieLens's files"
+            )
+        files = [f for folder in (data, *extra_logs) for f in log_files(folder)]
+        prepare_streaming(config, read_catalogue(data, config), files, out, inputs=inputs)
+        return verify_manifest(out)
     catalogue, logs = load_input(config, data)
     if extra_logs:
         more = [load_dataset(folder, config)[1] for folder in extra_logs]
         logs = pl.concat([logs, *more], how="diagonal_relaxed")
-    inputs = {"data": str(data), **({"logs": [str(f) for f in extra_logs]} if extra_logs else {})}
     prepared = prepare(config, catalogue, logs, inputs=inputs)
     prepared.manifest["config_dict"] = config.to_dict()
     prepared.save(out)
-    return prepared
+    return prepared.manifest
 
 
 def config_of(prepared_dir: str | Path) -> ProjectConfig:
@@ -84,7 +109,7 @@ def train_stage(
     progress: bool = True,
     device: str | None = None,
 ) -> ModelBundle:
-    prepared = PreparedData.load(prepared_dir)
+    prepared = PreparedData.open(prepared_dir)
     cfg = config or config_of(prepared_dir)
     out = Path(out)
     bundle = train(
@@ -103,7 +128,7 @@ def evaluate_stage(
     run_dir: str | Path, prepared_dir: str | Path, out: str | Path, *, split: str = "test"
 ) -> dict[str, Any]:
     bundle = ModelBundle.load(run_dir)
-    prepared = PreparedData.load(prepared_dir)
+    prepared = PreparedData.open(prepared_dir)
     report = evaluate_bundle(bundle, prepared, split)
     write_report(out, report, history=bundle.meta.get("history"))
     return report

@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -21,6 +21,8 @@ from monorec.config import CanvasSpec, FieldSpec, ProjectConfig
 from monorec.errors import RequestError
 
 __all__ = ["MISSING", "UNKNOWN", "ContextSchema"]
+
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 MISSING = "<missing>"  # a field the canvas does not use, or that the request left empty
 UNKNOWN = "<unknown>"  # a value never seen in training (cold start): a learned embedding, not an error
@@ -116,42 +118,46 @@ class ContextSchema:
 
     # ------------------------------------------------------------------------------------- tables
 
-    def apply_to_frame(self, frame: pl.DataFrame, catalogue: pl.DataFrame | None = None) -> pl.DataFrame:
-        """Enforces the contract on a log table with a ``canvas`` column.
+    def apply_to_frame(self, frame: FrameT, catalogue: pl.DataFrame | None = None) -> FrameT:
+        """Enforces the contract on a log table with a ``canvas`` column (a DataFrame, or a LazyFrame:
+        the plan of the streaming prepare).
 
         Fields a row's canvas does not use become null (the sentinel); imputation rules fill empty
         fields (``title_of`` joins the catalogue's titles). Missing field columns are added as nulls, so
         every canvas's rows share one shape. The same rules as :meth:`normalize`, vectorized.
         """
+        plan = frame.lazy()
+        names = plan.collect_schema().names()
         for f in self.fields:
-            if f.name not in frame.columns:
+            if f.name not in names:
                 dtype = pl.Float64 if f.kind == "numeric" else pl.String
-                frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(f.name))
+                plan = plan.with_columns(pl.lit(None, dtype=dtype).alias(f.name))
         exprs = []
         for f in self.fields:
             users = [c.name for c in self.canvases if f.name in c.fields]
             exprs.append(pl.when(pl.col("canvas").is_in(users)).then(pl.col(f.name)).otherwise(None).alias(f.name))
-        frame = frame.with_columns(exprs)
+        plan = plan.with_columns(exprs)
         titles = None
         if catalogue is not None:
-            titles = catalogue.select(pl.col("entity_id").alias("_ref"), pl.col("title").alias("_title"))
+            titles = catalogue.lazy().select(pl.col("entity_id").alias("_ref"), pl.col("title").alias("_title"))
         for canvas in self.canvases:
             for rule in canvas.impute:
                 empty = pl.col(rule.field).is_null() | (pl.col(rule.field).cast(pl.String) == "")
                 on_canvas = (pl.col("canvas") == canvas.name) & empty
                 if rule.value is not None:
-                    frame = frame.with_columns(
+                    plan = plan.with_columns(
                         pl.when(on_canvas).then(pl.lit(rule.value)).otherwise(pl.col(rule.field)).alias(rule.field)
                     )
                 elif rule.title_of is not None and titles is not None:
-                    frame = (
-                        frame.join(titles, left_on=rule.title_of, right_on="_ref", how="left", maintain_order="left")
+                    plan = (
+                        plan.join(titles, left_on=rule.title_of, right_on="_ref", how="left", maintain_order="left")
                         .with_columns(
                             pl.when(on_canvas).then(pl.col("_title")).otherwise(pl.col(rule.field)).alias(rule.field)
                         )
                         .drop("_title")
                     )
-        return frame.with_columns(pl.col("canvas").alias("task_type"))
+        plan = plan.with_columns(pl.col("canvas").alias("task_type"))
+        return plan if isinstance(frame, pl.LazyFrame) else plan.collect()
 
     def to_dict(self) -> dict[str, Any]:
         return {

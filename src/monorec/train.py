@@ -34,7 +34,7 @@ from monorec.popular import PopularLists
 from monorec.retrieval.sources import CandidateSources, fit_cooccurrence, index_catalogue
 from monorec.threads import reproducible, training_threads
 from monorec.train_step import TrainStep
-from monorec.training_data import TrainingData
+from monorec.training_data import TrainingData, TrainingShards
 
 __all__ = ["train", "validation_score"]
 
@@ -104,13 +104,12 @@ def _train(
     empty = [c for c in names if c in prepared.empty_canvases]
     if len(empty) == len(names):
         raise DataError("prepared data", f"no training rows for canvas(es) {empty}: nothing to train on")
-    featurizer = Featurizer(cfg).fit(prepared.rows("train", names), prepared.catalogue)
+    # fitted on the training rows without holding them (aggregates over a scan when the data is opened)
+    featurizer = Featurizer(cfg).fit(prepared.scan("train", names), prepared.catalogue)
     kwargs = model_kwargs(cfg, featurizer)
     kwargs["sparse_tables"] = prepared.catalogue.height > t.full_softmax_max  # see monorec.models.towers
     model = build_model(kwargs).to(dev)
-    rows = prepared.merged(names)
-    if t.max_train_rows and rows.height > t.max_train_rows:
-        rows = rows.head(t.max_train_rows)
+    shards = TrainingShards(prepared.merged_scan(names), t.shard_rows, t.max_train_rows)
     # the candidate sources of the version being trained, fitted on the training period: built once, they
     # give the training rows their source inputs and every validation its candidates
     responses = prepared.responses("train")
@@ -119,7 +118,22 @@ def _train(
     sources = CandidateSources(cfg, index_catalogue(prepared.catalogue), cooccurrence, popular)
     # the training rows' proposals: what the ranker reads as source inputs, and where its negatives come from
     row_sources = sources if model.source_columns or t.retrieval_negatives > 0 else None
-    data = TrainingData.build(cfg, featurizer, rows, prepared.catalogue, dev, sources=row_sources, leave_own_out=True)
+    counts = shards.response_counts(cfg, prepared.catalogue)  # every shard's logQ is the whole epoch's
+
+    def shard_data(shard: int) -> TrainingData:
+        return TrainingData.build(
+            cfg,
+            featurizer,
+            shards.read(shard),
+            prepared.catalogue,
+            dev,
+            sources=row_sources,
+            leave_own_out=True,
+            response_counts=counts,
+        )
+
+    data, built = shard_data(0), 0  # with one shard: the training data of every epoch
+    epoch_rows = len(data) if shards.count == 1 else len(shards)  # rows trained on per epoch
     generator = torch.Generator().manual_seed(t.seed)
     stepper = TrainStep(model, cfg, data, generator, parallel)
     by_ndcg = t.selection in ("ndcg", "served")
@@ -146,21 +160,27 @@ def _train(
         if stale >= t.patience:
             break
         started = time.perf_counter()
-        batches = parallel.shard(data.batches(t.batch_size, generator))
-        bar = tqdm(
-            batches,
-            desc=f"epoch {epoch + 1}/{t.epochs} [{'+'.join(names)}]",
-            disable=None if progress and lead else True,
-            leave=False,
-        )
         losses = []
         task_losses: dict[str, list[float]] = {n: [] for n in stepper.task_names}
-        for idx in bar:
-            stats = stepper.step(idx)
-            losses.append(stats["loss"])
-            for n, v in stats["tasks"].items():
-                task_losses[n].append(v)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}")
+        epoch_rows = 0
+        for shard in shards.order(epoch, t.seed):
+            if shard != built:  # one shard's rows and contexts in memory at a time
+                data, built = shard_data(shard), shard
+                stepper.data = data
+            epoch_rows += len(data)
+            bar = tqdm(
+                parallel.shard(data.batches(t.batch_size, generator)),
+                desc=f"epoch {epoch + 1}/{t.epochs} [{'+'.join(names)}]"
+                + (f" shard {shard + 1}/{shards.count}" if shards.count > 1 else ""),
+                disable=None if progress and lead else True,
+                leave=False,
+            )
+            for idx in bar:
+                stats = stepper.step(idx)
+                losses.append(stats["loss"])
+                for n, v in stats["tasks"].items():
+                    task_losses[n].append(v)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}")
         elapsed = time.perf_counter() - started
         val: dict[str, Any] = {}
         val_losses = stepper.validation_losses(val_data, t.batch_size, t.seed) if len(val_data) and lead else {}
@@ -186,7 +206,7 @@ def _train(
                 "loss": float(np.mean(losses)),
                 "val_score": score,
                 "seconds": elapsed,
-                "samples_per_s": len(data) / elapsed,
+                "samples_per_s": epoch_rows / elapsed,
                 "val": val,
                 # learning curves: each task's mean training loss this epoch, and its validation loss
                 "train_losses": {n: float(np.mean(v)) for n, v in task_losses.items() if v},
@@ -237,7 +257,8 @@ def _train(
         "history": history,
         "source_weights": fusion,
         "device": str(dev),
-        "train_rows": len(data),
+        "train_rows": epoch_rows,
+        "train_shards": shards.count,
         "mixture": prepared.manifest.get("mixture", {}),
         # the per-sample loss weights trained with: canvas -> task -> expression, training rows' mean, nulls
         "sample_weights": {c: prepared.manifest.get("sample_weights", {}).get(c, {}) for c in names},

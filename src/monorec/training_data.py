@@ -13,13 +13,14 @@ import torch
 from monorec.bundle import context_tensors, item_tensors
 from monorec.config import ProjectConfig
 from monorec.data.features import Featurizer
+from monorec.data.labels import responses
 from monorec.data.weights import RETRIEVAL, weight_column, weighted_tasks
 from monorec.errors import DataError
 from monorec.evaluation.requests import entity_positions
 from monorec.retrieval.proposals import SourceProposals
 from monorec.retrieval.sources import CandidateSources
 
-__all__ = ["TrainingData"]
+__all__ = ["TrainingData", "TrainingShards"]
 
 
 @dataclass
@@ -61,9 +62,12 @@ class TrainingData:
         *,
         sources: CandidateSources | None = None,
         leave_own_out: bool = False,
+        response_counts: np.ndarray | None = None,
     ) -> TrainingData:
         """``sources``: propose for every request (``leave_own_out``: training rows, whose users' responses
-        the co-occurrence table counted)."""
+        the co-occurrence table counted). ``response_counts`` (N_items,): the responses per catalogue entity
+        that ``log_prob`` estimates the in-batch sampling from (default: counted in ``rows``; a shard of the
+        training rows is given the counts of all of them)."""
         positions = entity_positions(catalogue, rows["entity_id"])
         if (positions < 0).any():
             rows, positions = rows.filter(pl.Series(positions >= 0)), positions[positions >= 0]
@@ -87,7 +91,9 @@ class TrainingData:
         row_task = ctx["task_type"][context_of_row]
         prim = labels[np.arange(len(labels)), primary_index[row_task]]
         primary = np.nan_to_num(prim, nan=0.0)
-        counts = np.bincount(positions[primary == 1], minlength=catalogue.height).astype(np.float64)
+        counts = response_counts
+        if counts is None:
+            counts = np.bincount(positions[primary == 1], minlength=catalogue.height).astype(np.float64)
         prob = (counts + 1e-3) / (counts.sum() + 1e-3 * len(counts))
         items = featurizer.transform_catalogue(catalogue)
         table_position = np.full(featurizer.vocab_sizes()["entity"], -1, dtype=np.int64)
@@ -156,3 +162,44 @@ def sample_weights(config: ProjectConfig, rows: pl.DataFrame) -> np.ndarray | No
         for t in tasks
     ]
     return np.stack(columns, axis=1).astype(np.float32)
+
+
+class TrainingShards:
+    """The training rows of every epoch, read ``shard_rows`` at a time from a lazy frame (a Parquet scan
+    of the merged rows when the prepared data is opened, not loaded): what lets training read more rows
+    than memory holds. The merge ordered the rows by a seeded hash of their request, so a shard is a
+    random sample of whole requests; an epoch visits the shards in a fresh seeded order.
+
+    Args:
+        rows: the merged training rows (the first ``max_rows`` are used when ``max_rows`` > 0).
+        shard_rows: rows per shard (0: one shard of every row).
+    """
+
+    def __init__(self, rows: pl.LazyFrame, shard_rows: int = 0, max_rows: int = 0) -> None:
+        total = int(rows.select(pl.len()).collect(engine="streaming").item())
+        self.rows_total = min(total, max_rows) if max_rows else total
+        self.rows = rows.head(self.rows_total)
+        self.shard_rows = max(1, shard_rows or self.rows_total)
+        self.count = max(1, -(-self.rows_total // self.shard_rows))
+
+    def __len__(self) -> int:
+        return self.rows_total
+
+    def order(self, epoch: int, seed: int) -> list[int]:
+        """The shards' order in ``epoch``: seeded by (seed, epoch), so that a resumed run visits the same."""
+        if self.count == 1:
+            return [0]
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        return torch.randperm(self.count, generator=generator).tolist()
+
+    def read(self, shard: int) -> pl.DataFrame:
+        return self.rows.slice(shard * self.shard_rows, self.shard_rows).collect()
+
+    def response_counts(self, config: ProjectConfig, catalogue: pl.DataFrame) -> np.ndarray:
+        """(N_items,) float64 responses per catalogue entity over every shard (one streaming pass)."""
+        counts = responses(self.rows, config).group_by("entity_id").len().collect(engine="streaming")
+        positions = entity_positions(catalogue, counts["entity_id"])
+        known = positions >= 0
+        out = np.zeros(catalogue.height, dtype=np.float64)
+        np.add.at(out, positions[known], counts["len"].to_numpy()[known])
+        return out

@@ -74,38 +74,53 @@ class Featurizer:
 
     # ------------------------------------------------------------------------------------------ fit
 
-    def fit(self, train: pl.DataFrame, catalogue: pl.DataFrame) -> Featurizer:
-        """Learns vocabularies and statistics from training rows (never validation or test)."""
+    def fit(self, train: pl.DataFrame | pl.LazyFrame, catalogue: pl.DataFrame) -> Featurizer:
+        """Learns vocabularies and statistics from training rows (never validation or test). ``train`` may
+        be lazy (rows larger than memory): everything learned is an aggregate, computed by polars'
+        streaming engine without holding the rows."""
         self.__dict__.pop("_lookups", None)  # vocabularies change: drop the record path's lookups
         cfg = self.config
+        rows = train.lazy()
+        names = rows.collect_schema().names()
+
+        def collect(frame: pl.LazyFrame) -> pl.DataFrame:
+            return frame.collect(engine="streaming")
+
         # entity ids get an embedding only if someone responded to them in training (primary objective
         # = 1): an entity seen only as a sampled negative would get an id embedding trained on noise
-        positives = responses(train, cfg)
-        self.entity_vocab_ = sorted(positives["entity_id"].unique().to_list())
+        response_counts = dict(collect(responses(rows, cfg).group_by("entity_id").len()).iter_rows())
+        self.entity_vocab_ = sorted(response_counts)
         cats = catalogue["categories"].str.split("|").explode().drop_nulls()
         self.category_vocab_ = sorted(set(cats.filter(cats != "").to_list()))
         self.type_vocab_ = list(cfg.entity_types)
         self.vocabs_: dict[str, list[str]] = {}
         self.numeric_stats_: dict[str, tuple[float, float]] = {}
         for f in cfg.fields:
-            if f.name not in train.columns:
+            if f.name not in names:
                 continue
             if f.kind in ("id", "categorical") and f.vocabulary is None:
-                counts = train[f.name].drop_nulls().value_counts()
-                self.vocabs_[f.name] = sorted(counts.filter(pl.col("count") >= f.min_count)[f.name].to_list())
+                counts = collect(rows.group_by(f.name).len().filter(pl.col(f.name).is_not_null()))
+                self.vocabs_[f.name] = sorted(counts.filter(pl.col("len") >= f.min_count)[f.name].to_list())
             elif f.kind == "numeric":
-                numbers = train[f.name].drop_nulls().cast(pl.Float64).to_numpy()
-                mean = float(numbers.mean()) if len(numbers) else 0.0
-                std = float(numbers.std(ddof=1)) if len(numbers) > 1 else 1.0
-                self.numeric_stats_[f.name] = (mean, std if std > 0 else 1.0)
+                value = pl.col(f.name).cast(pl.Float64)
+                n, mean, std = collect(
+                    rows.select(value.count().alias("n"), value.mean().alias("mean"), value.std(ddof=1).alias("std"))
+                ).row(0)
+                self.numeric_stats_[f.name] = (
+                    float(mean) if n else 0.0,
+                    float(std) if n > 1 and std and std > 0 else 1.0,
+                )
         self.label_stats_: dict[str, tuple[float, float]] = {}
         for o in cfg.objectives:
-            if o.kind == "regression" and o.column in train.columns:
-                values = self._transform_target(train[o.column].drop_nulls().to_numpy(), o.transform)
-                std = float(values.std()) if len(values) > 1 else 1.0
-                self.label_stats_[o.name] = (float(values.mean()) if len(values) else 0.0, std or 1.0)
+            if o.kind == "regression" and o.column in names:
+                value = pl.col(o.column).cast(pl.Float64)
+                if o.transform == "log1p":
+                    value = value.clip(lower_bound=0.0).log1p()
+                n, mean, std = collect(
+                    rows.select(value.count().alias("n"), value.mean().alias("mean"), value.std(ddof=0).alias("std"))
+                ).row(0)
+                self.label_stats_[o.name] = (float(mean) if n else 0.0, (float(std) if n > 1 else 1.0) or 1.0)
         # popularity = responses (primary objective = 1) per entity in training
-        response_counts = dict(positives["entity_id"].value_counts().iter_rows())
         pop = np.log1p(
             np.array([response_counts.get(e, 0) for e in catalogue["entity_id"].to_list()], dtype=np.float64)
         )

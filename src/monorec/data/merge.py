@@ -1,8 +1,13 @@
 """Stratified merge of per-canvas training labels with configured mixture proportions.
 
 A large canvas must not drown a small one: each canvas gets ``mix / sum(mix)`` of the merged training
-rows, downsampled without replacement or upsampled with replacement (seeded). The realised mixture is
-returned so that it is recorded in the manifest and saved with the model.
+rows. A canvas with more rows than its share gives the rows of smallest seeded hash (a sample without
+replacement); one with fewer repeats every row ``share // available`` times and the rows of smallest hash
+once more (an upsample whose copies differ by at most one). The merged rows are ordered by a seeded hash
+of their request, so that a request's rows stay together (its context is encoded once) and any run of
+rows, e.g. a shard read by training, is a random sample of requests. Hashes, not a random generator: the
+same rows in memory or streamed in batches give the same merge. The realised mixture is returned so that
+it is recorded in the manifest and saved with the model.
 """
 
 from __future__ import annotations
@@ -12,14 +17,15 @@ from typing import Any
 import polars as pl
 
 from monorec.config import ProjectConfig
+from monorec.data.frame_engine import FrameEngine, columns
 
-__all__ = ["stratified_merge"]
+__all__ = ["merge_plan", "stratified_merge"]
 
 
 def stratified_merge(
     train: dict[str, pl.DataFrame], config: ProjectConfig, *, total_rows: int | None = None, seed: int = 0
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Merges per-canvas training frames in the configured proportions.
+    """Merges per-canvas training frames in the configured proportions, in memory (see :func:`merge_plan`).
 
     Args:
         train: canvas -> its training rows (only canvases of ``config`` are used).
@@ -28,28 +34,55 @@ def stratified_merge(
         seed: sampling seed.
 
     Returns:
-        (merged rows shuffled, mixture record ``{canvas: {available, rows, share, target_share, replacement}}``).
+        (merged rows, mixture record ``{canvas: {available, rows, share, target_share, replacement}}``).
     """
-    canvases = [c for c in config.canvases if c.name in train and train[c.name].height > 0]
+    lazy = {name: frame.lazy() for name, frame in train.items()}
+    merged, record = merge_plan(lazy, config, FrameEngine(), total_rows=total_rows, seed=seed)
+    return merged.collect(), record
+
+
+def merge_plan(
+    train: dict[str, pl.LazyFrame],
+    config: ProjectConfig,
+    engine: FrameEngine,
+    *,
+    total_rows: int | None = None,
+    seed: int = 0,
+) -> tuple[pl.LazyFrame, dict[str, Any]]:
+    """The stratified merge as a plan (the canvases' row counts are computed now, one pass each)."""
+    available = {
+        c.name: int(engine.collect(train[c.name].select(pl.len())).item()) for c in config.canvases if c.name in train
+    }
+    canvases = [c for c in config.canvases if available.get(c.name, 0) > 0]
     if not canvases:  # no training rows at all (a short log): an empty merge, reported by the manifest
-        empty = next(iter(train.values())).clear() if train else pl.DataFrame()
+        empty = next(iter(train.values())).clear() if train else pl.LazyFrame()
         return empty, {}
-    available = {c.name: train[c.name].height for c in canvases}
-    total = total_rows or sum(available.values())
+    total = total_rows or sum(available[c.name] for c in canvases)
     mix_sum = sum(c.mix for c in canvases)
-    parts, record = [], {}
+    parts: list[pl.LazyFrame] = []
+    record: dict[str, Any] = {}
     for i, c in enumerate(canvases):
         target = max(1, round(total * c.mix / mix_sum))
-        replace = target > available[c.name]
-        part = train[c.name].sample(n=target, with_replacement=replace, shuffle=True, seed=seed + i)
-        parts.append(part)
+        copies, rest = divmod(target, available[c.name])
+        frame = train[c.name].with_row_index("_row")
+        sampled = frame.with_columns(pl.col("_row").hash(seed=seed + i).alias("_hash"))
+        sampled = sampled.bottom_k(rest, by="_hash").drop("_hash")
+        for part in [frame] * copies + ([sampled] if rest else []):
+            parts.append(part.with_columns(pl.lit(len(parts), dtype=pl.UInt32).alias("_part")))
         record[c.name] = {
             "available": available[c.name],
             "rows": target,
             "target_share": c.mix / mix_sum,
-            "replacement": replace,
+            "replacement": target > available[c.name],
         }
-    merged = pl.concat(parts).sample(fraction=1.0, shuffle=True, seed=seed)
+    merged = pl.concat(parts)
+    if "request_id" in columns(merged):
+        order = pl.col("request_id").hash(seed=seed)
+    else:
+        order = pl.struct("_part", "_row").hash(seed=seed)
+    # (request, part, row): a total order, whichever engine ran the parts
+    merged = merged.with_columns(order.alias("_order")).sort("_order", "_part", "_row").drop("_order", "_part", "_row")
+    total_merged = sum(r["rows"] for r in record.values())
     for entry in record.values():
-        entry["share"] = entry["rows"] / merged.height
+        entry["share"] = entry["rows"] / total_merged
     return merged, record

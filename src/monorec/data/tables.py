@@ -22,14 +22,25 @@ Validation raises :class:`~monorec.errors.DataError` naming the file, the column
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from monorec.config import ProjectConfig
 from monorec.errors import DataError
 
-__all__ = ["CATALOGUE_COLUMNS", "load_dataset", "read_table", "validate_catalogue", "validate_logs"]
+__all__ = [
+    "CATALOGUE_COLUMNS",
+    "load_dataset",
+    "log_files",
+    "read_catalogue",
+    "read_table",
+    "validate_catalogue",
+    "validate_logs",
+    "validated_log_parts",
+]
 
 CATALOGUE_COLUMNS = {"entity_id": pl.String, "entity_type": pl.String, "title": pl.String, "categories": pl.String}
 LOG_REQUIRED = {"ts": pl.Int64, "canvas": pl.String, "entity_id": pl.String}
@@ -175,6 +186,32 @@ def validate_logs(frame: pl.DataFrame, config: ProjectConfig, file: str = "logs"
     return frame
 
 
+def read_catalogue(folder: str | Path, config: ProjectConfig) -> pl.DataFrame:
+    """A dataset folder's validated catalogue.
+
+    Raises:
+        DataError: no catalogue file, or a problem in it.
+    """
+    folder = Path(folder)
+    path = next((folder / f"catalogue{s}" for s in (".parquet", ".csv") if (folder / f"catalogue{s}").exists()), None)
+    if path is None:
+        raise DataError(str(folder), "no catalogue.parquet or catalogue.csv")
+    return validate_catalogue(read_table(path), config, str(path))
+
+
+def log_files(folder: str | Path) -> list[Path]:
+    """A dataset folder's log files, in the order they are read.
+
+    Raises:
+        DataError: there are none.
+    """
+    folder = Path(folder)
+    files = sorted([*folder.glob("logs/*.parquet"), *folder.glob("logs/*.csv")])
+    if not files:
+        raise DataError(str(folder / "logs"), "no log files (*.parquet or *.csv)")
+    return files
+
+
 def load_dataset(folder: str | Path, config: ProjectConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Reads and validates a dataset folder.
 
@@ -184,17 +221,8 @@ def load_dataset(folder: str | Path, config: ProjectConfig) -> tuple[pl.DataFram
     Raises:
         DataError: any problem, naming the file.
     """
-    folder = Path(folder)
-    cat_path = next(
-        (folder / f"catalogue{s}" for s in (".parquet", ".csv") if (folder / f"catalogue{s}").exists()), None
-    )
-    if cat_path is None:
-        raise DataError(str(folder), "no catalogue.parquet or catalogue.csv")
-    catalogue = validate_catalogue(read_table(cat_path), config, str(cat_path))
-    log_files = sorted([*folder.glob("logs/*.parquet"), *folder.glob("logs/*.csv")])
-    if not log_files:
-        raise DataError(str(folder / "logs"), "no log files (*.parquet or *.csv)")
-    parts = [validate_logs(read_table(p), config, str(p)) for p in log_files]
+    catalogue = read_catalogue(folder, config)
+    parts = [validate_logs(read_table(p), config, str(p)) for p in log_files(folder)]
     columns: dict[str, pl.DataType] = {}
     for part in parts:
         for name, dtype in part.schema.items():
@@ -206,3 +234,50 @@ def load_dataset(folder: str | Path, config: ProjectConfig) -> tuple[pl.DataFram
         for part in parts
     ]
     return catalogue, pl.concat(aligned, how="vertical")
+
+
+def validated_log_parts(
+    files: list[Path], config: ProjectConfig, out: str | Path, *, batch_rows: int = 250_000
+) -> pl.LazyFrame:
+    """Validates log files batch by batch into Parquet parts under ``out`` (Parquet files are read in
+    batches of ``batch_rows``; a CSV file whole), and scans the parts back as one table with the union of
+    their columns, in the order :func:`load_dataset` concatenates them: the streaming path's input.
+
+    Raises:
+        DataError: any problem, naming the file (as :func:`load_dataset`).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts: list[Path] = []
+    columns: dict[str, pl.DataType] = {}
+    for i, path in enumerate(files):
+        if path.suffix == ".parquet":
+            try:
+                reader = pq.ParquetFile(path)
+            except Exception as exc:  # pyarrow raises several types for unreadable files
+                raise DataError(str(path), f"cannot be read: {exc}") from None
+            if reader.metadata.num_rows == 0:
+                raise DataError(str(path), "the file has no rows")
+            batches: Iterator[pl.DataFrame | pl.Series] = (
+                pl.from_arrow(b) for b in reader.iter_batches(batch_size=batch_rows)
+            )
+        else:
+            batches = iter([read_table(path)])
+        for j, batch in enumerate(batches):
+            assert isinstance(batch, pl.DataFrame)
+            part = validate_logs(batch, config, str(path))
+            for name, dtype in part.schema.items():
+                columns.setdefault(name, dtype)
+            parts.append(out / f"part-{i:05d}-{j:06d}.parquet")
+            part.write_parquet(parts[-1])
+    return pl.concat(
+        [
+            pl.scan_parquet(p)
+            .with_columns(
+                [pl.lit(None, dtype=dt).alias(n) for n, dt in columns.items() if n not in pq.read_schema(p).names]
+            )
+            .select(list(columns))
+            for p in parts
+        ],
+        how="vertical",
+    )

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from monorec.data.frame_engine import FrameEngine, columns
 from monorec.errors import DataError
 from monorec.weight_expressions import AGE_COLUMN, RETRIEVAL, parse_weight
 
@@ -48,8 +49,8 @@ def weighted_tasks(config: ProjectConfig) -> list[str]:
 
 
 def add_sample_weights(
-    rows: pl.DataFrame, canvas: CanvasSpec, tasks: list[str], first_valid_ts: int
-) -> tuple[pl.DataFrame, dict[str, Any]]:
+    rows: pl.LazyFrame, canvas: CanvasSpec, tasks: list[str], first_valid_ts: int, engine: FrameEngine
+) -> tuple[pl.LazyFrame, dict[str, Any]]:
     """Adds ``weight_<task>`` (Float64) for every task in ``tasks``: the canvas's declared expression, or 1.
 
     Args:
@@ -58,6 +59,7 @@ def add_sample_weights(
         tasks: the weighted tasks of the whole config (every canvas gets the same columns, so that the
             stratified merge can stack them).
         first_valid_ts: the end of the training period (``age_days`` is measured from it).
+        engine: runs the one pass that checks the weights and records their means.
 
     Returns:
         (rows with the weight columns, a record per declared task: expression, training rows' mean, nulls).
@@ -67,38 +69,53 @@ def add_sample_weights(
             weight on a training row.
     """
     where = f"canvases.{canvas.name}.weights"
-    age = ((first_valid_ts - pl.col("ts")) / SECONDS_PER_DAY).alias(AGE_COLUMN)
-    frame = rows.with_columns(age)
-    record: dict[str, Any] = {}
-    columns: list[pl.Expr | pl.Series] = []
+    names = columns(rows)
+    declared: dict[str, pl.Expr] = {}
     for task in tasks:
-        name = weight_column(task)
         if task not in canvas.weights:
-            columns.append(pl.lit(1.0, dtype=pl.Float64).alias(name))
             continue
         expression = parse_weight(canvas.weights[task])
-        missing = [c for c in expression.meta.root_names() if c not in frame.columns]
+        missing = [c for c in expression.meta.root_names() if c not in [*names, AGE_COLUMN]]
         if missing:
             raise DataError(
                 where, f"{task}: {canvas.weights[task]!r} reads {missing}, which the logs do not have", column=task
             )
-        values = frame.select(expression.cast(pl.Float64).alias(name))[name]
-        train = values.filter(frame["split"] == "train")
-        bad = int((train.is_nan() | train.is_infinite() | (train < 0)).sum())
-        if bad:
-            raise DataError(
-                where,
-                f"{task}: {canvas.weights[task]!r} gives a negative or non-finite weight on training rows",
-                column=task,
-                rows=bad,
+        declared[task] = expression.cast(pl.Float64)
+    weighted = rows.with_columns(((first_valid_ts - pl.col("ts")) / SECONDS_PER_DAY).alias(AGE_COLUMN)).with_columns(
+        *(value.alias(weight_column(task)) for task, value in declared.items()),
+        *(pl.lit(1.0, dtype=pl.Float64).alias(weight_column(t)) for t in tasks if t not in declared),
+    )
+    record: dict[str, Any] = {}
+    if declared:
+        train = pl.col("split") == "train"
+        checks = engine.collect(
+            weighted.select(
+                pl.len().alias("rows"),
+                *(
+                    expr
+                    for task in declared
+                    for value in [pl.col(weight_column(task))]
+                    for expr in (
+                        (value.is_nan() | value.is_infinite() | (value < 0)).filter(train).sum().alias(f"bad:{task}"),
+                        value.is_null().sum().alias(f"nulls:{task}"),
+                        value.fill_null(1.0).filter(train).mean().alias(f"mean:{task}"),
+                    )
+                ),
             )
-        nulls = int(values.is_null().sum())
-        values = values.fill_null(1.0)
-        columns.append(values.alias(name))
-        train_mean = values.filter(frame["split"] == "train").mean()
-        record[task] = {
-            "expression": canvas.weights[task],
-            "train_mean": float(train_mean) if isinstance(train_mean, (int, float)) else None,
-            "nulls_weighed_1": nulls,
-        }
-    return rows.with_columns(columns), record
+        ).row(0, named=True)
+        for task in declared:
+            if checks[f"bad:{task}"]:
+                raise DataError(
+                    where,
+                    f"{task}: {canvas.weights[task]!r} gives a negative or non-finite weight on training rows",
+                    column=task,
+                    rows=int(checks[f"bad:{task}"]),
+                )
+            mean = checks[f"mean:{task}"]
+            record[task] = {
+                "expression": canvas.weights[task],
+                "train_mean": float(mean) if isinstance(mean, (int, float)) else None,
+                "nulls_weighed_1": int(checks[f"nulls:{task}"]),
+            }
+    filled = [pl.col(weight_column(task)).fill_null(1.0) for task in declared]
+    return weighted.with_columns(filled).drop(AGE_COLUMN), record

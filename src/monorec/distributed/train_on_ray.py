@@ -88,7 +88,7 @@ def _worker(args: dict[str, Any]) -> None:
 
     context = ray_train.get_context()
     parallel = DataParallel(context.get_world_rank(), context.get_world_size())
-    prepared = PreparedData.load(args["prepared"])
+    prepared = PreparedData.open(args["prepared"])
     bundle = train(
         args["config"], prepared, canvases=args["canvases"], progress=False, device=args["device"], parallel=parallel
     )

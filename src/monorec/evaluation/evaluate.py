@@ -26,8 +26,11 @@ def request_sets(
     """Evaluation requests of every canvas of ``config`` on ``split``; seeded, identical for every
     recommender evaluated on them."""
     ev = config.evaluate
-    train = prepared.rows("train")
-    known = set(train["user_id"].drop_nulls().to_list()) if "user_id" in train.columns else None
+    train = prepared.scan("train")
+    known = None
+    if "user_id" in train.collect_schema().names():
+        users = train.select(pl.col("user_id").drop_nulls().unique()).collect(engine="streaming")
+        known = set(users["user_id"].to_list())
     seen = seen_by_user(prepared.responses("train"), prepared.catalogue) if ev.exclude_seen else None
     context_columns = [f.name for f in config.fields]
     # the entity a request is about (related's source item) is never an answer; a history (id_list) is
@@ -35,7 +38,7 @@ def request_sets(
     entity_fields = [f.name for f in config.fields if f.vocabulary == "entity" and f.kind == "id"]
     out = {}
     for c in config.canvases:
-        rows = prepared.canvases[c.name].filter(pl.col("split") == split)
+        rows = prepared.rows(split, (c.name,))
         source = next((f for f in entity_fields if f in c.fields), None)
         out[c.name] = build_requests(
             rows,
@@ -172,7 +175,7 @@ def evaluate_bundle(
     encoded = (recommender.item_feats, recommender.item_embs)  # the catalogue is encoded once
     canvases = {}
     for c in cfg.canvases:
-        rows = prepared.canvases[c.name].filter(pl.col("split") == split)
+        rows = prepared.rows(split, (c.name,))
         canvases[c.name] = {
             **ranked[c.name],
             "retrieval_only": {m: v for m, v in retrieval[c.name].items() if m in (f"recall@{k}", f"ndcg@{k}")},

@@ -5,13 +5,13 @@ worlds of 1x, 10x and 50x the demo's size: its users and requests (the logs) sca
 
 Each stage runs in its own process, so that its peak memory (the process's maximum resident set) is its
 own: the in-memory prepare (the anchor: every table held whole), the streaming prepare (polars' streaming
-engine, tables spilled to Parquet; ``monorec prepare --streaming``), one training epoch reading the merged
-rows in shards of ``--shard-rows`` from the opened prepared folder (``train.shard_rows``), seeding a
-deployment with every user's latest state (read from the logs in memory), and the bulk pass of the
+engine, requests prepared ``--bucket-rows`` at a time and spilled to Parquet; ``monorec prepare
+--streaming``), one training epoch reading the merged rows in shards of ``--shard-rows`` from the opened
+prepared folder (``train.shard_rows``), seeding a deployment with every user's latest state (read from the logs in memory), and the bulk pass of the
 trained version (``Deployment.stage``: the catalogue and every user encoded). Reported per scale and
 stage: wall seconds, peak memory, rows (log rows, training rows, users, entities + users) per second.
 
-    python bench/b12_scale.py --out b12.json [--scales 1 10 50] [--shard-rows 100000] [--quick]
+    python bench/b12_scale.py --out b12.json [--scales 1 10 50] [--shard-rows 100000] [--bucket-rows 250000] [--quick]
 """
 
 from __future__ import annotations
@@ -44,14 +44,16 @@ def world_spec(scale: float) -> WorldSpec:
     )
 
 
-def run_stage(stage: str, work: Path, shard_rows: int) -> dict[str, Any]:
+def run_stage(stage: str, work: Path, shard_rows: int, bucket_rows: int) -> dict[str, Any]:
     """One stage in this process; returns its figures (peak memory read by the caller's child process)."""
     from monorec.data.prepared import PreparedData
     from monorec.pipeline import prepare_stage, train_stage
 
     config = bench_config()
     config = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, epochs=1, max_train_rows=0, shard_rows=shard_rows)
+        config,
+        labels=dataclasses.replace(config.labels, bucket_rows=bucket_rows),
+        train=dataclasses.replace(config.train, epochs=1, max_train_rows=0, shard_rows=shard_rows),
     )
     started = time.perf_counter()
     if stage in ("prepare_memory", "prepare_streaming"):
@@ -98,10 +100,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
 
 
-def measure(stage: str, work: Path, shard_rows: int) -> dict[str, Any]:
+def measure(stage: str, work: Path, shard_rows: int, bucket_rows: int) -> dict[str, Any]:
     """Runs one stage in a child process; its figures and its peak resident memory."""
+    sizes = ["--shard-rows", str(shard_rows), "--bucket-rows", str(bucket_rows)]
     done = subprocess.run(
-        [sys.executable, __file__, "--stage", stage, "--work", str(work), "--shard-rows", str(shard_rows)],
+        [sys.executable, __file__, "--stage", stage, "--work", str(work), *sizes],
         capture_output=True,
         text=True,
     )
@@ -116,13 +119,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out")
     ap.add_argument("--scales", type=float, nargs="+", default=[1, 10, 50])
-    ap.add_argument("--shard-rows", type=int, default=100_000)
-    ap.add_argument("--quick", action="store_true", help="scales 0.05 and 0.1, shards of 5,000 rows")
+    ap.add_argument("--shard-rows", type=int, default=100_000, help="train.shard_rows")
+    ap.add_argument("--bucket-rows", type=int, default=250_000, help="labels.bucket_rows")
+    ap.add_argument("--quick", action="store_true", help="scales 0.05 and 0.1, shards and buckets of 5,000 rows")
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # a child process: one stage
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.stage:
-        figures = run_stage(args.stage, Path(args.work), args.shard_rows)
+        figures = run_stage(args.stage, Path(args.work), args.shard_rows, args.bucket_rows)
         figures["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(figures))
         return
@@ -130,6 +134,7 @@ def main() -> None:
         ap.error("--out is required")
     scales = [0.05, 0.1] if args.quick else args.scales
     shard_rows = 5_000 if args.quick else args.shard_rows
+    bucket_rows = 5_000 if args.quick else args.bucket_rows
     results = []
     for scale in scales:
         work = Path(tempfile.mkdtemp(prefix=f"b12-{scale}x-"))
@@ -142,7 +147,7 @@ def main() -> None:
             "requests": spec.n_requests,
         }
         for stage in STAGES:
-            row[stage] = measure(stage, work, shard_rows)
+            row[stage] = measure(stage, work, shard_rows, bucket_rows)
             print(
                 f"{scale:>5}x {stage:<18} {row[stage]['seconds']:8.1f} s  peak {row[stage]['peak_rss_mb']:8.0f} MB  "
                 f"{row[stage]['rows_per_s']:>10,.0f} rows/s",
@@ -161,6 +166,7 @@ def main() -> None:
         {
             "benchmark": "B12",
             "shard_rows": shard_rows,
+            "bucket_rows": bucket_rows,
             "demo_world": dataclasses.asdict(DEMO),
             "results": results,
             "peak_memory_growth": growth,

@@ -117,7 +117,7 @@ def test_prepared_manifest_records_mixture_and_counts(prepared, config):
 def test_popularity_negatives_follow_training_popularity_only(config):
     """Popularity weights come from the training period: an entity popular only in the test period
     is not favoured."""
-    from monorec.data.labels import _negative_weights
+    from monorec.data.labels import _negative_weights, _train_response_counts
 
     cfg = dataclasses.replace(config, labels=dataclasses.replace(config.labels, negative_sampling="popularity"))
     logs = pl.DataFrame(
@@ -128,7 +128,7 @@ def test_popularity_negatives_follow_training_popularity_only(config):
             "clicked": [1.0] * 6,
         }
     )
-    w = _negative_weights(logs, CATALOGUE, cfg, first_valid_ts=50)
+    w = _negative_weights(_train_response_counts(logs, cfg, first_valid_ts=50), CATALOGUE, cfg)
     assert w is not None and abs(w.sum() - 1) < 1e-9
     ids = CATALOGUE["entity_id"].to_list()
     assert w[ids.index("e1")] > w[ids.index("e2")] == w[ids.index("e3")]

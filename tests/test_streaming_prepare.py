@@ -21,7 +21,8 @@ WORLD = WorldSpec(n_users=80, n_items=90, n_requests=700, impressions=8, n_bots=
 @pytest.fixture(scope="module")
 def both(tmp_path_factory, config):
     """(in-memory prepared, streamed prepared) of one world, with popularity negatives and a sample weight
-    so that every part of the plan is exercised; the streaming side reads 1,000-row batches."""
+    so that every part of the plan is exercised, in buckets of 1,500 rows (4 buckets of requests, 3 of
+    merged rows); the streaming side reads 1,000-row batches."""
     home = next(c for c in config.canvases if c.name == "home")
     canvases = tuple(
         dataclasses.replace(c, weights={"click": "POWER(0.5, age_days / 30)"}) if c.name == home.name else c
@@ -30,7 +31,7 @@ def both(tmp_path_factory, config):
     cfg = dataclasses.replace(
         config,
         canvases=canvases,
-        labels=dataclasses.replace(config.labels, negative_sampling="popularity"),
+        labels=dataclasses.replace(config.labels, negative_sampling="popularity", bucket_rows=1500),
     )
     root = tmp_path_factory.mktemp("streaming")
     data = write_world(root / "world", WORLD)
@@ -45,6 +46,7 @@ def both(tmp_path_factory, config):
 def test_streaming_gives_the_same_prepared_data(both):
     _, memory, streamed, root = both
     assert memory.manifest["engine"] == "memory" and streamed.manifest["engine"] == "streaming"
+    assert memory.manifest["buckets"] == streamed.manifest["buckets"] > 1
     for key in ("rows", "dropped", "cutoffs", "mixture", "merged_rows", "inputs_handled"):
         assert streamed.manifest[key] == memory.manifest[key], key
     weights = memory.manifest["sample_weights"]["home"]["click"]
@@ -72,6 +74,18 @@ def test_streaming_gives_the_same_features(both):
     np.testing.assert_array_equal(
         fitted[0].transform_labels(memory.merged_train), fitted[1].transform_labels(streamed.merged_train)
     )
+
+
+def test_buckets_change_the_order_of_the_labels_not_the_labels(both):
+    cfg, memory, _, root = both
+    one = dataclasses.replace(cfg, labels=dataclasses.replace(cfg.labels, bucket_rows=1_000_000))
+    prepare_stage(one, root / "world", root / "one-bucket")
+    whole = PreparedData.load(root / "one-bucket")
+    assert memory.manifest["rows"] == whole.manifest["rows"] and memory.manifest["dropped"] == whole.manifest["dropped"]
+    for name, frame in whole.canvases.items():
+        assert frame["ts"].is_sorted()  # one bucket: in time order
+        key = list(frame.columns)
+        assert memory.canvases[name].sort(key, nulls_last=True).equals(frame.sort(key, nulls_last=True)), name
 
 
 def test_merge_keeps_a_requests_rows_together(both):

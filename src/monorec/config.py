@@ -203,6 +203,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
         0 < split.valid_fraction < 1 and 0 < split.test_fraction < 1 and split.valid_fraction + split.test_fraction < 1
     ):
         p.add("split", "valid_fraction and test_fraction must be in (0, 1) and sum below 1")
+    if sections["labels"].bucket_rows < 1:
+        p.add("labels.bucket_rows", "must be >= 1")
     if sections["train"].shard_rows < 0 or sections["train"].max_train_rows < 0:
         p.add("train.shard_rows", "shard_rows and max_train_rows must be >= 0 (0: no shards, no cap)")
     if sections["train"].hard_negatives < 0 or sections["train"].hard_negative_pool < 1:

@@ -95,6 +95,9 @@ class LabelSpec:
     # which makes the ranker learn relevance beyond popularity
     negative_sampling: Literal["uniform", "popularity"] = "uniform"
     popularity_exponent: float = 0.75
+    # requests are prepared this many rows at a time (buckets by a hash of the request): what memory holds
+    # in the streaming prepare. Part of the result: the prepared rows are ordered by time within a bucket
+    bucket_rows: int = 1_000_000
 
 
 @dataclass(frozen=True)

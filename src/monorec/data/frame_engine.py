@@ -1,10 +1,11 @@
 """Where the prepare stage computes: in memory, or streaming over Parquet for logs larger than memory.
 
-The prepare stage is ONE plan of polars lazy frames (:mod:`monorec.data.labels`, :mod:`monorec.data.merge`);
-a :class:`FrameEngine` decides how it runs. In memory, polars' default engine collects each table it must
-read twice into a DataFrame. Streaming, polars' streaming engine runs the plan in batches, and those tables
-are written to Parquet under a scratch folder and scanned back, so that no table of rows is held whole.
-The plan being the same, both give the same prepared data (``tests/test_streaming_prepare.py``).
+The prepare stage is ONE plan (:mod:`monorec.data.labels`, :mod:`monorec.data.merge`): aggregates over the
+whole log (polars lazy frames), then buckets of requests prepared one at a time. A :class:`FrameEngine`
+decides where it runs. In memory, polars' default engine computes the aggregates and the prepared buckets
+stay DataFrames. Streaming, polars' streaming engine computes the aggregates over Parquet scans, and every
+prepared bucket is spilled to Parquet under a scratch folder, so that memory holds one bucket, not the
+rows. The plan being the same, both give the same prepared data (``tests/test_streaming_prepare.py``).
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ class FrameEngine:
         """A plan's result as a DataFrame: for aggregates and other small results (counts, cut-offs, ids)."""
         return frame.collect(engine="streaming" if self.streaming else "auto")
 
-    def keep(self, frame: pl.LazyFrame, name: str) -> pl.LazyFrame:
-        """Computes a table once for the plans that read it again: collected in memory, or (streaming)
-        written to ``scratch/<name>.parquet`` and scanned back."""
+    def spill(self, frame: pl.DataFrame, name: str) -> pl.LazyFrame:
+        """Keeps a prepared piece (a bucket's rows) for later: in memory, or (streaming) written to
+        ``scratch/<name>.parquet`` and scanned back, so that memory holds one piece at a time."""
         if self.scratch is None:
-            return frame.collect().lazy()
+            return frame.lazy()
         path = self.scratch / f"{name}.parquet"
-        frame.sink_parquet(path)
+        frame.write_parquet(path)
         return pl.scan_parquet(path)
 
     def write(self, frame: pl.LazyFrame, path: str | Path) -> None:

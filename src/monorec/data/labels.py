@@ -19,7 +19,7 @@ import polars as pl
 
 from monorec.config import ProjectConfig
 from monorec.data.frame_engine import FrameEngine, columns
-from monorec.data.weights import add_sample_weights, weight_column, weighted_tasks
+from monorec.data.weights import WeightStats, add_sample_weights, weight_column, weight_records, weighted_tasks
 from monorec.schema import ContextSchema
 
 __all__ = [
@@ -29,12 +29,14 @@ __all__ = [
     "add_sampled_negatives",
     "label_plan",
     "prepare_labels",
+    "request_bucket",
     "responses",
     "time_cutoffs",
 ]
 
 SPLITS = ("train", "valid", "test")
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
+BUCKET_SEED = 0x6D6F6E6F  # the request buckets' hash seed: part of the prepared rows' order
 
 
 @dataclass
@@ -76,7 +78,7 @@ def time_cutoffs(
     return int(first_valid), max(int(first_test), int(first_valid))
 
 
-def _assign_split(frame: pl.LazyFrame, cutoffs: tuple[int, int]) -> pl.LazyFrame:
+def _assign_split(frame: FrameT, cutoffs: tuple[int, int]) -> FrameT:
     first_valid, first_test = cutoffs
     return frame.with_columns(
         pl.when(pl.col("ts") < first_valid)
@@ -104,15 +106,22 @@ def _count_by_canvas(engine: FrameEngine, frame: pl.LazyFrame) -> dict[str, int]
     return {str(c): int(n) for c, n in engine.collect(frame.group_by("canvas").len()).iter_rows()}
 
 
+def _add(counts: dict[str, dict[str, int]], key: str, by_canvas: dict[str, int]) -> None:
+    for name, n in by_canvas.items():
+        if n:
+            counts.setdefault(name, {})[key] = counts.get(name, {}).get(key, 0) + n
+
+
 @dataclass
 class LabelPlan:
-    """The labelled rows of every canvas as lazy frames (see :func:`label_plan`), with what cleaning
-    removed; run by a :class:`~monorec.data.frame_engine.FrameEngine`."""
+    """The labelled rows of every canvas (see :func:`label_plan`) as lazy frames over what the engine
+    kept (frames in memory, or Parquet when streaming), with what cleaning removed."""
 
     canvases: dict[str, pl.LazyFrame]
     cutoffs: tuple[int, int]
     dropped: dict[str, dict[str, int]]
     sample_weights: dict[str, dict[str, Any]]
+    buckets: int = 1
 
     def collect(self) -> LabelSet:
         """The rows in memory."""
@@ -131,22 +140,34 @@ def prepare_labels(logs: pl.DataFrame, catalogue: pl.DataFrame, config: ProjectC
     return label_plan(logs.lazy(), catalogue, config, FrameEngine()).collect()
 
 
+def request_bucket(buckets: int) -> pl.Expr:
+    """The bucket of a row's request (rows of one request share it): a seeded hash of ``request_id``."""
+    return pl.col("request_id").hash(seed=BUCKET_SEED) % buckets
+
+
 def label_plan(logs: pl.LazyFrame, catalogue: pl.DataFrame, config: ProjectConfig, engine: FrameEngine) -> LabelPlan:
-    """The label preparation of validated logs as a plan: the small facts it needs (cut-offs, bots, what
-    is dropped) are computed now, each as one pass over the logs; the cleaned logs are kept once by the
-    engine (in memory, or as Parquet when streaming); every canvas's rows stay lazy.
+    """Label preparation of validated logs, a bucket of requests at a time.
+
+    What the whole log decides comes first, each fact an aggregate over it (one pass each): the split's
+    cut-offs, the bots, what is dropped. Then the rows are cut into ``ceil(rows / labels.bucket_rows)``
+    buckets by a hash of their request; everything else is per request (duplicates, the unified context,
+    weights, sampled negatives), so each bucket is prepared alone, in memory, and kept by the engine: the
+    cleaned buckets first (their training responses weigh popularity negatives), then each canvas's
+    labels. Memory holds one bucket, whether the logs were in memory or are streamed from Parquet.
 
     Args:
         logs: validated logs (see :func:`monorec.data.tables.validate_logs`).
         catalogue: validated catalogue.
         config: the project config (canvases, objectives, label and split knobs).
         engine: runs the plan (in memory or streaming).
+
+    Returns:
+        The canvases' rows, each canvas ordered by time within each bucket (by time when one bucket).
     """
     schema = ContextSchema.from_config(config)
     dropped: dict[str, dict[str, int]] = {c: {} for c in config.canvas_names}
     unknown_entity = ~pl.col("entity_id").is_in(catalogue["entity_id"].implode())
-    for name, n in _count_by_canvas(engine, logs.filter(unknown_entity)).items():
-        dropped[name]["unknown_entity"] = n
+    _add(dropped, "unknown_entity", _count_by_canvas(engine, logs.filter(unknown_entity)))
     logs = logs.filter(~unknown_entity)
 
     # the split's cutoffs come first: everything learned while cleaning (who is a bot) is learned from
@@ -158,61 +179,74 @@ def label_plan(logs: pl.LazyFrame, catalogue: pl.DataFrame, config: ProjectConfi
         over = per_day.filter(pl.col("len") > config.labels.max_events_per_user_per_day)
         bots = engine.collect(over.select(pl.col("user_id").unique()))["user_id"]
         is_bot = pl.col("user_id").is_in(bots.implode())
-        for name, n in _count_by_canvas(engine, logs.filter(is_bot)).items():
-            dropped[name]["bot_rows"] = n
+        _add(dropped, "bot_rows", _count_by_canvas(engine, logs.filter(is_bot)))
         logs = logs.filter(~is_bot)
 
     logs = _request_ids(logs, schema)
-    if config.labels.dedupe:
-        before = _count_by_canvas(engine, logs)
-        logs = logs.unique(subset=["request_id", "entity_id"], keep="last", maintain_order=True)
-    logs = engine.keep(schema.apply_to_frame(logs, catalogue), "logs")
-    if config.labels.dedupe:
-        after = _count_by_canvas(engine, logs)
-        for name, n in before.items():
-            if n - after.get(name, 0):
-                dropped[name]["duplicates"] = n - after.get(name, 0)
+    rows = int(engine.collect(logs.select(pl.len())).item())
+    buckets = max(1, -(-rows // config.labels.bucket_rows))
+    cleaned: list[pl.LazyFrame] = []
+    response_counts: dict[str, int] = {}
+    for b in range(buckets):
+        bucket = engine.collect(logs if buckets == 1 else logs.filter(request_bucket(buckets) == b))
+        if config.labels.dedupe:
+            before = dict(bucket.group_by("canvas").len().iter_rows())
+            bucket = bucket.unique(subset=["request_id", "entity_id"], keep="last", maintain_order=True)
+            after = dict(bucket.group_by("canvas").len().iter_rows())
+            _add(dropped, "duplicates", {name: n - after.get(name, 0) for name, n in before.items()})
+        bucket = schema.apply_to_frame(bucket, catalogue)
+        if config.labels.negative_sampling != "uniform":
+            for entity, n in _train_response_counts(bucket, config, cutoffs[0]).items():
+                response_counts[entity] = response_counts.get(entity, 0) + n
+        cleaned.append(engine.spill(bucket, f"logs-{b}"))
+    weights = _negative_weights(response_counts, catalogue, config)
 
     keep = ["request_id", "ts", "canvas", "task_type", "entity_id", *schema.field_names]
-    weights = _negative_weights(logs, catalogue, config, cutoffs[0], engine)
     weighted = weighted_tasks(config)
-    names = columns(logs)
-    canvases: dict[str, pl.LazyFrame] = {}
-    sample_weights: dict[str, dict[str, Any]] = {}
-    for spec in config.canvases:
-        rows = _assign_split(logs.filter(pl.col("canvas") == spec.name), cutoffs)
-        # computed from the full log rows (the expressions read log columns), then carried like labels;
-        # sampled negatives inherit their positive's weights
-        rows, sample_weights[spec.name] = add_sample_weights(rows, spec, weighted, cutoffs[0], engine)
-        labels = [pl.col(weight_column(task)) for task in weighted]
-        for o in config.objectives:
-            if o.name in spec.objectives and o.column in names:
-                labels.append(pl.col(o.column).cast(pl.Float64).alias(o.column))
-            else:
-                labels.append(pl.lit(None, dtype=pl.Float64).alias(o.column))
-        rows = rows.select([*keep, *labels, "split"]).sort("ts", maintain_order=True)
-        if spec.negatives:
-            rows = add_sampled_negatives(rows, catalogue, config, spec.name, seed=config.train.seed, weights=weights)
-        canvases[spec.name] = rows
-    used = {name: record for name, record in sample_weights.items() if record}
-    return LabelPlan(canvases=canvases, cutoffs=cutoffs, dropped=dropped, sample_weights=used)
+    parts: dict[str, list[pl.LazyFrame]] = {c.name: [] for c in config.canvases}
+    stats: dict[str, dict[str, WeightStats]] = {c.name: {} for c in config.canvases}
+    for b, spilled in enumerate(cleaned):
+        bucket = spilled.collect()
+        names = bucket.columns
+        for spec in config.canvases:
+            frame = _assign_split(bucket.filter(pl.col("canvas") == spec.name), cutoffs)
+            # computed from the full log rows (the expressions read log columns), then carried like labels;
+            # sampled negatives inherit their positive's weights
+            frame, bucket_stats = add_sample_weights(frame, spec, weighted, cutoffs[0])
+            for task, st in bucket_stats.items():
+                stats[spec.name][task] = stats[spec.name][task] + st if task in stats[spec.name] else st
+            labels = [pl.col(weight_column(task)) for task in weighted]
+            for o in config.objectives:
+                if o.name in spec.objectives and o.column in names:
+                    labels.append(pl.col(o.column).cast(pl.Float64).alias(o.column))
+                else:
+                    labels.append(pl.lit(None, dtype=pl.Float64).alias(o.column))
+            frame = frame.select([*keep, *labels, "split"]).sort("ts", maintain_order=True)
+            if spec.negatives:
+                frame = add_sampled_negatives(
+                    frame, catalogue, config, spec.name, seed=config.train.seed, weights=weights
+                )
+            parts[spec.name].append(engine.spill(frame, f"{spec.name}-{b}"))
+    sample_weights = {spec.name: weight_records(spec, stats[spec.name]) for spec in config.canvases if stats[spec.name]}
+    canvases = {name: pl.concat(frames) for name, frames in parts.items()}
+    return LabelPlan(canvases, cutoffs, dropped, sample_weights, buckets)
+
+
+def _train_response_counts(rows: pl.DataFrame, config: ProjectConfig, first_valid_ts: int) -> dict[str, int]:
+    """entity id -> responses in the TRAINING period among ``rows``."""
+    train = responses(rows.filter(pl.col("ts") < first_valid_ts), config)
+    return {str(e): int(n) for e, n in train.group_by("entity_id").len().iter_rows()}
 
 
 def _negative_weights(
-    logs: pl.LazyFrame | pl.DataFrame,
-    catalogue: pl.DataFrame,
-    config: ProjectConfig,
-    first_valid_ts: int,
-    engine: FrameEngine | None = None,
+    response_counts: dict[str, int], catalogue: pl.DataFrame, config: ProjectConfig
 ) -> np.ndarray | None:
     """Sampling weights over the catalogue for ``popularity`` negatives: (responses in TRAINING + 1) **
     exponent, so that validation and test never inform the sampling. None for uniform sampling."""
     if config.labels.negative_sampling == "uniform":
         return None
-    train = responses(logs.lazy().filter(pl.col("ts") < first_valid_ts), config)
-    counts = dict((engine or FrameEngine()).collect(train.group_by("entity_id").len()).iter_rows())
     w = (
-        np.array([counts.get(e, 0) + 1.0 for e in catalogue["entity_id"].to_list()])
+        np.array([response_counts.get(e, 0) + 1.0 for e in catalogue["entity_id"].to_list()])
         ** config.labels.popularity_exponent
     )
     return w / w.sum()
@@ -223,54 +257,44 @@ def _draw_seed(seed: int, canvas: str) -> int:
 
 
 def add_sampled_negatives(
-    rows: pl.LazyFrame,
+    rows: pl.DataFrame,
     catalogue: pl.DataFrame,
     config: ProjectConfig,
     canvas: str,
     *,
     seed: int,
     weights: np.ndarray | None = None,
-) -> pl.LazyFrame:
+) -> pl.DataFrame:
     """Adds ``negatives`` sampled entities per positive row, with the positive's context and time
     (uniformly, or with ``weights`` (N_items,) summing to 1).
 
-    Each draw is a hash of (seed, the positive's position among the canvas's positives, the draw's
-    number): the same rows get the same negatives whether the plan runs in memory or streams in batches.
-    Binary objectives of a sampled negative are 0; regression objectives stay unobserved (null). The
-    negative inherits its positive's ``ts`` and ``split``, so sampling cannot leak across the split.
+    Each draw is a seeded hash of the positive (its request, entity and time) and the draw's number, not
+    a random generator's next value: the same positive gets the same negatives however the rows are cut
+    into buckets. Binary objectives of a sampled negative are 0; regression objectives stay unobserved
+    (null). The negative inherits its positive's ``ts`` and ``split``, so sampling cannot leak across the
+    split.
     """
     spec = config.canvas(canvas)
     primary = config.objective(spec.primary).column
     positives = rows.filter(pl.col(primary) == 1)
+    if positives.height == 0:
+        return rows
     n_items = catalogue.height
-    numbered = positives.with_row_index("_row")
     drawn = pl.concat(
-        [numbered.with_columns(pl.lit(k, dtype=pl.UInt32).alias("_draw")) for k in range(spec.negatives)]
-    ).with_columns(pl.struct("_row", "_draw").hash(seed=_draw_seed(seed, canvas)).alias("_hash"))
+        [positives.with_columns(pl.lit(k, dtype=pl.UInt32).alias("_draw")) for k in range(spec.negatives)]
+    )
+    hashed = pl.struct("request_id", "entity_id", "ts", "_draw").hash(seed=_draw_seed(seed, canvas))
     if weights is None:
-        pick = (pl.col("_hash") % n_items).cast(pl.Int64)
+        picks = (drawn.select(hashed)[:, 0] % n_items).to_numpy().astype(np.int64)
     else:
-        cdf = np.cumsum(weights)
-        uniform = (pl.col("_hash") // (1 << 11)).cast(pl.Float64) / float(1 << 53)  # [0, 1) from 53 bits
-        pick = uniform.map_batches(
-            lambda u: pl.Series(np.minimum(np.searchsorted(cdf, u.to_numpy(), side="right"), n_items - 1)),
-            return_dtype=pl.Int64,
-            is_elementwise=True,
-        )
-    table = pl.LazyFrame(
-        {"_pick": np.arange(n_items, dtype=np.int64), "_negative": catalogue["entity_id"]},
-    )
-    objectives = [
-        pl.lit(0.0 if (o.kind == "binary" and o.name in spec.objectives) else None, dtype=pl.Float64).alias(o.column)
-        for o in config.objectives
-    ]
-    negatives = (
-        drawn.with_columns(pick.alias("_pick"))
-        .join(table, on="_pick", how="left", maintain_order="left")
-        .with_columns(pl.col("_negative").alias("entity_id"), *objectives)
-        .drop("_row", "_draw", "_hash", "_pick", "_negative")
-    )
-    # a sampled "negative" that is in fact the logged positive would be a false label: drop it
+        uniform = (drawn.select(hashed // (1 << 11))[:, 0].to_numpy().astype(np.float64)) / float(1 << 53)
+        picks = np.minimum(np.searchsorted(np.cumsum(weights), uniform, side="right"), n_items - 1)
+    ids = catalogue["entity_id"].to_numpy()
+    negatives = drawn.drop("_draw").with_columns(pl.Series("entity_id", ids[picks]))
+    for o in config.objectives:
+        value = 0.0 if (o.kind == "binary" and o.name in spec.objectives) else None
+        negatives = negatives.with_columns(pl.lit(value, dtype=pl.Float64).alias(o.column))
+    # a sampled "negative" that is in fact a logged positive of its request would be a false label: drop it
     negatives = negatives.join(
         positives.select("request_id", "entity_id"), on=["request_id", "entity_id"], how="anti", maintain_order="left"
     )

@@ -4,9 +4,10 @@ A large canvas must not drown a small one: each canvas gets ``mix / sum(mix)`` o
 rows. A canvas with more rows than its share gives the rows of smallest seeded hash (a sample without
 replacement); one with fewer repeats every row ``share // available`` times and the rows of smallest hash
 once more (an upsample whose copies differ by at most one). The merged rows are ordered by a seeded hash
-of their request, so that a request's rows stay together (its context is encoded once) and any run of
-rows, e.g. a shard read by training, is a random sample of requests. Hashes, not a random generator: the
-same rows in memory or streamed in batches give the same merge. The realised mixture is returned so that
+of their request (within buckets of ``labels.bucket_rows`` rows when there are more), so that a request's
+rows stay together (its context is encoded once) and any run of rows, e.g. a shard read by training, is
+a random sample of requests. Hashes, not a random generator: the same rows in memory or streamed give
+the same merge. The realised mixture is returned so that
 it is recorded in the manifest and saved with the model.
 """
 
@@ -49,7 +50,12 @@ def merge_plan(
     total_rows: int | None = None,
     seed: int = 0,
 ) -> tuple[pl.LazyFrame, dict[str, Any]]:
-    """The stratified merge as a plan (the canvases' row counts are computed now, one pass each)."""
+    """The stratified merge, holding at most a bucket of rows (``labels.bucket_rows``) at a time.
+
+    Each canvas's sample is the rows whose hash is at most its ``rest``-th smallest (one column of hashes
+    in memory, not the rows); the merged rows are then written a bucket of requests at a time, each bucket
+    ordered by (request hash, part, row): one bucket, by request hash, when the rows fit in one.
+    """
     available = {
         c.name: int(engine.collect(train[c.name].select(pl.len())).item()) for c in config.canvases if c.name in train
     }
@@ -65,8 +71,10 @@ def merge_plan(
         target = max(1, round(total * c.mix / mix_sum))
         copies, rest = divmod(target, available[c.name])
         frame = train[c.name].with_row_index("_row")
-        sampled = frame.with_columns(pl.col("_row").hash(seed=seed + i).alias("_hash"))
-        sampled = sampled.bottom_k(rest, by="_hash").drop("_hash")
+        if rest:
+            hashed = frame.select(pl.col("_row").hash(seed=seed + i).alias("_hash"))
+            cut = engine.collect(hashed.bottom_k(rest, by="_hash").select(pl.col("_hash").max())).item()
+            sampled = frame.filter(pl.col("_row").hash(seed=seed + i) <= cut)
         for part in [frame] * copies + ([sampled] if rest else []):
             parts.append(part.with_columns(pl.lit(len(parts), dtype=pl.UInt32).alias("_part")))
         record[c.name] = {
@@ -80,9 +88,14 @@ def merge_plan(
         order = pl.col("request_id").hash(seed=seed)
     else:
         order = pl.struct("_part", "_row").hash(seed=seed)
-    # (request, part, row): a total order, whichever engine ran the parts
-    merged = merged.with_columns(order.alias("_order")).sort("_order", "_part", "_row").drop("_order", "_part", "_row")
+    merged = merged.with_columns(order.alias("_order"))
     total_merged = sum(r["rows"] for r in record.values())
+    buckets = max(1, -(-total_merged // config.labels.bucket_rows))
+    pieces = []
+    for b in range(buckets):  # (request, part, row): a total order, whichever engine ran the parts
+        piece = merged if buckets == 1 else merged.filter(pl.col("_order") % buckets == b)
+        rows = engine.collect(piece).sort("_order", "_part", "_row").drop("_order", "_part", "_row")
+        pieces.append(engine.spill(rows, f"merged-{b}"))
     for entry in record.values():
         entry["share"] = entry["rows"] / total_merged
-    return merged, record
+    return pl.concat(pieces), record

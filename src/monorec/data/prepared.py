@@ -201,6 +201,7 @@ def _manifest(
         "inputs_handled": inputs_handled(config, labels.canvases, catalogue, engine),
         "sample_weights": labels.sample_weights,
         "engine": "streaming" if engine.streaming else "memory",
+        "buckets": labels.buckets,  # of requests, labels.bucket_rows rows each: what memory held
     }
 
 
@@ -231,10 +232,12 @@ def prepare_streaming(
     inputs: dict[str, Any] | None = None,
     batch_rows: int = 250_000,
 ) -> Path:
-    """The same preparation as :func:`prepare`, streamed: polars' streaming engine runs the plan in
-    batches and every table of rows goes to Parquet (the canvases' labels into ``out`` directly, the
-    cleaned logs into a scratch folder removed at the end), so memory holds batches, the catalogue and
-    per-key state (request ids while deduplicating, users per day while finding bots), never the rows.
+    """The same preparation as :func:`prepare`, streamed: the log files are validated batch by batch into
+    Parquet, polars' streaming engine computes the plan's aggregates over them, and the requests are
+    prepared a bucket (``labels.bucket_rows``) at a time, each bucket spilled to a scratch folder (removed
+    at the end) before the canvases' labels and the merged rows are streamed into ``out``. Memory holds a
+    bucket, the catalogue and small per-key facts (users per day while finding bots, the times while
+    cutting the split), not the rows.
 
     Args:
         catalogue: the validated catalogue.

@@ -20,18 +20,28 @@ rows, not the loss's scale (which the learning rate and the task weights own).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from monorec.data.frame_engine import FrameEngine, columns
 from monorec.errors import DataError
 from monorec.weight_expressions import AGE_COLUMN, RETRIEVAL, parse_weight
 
 if TYPE_CHECKING:
     from monorec.config import CanvasSpec, ProjectConfig
 
-__all__ = ["AGE_COLUMN", "RETRIEVAL", "add_sample_weights", "parse_weight", "weight_column", "weighted_tasks"]
+__all__ = [
+    "AGE_COLUMN",
+    "RETRIEVAL",
+    "WeightStats",
+    "add_sample_weights",
+    "parse_weight",
+    "weight_column",
+    "weight_records",
+    "weighted_tasks",
+]
 
 SECONDS_PER_DAY = 86_400
 
@@ -48,9 +58,27 @@ def weighted_tasks(config: ProjectConfig) -> list[str]:
     return [name for name in order if name in keys]
 
 
+@dataclass(frozen=True)
+class WeightStats:
+    """What one batch of a canvas's rows says about a task's weights (summed over buckets)."""
+
+    bad: int  # negative or non-finite weights on training rows
+    nulls: int  # rows whose expression is null (weighed 1)
+    train_sum: float
+    train_rows: int
+
+    def __add__(self, other: WeightStats) -> WeightStats:
+        return WeightStats(
+            self.bad + other.bad,
+            self.nulls + other.nulls,
+            self.train_sum + other.train_sum,
+            self.train_rows + other.train_rows,
+        )
+
+
 def add_sample_weights(
-    rows: pl.LazyFrame, canvas: CanvasSpec, tasks: list[str], first_valid_ts: int, engine: FrameEngine
-) -> tuple[pl.LazyFrame, dict[str, Any]]:
+    rows: pl.DataFrame, canvas: CanvasSpec, tasks: list[str], first_valid_ts: int
+) -> tuple[pl.DataFrame, dict[str, WeightStats]]:
     """Adds ``weight_<task>`` (Float64) for every task in ``tasks``: the canvas's declared expression, or 1.
 
     Args:
@@ -59,63 +87,62 @@ def add_sample_weights(
         tasks: the weighted tasks of the whole config (every canvas gets the same columns, so that the
             stratified merge can stack them).
         first_valid_ts: the end of the training period (``age_days`` is measured from it).
-        engine: runs the one pass that checks the weights and records their means.
 
     Returns:
-        (rows with the weight columns, a record per declared task: expression, training rows' mean, nulls).
+        (rows with the weight columns, each declared task's :class:`WeightStats`; see :func:`weight_records`).
 
     Raises:
-        DataError: an expression reads a column the logs do not have, or gives a negative or non-finite
-            weight on a training row.
+        DataError: an expression reads a column the logs do not have.
     """
     where = f"canvases.{canvas.name}.weights"
-    names = columns(rows)
-    declared: dict[str, pl.Expr] = {}
+    frame = rows.with_columns(((first_valid_ts - pl.col("ts")) / SECONDS_PER_DAY).alias(AGE_COLUMN))
+    stats: dict[str, WeightStats] = {}
+    columns: list[pl.Expr | pl.Series] = []
+    train = frame["split"] == "train"
     for task in tasks:
+        name = weight_column(task)
         if task not in canvas.weights:
+            columns.append(pl.lit(1.0, dtype=pl.Float64).alias(name))
             continue
         expression = parse_weight(canvas.weights[task])
-        missing = [c for c in expression.meta.root_names() if c not in [*names, AGE_COLUMN]]
+        missing = [c for c in expression.meta.root_names() if c not in frame.columns]
         if missing:
             raise DataError(
                 where, f"{task}: {canvas.weights[task]!r} reads {missing}, which the logs do not have", column=task
             )
-        declared[task] = expression.cast(pl.Float64)
-    weighted = rows.with_columns(((first_valid_ts - pl.col("ts")) / SECONDS_PER_DAY).alias(AGE_COLUMN)).with_columns(
-        *(value.alias(weight_column(task)) for task, value in declared.items()),
-        *(pl.lit(1.0, dtype=pl.Float64).alias(weight_column(t)) for t in tasks if t not in declared),
-    )
+        values = frame.select(expression.cast(pl.Float64).alias(name))[name]
+        in_train = values.filter(train)
+        filled = values.fill_null(1.0)
+        stats[task] = WeightStats(
+            bad=int((in_train.is_nan() | in_train.is_infinite() | (in_train < 0)).sum()),
+            nulls=int(values.is_null().sum()),
+            train_sum=float(filled.filter(train).sum()),
+            train_rows=int(train.sum()),
+        )
+        columns.append(filled.alias(name))
+    return rows.with_columns(columns), stats
+
+
+def weight_records(canvas: CanvasSpec, stats: dict[str, WeightStats]) -> dict[str, Any]:
+    """A canvas's record of its declared weights (expression, training rows' mean, nulls weighed 1).
+
+    Raises:
+        DataError: a task's expression gives a negative or non-finite weight on training rows.
+    """
+    where = f"canvases.{canvas.name}.weights"
     record: dict[str, Any] = {}
-    if declared:
-        train = pl.col("split") == "train"
-        checks = engine.collect(
-            weighted.select(
-                pl.len().alias("rows"),
-                *(
-                    expr
-                    for task in declared
-                    for value in [pl.col(weight_column(task))]
-                    for expr in (
-                        (value.is_nan() | value.is_infinite() | (value < 0)).filter(train).sum().alias(f"bad:{task}"),
-                        value.is_null().sum().alias(f"nulls:{task}"),
-                        value.fill_null(1.0).filter(train).mean().alias(f"mean:{task}"),
-                    )
-                ),
+    for task, st in stats.items():
+        if st.bad:
+            raise DataError(
+                where,
+                f"{task}: {canvas.weights[task]!r} gives a negative or non-finite weight on training rows",
+                column=task,
+                rows=st.bad,
             )
-        ).row(0, named=True)
-        for task in declared:
-            if checks[f"bad:{task}"]:
-                raise DataError(
-                    where,
-                    f"{task}: {canvas.weights[task]!r} gives a negative or non-finite weight on training rows",
-                    column=task,
-                    rows=int(checks[f"bad:{task}"]),
-                )
-            mean = checks[f"mean:{task}"]
-            record[task] = {
-                "expression": canvas.weights[task],
-                "train_mean": float(mean) if isinstance(mean, (int, float)) else None,
-                "nulls_weighed_1": int(checks[f"nulls:{task}"]),
-            }
-    filled = [pl.col(weight_column(task)).fill_null(1.0) for task in declared]
-    return weighted.with_columns(filled).drop(AGE_COLUMN), record
+        mean = st.train_sum / st.train_rows if st.train_rows else None
+        record[task] = {
+            "expression": canvas.weights[task],
+            "train_mean": None if mean is None or math.isnan(mean) else mean,
+            "nulls_weighed_1": st.nulls,
+        }
+    return record

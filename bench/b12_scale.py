@@ -7,10 +7,10 @@ Each stage runs in its own process, so that its peak memory (the process's maxim
 own: the in-memory prepare (the anchor: every table held whole), the streaming prepare (polars' streaming
 engine, requests prepared ``--bucket-rows`` at a time and spilled to Parquet; ``monorec prepare
 --streaming``), one training epoch reading the merged rows in shards of ``--shard-rows`` from the opened
-prepared folder (``train.shard_rows``), seeding a deployment with every user's latest state (read from
-the logs in memory), and the bulk pass of the trained version (``Deployment.stage``: the catalogue and
-every user encoded). Reported per scale and stage: wall seconds, peak memory, rows (log rows, training
-rows, users, entities + users) per second.
+prepared folder (``train.shard_rows``), seeding a deployment with every user's latest state (aggregated
+from the prepared rows on polars' streaming engine), and the bulk pass of the trained version
+(``Deployment.stage``: the catalogue and every user encoded). Reported per scale and stage: wall seconds,
+peak memory, rows (log rows, training rows, users, entities + users) per second.
 
     python bench/b12_scale.py --out b12.json [--scales 1 10 50] [--shard-rows 100000]
         [--bucket-rows 250000] [--quick]
@@ -78,7 +78,7 @@ def run_stage(stage: str, work: Path, shard_rows: int, bucket_rows: int) -> dict
         registry.publish(ModelBundle.load(work / "run"), {}, force=True)  # a deployment starts from a version
         started = time.perf_counter()
         opened = PreparedData.open(work / "prepare_streaming")
-        users = user_states(pl.concat([opened.scan(s) for s in SPLITS]).collect(), config)
+        users = user_states(pl.concat([opened.scan(s) for s in SPLITS]), config)  # streamed
         with Deployment(work / "deployment", registry, progress=False) as dep:
             dep.seed_catalogue(opened.catalogue)
             dep.seed_users(users)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import polars as pl
 import pytest
 import torch
 
@@ -65,3 +66,17 @@ def test_negative_shard_rows_are_refused(config):
     raw["train"]["shard_rows"] = -1
     with pytest.raises(ConfigError, match="shard_rows"):
         parse_config(raw, "test")
+
+
+def test_a_large_validation_split_is_sampled_by_whole_requests(prepared):
+    from monorec.train import validation_rows
+
+    valid = prepared.rows("valid")
+    assert validation_rows(prepared.scan("valid"), 0).equals(valid)
+    assert validation_rows(prepared.scan("valid"), valid.height).equals(valid)
+    cap = valid.height // 4
+    sample = validation_rows(prepared.scan("valid"), cap)
+    assert 0.6 * cap < sample.height < 1.4 * cap
+    assert sample.equals(validation_rows(prepared.scan("valid"), cap))  # seeded
+    kept = valid.filter(pl.col("request_id").is_in(sample["request_id"].unique().implode()))
+    assert kept.height == sample.height  # every row of a kept request, none of the others

@@ -205,8 +205,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
         p.add("split", "valid_fraction and test_fraction must be in (0, 1) and sum below 1")
     if sections["labels"].bucket_rows < 1:
         p.add("labels.bucket_rows", "must be >= 1")
-    if sections["train"].shard_rows < 0 or sections["train"].max_train_rows < 0:
-        p.add("train.shard_rows", "shard_rows and max_train_rows must be >= 0 (0: no shards, no cap)")
+    if min(sections["train"].shard_rows, sections["train"].max_train_rows, sections["train"].val_rows) < 0:
+        p.add("train", "shard_rows, max_train_rows and val_rows must be >= 0 (0: no shards, no cap)")
     if sections["train"].hard_negatives < 0 or sections["train"].hard_negative_pool < 1:
         p.add("train.hard_negatives", "hard_negatives must be >= 0 and hard_negative_pool >= 1")
     for wname in sections["train"].objective_weights:

@@ -183,6 +183,9 @@ class TrainSpec:
     # every validation row; smoother when a canvas's validation requests are few and come from few users)
     selection: Literal["ndcg", "served", "loss"] = "ndcg"
     val_requests: int = 1000  # validation requests per canvas for NDCG selection (fewer: noisier choice)
+    # validation rows whose losses are the learning curves (and the "loss" selection): above this, a seeded
+    # sample of whole requests of about this many rows, so that a large validation split is not held whole
+    val_rows: int = 200_000
     # the canvases whose validation NDCG selects the epoch (empty: every canvas). Every canvas's
     # validation is still measured and recorded; a canvas whose validation requests are too few or come from
     # too few users to tell epochs apart would otherwise pick the epoch for all of them

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 from tqdm.auto import tqdm
 
@@ -39,6 +40,9 @@ from monorec.training_data import TrainingData, TrainingShards
 __all__ = ["train", "validation_score"]
 
 
+VALIDATION_SEED = 0x76616C  # the seed of the validation rows' sample (when capped)
+
+
 def validation_score(val: dict[str, dict[str, Any]], k: int, canvases: tuple[str, ...] = ()) -> float:
     """Model selection score: NDCG@k averaged over validation requests (not over canvases), of
     ``canvases`` only when given (``train.selection_canvases``).
@@ -50,6 +54,17 @@ def validation_score(val: dict[str, dict[str, Any]], k: int, canvases: tuple[str
     weighted = [(m[f"ndcg@{k}"], m["requests"]) for m in chosen if m["requests"]]
     total = sum(n for _, n in weighted)
     return float(sum(v * n for v, n in weighted) / total) if total else 0.0
+
+
+def validation_rows(rows: pl.LazyFrame, cap: int) -> pl.DataFrame:
+    """The validation rows whose losses are the learning curves: all of them, or when there are more than
+    ``cap`` (0: no cap), the rows of a seeded hash-sample of requests (whole requests) of about ``cap`` rows,
+    so that a validation split larger than memory is not read whole."""
+    total = int(rows.select(pl.len()).collect(engine="streaming").item())
+    if not cap or total <= cap:
+        return rows.collect()
+    keep = cap / total
+    return rows.filter(pl.col("request_id").hash(seed=VALIDATION_SEED) % 1_000_000 < int(keep * 1_000_000)).collect()
 
 
 def train(
@@ -140,7 +155,7 @@ def _train(
     val_requests = request_sets(cfg, prepared, "valid", max_requests=t.val_requests) if by_ndcg else {}
     # the validation rows' losses are the learning curves of every run (and the selection score of "loss"):
     # unweighted, they measure the objectives themselves whatever the training rows' sample weights
-    val_rows = prepared.rows("valid", names)
+    val_rows = validation_rows(prepared.scan("valid", names), t.val_rows)
     val_data = TrainingData.build(cfg, featurizer, val_rows, prepared.catalogue, dev, sources=row_sources)
     val_data = val_data.without_weights()
     bundle = ModelBundle(cfg, featurizer, model, kwargs, popular=popular, cooccurrence=cooccurrence)

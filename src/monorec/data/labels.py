@@ -7,6 +7,10 @@ sampled negatives where the canvas asks for them.
 
 The split is global and by time: every training row is older than every validation row, which is older
 than every test row, so nothing from the future leaks into training.
+
+Logs larger than memory: what needs the whole log (the split's cut-offs, the bots, counts) is computed as
+aggregates, and everything else is per request, so the requests are prepared a bucket at a time
+(:func:`label_plan`, run in memory or streamed by a :class:`~monorec.data.frame_engine.FrameEngine`).
 """
 
 from __future__ import annotations

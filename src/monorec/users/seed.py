@@ -10,31 +10,39 @@ from monorec.stream.changes import MAX_HISTORY, UserChange
 __all__ = ["user_states"]
 
 
-def user_states(rows: pl.DataFrame, config: ProjectConfig, revision: int = 0) -> list[UserChange]:
+def user_states(rows: pl.DataFrame | pl.LazyFrame, config: ProjectConfig, revision: int = 0) -> list[UserChange]:
     """Each user's state as of their latest log row (columns ``ts`` and the context fields, as prepared):
     the profile fields of the user canvases (``[deploy] user_canvases``) at their latest non-null value, and
     the history field of their latest row that carries one (``"|"``-joined ids, oldest first).
+
+    ``rows`` may be lazy (logs larger than memory, e.g. ``PreparedData.open(...).scan(split)``): each field's
+    latest value is found by aggregates and joins on polars' streaming engine, holding one row per user.
 
     Returns:
         One :class:`UserChange` per user with ``revision``, in user id order.
     """
     fb = config.feedback
     user = fb.user_field
-    if user not in rows.columns or rows.height == 0:
+    plan = rows.lazy()
+    names = plan.collect_schema().names()
+    if user not in names:
         return []
     wanted = {f for c in config.canvases if c.name in config.deploy.user_canvases for f in c.fields}
-    profile = [f for f in wanted if f in rows.columns and f not in (user, fb.history_field)]
-    history = fb.history_field if fb.history_field in rows.columns else None
-    columns = [*profile, *([history] if history else [])]
-    latest = (
-        rows.filter(pl.col(user).is_not_null())
-        .sort("ts")
-        .group_by(user)
-        .agg([pl.col(c).drop_nulls().last().alias(c) for c in columns])
-        .sort(user)
-    )
+    profile = sorted(f for f in wanted if f in names and f not in (user, fb.history_field))
+    history = fb.history_field if fb.history_field in names else None
+    users = plan.filter(pl.col(user).is_not_null())
+    latest = users.select(pl.col(user)).unique()
+    for column in [*profile, *([history] if history else [])]:
+        present = users.filter(pl.col(column).is_not_null()).select(user, "ts", column)
+        newest = present.group_by(user).agg(pl.col("ts").max().alias("_newest"))
+        values = (
+            present.join(newest, left_on=[user, "ts"], right_on=[user, "_newest"], how="inner")
+            .group_by(user)
+            .agg(pl.col(column).last())
+        )
+        latest = latest.join(values, on=user, how="left")
     out = []
-    for r in latest.iter_rows(named=True):
+    for r in latest.sort(user).collect(engine="streaming").iter_rows(named=True):
         fields = tuple(sorted((f, r[f]) for f in profile if r[f] is not None and r[f] != ""))
         ids = [e for e in (r[history] or "").split("|") if e] if history else []
         out.append(UserChange(str(r[user]), revision, fields, tuple(ids[-MAX_HISTORY:])))

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from monorec.artifacts import read_json, verify_manifest, write_json
+from monorec.artifacts import read_json, write_json
 from monorec.bundle import ModelBundle
 from monorec.config import ProjectConfig, parse_config
 from monorec.data.movielens import is_movielens, read_movielens
@@ -74,7 +74,7 @@ def prepare_stage(
         The prepared data's manifest.
 
     Raises:
-        ConfigError: ``streaming`` with a MovieLens folder.
+        DataError: ``streaming`` with a MovieLens folder, or a problem in the data.
     """
     inputs = {"data": str(data), **({"logs": [str(f) for f in extra_logs]} if extra_logs else {})}
     if streaming:
@@ -84,7 +84,7 @@ def prepare_stage(
             )
         files = [f for folder in (data, *extra_logs) for f in log_files(folder)]
         prepare_streaming(config, read_catalogue(data, config), files, out, inputs=inputs)
-        return verify_manifest(out)
+        return read_json(Path(out) / "manifest.json")  # just written and hashed: not read back whole
     catalogue, logs = load_input(config, data)
     if extra_logs:
         more = [load_dataset(folder, config)[1] for folder in extra_logs]

@@ -7,8 +7,8 @@ once more (an upsample whose copies differ by at most one). The merged rows are 
 of their request (within buckets of ``labels.bucket_rows`` rows when there are more), so that a request's
 rows stay together (its context is encoded once) and any run of rows, e.g. a shard read by training, is
 a random sample of requests. Hashes, not a random generator: the same rows in memory or streamed give
-the same merge. The realised mixture is returned so that
-it is recorded in the manifest and saved with the model.
+the same merge. The realised mixture is returned so that it is recorded in the manifest and saved with
+the model.
 """
 
 from __future__ import annotations

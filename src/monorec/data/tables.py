@@ -248,7 +248,7 @@ def validated_log_parts(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    parts: list[Path] = []
+    parts: dict[Path, list[str]] = {}  # part -> its columns
     columns: dict[str, pl.DataType] = {}
     for i, path in enumerate(files):
         if path.suffix == ".parquet":
@@ -268,16 +268,14 @@ def validated_log_parts(
             part = validate_logs(batch, config, str(path))
             for name, dtype in part.schema.items():
                 columns.setdefault(name, dtype)
-            parts.append(out / f"part-{i:05d}-{j:06d}.parquet")
-            part.write_parquet(parts[-1])
+            parts[out / f"part-{i:05d}-{j:06d}.parquet"] = part.columns
+            part.write_parquet(out / f"part-{i:05d}-{j:06d}.parquet")
     return pl.concat(
         [
             pl.scan_parquet(p)
-            .with_columns(
-                [pl.lit(None, dtype=dt).alias(n) for n, dt in columns.items() if n not in pq.read_schema(p).names]
-            )
+            .with_columns([pl.lit(None, dtype=dt).alias(n) for n, dt in columns.items() if n not in names])
             .select(list(columns))
-            for p in parts
+            for p, names in parts.items()
         ],
         how="vertical",
     )

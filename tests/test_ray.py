@@ -1,10 +1,12 @@
 """The distributed paths on a real local Ray cluster (2 CPUs for the pools, no dashboard): the bulk pass of
-a version on Ray Data gives the index the in-process pass gives and survives a killed actor; training on
+a version on Ray Data gives the index the in-process pass gives and survives a killed actor, as do the
+precomputed tables scored on Ray; training on
 two Ray Train workers gives a model the release gate accepts; Ray missing is a clear error naming the
 extra."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from monorec.distributed import import_ray, ray_session, train_on_ray
 from monorec.errors import ConfigError
 from monorec.evaluation.evaluate import evaluate_bundle
 from monorec.registry import Registry
+from monorec.serving.precomputed import read_tables, tables_path
 from monorec.stream.changes import UserChange
 from monorec.users import user_key
 
@@ -85,6 +88,45 @@ def test_a_ray_bulk_pass_builds_the_index_the_in_process_pass_builds(
     finally:
         local.close()
         on_ray.close()
+
+
+def test_precomputed_tables_scored_on_ray_equal_those_scored_in_process(
+    tmp_path: Path,
+    two_versions: Registry,
+    prepared,
+    ray_cluster,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """``monorec precompute --ray`` beside the owner, with an actor killed (SIGKILL) at its second batch:
+    the retried batch leaves the table the in-process job writes (same keys, same answers)."""
+    dep = seeded(tmp_path / "dep", two_versions, prepared.catalogue)
+    dep.open(start_loaders=False)
+    dep.deploy("v0001")
+    try:
+        envs = tmp_path / "envs.toml"
+        envs.write_text(
+            '[environments.batch]\nmode = "precomputed"\nprecompute_by = "job"\nprecompute_k = 20\n'
+            'precompute_max_keys = 40\nprecompute = { home = "user_id", related = "source_item_id" }\n'
+        )
+        common = ["precompute", "--env", "batch", "--config", str(envs)]
+        common += ["--root", str(tmp_path / "dep"), "--registry", str(two_versions.root)]
+        path = tables_path(tmp_path / "dep", "batch", "v0001")
+        assert main(common) == 0
+        in_process, _ = read_tables(path)
+        monkeypatch.setenv("MONOREC_KILL_AT", "ray_score_batch:2")
+        monkeypatch.setenv("MONOREC_KILL_ONCE", str(tmp_path / "killed"))
+        assert main([*common, "--ray", "auto", "--ray-workers", "2"]) == 0
+        assert (tmp_path / "killed").exists(), "an actor must have been killed"
+        on_ray, manifest = read_tables(path)
+        assert manifest["scored_by"] == "ray" and manifest["keys"] == {"home": 40, "related": 40}
+        assert on_ray.keys() == in_process.keys() and len(on_ray) == 80
+        for key, answer in in_process.items():
+            a, b = json.loads(answer), json.loads(on_ray[key])
+            assert [e["entity_id"] for e in b] == [e["entity_id"] for e in a], key
+            np.testing.assert_allclose([e["score"] for e in b], [e["score"] for e in a], atol=1e-5)
+        assert not (tmp_path / "dep" / "precompute-blocks" / "batch").exists(), "the key blocks are removed"
+    finally:
+        dep.close()
 
 
 def test_training_on_two_ray_train_workers_gives_a_model_that_passes_the_gate(

@@ -9,6 +9,7 @@ monorec stream publish FILE|-      (JSON lines: {"op": "upsert"|"delete", "entit
 monorec stream status
 monorec serve    [--env NAME] [--config FILE] [--host H] [--port P] [--workers N]   (the API and the page)
 monorec events export --out DIR      (answers + events -> training logs, a dataset folder for prepare)
+monorec precompute [--env NAME] [--version V] [--ray auto|ADDRESS]   (precomputed tables: a batch job)
 
 Every command takes --root DIR (the deployment folder; default $MONOREC_ROOT, else the demo's
 runs/demo/deployment), --registry DIR (default $MONOREC_REGISTRY, else runs/demo/registry) and --redis URL
@@ -28,11 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from monorec.cli_precompute import add_precompute_command, run_precompute
 from monorec.errors import ChangeError, DeployError
 
 __all__ = ["DEFAULT_REGISTRY", "DEFAULT_ROOT", "add_command", "add_deploy_commands", "run_deploy_command"]
 
-COMMANDS = ("deploy", "versions", "switch", "rollback", "retire", "canary", "stream", "serve", "events")
+COMMANDS = ("deploy", "versions", "switch", "rollback", "retire", "canary", "stream", "serve", "events", "precompute")
 
 # where `make demo` puts them, so that a new user's next command finds them; the environment overrides
 DEFAULT_ROOT = os.environ.get("MONOREC_ROOT", "runs/demo/deployment")
@@ -121,6 +123,7 @@ def add_deploy_commands(sub: Any) -> None:
     export = add_command(esub, "export", help="write answers + events as training logs (a dataset folder)")
     export.add_argument("--out", required=True, help="the dataset folder to write (replaced atomically)")
     _common(export)
+    add_precompute_command(sub, add_command, _common)
 
 
 def _print_versions(rows: list[dict[str, Any]]) -> None:
@@ -377,6 +380,8 @@ def run_deploy_command(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "events":
         return _export_events(args)
+    if args.command == "precompute":  # reads a snapshot: beside a running server, without owning the folder
+        return run_precompute(args)
     if args.command == "stream" and args.stream_command == "publish":
         return _publish(args)
     from monorec.deployment import Deployment, open_log

@@ -8,6 +8,7 @@ relaxed staging one; each is an ``[environments.NAME]`` table of the project con
     canvases = ["home", "related", "search"]   # the others are refused with 404
     latency_budget_ms = 50                     # the default deadline; a request may only ask for less
     mode = "online"                            # or "precomputed": batch-scored top-K per key
+    precompute_by = "server"                   # or "job": the tables come from `monorec precompute`
     cache_ttl_s = 30                           # 0: no answer cache
     worker_threads = 2
     max_batch = 8                              # micro-batching of concurrent requests (1: none)
@@ -73,6 +74,10 @@ class EnvironmentSpec:
     precompute_k: int = 100  # answers stored per key
     precompute_max_keys: int = 20000  # keys scored per canvas (most frequent first)
     refresh_s: float = 3600.0  # how often the precomputed tables are scored again (0: only at start)
+    # who scores the precomputed tables: "server" (a thread of the serving process, every refresh_s) or "job"
+    # (``monorec precompute``, in process or on Ray; the server loads each table the job writes for the
+    # version it serves and answers online until there is one)
+    precompute_by: Literal["server", "job"] = "server"
     cache_ttl_s: float = 0.0  # identical requests within this many seconds share one answer (0: off)
     cache_size: int = 10000  # answers kept by the cache and by the last-good store
     worker_threads: int = 2  # threads running the model path

@@ -21,6 +21,7 @@ from typing import Any
 from monorec.artifacts import read_json, verify_manifest
 from monorec.bundle import ModelBundle
 from monorec.config import ProjectConfig, parse_config
+from monorec.environments import EnvironmentSpec, load_environments
 from monorec.errors import GateError, RegistryError
 from monorec.evaluation.compare import NotComparable
 from monorec.evaluation.gate import GateResult, compare_reports
@@ -87,6 +88,22 @@ class Registry:
             raise RegistryError(f"unknown version {version!r} in {self.root}")
         path = self.path(version) / "config.json"
         return parse_config(read_json(path), str(path))
+
+    def environment(self, name: str, config_file: str | Path | None = None) -> EnvironmentSpec:
+        """The serving environment ``name``: from ``config_file``'s ``[environments.*]`` tables when given,
+        else from the newest published version's config.
+
+        Raises:
+            ConfigError: no environment of that name, or the file has problems. RegistryError: no version.
+        """
+        versions = self.versions()
+        if not versions:
+            raise RegistryError(f"registry {self.root} has no version; publish one first")
+        config = self.config(versions[-1].version)
+        if config_file is not None:
+            envs = load_environments(config_file, {c.name: c.fields for c in config.canvases})
+            config = dataclasses.replace(config, environments=envs)
+        return config.environment(name)
 
     def metrics(self, version: str) -> dict[str, Any]:
         return dict(read_json(self.path(version) / "metrics.json"))

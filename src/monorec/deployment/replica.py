@@ -45,10 +45,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from monorec.artifacts import link_snapshot
 from monorec.deployment.control_plane import HEARTBEAT_S, ControlPlane
 from monorec.deployment.router import VersionRouter
-from monorec.deployment.staging import open_version
+from monorec.deployment.snapshot import LIVE_STATES, load_checkpoint
 from monorec.deployment.trials import Trial
 from monorec.deployment.version import ServingVersion
 from monorec.errors import ArtifactError, DeployError
@@ -63,7 +62,7 @@ __all__ = ["REPLICA_STATES", "Replica", "ReplicaSink"]
 
 _log = logging.getLogger(__name__)
 
-REPLICA_STATES = ("ready", "serving", "standby")  # versions a replica holds: what may serve, or serve again
+REPLICA_STATES = LIVE_STATES  # versions a replica holds: what may serve, or serve again
 
 
 class ReplicaSink:
@@ -138,26 +137,7 @@ class Replica:
 
     def _load(self, version: str) -> None:
         """Loads ``version`` from the owner's checkpoint, replays the log from its offset, starts its loader."""
-        work = self.work / "lexical" / version
-        shutil.rmtree(work, ignore_errors=True)  # a previous incarnation's copy: the checkpoint is the truth
-        # the owner replaces its checkpoint every few seconds under streaming: load a snapshot of one
-        checkpoint = self.work / "checkpoints" / version
-        link_snapshot(self.root / "indexes" / version, checkpoint, verify=False)  # open_version verifies it
-        shared = self.registry.config(version).index.kind == "qdrant"  # the owner's collection, read here
-        sv, manifest = open_version(
-            self.registry,
-            self.catalogue,
-            version,
-            checkpoint=checkpoint,
-            lexical_path=work,
-            root=self.root if shared else self.work,  # where a local-mode Qdrant keeps the owner's collections
-            fresh=False,
-        )
-        if shared:
-            from monorec.index.qdrant_index import QdrantIndex  # the optional engine, imported when configured
-
-            assert isinstance(sv.index, QdrantIndex)
-            sv.index.follow_only()  # the owner writes the vectors (and sparse vectors); this copy follows
+        sv, manifest = load_checkpoint(self.root, self.registry, self.catalogue, version, self.work)
         offset = str(manifest.get("offset") or "0")
         group = self._group(version)
         if group in self.log.groups():

@@ -4,6 +4,7 @@ operations (deploy, switch, trials, publishing) are the owner's alone."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 from monorec.deployment.router import VersionRouter
@@ -15,6 +16,7 @@ __all__ = ["ServedDeployment"]
 
 
 class ServedDeployment(Protocol):
+    root: Path  # the deployment folder (the owner's: a replica reads it)
     router: VersionRouter  # pins each request to one version
     versions: dict[str, ServingVersion]  # the versions this process holds
     catalogue: CatalogueStore  # titles, descriptions, users' stored states

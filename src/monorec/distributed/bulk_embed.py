@@ -17,7 +17,6 @@ replicas on several hosts); on one machine they simply are.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ import polars as pl
 
 from monorec._failpoints import failpoint
 from monorec.deployment.version import ItemEncodings, user_rows
-from monorec.distributed.session import import_ray
+from monorec.distributed.session import failpoints_env, import_ray
 from monorec.stream.catalogue import CatalogueStore
 from monorec.stream.changes import UserChange
 
@@ -110,7 +109,7 @@ class RayBulkEmbedder:
             batch_size=size,
             batch_format="pyarrow",
             num_cpus=1,
-            runtime_env=_failpoints_env(),
+            runtime_env=failpoints_env(),
         )
         yield from dataset.iter_batches(batch_size=size, batch_format="pyarrow")
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -145,13 +144,6 @@ class _ItemTower:
         feats, embs = self.bundle.item_embeddings(pl.from_arrow(batch))  # type: ignore[arg-type]
         encoded = batch.append_column(VECTOR, _fixed_size(embs.numpy()))
         return encoded.append_column(FEATURES, _fixed_size(feats.numpy()))
-
-
-def _failpoints_env() -> dict[str, Any] | None:
-    """The test failpoints of this process (:mod:`monorec._failpoints`), passed on to the actors."""
-    names = ("MONOREC_KILL_AT", "MONOREC_KILL_ONCE")
-    env = {name: os.environ[name] for name in names if os.environ.get(name)}
-    return {"env_vars": env} if env else None
 
 
 def _fixed_size(matrix: np.ndarray) -> Any:

@@ -12,10 +12,11 @@ import logging
 import os
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 from monorec.errors import ConfigError
 
-__all__ = ["RAY_INSTALL", "import_ray", "ray_session"]
+__all__ = ["RAY_INSTALL", "failpoints_env", "import_ray", "ray_session"]
 
 RAY_INSTALL = "pip install 'monorec[ray]'"
 _SOURCE = "--ray"
@@ -66,3 +67,10 @@ def ray_session(address: str = "auto", *, cpus: int | None = None) -> Iterator[M
         yield ray
     finally:
         ray.shutdown()
+
+
+def failpoints_env() -> dict[str, Any] | None:
+    """The test failpoints of this process (:mod:`monorec._failpoints`), passed on to the actors."""
+    names = ("MONOREC_KILL_AT", "MONOREC_KILL_ONCE")
+    env = {name: os.environ[name] for name in names if os.environ.get(name)}
+    return {"env_vars": env} if env else None

@@ -15,7 +15,6 @@ unknown entity or a canvas the environment does not serve; 409 for a lifecycle s
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import json
 import os
@@ -35,11 +34,12 @@ from pydantic import BaseModel
 from monorec.deployment import Deployment
 from monorec.deployment.replica import Replica
 from monorec.deployment.served import ServedDeployment
-from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec, load_environments
+from monorec.environments import DEFAULT_ENVIRONMENT, EnvironmentSpec
 from monorec.errors import (
     CanvasNotServed,
     ChangeError,
     DeployError,
+    RegistryError,
     RequestError,
     ServingUnavailable,
     StreamUnavailable,
@@ -104,14 +104,10 @@ def resolve_environment(settings: ServeSettings, registry: Registry) -> Environm
     """
     if settings.environment is not None:
         return settings.environment
-    versions = registry.versions()
-    if not versions:
-        raise DeployError(f"registry {registry.root} has no version; publish one first")
-    config = registry.config(versions[-1].version)
-    if settings.config is not None:
-        envs = load_environments(settings.config, {c.name: c.fields for c in config.canvases})
-        config = dataclasses.replace(config, environments=envs)
-    return config.environment(settings.env)
+    try:
+        return registry.environment(settings.env, settings.config)
+    except RegistryError as exc:
+        raise DeployError(str(exc)) from None
 
 
 def _loc(field: str) -> list[str | int]:

@@ -29,6 +29,11 @@ class PopularLists:
     lists: dict[str, list[str]] = field(default_factory=dict)
     fields: dict[str, list[str]] = field(default_factory=dict)  # canvas -> its keyed fields, most specific first
 
+    @staticmethod
+    def columns(config: ProjectConfig) -> list[str]:
+        """The response columns :meth:`fit` reads: the canvas, the entity, every categorical context field."""
+        return ["canvas", "entity_id", *(f.name for f in config.fields if f.kind == "categorical")]
+
     @classmethod
     def fit(
         cls, responses: pl.DataFrame, config: ProjectConfig, top_n: int = 200, catalogue: pl.DataFrame | None = None

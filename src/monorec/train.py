@@ -32,6 +32,7 @@ from monorec.evaluation.fusion import tune_source_weights
 from monorec.evaluation.recommenders import ModelRecommender
 from monorec.models.model import build_model, model_kwargs
 from monorec.popular import PopularLists
+from monorec.retrieval.cooccurrence import COOCCURRENCE_COLUMNS
 from monorec.retrieval.sources import CandidateSources, fit_cooccurrence, index_catalogue
 from monorec.threads import reproducible, training_threads
 from monorec.train_step import TrainStep
@@ -127,7 +128,7 @@ def _train(
     shards = TrainingShards(prepared.merged_scan(names), t.shard_rows, t.max_train_rows)
     # the candidate sources of the version being trained, fitted on the training period: built once, they
     # give the training rows their source inputs and every validation its candidates
-    responses = prepared.responses("train")
+    responses = prepared.responses("train", [*PopularLists.columns(cfg), *COOCCURRENCE_COLUMNS])
     popular = PopularLists.fit(responses, cfg, catalogue=prepared.catalogue)
     cooccurrence = fit_cooccurrence(cfg, responses, keep_own=True)
     sources = CandidateSources(cfg, index_catalogue(prepared.catalogue), cooccurrence, popular)

@@ -5,7 +5,7 @@ mixture). Written atomically; every later stage reads it and can be rerun alone.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +75,20 @@ class PreparedData:
         """All rows of one split (of some canvases), concatenated."""
         return self.scan(split, canvases).collect()
 
-    def responses(self, split: str) -> pl.DataFrame:
+    def responses(self, split: str, columns: Sequence[str] | None = None) -> pl.DataFrame:
         """Rows of one split where their canvas's primary objective is 1, over EVERY prepared canvas: what
-        users consumed is a fact of the data, whichever canvases a model is trained on."""
+        users consumed is a fact of the data, whichever canvases a model is trained on.
+
+        Args:
+            columns: only these of the rows' columns (those the prepared data has), read from the scans
+                alone: what a fit over the responses needs, without the histories and text it ignores.
+        """
         primary = self.manifest["primary_columns"]
-        return pl.concat(
-            [f.filter((pl.col("split") == split) & (pl.col(primary[c]) == 1)) for c, f in self._scans.items()]
-        ).collect()
+        parts = [f.filter((pl.col("split") == split) & (pl.col(primary[c]) == 1)) for c, f in self._scans.items()]
+        if columns is not None:
+            present = set(next(iter(self._scans.values())).collect_schema().names()) if self._scans else set()
+            parts = [f.select([c for c in dict.fromkeys(columns) if c in present]) for f in parts]
+        return pl.concat(parts).collect()
 
     @property
     def empty_canvases(self) -> list[str]:

@@ -31,7 +31,11 @@ def request_sets(
     if "user_id" in train.collect_schema().names():
         users = train.select(pl.col("user_id").drop_nulls().unique()).collect(engine="streaming")
         known = set(users["user_id"].to_list())
-    seen = seen_by_user(prepared.responses("train"), prepared.catalogue) if ev.exclude_seen else None
+    seen = (
+        seen_by_user(prepared.responses("train", ["user_id", "entity_id"]), prepared.catalogue)
+        if ev.exclude_seen
+        else None
+    )
     context_columns = [f.name for f in config.fields]
     # the entity a request is about (related's source item) is never an answer; a history (id_list) is
     # not a source: what it holds is excluded, or not, by ``exclude_seen`` like any earlier response

@@ -27,7 +27,9 @@ import polars as pl
 from monorec.artifacts import pack_strings, unpack_strings
 from monorec.errors import ArtifactError
 
-__all__ = ["CooccurrenceTable", "ProposedRows"]
+__all__ = ["COOCCURRENCE_COLUMNS", "CooccurrenceTable", "ProposedRows"]
+
+COOCCURRENCE_COLUMNS = ("user_id", "ts", "entity_id")  # what a fit reads of the responses
 
 # (request index (M,), vocab row (M,), score (M,)): rows grouped by request in order, best first within one
 ProposedRows = tuple[np.ndarray, np.ndarray, np.ndarray]

@@ -184,6 +184,42 @@ def test_a_qdrant_backed_deployment_streams_switches_and_retires(
         assert not client.collection_exists("monorec_v0001")
 
 
+def test_an_hnswlib_backed_deployment_streams_and_restarts_from_its_checkpoint(
+    tmp_path: Path, two_versions: Registry, prepared
+) -> None:  # type: ignore[no-untyped-def]
+    """``[index] kind = "hnswlib"``: bulk load, streamed upserts and deletes, a checkpoint, and a restart
+    that answers as before."""
+    import dataclasses
+
+    from monorec.config import IndexSpec
+    from monorec.index.hnswlib_index import HnswlibIndex
+
+    registry = Registry(tmp_path / "registry")
+    bundle = two_versions.load("v0001")
+    index = IndexSpec(kind="hnswlib", hnsw_m=16, ef_construction=100)
+    hnsw = dataclasses.replace(bundle, config=dataclasses.replace(bundle.config, index=index))
+    registry.publish(hnsw, {"canvases": {}}, force=True)
+    with Deployment(tmp_path / "dep", registry) as dep:
+        dep.seed_catalogue(prepared.catalogue)
+        dep.deploy("v0001")
+        assert isinstance(dep.versions["v0001"].index, HnswlibIndex)
+        dep.publish([upsert("h-new", 4), {"op": "delete", "entity_id": "m00001", "revision": 4}])
+        dep.sync_catalogue()
+        expected = dep.catalogue.revisions()
+        wait_for(lambda: dep.versions["v0001"].index.revisions() == expected)
+        with dep.router.pin() as version:
+            before = version.recommend("browse", {"category": "drama"}, k=5).ids
+            vector = version.index.vectors_of(["h-new"])
+            assert version.index.search(vector, 1).row(0)[0][0] == "h-new"
+            assert "m00001" not in {e for e, _ in version.index.search(vector, 200).row(0)}
+    with Deployment(tmp_path / "dep", registry) as dep:  # from the checkpoint
+        dep.open(start_loaders=False)
+        sv = dep.versions["v0001"]
+        assert isinstance(sv.index, HnswlibIndex) and sv.index.revisions() == expected
+        with dep.router.pin() as version:
+            assert version.recommend("browse", {"category": "drama"}, k=5).ids == before
+
+
 def test_lexical_source_follows_the_stream_and_a_restart(tmp_path: Path, two_versions: Registry, prepared) -> None:  # type: ignore[no-untyped-def]
     # an entity added as "Space Robot Zyx" must be proposed for "zyx" (a word no other title has) by the
     # version that serves, after the stream brought it, and again after a restart; gone once deleted

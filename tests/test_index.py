@@ -1,4 +1,4 @@
-"""Congruence tests: every index backend (faiss exact, faiss HNSW, Qdrant local mode) against the same
+"""Congruence tests: every index backend (faiss exact, faiss HNSW, hnswlib, Qdrant local mode) against the same
 brute-force model of what the index should hold and answer."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ BACKENDS = {
     "exact": IndexSpec(kind="exact", exact_below=50),
     # a tiny exact_below sends filtered searches through the graph with a selector (and its fallback)
     "hnsw": IndexSpec(kind="hnsw", hnsw_m=16, ef_construction=100, ef_search=128, exact_below=5),
+    "hnswlib": IndexSpec(kind="hnswlib", hnsw_m=16, ef_construction=100, ef_search=128, exact_below=5),
     "qdrant": IndexSpec(kind="qdrant"),
 }
 
@@ -207,15 +208,41 @@ def test_saved_index_answers_the_same_and_corruption_fails_loudly(backend, tmp_p
         load_index(tmp_path / "nowhere", spec=spec, name=name, root=tmp_path)
 
 
-def test_faiss_compacts_dead_rows_and_keeps_answering(tmp_path: Path) -> None:
-    index = create_index(IndexSpec(kind="hnsw", compact_above=0.2, exact_below=0), DIM, name="c", root=tmp_path)
+@pytest.mark.parametrize("kind", ["hnsw", "hnswlib"])
+def test_graphs_compact_dead_rows_and_keep_answering(kind: str, tmp_path: Path) -> None:
+    index = create_index(IndexSpec(kind=kind, compact_above=0.2, exact_below=0), DIM, name="c", root=tmp_path)  # type: ignore[arg-type]
     model = Model()
     for revision in range(1, 5):
         rows = entities(300, seed=revision, revision=revision)
         index.upsert(rows)
         model.upsert(rows)
-    assert index._faiss.ntotal < 2 * 300  # type: ignore[attr-defined]  # rebuilt, not 1200 rows
+    assert index._count() < 2 * 300  # type: ignore[attr-defined]  # rebuilt, not 1200 rows
     check_answers(index, model, clustered(10, seed=5), 10, EntityFilter(entity_types=("movie",)), exact=False)
+    check_answers(index, model, clustered(10, seed=6), 10, None, exact=False)
+
+
+def test_hnswlib_leaves_dead_rows_out_without_a_mask(tmp_path: Path) -> None:
+    """Deleted and overwritten entities are marked deleted in hnswlib's graph: an unfiltered search takes
+    the unmasked path and still never returns them."""
+    index = create_index(IndexSpec(kind="hnswlib", compact_above=0.9), DIM, name="d", root=tmp_path)
+    model = Model()
+    rows = entities(400, seed=1)
+    index.upsert(rows)
+    model.upsert(rows)
+    gone = list(rows.ids[:100])
+    index.delete(gone, [2] * 100)
+    model.delete(gone, [2] * 100)
+    moved = entities(150, seed=9, revision=3).take(range(100, 150))  # overwritten: their old rows die
+    index.upsert(moved)
+    model.upsert(moved)
+    masked = []
+    real = index._search_masked  # type: ignore[attr-defined]
+    index._search_masked = lambda *a: masked.append(1) or real(*a)  # type: ignore[attr-defined]
+    queries = clustered(20, seed=4)
+    check_answers(index, model, queries, 10, None, exact=False)
+    assert not masked, "an unfiltered search with dead rows needed no mask"
+    hits = index.search(queries, 10)
+    assert not set(gone) & {e for q in range(len(queries)) for e, _ in hits.row(q)}
 
 
 def test_ids_survive_a_save_and_load_exactly(backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

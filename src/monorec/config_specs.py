@@ -217,7 +217,8 @@ class EvaluateSpec:
 class IndexSpec:
     """The vector index each deployed version searches (see :mod:`monorec.index`)."""
 
-    kind: Literal["exact", "hnsw", "qdrant"] = "exact"  # exact: faiss flat; hnsw: faiss HNSW; qdrant: collections
+    # exact: faiss flat; hnsw: faiss HNSW; hnswlib: hnswlib's HNSW (monorec[hnswlib]); qdrant: collections
+    kind: Literal["exact", "hnsw", "hnswlib", "qdrant"] = "exact"
     hnsw_m: int = 32
     ef_construction: int = 200
     ef_search: int = 128

@@ -3,8 +3,10 @@
 ``create_index`` builds an empty index from the config's ``[index]`` table; ``save_index`` writes it into
 a checksummed folder (with the caller's metadata, e.g. the change-log offset it reflects) and
 ``load_index`` reads it back after verifying every file, so a missing or corrupt index fails loudly.
-Backends: :class:`~monorec.index.faiss_index.FaissIndex` (exact or HNSW, in process) and
-:class:`~monorec.index.qdrant_index.QdrantIndex` (a Qdrant collection per version).
+Backends: :class:`~monorec.index.faiss_index.FaissIndex` (exact or HNSW, in process),
+:class:`~monorec.index.hnswlib_index.HnswlibIndex` (hnswlib's HNSW, in process; both on
+:class:`~monorec.index.row_index.RowIndex`) and :class:`~monorec.index.qdrant_index.QdrantIndex` (a Qdrant
+collection per version).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 
-def _faiss_params(spec: IndexSpec) -> dict[str, Any]:
+def _local_params(spec: IndexSpec) -> dict[str, Any]:
     return {
         "hnsw_m": spec.hnsw_m,
         "ef_construction": spec.ef_construction,
@@ -52,7 +54,11 @@ def create_index(spec: IndexSpec, dim: int, *, name: str, root: str | Path) -> V
         from monorec.index.qdrant_index import QdrantIndex  # optional engine: imported only when configured
 
         return QdrantIndex(dim, location=_qdrant_location(spec, Path(root)), collection=f"monorec_{name}")
-    return FaissIndex(dim, kind=spec.kind, **_faiss_params(spec))
+    if spec.kind == "hnswlib":
+        from monorec.index.hnswlib_index import HnswlibIndex  # optional library: imported only when configured
+
+        return HnswlibIndex(dim, **_local_params(spec))
+    return FaissIndex(dim, kind=spec.kind, **_local_params(spec))
 
 
 def save_index(
@@ -90,8 +96,12 @@ def load_index(path: str | Path, *, spec: IndexSpec, name: str, root: str | Path
         from monorec.index.qdrant_index import QdrantIndex
 
         index = QdrantIndex.load(path, dim, location=_qdrant_location(spec, Path(root)), collection=f"monorec_{name}")
+    elif spec.kind == "hnswlib":
+        from monorec.index.hnswlib_index import HnswlibIndex
+
+        index = HnswlibIndex.load(path, dim, **_local_params(spec))
     else:
-        index = FaissIndex.load(path, dim, spec.kind, **_faiss_params(spec))
+        index = FaissIndex.load(path, dim, spec.kind, **_local_params(spec))
     if len(index) != manifest["entities"] and spec.kind != "qdrant":
         raise ArtifactError(f"{path}: holds {len(index)} entities, its manifest says {manifest['entities']}")
     return index, manifest

@@ -1,0 +1,320 @@
+"""What the in-process index backends share: rows appended to a vector store, their metadata, tombstones,
+filters, compaction and the revision book.
+
+A backend (:class:`~monorec.index.faiss_index.FaissIndex`, :class:`~monorec.index.hnswlib_index.HnswlibIndex`)
+stores vectors by row number and searches them; :class:`RowIndex` maps rows to entities. Stored rows are
+append-only: an overwritten or deleted entity's row is marked dead, and the store is rebuilt from its live
+rows once more than ``compact_above`` of them are dead. Filters (entity types, categories) and dead rows
+become a boolean mask over the rows. A filtered search over few entities (``exact_below``) is answered by
+brute force over exactly those rows; a larger one goes through the backend's masked search, and any query
+that comes back with fewer than k hits while the filter admits at least k is answered exactly instead, so
+a filter never silently loses results.
+
+Thread safety: one lock serialises writes and searches (graph indexes are not safe to search while adding).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monorec.artifacts import pack_strings, unpack_strings
+from monorec.errors import ArtifactError
+from monorec.index.base import EntityFilter, EntityRows, Hits, RevisionBook, empty_hits, top_k_rows
+
+__all__ = ["RowIndex"]
+
+_CATEGORY_SEPARATOR = "\x1f"
+ROWS_FILE = "rows.npz"
+
+
+class RowIndex:
+    """Rows of one version's item embeddings in a backend's vector store (see the module docstring).
+
+    Subclasses implement the store: :meth:`_new_store`, :meth:`_add`, :meth:`_count`, :meth:`_vectors`,
+    :meth:`_search_live`, :meth:`_search_masked`, :meth:`_dump_store`, :meth:`_load_store`, and may react to
+    a row's death (:meth:`_on_dead`).
+    """
+
+    LIVE_SEARCH_COMPLETE = False  # True: the store's live search returns k rows or None, never a -1 label
+
+    def __init__(self, dim: int, *, exact_below: int = 20000, compact_above: float = 0.25, **store: Any) -> None:
+        self.dim = dim
+        self.params: dict[str, Any] = {"exact_below": exact_below, "compact_above": compact_above, **store}
+        self.book = RevisionBook()
+        self._lock = threading.Lock()
+        self._reset_rows()
+
+    # ---------------------------------------------------------------------------- the backend's store
+
+    def _new_store(self) -> None:
+        """Replaces the store by an empty one."""
+        raise NotImplementedError
+
+    def _add(self, vectors: np.ndarray) -> None:
+        """Appends (N, D) float32 C-contiguous vectors as rows ``count..count+N``."""
+        raise NotImplementedError
+
+    def _count(self) -> int:
+        """Rows stored, dead ones included."""
+        raise NotImplementedError
+
+    def _vectors(self) -> np.ndarray:
+        """(rows, D) float32 stored vectors (a view where the store allows; valid until the next write)."""
+        raise NotImplementedError
+
+    def _search_live(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(scores, labels) (Q, k) over the live rows without a mask (labels -1 past the last hit), or None
+        when the store cannot leave dead rows out by itself."""
+        raise NotImplementedError
+
+    def _search_masked(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, labels) (Q, k) over the rows ``mask`` admits (None: every stored row), -1 past the last
+        hit found (approximate stores may find fewer than k)."""
+        raise NotImplementedError
+
+    def _on_dead(self, row: int) -> None:
+        """A row died (its entity was overwritten or deleted)."""
+        del row
+
+    def _dump_store(self, path: Path) -> Callable[[], None]:
+        """Called under the lock: takes a consistent copy of the store and returns what writes it into the
+        folder ``path`` (called after the lock is released, so searches wait only for the copy)."""
+        raise NotImplementedError
+
+    def _load_store(self, path: Path) -> None:
+        """Reads the store :meth:`_dump_store` wrote (RuntimeError, OSError or ValueError when it does not
+        load or does not hold vectors of this index's dimension)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------ row metadata
+
+    def _reset_rows(self) -> None:
+        self._new_store()
+        # row -> entity id (dead rows too), an object array with spare capacity so that a search maps labels
+        # to ids with one vectorised take; the slot after the last row stays None (label -1 maps there)
+        self._row_ids = np.full(1024, None, dtype=object)
+        self._alive = np.zeros(0, dtype=np.bool_)
+        self._row_types: list[str] = []
+        self._row_categories: list[tuple[str, ...]] = []
+        self._row_of: dict[str, int] = {}  # live entity id -> row
+        self._type_codes = np.zeros(0, dtype=np.int32)  # row -> code of its type (filters are numpy masks)
+        self._type_code_of: dict[str, int] = {}
+        self._category_rows: dict[str, list[int]] = {}  # category -> rows that carry it (dead ones too)
+        self._dead = 0
+
+    def _append(self, ids: list[str], types: list[str], cats: list[tuple[str, ...]], vectors: np.ndarray) -> None:
+        start = self._count()
+        self._add(np.ascontiguousarray(vectors, dtype=np.float32))
+        self._register(start, ids, types, cats, np.ones(len(ids), dtype=np.bool_))
+
+    def _register(
+        self, start: int, ids: list[str], types: list[str], cats: list[tuple[str, ...]], alive: np.ndarray
+    ) -> None:
+        """Records the metadata of rows ``start..start+len(ids)`` (their vectors are already stored)."""
+        end = start + len(ids)
+        if end + 1 > len(self._row_ids):
+            grown = np.full(max(2 * len(self._row_ids), end + 1), None, dtype=object)
+            grown[:start] = self._row_ids[:start]
+            self._row_ids = grown
+        self._row_ids[start:end] = ids
+        self._row_types.extend(types)
+        self._row_categories.extend(cats)
+        self._alive = np.concatenate([self._alive, alive])
+        self._dead += int((~alive).sum())
+        codes = [self._type_code_of.setdefault(t, len(self._type_code_of)) for t in types]
+        self._type_codes = np.concatenate([self._type_codes, np.array(codes, dtype=np.int32)])
+        for offset, (entity_id, entity_cats) in enumerate(zip(ids, cats, strict=True)):
+            if alive[offset]:
+                self._row_of[entity_id] = start + offset
+            for c in entity_cats:
+                self._category_rows.setdefault(c, []).append(start + offset)
+
+    def _kill(self, entity_id: str) -> bool:
+        row = self._row_of.pop(entity_id, None)
+        if row is None:
+            return False
+        self._alive[row] = False
+        self._dead += 1
+        self._on_dead(row)
+        return True
+
+    def _maybe_compact(self) -> None:
+        total = self._count()
+        if self._dead == 0 or self._dead <= self.params["compact_above"] * total:
+            return
+        rows = np.flatnonzero(self._alive)
+        vectors = self._vectors()[rows].copy()
+        ids = [self._row_ids[r] for r in rows]
+        types = [self._row_types[r] for r in rows]
+        cats = [self._row_categories[r] for r in rows]
+        self._reset_rows()
+        if len(ids):
+            self._append(ids, types, cats, vectors)
+
+    # ------------------------------------------------------------------------------------------ writes
+
+    def upsert(self, rows: EntityRows) -> int:
+        if len(rows) and rows.vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors have dimension {rows.vectors.shape[1]}, the index {self.dim}")
+        with self._lock:
+            positions = self.book.newer_rows(rows.ids, rows.revisions)
+            if not positions:
+                return 0
+            keep = rows.take(positions)
+            for entity_id, revision in zip(keep.ids, keep.revisions.tolist(), strict=True):
+                self._kill(entity_id)
+                self.book.record(entity_id, revision, deleted=False)
+            self._append(list(keep.ids), list(keep.types), [tuple(c) for c in keep.categories], keep.vectors)
+            self._maybe_compact()
+            return len(keep)
+
+    def newer_rows(self, ids: Sequence[str], revisions: np.ndarray) -> list[int]:
+        with self._lock:
+            return self.book.newer_rows(ids, revisions)
+
+    def delete(self, ids: Sequence[str], revisions: Sequence[int]) -> int:
+        removed = 0
+        with self._lock:
+            for entity_id, revision in zip(ids, revisions, strict=True):
+                if self.book.newer(entity_id, int(revision)):
+                    removed += self._kill(entity_id)
+                    self.book.record(entity_id, int(revision), deleted=True)
+            self._maybe_compact()
+        return removed
+
+    # ----------------------------------------------------------------------------------------- reads
+
+    def __len__(self) -> int:
+        return len(self._row_of)
+
+    def revisions(self) -> dict[str, int]:
+        with self._lock:
+            return {e: self.book.applied[e] for e in self._row_of}
+
+    def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            rows = [self._row_of[i] for i in ids]
+            return self._vectors()[rows].copy()
+
+    def _mask(self, where: EntityFilter | None) -> np.ndarray | None:
+        """Rows a search may return, or None when every stored row may."""
+        if (where is None or where.is_empty) and self._dead == 0:
+            return None
+        mask = self._alive.copy()
+        if where is not None and where.entity_types is not None:
+            codes = [self._type_code_of[t] for t in where.entity_types if t in self._type_code_of]
+            mask &= np.isin(self._type_codes, codes)
+        if where is not None and where.categories is not None:
+            in_category = np.zeros_like(mask)
+            for c in where.categories:
+                in_category[self._category_rows.get(c, [])] = True
+            mask &= in_category
+        return mask
+
+    def _exact(self, queries: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = queries @ self._vectors()[rows].T
+        pos, vals = top_k_rows(scores, k)
+        return rows[pos], vals
+
+    def search(self, queries: np.ndarray, k: int, where: EntityFilter | None = None) -> Hits:
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if not q.flags.c_contiguous:
+            q = np.ascontiguousarray(q)
+        with self._lock:
+            found, live = None, len(self._row_of)
+            if k > 0 and live and (where is None or where.is_empty):
+                found = self._search_live(q, min(k, live))  # the hot path: no mask
+            complete = found is not None and self.LIVE_SEARCH_COMPLETE
+            if found is not None:
+                scores, labels = found
+            else:
+                filtered = self._filtered_search(q, k, where)
+                if filtered is None:
+                    return empty_hits(len(q), k)
+                labels, scores = filtered
+            # the slot after the last row is None, and so is the array's last slot, where label -1 lands
+            ids = self._row_ids[labels]
+        if not complete:
+            missing = labels < 0
+            if missing.any():
+                scores = np.where(missing, np.float32(-np.inf), scores)
+        if labels.shape[1] < k:  # fewer rows than k admitted: pad to the promised (Q, k)
+            padded = empty_hits(len(q), k)
+            padded.ids[:, : labels.shape[1]], padded.scores[:, : labels.shape[1]] = ids, scores
+            return padded
+        return Hits(ids, scores)
+
+    def _filtered_search(
+        self, q: np.ndarray, k: int, where: EntityFilter | None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(labels, scores) within the filter and the live rows (None when nothing is admissible)."""
+        mask = self._mask(where)
+        allowed = self._count() if mask is None else int(mask.sum())
+        if allowed == 0 or k <= 0:
+            return None
+        if mask is not None and allowed <= self.params["exact_below"]:
+            return self._exact(q, k, np.flatnonzero(mask))
+        scores, labels = self._search_masked(q, min(k, allowed), mask)
+        short = np.flatnonzero((labels < 0).any(axis=1))
+        if len(short):  # the graph found fewer than k admissible rows: answer those exactly
+            rows = np.arange(self._count()) if mask is None else np.flatnonzero(mask)
+            exact_labels, exact_scores = self._exact(q[short], k, rows)
+            labels[short, : exact_labels.shape[1]] = exact_labels
+            scores[short, : exact_scores.shape[1]] = exact_scores
+        return labels, scores
+
+    # ------------------------------------------------------------------------------------ persistence
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with self._lock:  # a consistent snapshot; searches wait only for this part
+            write_store = self._dump_store(path)
+            n = self._count()
+            row_ids, alive = self._row_ids[:n].copy(), self._alive.copy()
+            row_types, row_categories = list(self._row_types), list(self._row_categories)
+            book = RevisionBook(self.book.applied, self.book.deleted)
+        write_store()
+        arrays: dict[str, Any] = book.to_arrays()
+        np.savez(
+            path / ROWS_FILE,
+            row_ids=pack_strings([str(i) for i in row_ids]),
+            alive=alive,
+            row_types=pack_strings(row_types),
+            row_categories=pack_strings([_CATEGORY_SEPARATOR.join(c) for c in row_categories]),
+            **arrays,
+        )
+
+    def _restore(self, path: Path) -> None:
+        """Reads what :meth:`save` wrote into this (new) index.
+
+        Raises:
+            ArtifactError: a file does not load, or the store and its rows disagree.
+        """
+        try:
+            self._load_store(path)
+            with np.load(path / ROWS_FILE, allow_pickle=False) as arrays:
+                data = {k: arrays[k] for k in arrays.files}
+        except (RuntimeError, OSError, ValueError, KeyError) as exc:
+            raise ArtifactError(f"{path}: the index does not load: {exc}") from None
+        ids = unpack_strings(data["row_ids"])
+        types = unpack_strings(data["row_types"])
+        cats = [tuple(c.split(_CATEGORY_SEPARATOR)) if c else () for c in unpack_strings(data["row_categories"])]
+        if self._count() != len(ids):
+            raise ArtifactError(f"{path}: the index does not match its rows (dimension or row count)")
+        self._register(0, ids, types, cats, data["alive"].astype(np.bool_))  # the store keeps its own marks
+        self.book = RevisionBook.from_arrays(data)
+
+    def close(self) -> None:
+        """Frees the vectors (the saved files are the caller's)."""
+        with self._lock:
+            self._reset_rows()
+
+    drop = close

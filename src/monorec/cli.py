@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monorec.cli_deploy import COMMANDS as DEPLOY_COMMANDS
-from monorec.cli_deploy import DEFAULT_REGISTRY, add_command, add_deploy_commands, run_deploy_command
+from monorec.cli_deploy import DEFAULT_REGISTRY, add_deploy_commands, run_deploy_command
+from monorec.cli_options import add_command, add_ray_option
 from monorec.config import ProjectConfig
 from monorec.devices import resolve_device
 from monorec.errors import ConfigError, MonorecError
@@ -81,12 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="override the config saved with the prepared data")
     t.add_argument("--canvas", action="append", help="train on these canvases only (baseline mode)")
     t.add_argument("--device", help="cpu, cuda or auto (default: the config's train.device)")
-    t.add_argument(
-        "--ray",
-        metavar="auto|ADDRESS",
-        help="train on Ray Train: auto ($RAY_ADDRESS, else a local cluster) or a cluster's address "
-        "(pip install 'monorec[ray]'; the prepared folder must be readable from every worker)",
-    )
+    add_ray_option(t, runs="train on Ray Train", shared="the prepared folder")
     t.add_argument("--workers", type=int, default=2, help="with --ray: data-parallel workers, one CPU each")
 
     e = add_command(sub, "evaluate", help="per-canvas metrics and a report")

@@ -29,10 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from monorec.cli_options import add_command, add_ray_option
 from monorec.cli_precompute import add_precompute_command, run_precompute
 from monorec.errors import ChangeError, DeployError
 
-__all__ = ["DEFAULT_REGISTRY", "DEFAULT_ROOT", "add_command", "add_deploy_commands", "run_deploy_command"]
+__all__ = ["DEFAULT_REGISTRY", "DEFAULT_ROOT", "add_deploy_commands", "run_deploy_command"]
 
 COMMANDS = ("deploy", "versions", "switch", "rollback", "retire", "canary", "stream", "serve", "events", "precompute")
 
@@ -40,11 +41,6 @@ COMMANDS = ("deploy", "versions", "switch", "rollback", "retire", "canary", "str
 DEFAULT_ROOT = os.environ.get("MONOREC_ROOT", "runs/demo/deployment")
 DEFAULT_REGISTRY = os.environ.get("MONOREC_REGISTRY", "runs/demo/registry")
 READ_ONLY = ("versions", "stream status", "canary status")
-
-
-def add_command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-    """A subcommand whose --help shows every option's default."""
-    return sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -76,13 +72,7 @@ def add_deploy_commands(sub: Any) -> None:
     d.add_argument("version", help="a published version, e.g. v0002")
     d.add_argument("--catalogue", help="initial catalogue table (Parquet/CSV) when the folder has none yet")
     d.add_argument("--retire-previous", action="store_true", help="retire the old version instead of keeping it")
-    d.add_argument(
-        "--ray",
-        default=None,
-        metavar="auto|ADDRESS",
-        help="bulk-embed on Ray Data: auto ($RAY_ADDRESS, else a local cluster) or a cluster's address "
-        "(pip install 'monorec[ray]'; the registry and the folder must be readable from every node)",
-    )
+    add_ray_option(d, runs="bulk-embed on Ray Data", shared="the registry and the folder")
     d.add_argument("--ray-workers", type=int, default=2, help="with --ray: actors encoding the catalogue")
     _common(d)
     v = add_command(sub, "versions", help="deployed versions: state, entities, loader lag")
@@ -123,7 +113,7 @@ def add_deploy_commands(sub: Any) -> None:
     export = add_command(esub, "export", help="write answers + events as training logs (a dataset folder)")
     export.add_argument("--out", required=True, help="the dataset folder to write (replaced atomically)")
     _common(export)
-    add_precompute_command(sub, add_command, _common)
+    add_precompute_command(sub, _common)
 
 
 def _print_versions(rows: list[dict[str, Any]]) -> None:

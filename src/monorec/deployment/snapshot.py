@@ -95,7 +95,8 @@ class VersionSnapshot:
         root: the owner's deployment folder.
         registry: the model registry (the version's bundle).
         version: a ready, serving or standby version (default: the one serving now).
-        work: where the snapshot's files go (default: a temporary folder, removed by :meth:`close`).
+        work: where the snapshot's files go, on the folder's filesystem (default: a new folder under
+            ``root/snapshots/``, removed by :meth:`close`).
 
     Raises:
         DeployError: not a deployment folder, nothing serves, or ``version`` is not live.
@@ -109,7 +110,10 @@ class VersionSnapshot:
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         name = live_version(self.root, version)
         self._own_work = work is None
-        self.work = Path(tempfile.mkdtemp(prefix="monorec-snapshot-")) if work is None else Path(work)
+        if work is None:  # beside the checkpoints: a snapshot is hard links, which cannot cross filesystems
+            (self.root / "snapshots").mkdir(exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root / "snapshots"))
+        self.work = Path(work)
         self.catalogue = CatalogueStore(self.root / "catalogue.sqlite")
         try:
             sv, manifest = load_checkpoint(self.root, self.registry, self.catalogue, name, self.work)

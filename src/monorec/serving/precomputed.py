@@ -29,6 +29,7 @@ from pydantic import TypeAdapter
 
 from monorec.artifacts import MANIFEST, atomic_dir, verify_manifest
 from monorec.environments import EnvironmentSpec
+from monorec.errors import ArtifactError
 from monorec.serving.messages import Candidates, RecommendRequest, ScoredEntity
 from monorec.serving.model_path import ModelPath, Work
 
@@ -151,6 +152,7 @@ class PrecomputedTables:
         # full garbage collection (tables hold up to precompute_max_keys x precompute_k entities)
         self._tables: dict[tuple[str, str], bytes] = {}
         self._loaded: tuple[str, int, int] | None = None  # the job table held: (version, inode, mtime)
+        self._refused: tuple[str, int, int] | None = None  # the last job table that failed its checksums
         self.refreshes = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -206,9 +208,14 @@ class PrecomputedTables:
         except FileNotFoundError:
             return  # no job has scored this version yet: answered online
         identity = (current.name, stat.st_ino, stat.st_mtime_ns)
-        if identity == self._loaded:
+        if identity in (self._loaded, self._refused):
             return
-        tables, manifest = read_tables(path)
+        try:
+            tables, manifest = read_tables(path)
+        except ArtifactError as exc:  # said once per table; the next job's table is tried when it appears
+            self._refused = identity
+            log.error("precomputed tables of %s refused: %s", current.name, exc)
+            return
         self._tables, self.version, self._loaded = tables, current.name, identity
         self.refreshes += 1
         log.info(

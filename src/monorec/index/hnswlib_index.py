@@ -6,7 +6,9 @@ search leaves it out by itself: the hot path needs no mask even while entities a
 (faiss needs a selector then). A filtered search over more than ``exact_below`` rows passes the mask as
 hnswlib's filter. hnswlib does not hand its vectors out without copying them, so this index keeps its own
 (rows, D) copy for exact search, compaction and :meth:`vectors_of`: ``D * 4`` bytes more per entity than
-the faiss backend.
+the faiss backend. Searches run on the calling thread (one query at a time is the serving pattern; a
+batch of many on every core); a bulk add of many rows inserts on every core, so, as with faiss's HNSW, the
+graph of a bulk load may differ from run to run (within its recall), a stream's small batches do not.
 
 Why a second HNSW library: on 2 cores hnswlib answers one query at a time 1.1-1.3x faster than faiss's
 HNSW and builds faster (B1 in docs/benchmarks.md).
@@ -14,6 +16,7 @@ HNSW and builds faster (B1 in docs/benchmarks.md).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,9 @@ __all__ = ["HnswlibIndex"]
 GRAPH_FILE = "graph.hnswlib"
 VECTORS_FILE = "vectors.npy"
 HNSWLIB_INSTALL = "pip install 'monorec[hnswlib]'"
+BULK_ROWS = 1024  # an add of at least this many rows is built on BULK_THREADS threads
+BATCH_QUERIES = 64  # a search of at least this many queries runs on BULK_THREADS threads
+BULK_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _hnswlib() -> Any:
@@ -87,7 +93,9 @@ class HnswlibIndex(RowIndex):
             self._graph.resize_index(capacity)
         self._data[start:end] = vectors
         if len(vectors):
-            self._graph.add_items(vectors, np.arange(start, end, dtype=np.int64), num_threads=1)
+            # a bulk load inserts on every core (as faiss's HNSW does), a stream's small batches on one
+            threads = BULK_THREADS if len(vectors) >= BULK_ROWS else 1
+            self._graph.add_items(vectors, np.arange(start, end, dtype=np.int64), num_threads=threads)
         self._n = end
 
     def _count(self) -> int:
@@ -104,8 +112,9 @@ class HnswlibIndex(RowIndex):
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """(scores, labels) of hnswlib's search, or None when it cannot find k for every query (a graph
         thinned by deletions, a narrow filter): the caller then answers exactly."""
+        threads = BULK_THREADS if len(q) >= BATCH_QUERIES else 1  # a large batch: one query per core at once
         try:
-            labels, distances = self._graph.knn_query(q, k=k, num_threads=1, filter=allowed)
+            labels, distances = self._graph.knn_query(q, k=k, num_threads=threads, filter=allowed)
         except RuntimeError:
             return None
         np.subtract(1.0, distances, out=distances)  # "ip" distance is 1 - dot: the score, in place

@@ -43,11 +43,15 @@ DEFAULT_REGISTRY = os.environ.get("MONOREC_REGISTRY", "runs/demo/registry")
 READ_ONLY = ("versions", "stream status", "canary status")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _folders(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--root", default=DEFAULT_ROOT, help="deployment folder: control plane, indexes, log ($MONOREC_ROOT)"
     )
     p.add_argument("--registry", default=DEFAULT_REGISTRY, help="the model registry ($MONOREC_REGISTRY)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _folders(p)
     p.add_argument("--redis", default=None, metavar="URL", help="use a Redis stream as the change log")
 
 
@@ -113,7 +117,7 @@ def add_deploy_commands(sub: Any) -> None:
     export = add_command(esub, "export", help="write answers + events as training logs (a dataset folder)")
     export.add_argument("--out", required=True, help="the dataset folder to write (replaced atomically)")
     _common(export)
-    add_precompute_command(sub, _common)
+    add_precompute_command(sub, _folders)  # reads checkpoints, never the change log: no --redis
 
 
 def _print_versions(rows: list[dict[str, Any]]) -> None:

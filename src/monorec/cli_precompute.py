@@ -22,15 +22,15 @@ from monorec.cli_options import add_command, add_ray_option
 __all__ = ["add_precompute_command", "run_precompute"]
 
 
-def add_precompute_command(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """The subcommand; ``common`` adds the deployment commands' shared options (--root, --registry...)."""
+def add_precompute_command(sub: Any, folders: Callable[[argparse.ArgumentParser], None]) -> None:
+    """The subcommand; ``folders`` adds the deployment commands' --root and --registry."""
     p = add_command(sub, "precompute", help="score an environment's precomputed tables (a batch job; Ray optional)")
     p.add_argument("--env", default="default", help="the environment whose tables are scored")
     p.add_argument("--config", default=None, help="environments from this TOML (default: the model's config)")
     p.add_argument("--version", default=None, help="the version that scores (default: the serving one)")
     add_ray_option(p, runs="score", shared="the registry and the folder")
     p.add_argument("--ray-workers", type=int, default=2, help="with --ray: actors scoring keys")
-    common(p)
+    folders(p)
 
 
 def run_precompute(args: argparse.Namespace) -> int:

@@ -26,26 +26,9 @@ VECTORS_FILE = "vectors.faiss"
 class FaissIndex(RowIndex):
     """An in-process faiss index of one version's item embeddings (see the module docstring)."""
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        kind: Literal["exact", "hnsw"] = "exact",
-        hnsw_m: int = 32,
-        ef_construction: int = 200,
-        ef_search: int = 128,
-        exact_below: int = 20000,
-        compact_above: float = 0.25,
-    ) -> None:
+    def __init__(self, dim: int, *, kind: Literal["exact", "hnsw"] = "exact", **params: Any) -> None:
         self.kind = kind
-        super().__init__(
-            dim,
-            exact_below=exact_below,
-            compact_above=compact_above,
-            hnsw_m=hnsw_m,
-            ef_construction=ef_construction,
-            ef_search=ef_search,
-        )
+        super().__init__(dim, **params)  # see RowIndex for the parameters
 
     def _new_store(self) -> None:
         if self.kind == "exact":

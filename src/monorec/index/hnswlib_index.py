@@ -49,25 +49,9 @@ class HnswlibIndex(RowIndex):
 
     LIVE_SEARCH_COMPLETE = True  # hnswlib answers k rows for every query or raises (then None: see _query)
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        hnsw_m: int = 32,
-        ef_construction: int = 200,
-        ef_search: int = 128,
-        exact_below: int = 20000,
-        compact_above: float = 0.25,
-    ) -> None:
+    def __init__(self, dim: int, **params: Any) -> None:
         self._lib = _hnswlib()
-        super().__init__(
-            dim,
-            exact_below=exact_below,
-            compact_above=compact_above,
-            hnsw_m=hnsw_m,
-            ef_construction=ef_construction,
-            ef_search=ef_search,
-        )
+        super().__init__(dim, **params)  # see RowIndex for the parameters
 
     def _new_graph(self, capacity: int) -> Any:
         graph = self._lib.Index(space="ip", dim=self.dim)

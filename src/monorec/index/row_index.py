@@ -42,9 +42,24 @@ class RowIndex:
 
     LIVE_SEARCH_COMPLETE = False  # True: the store's live search returns k rows or None, never a -1 label
 
-    def __init__(self, dim: int, *, exact_below: int = 20000, compact_above: float = 0.25, **store: Any) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        hnsw_m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 128,
+        exact_below: int = 20000,
+        compact_above: float = 0.25,
+    ) -> None:
         self.dim = dim
-        self.params: dict[str, Any] = {"exact_below": exact_below, "compact_above": compact_above, **store}
+        self.params: dict[str, Any] = {
+            "hnsw_m": hnsw_m,  # a graph store's links per node, breadth when building and when searching
+            "ef_construction": ef_construction,
+            "ef_search": ef_search,
+            "exact_below": exact_below,
+            "compact_above": compact_above,
+        }
         self.book = RevisionBook()
         self._lock = threading.Lock()
         self._reset_rows()

@@ -24,7 +24,7 @@ from typing import Any
 import polars as pl
 
 from monorec._failpoints import failpoint
-from monorec.distributed.session import failpoints_env, import_ray
+from monorec.distributed.session import block_rows, failpoints_env, import_ray
 
 __all__ = ["RayTableScorer"]
 
@@ -90,7 +90,7 @@ class RayTableScorer:
 
         shutil.rmtree(self.scratch, ignore_errors=True)
         (self.scratch / "keys").mkdir(parents=True)
-        rows = max(1, min(self.block_rows, -(-frame.height // (2 * self.workers))))  # >= 2 blocks per actor
+        rows = block_rows(frame.height, self.workers, self.block_rows)
         blocks = []
         for i, start in enumerate(range(0, frame.height, rows)):
             blocks.append(str(self.scratch / "keys" / f"part-{i:06d}.parquet"))

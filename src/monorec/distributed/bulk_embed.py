@@ -27,7 +27,7 @@ import polars as pl
 
 from monorec._failpoints import failpoint
 from monorec.deployment.version import ItemEncodings, user_rows
-from monorec.distributed.session import failpoints_env, import_ray
+from monorec.distributed.session import block_rows, failpoints_env, import_ray
 from monorec.stream.catalogue import CatalogueStore
 from monorec.stream.changes import UserChange
 
@@ -67,7 +67,7 @@ class RayBulkEmbedder:
         self, catalogue: CatalogueStore, after: str, size: int
     ) -> Iterator[tuple[pl.DataFrame, ItemEncodings]]:
         """The entities after ``after`` in id order, ``size`` per page, with their encodings."""
-        rows = self._block_rows(catalogue.count())
+        rows = block_rows(catalogue.count(), self.workers, self.block_rows)
         blocks = self._export(lambda cursor: catalogue.page(cursor, rows), first=after)
         tower = {"registry": self.registry, "version": self.version, "threads": self.threads}
         for batch in self._encode(blocks, rows, size, _ItemTower, tower):
@@ -76,7 +76,7 @@ class RayBulkEmbedder:
     def users(self, catalogue: CatalogueStore, after: str, size: int) -> Iterator[tuple[list[UserChange], np.ndarray]]:
         """The users after ``after`` in id order, ``size`` per page, with their rows of every user canvas
         (canvas-major, as ``ServingVersion.load_users`` takes them)."""
-        rows = self._block_rows(catalogue.user_count())
+        rows = block_rows(catalogue.user_count(), self.workers, self.block_rows)
         blocks = self._export(lambda cursor: _user_page(catalogue, cursor, rows), key="user_id", first=after)
         tower = {"registry": self.registry, "version": self.version, "threads": self.threads}
         tower["catalogue"] = str(catalogue.path)
@@ -85,10 +85,6 @@ class RayBulkEmbedder:
         canvases = len(Registry(self.registry).config(self.version).deploy.user_canvases)
         for batch in self._encode(blocks, rows, size, _ContextTower, tower):
             yield _split_users(batch, canvases)
-
-    def _block_rows(self, total: int) -> int:
-        """At least two blocks per actor where the data allows, at most ``block_rows`` rows each."""
-        return max(1, min(self.block_rows, -(-total // (2 * self.workers))))
 
     def _encode(self, blocks: list[Path], rows: int, size: int, actor: type, kwargs: dict[str, Any]) -> Iterator[Any]:
         """The blocks through a pool of ``actor``s, as Arrow batches of ``size`` rows in block order."""

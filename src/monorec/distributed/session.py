@@ -16,7 +16,7 @@ from typing import Any
 
 from monorec.errors import ConfigError
 
-__all__ = ["RAY_INSTALL", "failpoints_env", "import_ray", "ray_session"]
+__all__ = ["RAY_INSTALL", "block_rows", "failpoints_env", "import_ray", "ray_session"]
 
 RAY_INSTALL = "pip install 'monorec[ray]'"
 _SOURCE = "--ray"
@@ -74,3 +74,9 @@ def failpoints_env() -> dict[str, Any] | None:
     names = ("MONOREC_KILL_AT", "MONOREC_KILL_ONCE")
     env = {name: os.environ[name] for name in names if os.environ.get(name)}
     return {"env_vars": env} if env else None
+
+
+def block_rows(total: int, workers: int, most: int) -> int:
+    """Rows per block of a pool's input: at least two blocks per actor where ``total`` allows (so that every
+    actor works and a retried block is small), at most ``most``."""
+    return max(1, min(most, -(-total // (2 * workers))))

@@ -42,7 +42,7 @@ class BulkEncoder(Protocol):
     def users(
         self, catalogue: CatalogueStore, after: str, size: int
     ) -> Iterator[tuple[list[UserChange], np.ndarray | None]]:
-        """Users' states, with their rows of every user canvas (``version.user_rows``, canvas-major)."""
+        """Users' states, with their rows of every user canvas (``monorec.users.encode.user_rows``, canvas-major)."""
         ...
 
 

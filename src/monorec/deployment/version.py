@@ -9,12 +9,8 @@ with the model), the item features its ranker reads, and the ranker. It counts t
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,17 +27,17 @@ from monorec.errors import ArtifactError, DeployError
 from monorec.index import EntityFilter, EntityRows, VectorIndex
 from monorec.models.model import MonorecModel
 from monorec.models.onnx_model import OnnxModel
-from monorec.retrieval import OFFLINE_SOURCES, CandidateSources, CooccurrenceTable, LexicalIndex
+from monorec.retrieval import CandidateSources, CooccurrenceTable, LexicalIndex
+from monorec.retrieval.deadline import DeadlineSources
 from monorec.retrieval.lexical import LexicalSource
 from monorec.row_table import RowTable
 from monorec.schema import TitleLookup
 from monorec.stage_times import StageTimes, timed
 from monorec.stream.changes import AnyChange, Change, UserChange, changes_frame
 from monorec.users import UserStore, user_key
+from monorec.users.encode import user_rows
 
-log = logging.getLogger(__name__)
-
-__all__ = ["Answer", "ItemEncodings", "ItemFeatures", "ServingVersion", "user_rows"]
+__all__ = ["Answer", "ItemEncodings", "ItemFeatures", "ServingVersion"]
 
 
 class ItemFeatures(RowTable):
@@ -109,9 +105,8 @@ class ServingVersion:
         # user canvas -> stored user encodings (context features + embedding), fed by user changes
         self.users = users
         self.user_canvases = bundle.config.deploy.user_canvases if users is not None else ()
+        self.asked = DeadlineSources(name, self.sources)  # the sources as serving asks them: within a deadline
         self.in_flight = 0
-        self.skipped_sources: dict[str, int] = {}  # source -> how many times it failed or was late
-        self._last_skip_log: dict[str, float] = {}
         self._count_lock = threading.Lock()
         self.bundle.model.eval()
         # the version's ONNX export in ONNX Runtime, for environments with ``model_runtime = "onnx"``
@@ -198,8 +193,8 @@ class ServingVersion:
     @torch.no_grad()
     def load_users(self, states: Sequence[UserChange], encoded: np.ndarray | None = None) -> int:
         """Encodes user states newer than the stored ones in each user canvas and stores them; returns how
-        many (user, canvas) rows it stored. ``encoded``: every (canvas, state) row of :func:`user_rows`,
-        computed elsewhere (a Ray bulk pass).
+        many (user, canvas) rows it stored. ``encoded``: every (canvas, state) row of
+        :func:`~monorec.users.encode.user_rows`, computed elsewhere (a Ray bulk pass).
 
         Raises:
             RequestError: a profile value does not fit its declared field (the loader dead-letters it).
@@ -308,67 +303,16 @@ class ServingVersion:
         """Per normalized record: entity id -> its (S,) source scores from the canvas's offline sources
         (lexical, co-occurrence, popular; column 0 stays 0), only entities this version holds; and the
         sources that answered. A source that fails, or (with ``timeout_s``) a remote source that has not
-        answered within ``timeout_s``, is skipped (logged, counted): the others still propose."""
-        depths = self.bundle.config.canvas(canvas).sources
-        wanted = [s for s in OFFLINE_SOURCES if s in depths]
-        out: list[dict[str, list[float]]] = [{} for _ in records]
-        answered = []
-        for source, found in zip(wanted, self._run_sources(wanted, canvas, records, depths, timeout_s), strict=True):
-            if isinstance(found, BaseException):  # one broken or late source never costs the others
-                self._skipped(source, found)
-                continue
-            answered.append(source)
-            column = SOURCE_NAMES.index(source)
-            for r, row in enumerate(found):
-                for entity_id, score in row:
-                    out[r].setdefault(entity_id, [0.0] * len(SOURCE_NAMES))[column] = score
+        answered within ``timeout_s``, is skipped (logged, counted in ``skipped_sources``): the others
+        still propose (:mod:`monorec.retrieval.deadline`)."""
+        out, answered = self.asked.propose(canvas, records, timeout_s)
         held = set(self.known([e for found in out for e in found]))
         return [{e: v for e, v in found.items() if e in held} for found in out], answered
 
-    def _skipped(self, source: str, error: BaseException) -> None:
-        """Counts a skipped source (``skipped_sources``) and logs it, at most once per 10 s per source
-        (a stalled engine would otherwise log once per request)."""
-        with self._count_lock:
-            self.skipped_sources[source] = self.skipped_sources.get(source, 0) + 1
-            now = time.monotonic()
-            if now - self._last_skip_log.get(source, -1e9) < 10.0:
-                return
-            self._last_skip_log[source] = now
-            total = self.skipped_sources[source]
-        log.warning("%s: candidate source %s skipped (%d times so far): %r", self.name, source, total, error)
-
-    def _run_sources(
-        self,
-        sources: Sequence[str],
-        canvas: str,
-        records: Sequence[dict[str, Any]],
-        depths: dict[str, int],
-        timeout_s: float | None,
-    ) -> list[list[list[tuple[str, float]]] | BaseException]:
-        """Each source's proposals, or the exception it raised (TimeoutError: late). With ``timeout_s``
-        the remote sources run on a thread pool, side by side, while the in-process ones run here (a
-        thread hop would cost them more than they take)."""
-
-        def one(source: str) -> list[list[tuple[str, float]]]:
-            return self.sources.propose(source, canvas, records, depths[source])
-
-        remote = self.sources.remote if timeout_s is not None else set()
-        futures = {s: _source_pool().submit(one, s) for s in sources if s in remote}
-        wait_s = timeout_s or 0.0
-        deadline = time.monotonic() + wait_s
-        results: list[list[list[tuple[str, float]]] | BaseException] = []
-        for source in sources:
-            try:
-                if source not in futures:
-                    results.append(one(source))
-                    continue
-                results.append(futures[source].result(timeout=max(0.0, deadline - time.monotonic())))
-            except FutureTimeout:
-                futures[source].cancel()  # a late source may still finish; its answer is dropped
-                results.append(TimeoutError(f"no answer within {wait_s * 1000:.0f} ms"))
-            except Exception as exc:
-                results.append(exc)
-        return results
+    @property
+    def skipped_sources(self) -> dict[str, int]:
+        """Source -> how many times it failed or was late."""
+        return self.asked.skipped
 
     def predictions(self, logits: torch.Tensor, canvas: str) -> dict[str, np.ndarray]:
         """(N, O) logits -> each of the canvas's objectives in its own unit: a probability for binary
@@ -434,39 +378,3 @@ class ServingVersion:
         self.sources.close()
         if self.users is not None:
             self.users.close()
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _source_pool() -> ThreadPoolExecutor:
-    """The threads the offline sources of timed requests run on (one process-wide pool, created on first
-    use; a source that hangs holds one of them, and later requests skip it as late)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=2 * len(OFFLINE_SOURCES), thread_name_prefix="monorec-source")
-        return _POOL
-
-
-@torch.no_grad()
-def user_rows(
-    bundle: ModelBundle, pairs: Sequence[tuple[str, UserChange]], titles: TitleLookup | None = None
-) -> np.ndarray:
-    """(canvas, user state) pairs -> their stored rows (N, F_c + D): each state as a record of its canvas
-    (the profile fields this version declares, the user and, where the canvas reads one, the recent
-    history) through the context tower, features then embedding."""
-    feedback = bundle.config.feedback
-    schema = bundle.schema
-    declared = set(schema.field_names)
-    records = []
-    for canvas, state in pairs:
-        context: dict[str, Any] = {k: v for k, v in state.profile if k in declared}
-        context[feedback.user_field] = state.user_id
-        if feedback.history_field is not None and state.history:
-            context[feedback.history_field] = list(state.history)
-        records.append(schema.normalize(canvas, context, titles))
-    bundle.model.eval()
-    feats, emb = bundle.model.encode_context(context_tensors(bundle.featurizer.transform_records(records)))
-    return torch.cat([feats, emb], dim=1).numpy()

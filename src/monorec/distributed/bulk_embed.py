@@ -26,10 +26,11 @@ import numpy as np
 import polars as pl
 
 from monorec._failpoints import failpoint
-from monorec.deployment.version import ItemEncodings, user_rows
+from monorec.deployment.version import ItemEncodings
 from monorec.distributed.session import block_rows, failpoints_env, import_ray
 from monorec.stream.catalogue import CatalogueStore
 from monorec.stream.changes import UserChange
+from monorec.users.encode import user_rows
 
 __all__ = ["RayBulkEmbedder"]
 

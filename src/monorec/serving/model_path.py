@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from monorec.config import SOURCE_NAMES
@@ -131,11 +132,7 @@ class ModelPath:
                 item_feats, item_emb = version.candidate_rows(flat)
             owner = torch.repeat_interleave(torch.arange(len(works)), torch.tensor([len(c) for c in candidates]))
             task = torch.tensor([version.schema.task_index(w.request.canvas) for w in works], dtype=torch.long)
-            zero = [0.0] * len(SOURCE_NAMES)
-            sources = torch.tensor(
-                [proposed.get(i, {}).get(e, zero) for i, ids in enumerate(candidates) for e in ids],
-                dtype=torch.float32,
-            ).reshape(len(flat), len(SOURCE_NAMES))
+            sources = _source_scores(candidates, proposed)
         with stages.stage("ranker"):
             scores, logits = version.rank(cf[owner], ce[owner], item_feats, item_emb, task[owner], sources, runtime)
         out: list[Ranked | BaseException] = []
@@ -285,3 +282,26 @@ def _scored(entity_id: str, score: float, info: Mapping[str, Entity]) -> Scored:
     if e is None:
         return Scored(entity_id, score)
     return Scored(entity_id, score, e.entity_type, e.categories, e.title)
+
+
+def _source_scores(
+    candidates: Sequence[Sequence[str]], proposed: Mapping[int, Mapping[str, list[float]]]
+) -> torch.Tensor:
+    """(N, S) offline source scores of the flattened candidates (request-major), 0 where no source proposed
+    the candidate: only the proposed rows are filled (explicit candidates have none; a nested list of
+    N x S floats would cost more than the rest of the gather)."""
+    rows, values = [], []
+    start = 0
+    for i, ids in enumerate(candidates):
+        found = proposed.get(i)
+        if found:
+            for j, e in enumerate(ids):
+                v = found.get(e)
+                if v is not None:
+                    rows.append(start + j)
+                    values.append(v)
+        start += len(ids)
+    out = np.zeros((start, len(SOURCE_NAMES)), dtype=np.float32)
+    if rows:
+        out[rows] = values
+    return torch.from_numpy(out)

@@ -64,38 +64,33 @@ class CooccurrenceTable:
     ) -> CooccurrenceTable:
         """Counts co-occurrences in ``responses`` (``user_id``, ``ts``, ``entity_id``; one row per response;
         rows without a user are skipped); ``keep_own`` also keeps each user's own counts (see the module)."""
-        both = _pairs(responses, window)
-        counts = (
-            both.group_by(["a", "b"])
-            .len()
-            .sort(["a", "len", "b"], descending=[False, True, False])
-            .group_by("a", maintain_order=True)
-            .head(top_n)
-        )
-        vocab = sorted(set(counts["a"].to_list()) | set(counts["b"].to_list()))
-        row_of = {e: i for i, e in enumerate(vocab)}
+        user, a, b, entities, users = _pairs(responses, window)
+        n = len(entities)
+        # counts and ranks on integer codes in numpy: at millions of responses the pairs are tens of
+        # millions, whose group-bys (or Python strings) would cost gigabytes for a moment
+        pair, count = np.unique(a * n + b, return_counts=True)
+        pa, pb = pair // n, pair % n
+        order = np.lexsort((pb, -count, pa))  # per a: strongest first, ties by id
+        pa, pb, count = pa[order], pb[order], count[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(pa)) + 1]
+        rank = np.arange(len(pa)) - np.repeat(starts, np.diff(np.r_[starts, len(pa)]))
+        top = rank < top_n
+        pa, pb, count, rank = pa[top], pb[top], count[top], rank[top]
+        # pairs go both ways, so every entity with a neighbour is some pair's ``a``: the vocabulary, in id order
+        kept = np.unique(pa)
+        vocab = entities.gather(kept).to_list()
+        row_of = np.full(n, -1, dtype=np.int64)
+        row_of[kept] = np.arange(len(kept))
         neighbours = np.full((len(vocab), top_n), -1, dtype=np.int32)
         strengths = np.zeros((len(vocab), top_n), dtype=np.float32)
-        a = np.array([row_of[e] for e in counts["a"].to_list()], dtype=np.int64)
-        b = np.array([row_of[e] for e in counts["b"].to_list()], dtype=np.int64)
-        # the rank of each pair within its ``a`` (rows are sorted by a, strongest first)
-        starts = np.r_[0, np.flatnonzero(np.diff(a)) + 1]
-        rank = np.arange(len(a)) - np.repeat(starts, np.diff(np.r_[starts, len(a)]))
-        neighbours[a, rank] = b
-        strengths[a, rank] = counts["len"].to_numpy()
+        neighbours[row_of[pa], rank] = row_of[pb]
+        strengths[row_of[pa], rank] = count
         table = cls(vocab, neighbours, strengths, window)
         if keep_own:
-            own = both.group_by(["user_id", "a", "b"]).len()
-            users = sorted(set(own["user_id"].to_list()))
-            code = {u: i for i, u in enumerate(users)}
             v = len(vocab)
-            keys = (
-                np.array([code[u] for u in own["user_id"].to_list()], dtype=np.int64) * v * v
-                + np.array([row_of[e] for e in own["a"].to_list()], dtype=np.int64) * v
-                + np.array([row_of[e] for e in own["b"].to_list()], dtype=np.int64)
-            )
-            order = np.argsort(keys)
-            table.own = (code, keys[order], own["len"].to_numpy()[order].astype(np.float32))
+            keys, own_counts = np.unique((user * v + row_of[a]) * v + row_of[b], return_counts=True)
+            code = {u: i for i, u in enumerate(users.to_list())}
+            table.own = (code, keys, own_counts.astype(np.float32))
         return table
 
     def seed_rows(self, seeds: Sequence[Sequence[str]]) -> np.ndarray:
@@ -189,18 +184,28 @@ class CooccurrenceTable:
         return cls(vocab, neighbours.astype(np.int32), counts.astype(np.float32), window)
 
 
-def _pairs(responses: pl.DataFrame, window: int) -> pl.DataFrame:
-    """Every co-occurring pair (``user_id``, ``a``, ``b``), both directions: each user's responses in time
-    order (one per entity and time), pairs at most ``window`` positions apart, never an entity with itself."""
+def _pairs(responses: pl.DataFrame, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, pl.Series, pl.Series]:
+    """Every co-occurring pair, both directions: each user's responses in time order (one per entity and
+    time), pairs at most ``window`` positions apart, never an entity with itself (rows without a user are
+    skipped). Returns (user (P,), a (P,), b (P,)) int64 positions in the returned sorted entity ids and
+    sorted user ids."""
     rows = (
         responses.filter(pl.col("user_id").is_not_null())
         .select("user_id", "ts", "entity_id")
         .unique(["user_id", "entity_id", "ts"])
-        .sort(["user_id", "ts", "entity_id"])
     )
-    pairs = []
-    for offset in range(1, window + 1):
-        later = pl.col("entity_id").shift(-offset).over("user_id")
-        pairs.append(rows.select("user_id", pl.col("entity_id").alias("a"), later.alias("b")))
-    both = pl.concat(pairs).drop_nulls().filter(pl.col("a") != pl.col("b"))
-    return pl.concat([both, both.select("user_id", pl.col("b").alias("a"), pl.col("a").alias("b"))])
+    entities = rows["entity_id"].unique().sort()
+    users = rows["user_id"].unique().sort()
+    coded = (
+        rows.join(pl.DataFrame({"entity_id": entities, "e": pl.int_range(len(entities), eager=True)}), on="entity_id")
+        .join(pl.DataFrame({"user_id": users, "user": pl.int_range(len(users), eager=True)}), on="user_id")
+        .select("user", "ts", "e")
+        .sort(["user", "ts", "e"])
+    )
+    user, e = coded["user"].to_numpy().astype(np.int64), coded["e"].to_numpy().astype(np.int64)
+    parts = []
+    for offset in range(1, window + 1):  # sorted by user: ``offset`` rows on, within the same user
+        same = (user[offset:] == user[:-offset]) & (e[offset:] != e[:-offset])
+        parts.append((user[:-offset][same], e[:-offset][same], e[offset:][same]))
+    u, a, b = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64) for i in range(3))
+    return np.r_[u, u], np.r_[a, b], np.r_[b, a], entities, users

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -64,3 +67,11 @@ def data_missing(path: str | Path, what: str) -> bool:
         return False
     print(f"skipped: {what} not found at {path}")
     return True
+
+
+def scratch_dir(prefix: str = "monorec-bench-") -> Path:
+    """A new temporary folder, removed when the benchmark's process exits (a benchmark's deployments and
+    worlds run to gigabytes; a finished run leaves nothing behind)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import random
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_record
+from _common import scratch_dir, write_record
 from _serving import bench_config, freshness_arguments, synthetic_catalogue, two_version_registry
 from b6_freshness import percentiles
 from monorec.deployment import Deployment
@@ -139,7 +138,7 @@ def run_rate(
 
 def main() -> None:
     args, n, seconds, rates = freshness_arguments(__doc__)
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch_dir()
     registry, _ = two_version_registry(tmp / "registry", bench_config(index="exact" if args.quick else "hnsw"), (0,))
     catalogue = synthetic_catalogue(n)
     ids = catalogue["entity_id"].to_list()

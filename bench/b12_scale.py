@@ -22,15 +22,15 @@ import argparse
 import dataclasses
 import json
 import resource
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_record
+from _common import scratch_dir, write_record
 from _serving import bench_config
 from monorec.data.world import WorldSpec, write_world
 
@@ -139,7 +139,7 @@ def main() -> None:
     bucket_rows = 5_000 if args.quick else args.bucket_rows
     results = []
     for scale in scales:
-        work = Path(tempfile.mkdtemp(prefix=f"b12-{scale}x-"))
+        work = scratch_dir(f"b12-{scale}x-")
         spec = world_spec(scale)
         write_world(work / "world", spec)
         row: dict[str, Any] = {
@@ -157,6 +157,7 @@ def main() -> None:
             )
         row["train"]["shards"] = int((work / "train_shards").read_text())
         results.append(row)
+        shutil.rmtree(work, ignore_errors=True)  # a 50x world with its stages' outputs is ~400 MB
     first = results[0]
     growth = {
         stage: {f"{r['scale']}x": r[stage]["peak_rss_mb"] / first[stage]["peak_rss_mb"] for r in results}

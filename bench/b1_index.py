@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_record
+from _common import scratch_dir, write_record
 from monorec.index.base import EntityRows
 from monorec.index.faiss_index import FaissIndex
 from monorec.index.row_index import RowIndex
@@ -90,7 +89,7 @@ def run_size(n: int, seed: int, queries_n: int) -> dict[str, Any]:
     flat.add(data)
     _, truth = flat.search(queries, K)
     out: dict[str, Any] = {"n": n, "queries": queries_n}
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch_dir()
 
     def ours_labels(index: RowIndex):  # type: ignore[no-untyped-def]
         def search(q: np.ndarray) -> np.ndarray:

@@ -33,7 +33,6 @@ import http.client
 import json
 import random
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_record
+from _common import scratch_dir, write_record
 from _http import BENCH_ENV, served_replicas
 from _serving import bench_config, synthetic_catalogue, two_version_registry
 from monorec.deployment import Deployment
@@ -225,7 +224,7 @@ def main() -> None:
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     n, seconds = (5_000, 6.0) if args.quick else (args.items, args.seconds)
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch_dir()
     registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"))
     catalogue = synthetic_catalogue(n)
     ids = catalogue["entity_id"].to_list()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_record
+from _common import scratch_dir, write_record
 from _serving import bench_config, freshness_arguments, synthetic_catalogue, two_version_registry
 from monorec.deployment import Deployment
 from monorec.deployment.version import ServingVersion
@@ -145,7 +144,7 @@ def run_rate(dep: Deployment, rate: int, seconds: float) -> dict[str, Any]:
 
 def main() -> None:
     args, n, seconds, rates = freshness_arguments(__doc__)
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch_dir()
     registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"))
 
     with Deployment(tmp / "dep", registry) as dep:

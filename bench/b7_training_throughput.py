@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_record
+from _common import scratch_dir, write_record
 from monorec.config import load_config
 from monorec.data.features import Featurizer
 from monorec.data.prepared import prepare
@@ -167,14 +167,13 @@ def main() -> None:
 
 def train_on_ray_vs_one_process(config, prepared, epochs: int, workers: int) -> dict:  # type: ignore[no-untyped-def]
     """The training loop in one process, then on ``workers`` Ray Train workers: best epoch's samples/s."""
-    import tempfile
 
     from monorec.distributed import ray_session, train_on_ray
     from monorec.train import train
 
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs, patience=epochs))
     one = train(config, prepared, progress=False)
-    folder = prepared.save(Path(tempfile.mkdtemp()) / "prepared")
+    folder = prepared.save(scratch_dir() / "prepared")
     started = time.perf_counter()
     with ray_session("auto", cpus=workers):
         startup_s = time.perf_counter() - started

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_record
+from _common import scratch_dir, write_record
 from _serving import bench_config, synthetic_catalogue, two_version_registry
 from monorec.bundle import item_tensors
 from monorec.deployment import Deployment
@@ -38,7 +37,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="20k entities (checks the script runs)")
     args = ap.parse_args()
     n = 20_000 if args.quick else args.items
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch_dir()
     config = bench_config(batch_size=args.batch)
     registry, _ = two_version_registry(tmp / "registry", config)
     catalogue = synthetic_catalogue(n)

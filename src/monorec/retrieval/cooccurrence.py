@@ -196,12 +196,9 @@ def _pairs(responses: pl.DataFrame, window: int) -> tuple[np.ndarray, np.ndarray
     )
     entities = rows["entity_id"].unique().sort()
     users = rows["user_id"].unique().sort()
-    coded = (
-        rows.join(pl.DataFrame({"entity_id": entities, "e": pl.int_range(len(entities), eager=True)}), on="entity_id")
-        .join(pl.DataFrame({"user_id": users, "user": pl.int_range(len(users), eager=True)}), on="user_id")
-        .select("user", "ts", "e")
-        .sort(["user", "ts", "e"])
-    )
+    coded = rows.select(  # a dense rank is the position among the sorted distinct ids
+        (pl.col("user_id").rank("dense") - 1).alias("user"), "ts", (pl.col("entity_id").rank("dense") - 1).alias("e")
+    ).sort(["user", "ts", "e"])
     user, e = coded["user"].to_numpy().astype(np.int64), coded["e"].to_numpy().astype(np.int64)
     parts = []
     for offset in range(1, window + 1):  # sorted by user: ``offset`` rows on, within the same user

@@ -60,6 +60,21 @@ def test_offsets_order_groups_commits_and_redelivery(make_log) -> None:  # type:
     assert "late" not in restarted.groups()
 
 
+def test_a_restart_reads_what_it_did_not_commit_once_in_batches(make_log) -> None:  # type: ignore[no-untyped-def]
+    # more uncommitted entries than one batch: a restarted consumer reads them batch after batch, in order,
+    # each once, then the new ones (a loader checkpoints only now and then: it reads many batches first)
+    log: ChangeLog = make_log()
+    log.subscribe("g", "0")
+    offsets = log.append([f'{{"n": {i}}}' for i in range(7)])
+    assert [e.offset for e in log.read("g", 10)] == offsets  # delivered, never committed
+    restarted: ChangeLog = make_log()
+    newer = restarted.append(['{"n": 7}'])
+    batches = [[e.offset for e in restarted.read("g", 3)] for _ in range(4)]
+    assert batches == [offsets[:3], offsets[3:6], [offsets[6], *newer], []]
+    restarted.rewind("g")  # forgets what it read: the uncommitted entries come again
+    assert [e.offset for e in restarted.read("g", 10)] == [*offsets, *newer]
+
+
 def test_a_blocking_read_wakes_up_for_a_new_entry(make_log) -> None:  # type: ignore[no-untyped-def]
     log: ChangeLog = make_log()
     log.subscribe("g", log.head())

@@ -258,3 +258,41 @@ def test_a_stale_replay_changes_neither_features_nor_text(deployment: Deployment
     assert (sv.features.get(["twice"]) == features).all()
     assert sv.sources.lexical.search(["pxq"], 5) == [[]]
     assert [e for e, _ in sv.sources.lexical.search(["qwv"], 5)[0]] == ["twice"]
+
+
+def test_a_change_applied_again_after_failing_between_the_index_and_the_text_completes_the_text(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the loader applies a batch again when it fails (whole, or one change at a time): a write the vector
+    # index took before the lexical index failed must reach the lexical index then, not be skipped as done
+    deployment.deploy("v0001")
+    sv = deployment.versions["v0001"]
+    lexical = sv.sources.lexical
+
+    def fails_once(method):  # type: ignore[no-untyped-def]
+        failed = []
+
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if not failed:
+                failed.append(True)
+                raise RuntimeError("the lexical index failed once")
+            return method(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(lexical, "upsert", fails_once(lexical.upsert))
+    monkeypatch.setattr(lexical, "delete", fails_once(lexical.delete))
+    added = Change("upsert", "healed", 5, "movie", title="Wqz Healed", categories=("drama",))
+    with pytest.raises(RuntimeError):
+        sv.apply([added])
+    assert sv.index.revisions()["healed"] == 5 and lexical.search(["wqz"], 5) == [[]]
+    sv.apply([added])
+    assert [e for e, _ in lexical.search(["wqz"], 5)[0]] == ["healed"]
+
+    deleted = Change("delete", "healed", 6)
+    with pytest.raises(RuntimeError):
+        sv.apply([deleted])
+    assert "healed" not in sv.index.revisions() and lexical.holds("healed")
+    sv.apply([deleted])
+    assert not lexical.holds("healed")
+    assert lexical.ids() == set(sv.index.revisions())

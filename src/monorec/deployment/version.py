@@ -146,26 +146,33 @@ class ServingVersion:
         # only what the index will take (newer revisions, the latest of each id in the page): a replayed or
         # late change must not overwrite the features or the text of a newer revision. One loader writes a
         # version, so nothing applies in between
-        keep = self.index.newer_rows(catalogue["entity_id"].to_list(), catalogue["revision"].to_numpy())
-        if not keep:
-            return 0
-        if len(keep) < catalogue.height:
-            catalogue = catalogue[keep]
-            encoded = None if encoded is None else ItemEncodings(encoded.vectors[keep], encoded.features[keep])
-        if encoded is None:
-            encoded = self.embed(catalogue)
-        rows = EntityRows(
-            ids=catalogue["entity_id"].to_list(),
-            types=catalogue["entity_type"].to_list(),
-            categories=[tuple(c for c in s.split("|") if c) for s in catalogue["categories"].fill_null("").to_list()],
-            revisions=catalogue["revision"].to_numpy().astype(np.int64),
-            vectors=encoded.vectors,
-        )
-        self.features.put(rows.ids, encoded.features)  # before the index: a searchable entity always has features
-        applied = self.index.upsert(rows)
-        # after the index: with Qdrant the lexical document is a sparse vector of the point the index writes
-        cols = catalogue.select("title", "categories")
-        self.sources.lexical.upsert(rows.ids, cols["title"].to_list(), cols["categories"].to_list(), commit=commit)
+        ids, revisions = catalogue["entity_id"].to_list(), catalogue["revision"].to_numpy()
+        keep = self.index.newer_rows(ids, revisions)
+        applied = 0
+        if keep:
+            page = catalogue if len(keep) == catalogue.height else catalogue[keep]
+            if encoded is not None and len(keep) < catalogue.height:
+                encoded = ItemEncodings(encoded.vectors[keep], encoded.features[keep])
+            if encoded is None:
+                encoded = self.embed(page)
+            rows = EntityRows(
+                ids=page["entity_id"].to_list(),
+                types=page["entity_type"].to_list(),
+                categories=[tuple(c for c in s.split("|") if c) for s in page["categories"].fill_null("").to_list()],
+                revisions=page["revision"].to_numpy().astype(np.int64),
+                vectors=encoded.vectors,
+            )
+            self.features.put(rows.ids, encoded.features)  # before the index: a searchable entity has features
+            applied = self.index.upsert(rows)
+        # the text follows the index's state (after it: with Qdrant the lexical document is a sparse vector of
+        # the point the index writes): every row the index holds now, written just above or by an attempt
+        # that failed before its lexical write, which this replay completes (rewriting a document is harmless)
+        current = self.index.current_rows(ids, revisions)
+        if current:
+            text = catalogue[current].select("entity_id", "title", "categories")
+            self.sources.lexical.upsert(
+                text["entity_id"].to_list(), text["title"].to_list(), text["categories"].to_list(), commit=commit
+            )
         return applied
 
     def apply(self, changes: Sequence[AnyChange]) -> int:
@@ -182,11 +189,12 @@ class ServingVersion:
                 applied += self.load_rows(changes_frame(batch), commit=False)
                 batch = []
             if change is not None:
-                removed = self.index.delete([change.entity_id], [change.revision])
-                if removed:
+                applied += self.index.delete([change.entity_id], [change.revision])
+                # the other stores follow the index's tombstone (also when an earlier attempt wrote it and
+                # failed before them): removing what is already gone is harmless
+                if self.index.current_rows([change.entity_id], np.array([change.revision]), deleted=True):
                     self.features.remove([change.entity_id])
                     self.sources.lexical.delete([change.entity_id], commit=False)
-                applied += removed
         self.sources.lexical.commit()  # once per batch of changes: a commit costs milliseconds
         return applied
 

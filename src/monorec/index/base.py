@@ -92,6 +92,12 @@ class VectorIndex(Protocol):
         what the version's other stores (features, lexical index) take in step with the index."""
         ...
 
+    def current_rows(self, ids: Sequence[str], revisions: np.ndarray, *, deleted: bool = False) -> list[int]:
+        """Positions of the rows that ARE the index's state now (see :meth:`RevisionBook.current_rows`): the
+        version's other stores follow these, so that a write they missed (an attempt that failed between
+        the index and them) is made when the change is applied again."""
+        ...
+
     def search(self, queries: np.ndarray, k: int, where: EntityFilter | None = None) -> Hits:
         """Top-k entities by inner product for each of the (Q, D) queries, within the filter."""
         ...
@@ -139,6 +145,15 @@ class RevisionBook:
             if self.newer(entity_id, revision) and (entity_id not in latest or revision > revisions[latest[entity_id]]):
                 latest[entity_id] = i
         return sorted(latest.values())
+
+    def current_rows(self, ids: Sequence[str], revisions: np.ndarray, *, deleted: bool = False) -> list[int]:
+        """Positions whose revision is the applied one of their id, an upsert's (``deleted=False``: the
+        entity is live at it) or a delete's (``deleted=True``: its tombstone)."""
+        return [
+            i
+            for i, (entity_id, revision) in enumerate(zip(ids, revisions.tolist(), strict=True))
+            if self.applied.get(entity_id) == revision and (entity_id in self.deleted) == deleted
+        ]
 
     def record(self, entity_id: str, revision: int, *, deleted: bool) -> None:
         self.applied[entity_id] = int(revision)

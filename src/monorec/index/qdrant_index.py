@@ -122,12 +122,16 @@ class QdrantIndex:
         with self._lock:
             return self.book.newer_rows(ids, revisions)
 
+    def current_rows(self, ids: Sequence[str], revisions: np.ndarray, *, deleted: bool = False) -> list[int]:
+        with self._lock:
+            return self.book.current_rows(ids, revisions, deleted=deleted)
+
     def delete(self, ids: Sequence[str], revisions: Sequence[int]) -> int:
         with self._lock:
-            live_before = set(self.book.live())
             newer = [(e, int(r)) for e, r in zip(ids, revisions, strict=True) if self.book.newer(e, int(r))]
             if not newer:
                 return 0
+            live_before = {e for e, _ in newer if e in self.book.applied and e not in self.book.deleted}
             if self.writes:
                 selector = qm.PointIdsList(points=[_point_id(e) for e, _ in newer])
                 self.client.delete(self.collection, points_selector=selector, wait=True)

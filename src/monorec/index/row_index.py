@@ -192,6 +192,10 @@ class RowIndex:
         with self._lock:
             return self.book.newer_rows(ids, revisions)
 
+    def current_rows(self, ids: Sequence[str], revisions: np.ndarray, *, deleted: bool = False) -> list[int]:
+        with self._lock:
+            return self.book.current_rows(ids, revisions, deleted=deleted)
+
     def delete(self, ids: Sequence[str], revisions: Sequence[int]) -> int:
         removed = 0
         with self._lock:

@@ -67,6 +67,8 @@ class LexicalSource(Protocol):
 
     def holds(self, entity_id: str) -> bool: ...
 
+    def ids(self) -> set[str]: ...
+
     def terms(self, text: str) -> list[str]: ...
 
     def search(self, texts: Sequence[str | None], depth: int) -> list[list[tuple[str, float]]]: ...
@@ -146,6 +148,15 @@ class LexicalIndex:
         """Whether a (committed) document has this id."""
         query = tantivy.Query.term_query(self.schema, "entity_id", entity_id)
         return bool(self.index.searcher().search(query, 1, count=False).hits)
+
+    def ids(self) -> set[str]:
+        """Every entity id with a (committed) document: what a version's validation compares with the
+        catalogue (a count alone would pass a missing document beside a stale one)."""
+        searcher = self.index.searcher()
+        if searcher.num_docs == 0:
+            return set()
+        hits = searcher.search(tantivy.Query.all_query(), searcher.num_docs, count=False).hits
+        return {searcher.doc(address)["entity_id"][0] for _, address in hits}
 
     def save(self, folder: str | Path) -> None:
         """Copies the index into the new folder ``folder`` (a checkpoint): writes so far are committed, then

@@ -109,6 +109,19 @@ class QdrantLexical:
         )
         return bool(points) and SPARSE_VECTOR in (points[0].vector or {})
 
+    def ids(self) -> set[str]:
+        """Every entity id whose point has a sparse vector."""
+        has_text = qm.Filter(must=[qm.HasVectorCondition(has_vector=SPARSE_VECTOR)])
+        out: set[str] = set()
+        offset = None
+        while True:
+            points, offset = self.index.client.scroll(
+                self.index.collection, scroll_filter=has_text, limit=10_000, offset=offset, with_payload=["entity_id"]
+            )
+            out.update(str((p.payload or {})["entity_id"]) for p in points)
+            if offset is None:
+                return out
+
     def terms(self, text: str) -> list[str]:
         return list(dict.fromkeys(self._analyzer.analyze(text)))
 

@@ -29,6 +29,7 @@ class RedisChangeLog:
         self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2)
         self._lock = threading.Lock()
         self._pending_done: set[str] = set()  # groups whose redelivered entries were read already
+        self._pending_after: dict[str, str] = {}  # group -> the last redelivered entry read (the next start)
         self._delivered: dict[str, list[str]] = {}  # group -> delivered, not yet acknowledged ids
 
     def _call(self, fn: Callable[[], T]) -> T:
@@ -70,8 +71,13 @@ class RedisChangeLog:
         def run() -> list[Any]:
             entries: list[Any] = []
             if group not in self._pending_done:  # first what was delivered before a restart, never acked
-                pending: Any = self._redis.xreadgroup(self._group(group), CONSUMER, {self.stream: "0"}, count=count)
+                # from after the last one read: until a commit acknowledges them, the pending list still
+                # starts with the entries read so far (reading from "0" again would return those forever)
+                after = self._pending_after.get(group, "0")
+                pending: Any = self._redis.xreadgroup(self._group(group), CONSUMER, {self.stream: after}, count=count)
                 entries = list(pending[0][1]) if pending else []
+                if entries:
+                    self._pending_after[group] = str(entries[-1][0])
                 if len(entries) < count:
                     self._pending_done.add(group)
             if len(entries) < count and group in self._pending_done:
@@ -92,7 +98,8 @@ class RedisChangeLog:
             delivered = self._delivered.setdefault(group, [])
             known = set(delivered)
             delivered.extend(str(i) for i, _ in entries if str(i) not in known)
-        return [LogEntry(str(i), fields.get("c", "")) for i, fields in entries]
+        # a pending entry trimmed from the stream meanwhile comes back without fields (dead-lettered as empty)
+        return [LogEntry(str(i), (fields or {}).get("c", "")) for i, fields in entries]
 
     def commit(self, group: str, offset: str) -> None:
         with self._lock:
@@ -127,12 +134,14 @@ class RedisChangeLog:
         with self._lock:
             self._delivered.pop(group, None)
             self._pending_done.discard(group)
+            self._pending_after.pop(group, None)
 
     def rewind(self, group: str) -> None:
         """The next read starts with the group's unacknowledged entries again (a restarted consumer)."""
         with self._lock:
             self._delivered.pop(group, None)
             self._pending_done.discard(group)
+            self._pending_after.pop(group, None)
 
     def close(self) -> None:
         self._redis.close()

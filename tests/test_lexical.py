@@ -109,6 +109,20 @@ def test_a_saved_lexical_index_reopens_with_its_documents(version: Version, tmp_
         load_lexical(version.spec, tmp_path / "nothing", version.index, tmp_path / "lexical2", 4)
 
 
+def test_a_closed_tantivy_index_refuses_writes_and_a_checkpoint_of_dropped_writes(tmp_path: Path) -> None:
+    # a loader outliving its version's close must fail loudly: its uncommitted writes were dropped with the
+    # writer, so a checkpoint taken now would record the index's offset without them
+    index = LexicalIndex(tmp_path / "work")
+    index.upsert(["a"], ["Robot Nebula"], [""])
+    index.upsert(["b"], ["Ocean Dream"], [""], commit=False)
+    index.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        index.save(tmp_path / "checkpoint")
+    with pytest.raises(RuntimeError, match="closed"):
+        index.upsert(["c"], ["Late"], [""])
+    assert index.ids() == {"a"}
+
+
 def test_a_tantivy_checkpoint_that_disagrees_with_its_vector_index_fails(tmp_path: Path) -> None:
     index = LexicalIndex(tmp_path / "work")
     index.upsert(list(TITLES), [t for t, _ in TITLES.values()], [c for _, c in TITLES.values()])

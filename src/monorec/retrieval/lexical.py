@@ -94,9 +94,14 @@ class LexicalIndex:
         self._analyzer = analyzer()
         self._writer: tantivy.IndexWriter | None = None
         self._dirty = False  # written, not yet committed
+        self._closed = False
         self._lock = threading.Lock()  # one writer; searches never wait for it
 
     def _write(self) -> tantivy.IndexWriter:
+        if self._closed:
+            # a late writer (a loader outliving its version's close) must fail, not write into a new
+            # writer: its earlier uncommitted writes were dropped, so a checkpoint now would miss them
+            raise RuntimeError(f"lexical index {self.path or '(in memory)'} is closed")
         if self._writer is None:
             self._writer = self.index.writer(heap_size=_WRITER_HEAP, num_threads=1)
         return self._writer
@@ -135,9 +140,9 @@ class LexicalIndex:
     def commit(self) -> None:
         """Makes every write so far visible to searches (a no-op when there is none)."""
         with self._lock:
-            if not self._dirty or self._writer is None:
+            if not self._dirty:
                 return
-            self._writer.commit()
+            self._write().commit()
             self._dirty = False
         self.index.reload()
 
@@ -238,7 +243,10 @@ class LexicalIndex:
         return out
 
     def close(self) -> None:
+        """Releases the folder; writes not committed are dropped (a checkpoint never held them: the change
+        log replays them), and every later write, commit or save raises."""
         with self._lock:
+            self._closed = True
             if self._writer is not None:
                 self._writer.wait_merging_threads()  # consumes the writer and releases the folder's lock
                 self._writer = None

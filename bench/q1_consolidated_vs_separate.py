@@ -2,10 +2,14 @@
 popularity, item co-occurrence (related) and BM25 (search), on MovieLens with a global time split.
 
     python bench/q1_consolidated_vs_separate.py --data ../shared/data/ml-latest-small --out q1.json [--quick]
+        [--seeds N]
 
 Writes {"canvases": {CANVAS: {MODEL: {"recall@10": x, "ndcg@10": y}}}, "objectives": ...,
 "differences": {MODEL: {CANVAS: {METRIC: {"delta", "ci95", "verdict", "requests"}}}}, ...}: the consolidated
 model minus every other model, request by request on the same requests, with paired bootstrap 95% intervals.
+``--seeds N`` trains the consolidated and the dedicated models with N seeds (``--seed`` on) and compares
+their per-request values averaged over the seeds (:func:`monorec.evaluation.compare.average_over_runs`);
+each seed's means are kept under ``per_run``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import data_missing, write_record
 from monorec.config import load_config
 from monorec.data.prepared import prepare
-from monorec.evaluation.compare import paired_differences
+from monorec.evaluation.compare import average_over_runs, paired_differences
 from monorec.pipeline import compare_models, default_config, load_input
 
 
@@ -33,6 +37,7 @@ def main() -> None:
     p.add_argument("--config", default=str(default_config("movielens")))
     p.add_argument("--quick", action="store_true", help="an eighth of the users, one epoch of 15k rows (CI)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per model, from --seed on (averaged)")
     args = p.parse_args()
     if data_missing(args.data, "MovieLens"):
         return
@@ -50,8 +55,14 @@ def main() -> None:
         )
     started = time.perf_counter()
     prepared = prepare(config, catalogue, logs, inputs={"data": args.data})
-    _, results = compare_models(config, prepared, progress=False)
     k = config.evaluate.k
+    runs = []
+    for seed in range(args.seed, args.seed + args.seeds):  # the baselines do not depend on the seed
+        seeded = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+        runs.append(compare_models(seeded, prepared, progress=False, baselines=not runs)[1])
+    results = dict(runs[0])
+    for model in ("consolidated", "separate"):
+        results[model] = average_over_runs([r[model] for r in runs], [f"recall@{k}", f"ndcg@{k}"])
     canvases: dict[str, dict[str, dict[str, float]]] = {}
     for model, report in results.items():
         for canvas, m in report["canvases"].items():
@@ -88,6 +99,7 @@ def main() -> None:
             "quick": args.quick,
             "data": args.data,
             "seed": args.seed,
+            "seeds": args.seeds,
             "k": k,
             "canvases": canvases,
             "consolidated_ge_separate": verdict,

@@ -201,3 +201,21 @@ def test_the_gate_rarely_refuses_an_equally_good_model():
         refused += not result.passed
         plain_refused += any(r["ci95"][1] < 0 for r in result.rows)
     assert refused <= 6 and plain_refused > refused
+
+
+def test_runs_are_averaged_request_by_request_and_only_on_the_same_requests():
+    from monorec.evaluation.compare import NotComparable, average_over_runs
+
+    def run(recall: list[float], fingerprint: str = "f") -> dict:
+        per = {"recall@10": recall, "ndcg@10": [r / 2 for r in recall], "cold": [1, 0, 0, 0]}
+        canvas = {"recall@10": sum(recall) / 4, "ndcg@10": sum(recall) / 8, "requests": 4}
+        return {"k": 10, "canvases": {"home": {**canvas, "per_request": per, "requests_fingerprint": fingerprint}}}
+
+    a, b = run([1.0, 0.0, 1.0, 0.0]), run([0.0, 0.0, 1.0, 1.0])
+    home = average_over_runs([a, b], ["recall@10", "ndcg@10"])["canvases"]["home"]
+    assert home["per_request"]["recall@10"] == [0.5, 0.0, 1.0, 0.5]
+    assert home["recall@10"] == 0.5 and home["ndcg@10"] == 0.25
+    assert home["cold"]["recall@10"] == 0.5 and home["warm"]["recall@10"] == 0.5 and home["warm"]["requests"] == 3
+    assert [r["recall@10"] for r in home["per_run"]] == [0.5, 0.5]
+    with pytest.raises(NotComparable, match="different requests"):
+        average_over_runs([a, run([1.0, 1.0, 1.0, 1.0], fingerprint="g")], ["recall@10"])

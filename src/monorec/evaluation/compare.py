@@ -23,6 +23,7 @@ __all__ = [
     "BOOTSTRAP_SAMPLES",
     "Difference",
     "NotComparable",
+    "average_over_runs",
     "compare_canvases",
     "paired_bootstrap",
     "paired_differences",
@@ -93,6 +94,44 @@ def paired_bootstrap(
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(means, [tail, 100 - tail])
     return Difference(float(diff.mean()), float(low), float(high), len(diff))
+
+
+def average_over_runs(reports: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any]:
+    """One report from several runs of the same model kind on the same requests (training seeds): each
+    request's value of each metric averaged over the runs, and the canvas means recomputed from them.
+
+    A single training run's answer differs from the next seed's by more than the request sampling that a
+    paired bootstrap measures (the demo's synthetic world: search's Q1 verdict against BM25 flips between
+    seeds); comparing run averages removes most of that variance from both sides of a difference. The
+    first run's other fields (fusion weights, objectives) are kept; ``per_run`` holds each run's means.
+
+    Raises:
+        NotComparable: the runs evaluated a canvas on different requests.
+    """
+    first = reports[0]
+    out = {**first, "canvases": {}, "runs": len(reports)}
+    for canvas, entry in first["canvases"].items():
+        runs = [r["canvases"].get(canvas, {}) for r in reports]
+        if not entry.get("requests") or "per_request" not in entry:
+            out["canvases"][canvas] = entry
+            continue
+        if len({r.get("requests_fingerprint") for r in runs}) != 1:
+            raise NotComparable(f"{canvas}: the runs were evaluated on different requests")
+        per_request = dict(entry["per_request"])
+        merged = {**entry, "per_run": [{m: r[m] for m in metrics} for r in runs]}
+        for m in metrics:
+            values = np.mean([np.asarray(r["per_request"][m], dtype=np.float64) for r in runs], axis=0)
+            per_request[m] = [round(float(x), 6) for x in values]
+            merged[m] = float(values.mean())
+        if "cold" in per_request:  # the cold-start and warm slices, of the averages too
+            cold = np.asarray(per_request["cold"], dtype=bool)
+            for name, mask in (("cold", cold), ("warm", ~cold)):
+                some = bool(mask.any())
+                means = {m: float(np.asarray(per_request[m])[mask].mean()) if some else float("nan") for m in metrics}
+                merged[name] = {**means, "requests": int(mask.sum())}
+        merged["per_request"] = per_request
+        out["canvases"][canvas] = merged
+    return out
 
 
 def request_fingerprint(contexts_csv: bytes, relevant: list[np.ndarray], exclude: list[np.ndarray]) -> str:

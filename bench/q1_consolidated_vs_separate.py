@@ -66,7 +66,10 @@ def main() -> None:
     canvases: dict[str, dict[str, dict[str, float]]] = {}
     for model, report in results.items():
         for canvas, m in report["canvases"].items():
-            canvases.setdefault(canvas, {})[model] = {f"recall@{k}": m[f"recall@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"]}
+            entry = {f"recall@{k}": m[f"recall@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"]}
+            if "per_run" in m:  # each seed's means (--seeds)
+                entry["per_run"] = m["per_run"]
+            canvases.setdefault(canvas, {})[model] = entry
     empty = set(prepared.empty_canvases)  # no rows in this data (e.g. no tags: no search): not compared
     verdict = {
         c: None

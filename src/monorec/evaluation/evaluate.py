@@ -31,11 +31,13 @@ def request_sets(
     if "user_id" in train.collect_schema().names():
         users = train.select(pl.col("user_id").drop_nulls().unique()).collect(engine="streaming")
         known = set(users["user_id"].to_list())
-    seen = (
-        seen_by_user(prepared.responses("train", ["user_id", "entity_id"]), prepared.catalogue)
-        if ev.exclude_seen
-        else None
-    )
+    seen = None
+    if ev.exclude_seen:
+        asking = None  # the users the split's requests come from: only theirs are looked up
+        if "user_id" in prepared.scan(split).collect_schema().names():
+            split_users = prepared.scan(split).select(pl.col("user_id").drop_nulls().unique())
+            asking = split_users.collect(engine="streaming")["user_id"].to_list()
+        seen = seen_by_user(prepared.responses("train", ["user_id", "entity_id"]), prepared.catalogue, asking)
     context_columns = [f.name for f in config.fields]
     # the entity a request is about (related's source item) is never an answer; a history (id_list) is
     # not a source: what it holds is excluded, or not, by ``exclude_seen`` like any earlier response

@@ -68,7 +68,10 @@ class CooccurrenceTable:
         n = len(entities)
         # counts and ranks on integer codes in numpy: at millions of responses the pairs are tens of
         # millions, whose group-bys (or Python strings) would cost gigabytes for a moment
-        pair, count = np.unique(a * n + b, return_counts=True)
+        pair = a.astype(np.int64)
+        pair *= n
+        pair += b
+        pair, count = _unique_counts(pair)
         pa, pb = pair // n, pair % n
         order = np.lexsort((pb, -count, pa))  # per a: strongest first, ties by id
         pa, pb, count = pa[order], pb[order], count[order]
@@ -88,7 +91,12 @@ class CooccurrenceTable:
         table = cls(vocab, neighbours, strengths, window)
         if keep_own:
             v = len(vocab)
-            keys, own_counts = np.unique((user * v + row_of[a]) * v + row_of[b], return_counts=True)
+            keys = user.astype(np.int64)  # ((user * v) + a's row) * v + b's row, built in place
+            keys *= v
+            keys += row_of[a]
+            keys *= v
+            keys += row_of[b]
+            keys, own_counts = _unique_counts(keys)
             code = {u: i for i, u in enumerate(users.to_list())}
             table.own = (code, keys, own_counts.astype(np.float32))
         return table
@@ -184,11 +192,21 @@ class CooccurrenceTable:
         return cls(vocab, neighbours.astype(np.int32), counts.astype(np.float32), window)
 
 
+def _unique_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_counts=True)``, sorting ``keys`` in place (np.unique sorts a copy: at
+    millions of pairs each copy is tens of megabytes more at the fit's peak)."""
+    keys.sort()
+    if len(keys) == 0:
+        return keys, np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[starts], np.diff(np.r_[starts, len(keys)])
+
+
 def _pairs(responses: pl.DataFrame, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, pl.Series, pl.Series]:
     """Every co-occurring pair, both directions: each user's responses in time order (one per entity and
     time), pairs at most ``window`` positions apart, never an entity with itself (rows without a user are
     skipped). Returns (user (P,), a (P,), b (P,)) int64 positions in the returned sorted entity ids and
-    sorted user ids."""
+    sorted user ids (int32 codes)."""
     rows = (
         responses.filter(pl.col("user_id").is_not_null())
         .select("user_id", "ts", "entity_id")
@@ -199,10 +217,20 @@ def _pairs(responses: pl.DataFrame, window: int) -> tuple[np.ndarray, np.ndarray
     coded = rows.select(  # a dense rank is the position among the sorted distinct ids
         (pl.col("user_id").rank("dense") - 1).alias("user"), "ts", (pl.col("entity_id").rank("dense") - 1).alias("e")
     ).sort(["user", "ts", "e"])
-    user, e = coded["user"].to_numpy().astype(np.int64), coded["e"].to_numpy().astype(np.int64)
-    parts = []
-    for offset in range(1, window + 1):  # sorted by user: ``offset`` rows on, within the same user
-        same = (user[offset:] == user[:-offset]) & (e[offset:] != e[:-offset])
-        parts.append((user[:-offset][same], e[:-offset][same], e[offset:][same]))
-    u, a, b = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64) for i in range(3))
-    return np.r_[u, u], np.r_[a, b], np.r_[b, a], entities, users
+    # int32 codes (up to 2^31 users or entities): the pair arrays are the fit's largest, several per pair
+    user, e = coded["user"].to_numpy().astype(np.int32), coded["e"].to_numpy().astype(np.int32)
+    del rows, coded
+    keep = [
+        (user[offset:] == user[:-offset]) & (e[offset:] != e[:-offset]) for offset in range(1, window + 1)
+    ]  # sorted by user: ``offset`` rows on, within the same user
+    total = sum(int(k.sum()) for k in keep)
+    out_user, out_a, out_b = (np.empty(2 * total, dtype=np.int32) for _ in range(3))
+    at = 0
+    for offset, same in enumerate(keep, start=1):  # written in place, both directions: no concatenations
+        n = int(same.sum())
+        for first, second, end in ((e[:-offset], e[offset:], at), (e[offset:], e[:-offset], at + total)):
+            out_user[end : end + n] = user[:-offset][same]
+            out_a[end : end + n] = first[same]
+            out_b[end : end + n] = second[same]
+        at += n
+    return out_user, out_a, out_b, entities, users

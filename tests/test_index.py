@@ -156,6 +156,20 @@ def test_revisions_are_idempotent_and_never_go_back(backend) -> None:  # type: i
     assert index.revisions()["e2"] == 10 and len(index) == 50
 
 
+def test_current_rows_name_the_rows_that_are_the_state_now(backend) -> None:  # type: ignore[no-untyped-def]
+    # what a version's lexical index and features follow (CONTRIBUTING rule 16), in every backend
+    _, index, _ = backend
+    index.upsert(entities(3, revision=5))  # e0, e1, e2 at 5
+    index.delete(["e1"], [7])
+    ids = ["e0", "e0", "e1", "e1", "e2", "unknown"]
+    revisions = np.array([5, 4, 5, 7, 6, 1])
+    assert index.current_rows(ids, revisions) == [0]  # e0 live at 5; e1 deleted; e2 is at 5, not 6
+    assert index.current_rows(ids, revisions, deleted=True) == [3]  # e1's tombstone at 7
+    index.upsert(entities(3, revision=8))  # an upsert after the delete brings e1 back
+    assert index.current_rows(["e1", "e1"], np.array([7, 8])) == [1]
+    assert index.current_rows(["e1"], np.array([7]), deleted=True) == []
+
+
 def test_random_operations_match_the_model(backend) -> None:  # type: ignore[no-untyped-def]
     spec, index, _ = backend
     rng = np.random.default_rng(11)

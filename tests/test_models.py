@@ -126,3 +126,37 @@ def test_full_model_forward_batch_of_one_and_blend(config, prepared, bottom):
     probs = torch.sigmoid(logits[0])
     expected = sum(canvas.blend.get(o.name, 0.0) * probs[j] for j, o in enumerate(cfg.objectives))
     torch.testing.assert_close(score[0], torch.as_tensor(expected, dtype=torch.float32))
+
+
+def test_text_match_reads_the_words_a_query_shares_with_a_title(config, prepared):
+    """``model.text_match``: the ranker's input gains, per text field of the context, the product and the
+    cosine of the query's and the title's mean word embeddings; a query equal to a title matches it
+    exactly (cosine 1) and other titles less; a model without it reads none."""
+    import dataclasses
+
+    import polars as pl
+
+    cfg = dataclasses.replace(config, model=dataclasses.replace(config.model, text_match=True))
+    fz = Featurizer(cfg).fit(prepared.rows("train"), prepared.catalogue)
+    model = build_model(model_kwargs(cfg, fz)).eval()
+    plain_config = dataclasses.replace(config, model=dataclasses.replace(config.model, text_match=False))
+    plain = build_model(model_kwargs(plain_config, fz)).eval()
+    text_fields = [f for f in cfg.fields if f.kind == "text"]
+    assert text_fields and len(model.text_slices) == len(text_fields)
+    catalogue = prepared.catalogue.head(50)
+    items = fz.transform_catalogue(catalogue)
+    item = {k: torch.as_tensor(getattr(items, k)) for k in ("entity", "entity_type", "categories", "title", "numeric")}
+    rows = prepared.rows("test").filter(pl.col("canvas") == "search").head(1)
+    rows = pl.concat([rows] * 50).with_columns(query=pl.lit(catalogue["title"][0]))
+    ctx = {k: torch.as_tensor(v) for k, v in fz.transform_context(rows).items()}
+    with torch.no_grad():
+        ctx_feats, _ = model.encode_context(ctx)
+        item_feats, _ = model.encode_items(item)
+        matches = model.text_matches(ctx_feats, item_feats)
+        assert plain.text_matches(ctx_feats, item_feats) == []
+        assert model(ctx, item)[2].shape == (50, len(cfg.objectives))  # the bottom reads the wider input
+    assert len(matches) == 2 * len(text_fields) and matches[0].shape == (50, cfg.model.embedding_dim)
+    cosine = matches[1][:, 0]
+    same = catalogue["title"] == catalogue["title"][0]
+    torch.testing.assert_close(cosine[0], torch.tensor(1.0))
+    assert bool((cosine[torch.as_tensor((~same).to_numpy())] < 0.99).all())

@@ -131,6 +131,10 @@ class ModelSpec:
     # score then stops every canvas early (home fell to popularity's level); and co-occurrence and
     # popularity are counted over the training rows' own period, which serving never sees
     source_inputs: tuple[str, ...] = ()
+    # the ranker reads how each text field of the context (a query) matches the candidate's title: the
+    # element-wise product and the cosine of their mean word embeddings (monorec.models.model). Without
+    # it the ranker sees the query and the title only side by side, and an MLP learns a product poorly
+    text_match: bool = False
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from monorec.config import SOURCE_NAMES, ProjectConfig
@@ -72,6 +73,7 @@ class MonorecModel(nn.Module):
         source_inputs: Sequence[str] = (),
         source_weights: Sequence[Sequence[float]] | None = None,
         retrieval_weight: Sequence[float] | None = None,
+        text_match: bool = False,
     ) -> None:
         super().__init__()
         self.tables = EmbeddingTables(vocab_sizes, embedding_dim, text_buckets, n_tasks, sparse=sparse_tables)
@@ -94,6 +96,13 @@ class MonorecModel(nn.Module):
         self.source_columns = [j for j, name in enumerate(SOURCE_NAMES) if name in set(source_inputs)]
         rank_in = self.context_encoder.feature_dim + self.item_encoder.feature_dim + retrieval_dim + 1
         rank_in += 2 * len(self.source_columns)
+        # the context features' slices of the text fields (the ranker matches each with the title)
+        self.text_slices = [
+            slice(i * embedding_dim, (i + 1) * embedding_dim)
+            for i, f in enumerate(fields)
+            if text_match and f.kind == "text"
+        ]
+        rank_in += len(self.text_slices) * (embedding_dim + 1)
         self.bottom = build_bottom(
             bottom,
             in_dim=rank_in,
@@ -156,12 +165,24 @@ class MonorecModel(nn.Module):
         """The ranker's input row by row, through the multi-task bottom: (B, ...) -> (T, B, H), each task's
         view of each pair (what :meth:`rank`'s canvas towers read)."""
         dot = (ctx_emb * item_emb).sum(dim=1, keepdim=True)
-        parts = [ctx_feats, item_feats, ctx_emb * item_emb, dot]
+        parts = [ctx_feats, item_feats, ctx_emb * item_emb, dot, *self.text_matches(ctx_feats, item_feats)]
         if self.source_columns:
             if sources is None:
                 sources = dot.new_zeros(len(dot), len(SOURCE_NAMES))
             parts.append(source_inputs(sources[:, self.source_columns]))
         return self.bottom(torch.cat(parts, dim=1))
+
+    def text_matches(self, ctx_feats: torch.Tensor, item_feats: torch.Tensor) -> list[torch.Tensor]:
+        """How each text field of the context matches the entity's title, row by row: per field, the
+        element-wise product of the two mean word embeddings (B, E) and their cosine (B, 1). Query words
+        and title words share one table, so a word in both adds its own squared norm to the product: the
+        ranker sees word overlap directly instead of learning a product from two inputs side by side."""
+        title = item_feats[:, self.item_encoder.title_slice]  # (B, E)
+        out = []
+        for part in self.text_slices:
+            text = ctx_feats[:, part]  # (B, E)
+            out += [text * title, F.cosine_similarity(text, title, dim=1, eps=1e-6)[:, None]]
+        return out
 
     def blend_scores(
         self, logits: torch.Tensor, task: torch.Tensor, sources: torch.Tensor | None = None
@@ -228,6 +249,7 @@ def model_kwargs(config: ProjectConfig, featurizer: Featurizer) -> dict[str, obj
         "sequence_heads": m.sequence_heads,
         "sequence_dropout": m.sequence_dropout,
         "source_inputs": list(m.source_inputs),
+        "text_match": m.text_match,
     }
 
 

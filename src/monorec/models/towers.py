@@ -164,6 +164,7 @@ class ItemEncoder(nn.Module):
         self.tables = tables
         self.numeric = nn.Linear(n_numeric, tables.dim)
         self.feature_dim = tables.dim * 5
+        self.title_slice = slice(3 * tables.dim, 4 * tables.dim)  # the title's part of the features
         self.tower = MLP(self.feature_dim, hidden, out_dim=out_dim)
 
     def features(self, items: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -131,7 +131,8 @@ def test_full_model_forward_batch_of_one_and_blend(config, prepared, bottom):
 def test_text_match_reads_the_words_a_query_shares_with_a_title(config, prepared):
     """``model.text_match``: the ranker's input gains, per text field of the context, the product and the
     cosine of the query's and the title's mean word embeddings; a query equal to a title matches it
-    exactly (cosine 1) and other titles less; a model without it reads none."""
+    exactly (cosine 1) and other titles less; a context without a query matches nothing; a model without
+    it reads none."""
     import dataclasses
 
     import polars as pl
@@ -160,3 +161,9 @@ def test_text_match_reads_the_words_a_query_shares_with_a_title(config, prepared
     same = catalogue["title"] == catalogue["title"][0]
     torch.testing.assert_close(cosine[0], torch.tensor(1.0))
     assert bool((cosine[torch.as_tensor((~same).to_numpy())] < 0.99).all())
+    # a context without the text (its field missing: home has no query) matches nothing, whatever the title
+    blank = {k: torch.as_tensor(v) for k, v in fz.transform_context(rows.with_columns(query=pl.lit(None))).items()}
+    with torch.no_grad():
+        blank_feats, _ = model.encode_context(blank)
+        for part in model.text_matches(blank_feats, item_feats):
+            assert bool((part == 0).all())

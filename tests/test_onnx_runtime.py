@@ -128,3 +128,45 @@ def test_the_environment_knob_is_validated() -> None:
     problems = Problems()
     parse_environments({"x": {"model_runtime": "tensorrt"}}, {"home": ("user_id",)}, problems)
     assert any("model_runtime" in item for item in problems.items)
+
+
+def test_a_text_matching_ranker_exports_equal_to_its_pytorch_forward(tmp_path: Path, config, prepared) -> None:  # type: ignore[no-untyped-def]
+    """``model.text_match`` (the query's match with the title, zero where a context has no query) through
+    the export: the same logits on requests with and without a query."""
+    import dataclasses
+
+    from monorec.data.features import Featurizer
+    from monorec.models.graphs import export_onnx
+    from monorec.models.model import build_model, model_kwargs
+
+    cfg = dataclasses.replace(config, model=dataclasses.replace(config.model, text_match=True))
+    fz = Featurizer(cfg).fit(prepared.rows("train"), prepared.catalogue)
+    torch.manual_seed(0)
+    model = build_model(model_kwargs(cfg, fz)).eval()
+    with torch.no_grad():
+        model.tables.text_missing.normal_(std=0.05)  # as after training: a learned vector, not zeros
+    fields = [f.name for f in cfg.fields] + ["task_type"]
+    rows = prepared.rows("test")
+    records = [*rows.filter(rows["canvas"] == "search").head(8).select(fields).to_dicts()]
+    records += rows.filter(rows["canvas"] == "home").head(8).select(fields).to_dicts()
+    ctx = context_tensors(fz.transform_records(records))
+    export_onnx(model, ctx, tmp_path)
+    onnx = OnnxModel(tmp_path)
+    items = fz.transform_catalogue(prepared.catalogue.head(5))
+    item = {k: torch.as_tensor(getattr(items, k)) for k in ("entity", "entity_type", "categories", "title", "numeric")}
+    with torch.no_grad():
+        feats, emb = model.encode_context(ctx)
+        item_feats, item_emb = model.encode_items(item)
+        n = len(records)
+        pairs = (
+            feats.repeat_interleave(5, 0),
+            emb.repeat_interleave(5, 0),
+            item_feats.repeat(n, 1),
+            item_emb.repeat(n, 1),
+            ctx["task_type"].repeat_interleave(5, 0),
+            torch.zeros(n * 5, len(SOURCE_NAMES)),
+        )
+        want = model.rank(*pairs)
+        matched = model.text_matches(pairs[0], pairs[2])[1]  # (N, 1) cosine: nonzero only with a query
+    assert bool((matched[: 8 * 5] != 0).all()) and bool((matched[8 * 5 :] == 0).all())
+    assert (onnx.rank(*pairs) - want).abs().max() <= TOLERANCE

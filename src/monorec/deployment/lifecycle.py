@@ -45,13 +45,14 @@ from typing import Any
 import polars as pl
 
 from monorec._failpoints import failpoint
-from monorec.artifacts import read_json, recover_dirs, verify_manifest
+from monorec.artifacts import recover_dirs, verify_manifest
 from monorec.deployment.checks import check_stores
 from monorec.deployment.control_plane import LIVE_STATES, LIVE_WITHIN_S, ControlPlane, Deployed
 from monorec.deployment.ownership import FolderLock
 from monorec.deployment.router import VersionRouter
 from monorec.deployment.sinks import CatalogueSink, VersionSink
 from monorec.deployment.staging import IN_PROCESS, BulkEncoder, bulk_load, open_version
+from monorec.deployment.status import stream_report, unhealthy, version_rows
 from monorec.deployment.trial_control import TrialController
 from monorec.deployment.version import ServingVersion
 from monorec.errors import ArtifactError, DeployError
@@ -444,62 +445,25 @@ class Deployment:
     # ------------------------------------------------------------------------------------- status
 
     def status(self) -> list[dict[str, Any]]:
-        """One row per deployed version: state, entities, loader lag, requests in flight."""
-        rows = []
-        for d in self.control.all():
-            sv = self.versions.get(d.version)
-            lag: int | None = None
-            if d.state in LIVE_STATES:
-                loader = self.loaders.get(d.version)
-                try:
-                    lag = loader.lag() if loader is not None else self.log.lag(self._group(d.version))
-                except KeyError:
-                    lag = None
-            entities = len(sv.index) if sv is not None else None
-            if entities is None and d.state in LIVE_STATES:
-                manifest = self._index_path(d.version) / "manifest.json"
-                entities = read_json(manifest).get("entities") if manifest.exists() else None
-            rows.append(
-                {
-                    "version": d.version,
-                    "state": d.state,
-                    "entities": entities,
-                    "lag": lag,
-                    "in_flight": None if sv is None else sv.in_flight,
-                    "start_offset": d.start_offset,
-                    "error": d.error,
-                }
-            )
-        return rows
+        """One row per deployed version: state, entities, loader lag, requests in flight (see
+        :func:`monorec.deployment.status.version_rows`)."""
+        return version_rows(
+            self.control, self.versions, self.loaders, self.log, group=self._group, checkpoint=self._index_path
+        )
 
     def _all_loaders(self) -> dict[str, Loader]:
         """Consumer group -> the loader this process runs for it (the catalogue's and each live version's)."""
         return {CATALOGUE_GROUP: self._catalogue_loader, **{self._group(v): ld for v, ld in list(self.loaders.items())}}
 
     def unhealthy_loaders(self) -> dict[str, str]:
-        """Consumer group -> why its loader does not apply changes (a failing sink, a dead thread); empty
-        when every loader of this process is well. Readiness depends on it."""
-        out = {}
-        for group, loader in self._all_loaders().items():
-            if not loader.healthy:
-                out[group] = loader.error or "the loader thread stopped"
-        return out
+        """Consumer group -> why its loader does not apply changes; empty when every loader of this process
+        is well. Readiness depends on it."""
+        return unhealthy(self._all_loaders())
 
     def stream_status(self) -> dict[str, Any]:
-        """The change log's head, each consumer group's lag (entries not yet applied), each loader's health
-        (running, error, applied and rejected counts) and the dead letters (count and the last five)."""
-        letters = self.control.dead_letters()
-        # a running loader knows what it applied but has not committed yet (commits wait for checkpoints)
-        loaders = self._all_loaders()
-        return {
-            "head": self.log.head(),
-            "lag": {g: loaders[g].lag() if g in loaders else self.log.lag(g) for g in self.log.groups()},
-            "loaders": {g: loader.health() for g, loader in loaders.items()},
-            "dead_letters": len(letters),
-            "recent_dead_letters": [
-                {"consumer": d.consumer, "offset": d.log_offset, "reason": d.reason} for d in letters[-5:]
-            ],
-        }
+        """The change log's head, lags, loaders' health and dead letters (see
+        :func:`monorec.deployment.status.stream_report`)."""
+        return stream_report(self.control, self.log, self._all_loaders())
 
     def close(self) -> None:
         """Stops every loader (each checkpoints first) and releases the folder (again: a no-op)."""

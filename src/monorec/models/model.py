@@ -176,12 +176,17 @@ class MonorecModel(nn.Module):
         """How each text field of the context matches the entity's title, row by row: per field, the
         element-wise product of the two mean word embeddings (B, E) and their cosine (B, 1). Query words
         and title words share one table, so a word in both adds its own squared norm to the product: the
-        ranker sees word overlap directly instead of learning a product from two inputs side by side."""
+        ranker sees word overlap directly instead of learning a product from two inputs side by side. Rows
+        without the text get zeros."""
         title = item_feats[:, self.item_encoder.title_slice]  # (B, E)
         out = []
         for part in self.text_slices:
             text = ctx_feats[:, part]  # (B, E)
-            out += [text * title, F.cosine_similarity(text, title, dim=1, eps=1e-6)[:, None]]
+            # a context without this text (home has no query) holds exactly the learned ``text_missing``
+            # vector there: its "match" would be a learned title score on canvases that never searched
+            present = (text != self.tables.text_missing).any(dim=1, keepdim=True).to(text.dtype)  # (B, 1)
+            cosine = F.cosine_similarity(text, title, dim=1, eps=1e-6)[:, None]
+            out += [present * text * title, present * cosine]
         return out
 
     def blend_scores(

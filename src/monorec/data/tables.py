@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from monorec.config import ProjectConfig
@@ -270,6 +271,10 @@ def validated_log_parts(
                 columns.setdefault(name, dtype)
             parts[out / f"part-{i:05d}-{j:06d}.parquet"] = part.columns
             part.write_parquet(out / f"part-{i:05d}-{j:06d}.parquet")
+            del batch, part
+            # pyarrow's allocator keeps what the read batches freed, and polars (its own allocator) never
+            # reuses it: without this the batches' memory stays resident under every later stage
+            pa.default_memory_pool().release_unused()
     return pl.concat(
         [
             pl.scan_parquet(p)

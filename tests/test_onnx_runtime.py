@@ -65,14 +65,8 @@ def test_the_export_equals_the_pytorch_forward_on_every_canvas(exported: Registr
         item_feats, item_emb = bundle.item_embeddings(items)
         n = len(records)
         proposed = torch.rand(n * 7, 1, generator=generator) > 0.5  # some pairs with source scores, some without
-        pairs = (
-            want_feats.repeat_interleave(7, 0),
-            want_emb.repeat_interleave(7, 0),
-            item_feats.repeat(n, 1),
-            item_emb.repeat(n, 1),
-            ctx["task_type"].repeat_interleave(7, 0),
-            proposed * torch.rand(n * 7, len(SOURCE_NAMES), generator=generator),
-        )
+        sources = proposed * torch.rand(n * 7, len(SOURCE_NAMES), generator=generator)
+        pairs = _every_pair(want_feats, want_emb, item_feats, item_emb, ctx["task_type"], sources)
         with torch.no_grad():
             want = model.rank(*pairs)
         assert (onnx.rank(*pairs) - want).abs().max() <= TOLERANCE, canvas
@@ -158,15 +152,30 @@ def test_a_text_matching_ranker_exports_equal_to_its_pytorch_forward(tmp_path: P
         feats, emb = model.encode_context(ctx)
         item_feats, item_emb = model.encode_items(item)
         n = len(records)
-        pairs = (
-            feats.repeat_interleave(5, 0),
-            emb.repeat_interleave(5, 0),
-            item_feats.repeat(n, 1),
-            item_emb.repeat(n, 1),
-            ctx["task_type"].repeat_interleave(5, 0),
-            torch.zeros(n * 5, len(SOURCE_NAMES)),
-        )
+        sources = torch.zeros(n * 5, len(SOURCE_NAMES))
+        pairs = _every_pair(feats, emb, item_feats, item_emb, ctx["task_type"], sources)
         want = model.rank(*pairs)
         matched = model.text_matches(pairs[0], pairs[2])[1]  # (N, 1) cosine: nonzero only with a query
     assert bool((matched[: 8 * 5] != 0).all()) and bool((matched[8 * 5 :] == 0).all())
     assert (onnx.rank(*pairs) - want).abs().max() <= TOLERANCE
+
+
+def _every_pair(
+    ctx_feats: torch.Tensor,
+    ctx_emb: torch.Tensor,
+    item_feats: torch.Tensor,
+    item_emb: torch.Tensor,
+    task: torch.Tensor,
+    sources: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Every (request, entity) pair of B requests and N entities as the ranker's row-aligned (B * N, ...)
+    inputs, request-major; ``sources`` is already (B * N, S)."""
+    n = len(item_feats)
+    return (
+        ctx_feats.repeat_interleave(n, 0),
+        ctx_emb.repeat_interleave(n, 0),
+        item_feats.repeat(len(ctx_feats), 1),
+        item_emb.repeat(len(ctx_feats), 1),
+        task.repeat_interleave(n, 0),
+        sources,
+    )

@@ -66,7 +66,7 @@ def test_the_export_equals_the_pytorch_forward_on_every_canvas(exported: Registr
         n = len(records)
         proposed = torch.rand(n * 7, 1, generator=generator) > 0.5  # some pairs with source scores, some without
         sources = proposed * torch.rand(n * 7, len(SOURCE_NAMES), generator=generator)
-        pairs = _every_pair(want_feats, want_emb, item_feats, item_emb, ctx["task_type"], sources)
+        pairs = (*_every_pair((want_feats, want_emb), (item_feats, item_emb), ctx["task_type"]), sources)
         with torch.no_grad():
             want = model.rank(*pairs)
         assert (onnx.rank(*pairs) - want).abs().max() <= TOLERANCE, canvas
@@ -153,7 +153,7 @@ def test_a_text_matching_ranker_exports_equal_to_its_pytorch_forward(tmp_path: P
         item_feats, item_emb = model.encode_items(item)
         n = len(records)
         sources = torch.zeros(n * 5, len(SOURCE_NAMES))
-        pairs = _every_pair(feats, emb, item_feats, item_emb, ctx["task_type"], sources)
+        pairs = (*_every_pair((feats, emb), (item_feats, item_emb), ctx["task_type"]), sources)
         want = model.rank(*pairs)
         matched = model.text_matches(pairs[0], pairs[2])[1]  # (N, 1) cosine: nonzero only with a query
     assert bool((matched[: 8 * 5] != 0).all()) and bool((matched[8 * 5 :] == 0).all())
@@ -161,21 +161,16 @@ def test_a_text_matching_ranker_exports_equal_to_its_pytorch_forward(tmp_path: P
 
 
 def _every_pair(
-    ctx_feats: torch.Tensor,
-    ctx_emb: torch.Tensor,
-    item_feats: torch.Tensor,
-    item_emb: torch.Tensor,
-    task: torch.Tensor,
-    sources: torch.Tensor,
+    contexts: tuple[torch.Tensor, torch.Tensor], items: tuple[torch.Tensor, torch.Tensor], task: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
-    """Every (request, entity) pair of B requests and N entities as the ranker's row-aligned (B * N, ...)
-    inputs, request-major; ``sources`` is already (B * N, S)."""
-    n = len(item_feats)
+    """Every (request, entity) pair of B requests ((features, embeddings), task (B,)) and N entities
+    ((features, embeddings)) as the ranker's first five row-aligned (B * N, ...) inputs, request-major."""
+    (ctx_feats, ctx_emb), (item_feats, item_emb), n = contexts, items, len(items[0])
+    b = len(ctx_feats)
     return (
         ctx_feats.repeat_interleave(n, 0),
         ctx_emb.repeat_interleave(n, 0),
-        item_feats.repeat(len(ctx_feats), 1),
-        item_emb.repeat(len(ctx_feats), 1),
+        item_feats.repeat(b, 1),
+        item_emb.repeat(b, 1),
         task.repeat_interleave(n, 0),
-        sources,
     )

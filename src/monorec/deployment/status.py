@@ -66,8 +66,8 @@ def version_rows(
 def unhealthy(loaders: Mapping[str, Loader]) -> dict[str, str]:
     """Consumer group -> why its loader does not apply changes (a failing sink, a dead thread); empty when
     every loader is well. ``loaders``: consumer group -> the loader this process runs for it."""
-    why = {group: loader.error or "the loader thread stopped" for group, loader in loaders.items()}
-    return {group: reason for group, reason in why.items() if not loaders[group].healthy}
+    stopped = "the loader thread stopped"
+    return {group: loader.error or stopped for group, loader in loaders.items() if not loader.healthy}
 
 
 def stream_report(control: ControlPlane, log: ChangeLog, loaders: Mapping[str, Loader]) -> dict[str, Any]:

@@ -27,7 +27,12 @@ TOLERANCE = 1e-5
 def exported(tmp_path_factory: pytest.TempPathFactory, two_versions: Registry) -> Registry:
     """v0001 of the tiny model published again with its ONNX export (v0001 here), and without (v0002)."""
     registry = Registry(tmp_path_factory.mktemp("onnx-registry"))
-    registry.publish(two_versions.load("v0001"), {"canvases": {}}, force=True, export_onnx=True)
+    bundle = two_versions.load("v0001")
+    # every canvas fuses every source with its own weight, so the graph's ranking score must carry them
+    weights = [[0.5 + t, 1.0, 0.25 * t, 2.0] for t in range(len(bundle.config.canvas_names))]
+    bundle.model.source_weights.copy_(torch.tensor(weights))
+    bundle.model_kwargs["source_weights"] = weights
+    registry.publish(bundle, {"canvases": {}}, force=True, export_onnx=True)
     registry.publish(two_versions.load("v0002"), {"canvases": {}}, force=True)
     return registry
 
@@ -70,6 +75,14 @@ def test_the_export_equals_the_pytorch_forward_on_every_canvas(exported: Registr
         with torch.no_grad():
             want = model.rank(*pairs)
         assert (onnx.rank(*pairs) - want).abs().max() <= TOLERANCE, canvas
+        # the graph also returns the ranking score: the canvas's blend, column 0 the retrieval score
+        scored = onnx.scored(*pairs)
+        assert scored is not None
+        with_retrieval = sources.clone()
+        with_retrieval[:, 0] = (pairs[1] * pairs[3]).sum(dim=1)
+        want_scores = model.blend_scores(want, pairs[4], with_retrieval)
+        assert (torch.from_numpy(scored[0]) - want_scores).abs().max() <= TOLERANCE, canvas
+        assert (torch.from_numpy(scored[1]) - want).abs().max() <= TOLERANCE, canvas
 
 
 def test_the_engine_answers_the_same_through_either_runtime(dep: Deployment, prepared) -> None:  # type: ignore[no-untyped-def]

@@ -256,11 +256,13 @@ class ServingVersion:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized records (any canvases, ``task_type`` set) -> (features (B, F_c), embeddings (B, D)),
         the time of featurizing and of the tower going to ``stages``."""
+        model = self.runtime(runtime)
         with timed(stages, "featurize"):
-            ctx = context_tensors(self.bundle.featurizer.transform_records(records))
+            arrays = self.bundle.featurizer.transform_records(records)
         with timed(stages, "context_tower"):
-            feats, emb = self.runtime(runtime).encode_context(ctx)
-        return feats, emb
+            if isinstance(model, OnnxModel):  # ONNX Runtime reads the featurizer's numpy arrays as they are
+                return model.encode_context(arrays)
+            return model.encode_context(context_tensors(arrays))
 
     def candidate_rows(self, ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Entity ids -> (item features (N, F_i), embeddings (N, D)) as stored by this version.
@@ -300,9 +302,15 @@ class ServingVersion:
         """Row-aligned (context, entity) pairs (N, ...) -> (ranking scores (N,), objective logits (N, O)); the
         score is the canvas's blend of objectives plus its weights of the (N, S) source scores (see
         :meth:`propose`; column 0, the retrieval score, is computed here for every candidate)."""
+        model = self.runtime(runtime)
+        if isinstance(model, OnnxModel):  # the export computes column 0 and the blend itself
+            given = np.zeros((len(task), len(SOURCE_NAMES)), np.float32) if sources is None else sources
+            scored = model.scored(ctx_feats, ctx_emb, item_feats, item_emb, task, given)
+            if scored is not None:
+                return torch.from_numpy(scored[0]), torch.from_numpy(scored[1])
         scores = torch.zeros(len(task), len(SOURCE_NAMES)) if sources is None else sources.clone()
         scores[:, 0] = (ctx_emb * item_emb).sum(dim=1)
-        logits = self.runtime(runtime).rank(ctx_feats, ctx_emb, item_feats, item_emb, task, scores)
+        logits = model.rank(ctx_feats, ctx_emb, item_feats, item_emb, task, scores)
         return self.bundle.model.blend_scores(logits, task, scores), logits
 
     def propose(
@@ -322,8 +330,8 @@ class ServingVersion:
         """Source -> how many times it failed or was late."""
         return self.asked.skipped
 
-    def predictions(self, logits: torch.Tensor, canvas: str) -> dict[str, np.ndarray]:
-        """(N, O) logits -> each of the canvas's objectives in its own unit: a probability for binary
+    def predictions(self, logits: np.ndarray, canvas: str) -> dict[str, np.ndarray]:
+        """(N, O) float32 logits -> each of the canvas's objectives in its own unit: a probability for binary
         objectives, the predicted value (de-standardized, transform inverted) for regression ones."""
         config = self.bundle.config
         stats = self.bundle.featurizer.label_stats_
@@ -333,10 +341,10 @@ class ServingVersion:
                 continue
             column = logits[:, j]
             if objective.kind == "binary":
-                out[objective.name] = torch.sigmoid(column).numpy()
+                out[objective.name] = 1.0 / (1.0 + np.exp(-column))
             else:
                 mean, std = stats.get(objective.name, (0.0, 1.0))
-                value = column.numpy().astype(np.float64) * std + mean
+                value = column.astype(np.float64) * std + mean
                 if objective.transform == "log1p":
                     value = np.expm1(np.clip(value, None, 80.0))  # e^80: beyond any real quantity, still finite
                 out[objective.name] = value

@@ -18,11 +18,20 @@ from torch import nn
 
 from monorec.models.model import MonorecModel
 
-__all__ = ["CONTEXT_FILE", "RANKER_FILE", "RANKER_INPUTS", "ContextGraph", "RankerGraph", "export_onnx"]
+__all__ = [
+    "CONTEXT_FILE",
+    "RANKER_FILE",
+    "RANKER_INPUTS",
+    "RANKER_OUTPUTS",
+    "ContextGraph",
+    "RankerGraph",
+    "export_onnx",
+]
 
 CONTEXT_FILE = "context.onnx"
 RANKER_FILE = "ranker.onnx"
 RANKER_INPUTS = ("ctx_feats", "ctx_emb", "item_feats", "item_emb", "task", "sources")
+RANKER_OUTPUTS = ("logits", "scores")  # an export before the scores moved into the graph has logits only
 OPSET = 18
 MAX_ROWS = 1 << 24  # the symbolic batch's upper bound (torch.export wants one)
 
@@ -39,9 +48,13 @@ class ContextGraph(nn.Module):
 
 
 class RankerGraph(nn.Module):
-    """The ranker on (request, candidate) pairs, row-aligned (N, ...) -> objective logits (N, O): the same
-    values as :meth:`MonorecModel.rank`, with every canvas tower run on every row and each row's own
-    picked (:meth:`~monorec.models.multitask.TaskTowers.gathered`)."""
+    """The ranker on (request, candidate) pairs, row-aligned (N, ...) -> (objective logits (N, O), ranking
+    scores (N,)): the logits of :meth:`MonorecModel.rank`, with every canvas tower run on every row and each
+    row's own picked (:meth:`~monorec.models.multitask.TaskTowers.gathered`), and the score of
+    :meth:`MonorecModel.blend_scores` with the (N, S) source scores' column 0 set to the retrieval score
+    context . entity. The score is in the graph because every torch op after an ONNX Runtime call costs
+    several times its warm cost on a serving thread (measured: the first one ~85 us, a cold dispatcher), so
+    the serving path leaves the graph with the numbers it sorts."""
 
     def __init__(self, model: MonorecModel) -> None:
         super().__init__()
@@ -55,9 +68,12 @@ class RankerGraph(nn.Module):
         item_emb: torch.Tensor,
         task: torch.Tensor,
         sources: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dot = (ctx_emb * item_emb).sum(dim=1, keepdim=True)
+        sources = torch.cat([dot, sources[:, 1:]], dim=1)
         h = self.model.shared_ranking(ctx_feats, ctx_emb, item_feats, item_emb, sources)
-        return self.model.towers.gathered(h, task)
+        logits = self.model.towers.gathered(h, task)
+        return logits, self.model.blend_scores(logits, task, sources)
 
 
 def export_onnx(model: MonorecModel, example_ctx: Mapping[str, torch.Tensor], folder: Path) -> None:
@@ -107,7 +123,7 @@ def export_onnx(model: MonorecModel, example_ctx: Mapping[str, torch.Tensor], fo
                 pairs,
                 f=folder / RANKER_FILE,
                 input_names=list(RANKER_INPUTS),
-                output_names=["logits"],
+                output_names=list(RANKER_OUTPUTS),
                 dynamic_shapes={k: {0: rows} for k in RANKER_INPUTS},
                 opset_version=OPSET,
                 dynamo=True,

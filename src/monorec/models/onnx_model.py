@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from monorec.errors import ArtifactError
-from monorec.models.graphs import CONTEXT_FILE, RANKER_FILE, RANKER_INPUTS
+from monorec.models.graphs import CONTEXT_FILE, RANKER_FILE, RANKER_INPUTS, RANKER_OUTPUTS
 
 __all__ = ["OnnxModel"]
 
@@ -44,14 +44,16 @@ class OnnxModel:
             except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
                 raise ArtifactError(f"{path} does not load in ONNX Runtime: {exc}") from None
         self.context_inputs = [i.name for i in self._sessions[CONTEXT_FILE].get_inputs()]
+        self.has_scores = [o.name for o in self._sessions[RANKER_FILE].get_outputs()] == list(RANKER_OUTPUTS)
 
     @staticmethod
     def exported(folder: Path) -> bool:
         """Whether ``folder`` holds both graphs."""
         return (folder / CONTEXT_FILE).exists() and (folder / RANKER_FILE).exists()
 
-    def encode_context(self, ctx: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The featurizer's arrays (name -> (B, ...)) -> (features (B, F_c), embedding (B, D))."""
+    def encode_context(self, ctx: Mapping[str, torch.Tensor | np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The featurizer's arrays (name -> (B, ...), numpy or their tensors) -> (features (B, F_c), embedding
+        (B, D))."""
         feed = {name: _array(ctx[name]) for name in self.context_inputs}
         feats, emb = self._sessions[CONTEXT_FILE].run(None, feed)
         return torch.from_numpy(feats), torch.from_numpy(emb)
@@ -68,8 +70,27 @@ class OnnxModel:
         """Row-aligned (N, ...) pairs -> objective logits (N, O) (see :class:`~monorec.models.graphs.RankerGraph`)."""
         arrays = (ctx_feats, ctx_emb, item_feats, item_emb, task, sources)
         feed = {name: _array(a) for name, a in zip(RANKER_INPUTS, arrays, strict=True)}
-        (logits,) = self._sessions[RANKER_FILE].run(None, feed)
+        logits = self._sessions[RANKER_FILE].run(["logits"], feed)[0]
         return torch.from_numpy(logits)
+
+    def scored(
+        self,
+        ctx_feats: torch.Tensor,
+        ctx_emb: torch.Tensor,
+        item_feats: torch.Tensor,
+        item_emb: torch.Tensor,
+        task: torch.Tensor,
+        sources: torch.Tensor | np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Row-aligned (N, ...) pairs -> (ranking scores (N,), objective logits (N, O)) as numpy arrays, the
+        scores with column 0 of the (N, S) ``sources`` computed in the graph; None for an export from before
+        the scores were in the graph (the caller blends)."""
+        if not self.has_scores:
+            return None
+        arrays = (ctx_feats, ctx_emb, item_feats, item_emb, task, sources)
+        feed = {name: _array(a) for name, a in zip(RANKER_INPUTS, arrays, strict=True)}
+        logits, scores = self._sessions[RANKER_FILE].run(list(RANKER_OUTPUTS), feed)
+        return scores, logits
 
 
 def _array(t: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ class FaissIndex(RowIndex):
         super().__init__(dim, **params)  # see RowIndex for the parameters
 
     def _new_store(self) -> None:
+        self._view: np.ndarray | None = None  # _vectors' numpy view of faiss's storage, until the storage changes
         if self.kind == "exact":
             self._faiss = faiss.IndexFlatIP(self.dim)
             return
@@ -40,17 +41,21 @@ class FaissIndex(RowIndex):
         self._faiss = index
 
     def _add(self, vectors: np.ndarray) -> None:
+        self._view = None  # the add may move the storage
         self._faiss.add(vectors)
 
     def _count(self) -> int:
         return int(self._faiss.ntotal)
 
     def _vectors(self) -> np.ndarray:
+        if self._view is not None:  # kept between calls: the SWIG calls below cost more than a gather of 200
+            return self._view
         flat = self._faiss if self.kind == "exact" else faiss.downcast_index(self._faiss.storage)
         n = self._faiss.ntotal
         if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+        self._view = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+        return self._view
 
     def _search_live(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
         if self._dead:
@@ -85,6 +90,7 @@ class FaissIndex(RowIndex):
         return lambda: blob.tofile(path / VECTORS_FILE)
 
     def _load_store(self, path: Path) -> None:
+        self._view = None
         self._faiss = faiss.read_index(str(path / VECTORS_FILE))
         if self._faiss.d != self.dim:
             raise ValueError(f"vectors of dimension {self._faiss.d}, the index has {self.dim}")

@@ -31,8 +31,9 @@ def entity_out(
     predictions: Mapping[str, float] | None = None,
     sources: Sequence[str] = (),
 ) -> ScoredEntity:
-    """One answered entity (its stored description when known; ``score`` None for fallback answers)."""
-    return ScoredEntity(
+    """One answered entity (its stored description when known; ``score`` None for fallback answers). Built
+    without validation: every value is typed here, and an answer holds up to ``max_k`` of them."""
+    return ScoredEntity.model_construct(
         entity_id=c.entity_id,
         entity_type=entity.entity_type if entity else c.entity_type,
         title=entity.title if entity else c.title,

@@ -71,18 +71,17 @@ def test_the_export_equals_the_pytorch_forward_on_every_canvas(exported: Registr
         n = len(records)
         proposed = torch.rand(n * 7, 1, generator=generator) > 0.5  # some pairs with source scores, some without
         sources = proposed * torch.rand(n * 7, len(SOURCE_NAMES), generator=generator)
-        pairs = (*_every_pair((want_feats, want_emb), (item_feats, item_emb), ctx["task_type"]), sources)
+        owner, pairs = _every_pair((want_feats, want_emb), (item_feats, item_emb), ctx["task_type"])
         with torch.no_grad():
-            want = model.rank(*pairs)
-        assert (onnx.rank(*pairs) - want).abs().max() <= TOLERANCE, canvas
-        # the graph also returns the ranking score: the canvas's blend, column 0 the retrieval score
-        scored = onnx.scored(*pairs)
-        assert scored is not None
+            want = model.rank(*pairs, sources)
+        # the graph takes each request's context once (and which request each pair is), and also returns the
+        # ranking score: the canvas's blend, column 0 of the source scores set to the retrieval score
+        scores, logits = onnx.rank(want_feats, want_emb, owner, *pairs[2:], sources)
+        assert (torch.from_numpy(logits) - want).abs().max() <= TOLERANCE, canvas
         with_retrieval = sources.clone()
         with_retrieval[:, 0] = (pairs[1] * pairs[3]).sum(dim=1)
         want_scores = model.blend_scores(want, pairs[4], with_retrieval)
-        assert (torch.from_numpy(scored[0]) - want_scores).abs().max() <= TOLERANCE, canvas
-        assert (torch.from_numpy(scored[1]) - want).abs().max() <= TOLERANCE, canvas
+        assert (torch.from_numpy(scores) - want_scores).abs().max() <= TOLERANCE, canvas
 
 
 def test_the_engine_answers_the_same_through_either_runtime(dep: Deployment, prepared) -> None:  # type: ignore[no-untyped-def]
@@ -123,6 +122,11 @@ def test_a_corrupt_export_fails_loudly(tmp_path: Path, exported: Registry) -> No
     (folder / RANKER_FILE).write_bytes((exported.path("v0001") / RANKER_FILE).read_bytes())
     with pytest.raises(ArtifactError, match="does not load in ONNX Runtime"):
         OnnxModel(folder)
+    # a ranker graph of another shape (an older export): named, with what to do
+    (folder / CONTEXT_FILE).write_bytes((exported.path("v0001") / CONTEXT_FILE).read_bytes())
+    (folder / RANKER_FILE).write_bytes((exported.path("v0001") / CONTEXT_FILE).read_bytes())
+    with pytest.raises(ArtifactError, match="publish the version again"):
+        OnnxModel(folder)
     (folder / CONTEXT_FILE).unlink()
     with pytest.raises(ArtifactError, match="published without its ONNX export"):
         OnnxModel(folder)
@@ -137,16 +141,23 @@ def test_the_environment_knob_is_validated() -> None:
     assert any("model_runtime" in item for item in problems.items)
 
 
-def test_a_text_matching_ranker_exports_equal_to_its_pytorch_forward(tmp_path: Path, config, prepared) -> None:  # type: ignore[no-untyped-def]
-    """``model.text_match`` (the query's match with the title, zero where a context has no query) through
-    the export: the same logits on requests with and without a query."""
+@pytest.mark.parametrize(
+    ("bottom", "text_match"), [("shared_bottom", False), ("mmoe", True), ("ple", False), ("ple", True)]
+)
+def test_every_bottom_exports_equal_to_its_pytorch_forward(
+    tmp_path: Path, config, prepared, bottom, text_match
+) -> None:  # type: ignore[no-untyped-def]
+    """The export of each multi-task bottom (its first layers take each request's context share once in
+    the graph), and of ``model.text_match`` (the query's match with the title, zero where a context has no
+    query): the same logits as PyTorch on requests with and without a query."""
     import dataclasses
 
     from monorec.data.features import Featurizer
     from monorec.models.graphs import export_onnx
     from monorec.models.model import build_model, model_kwargs
 
-    cfg = dataclasses.replace(config, model=dataclasses.replace(config.model, text_match=True))
+    spec = dataclasses.replace(config.model, bottom=bottom, text_match=text_match)
+    cfg = dataclasses.replace(config, model=spec)
     fz = Featurizer(cfg).fit(prepared.rows("train"), prepared.catalogue)
     torch.manual_seed(0)
     model = build_model(model_kwargs(cfg, fz)).eval()
@@ -166,21 +177,24 @@ def test_a_text_matching_ranker_exports_equal_to_its_pytorch_forward(tmp_path: P
         item_feats, item_emb = model.encode_items(item)
         n = len(records)
         sources = torch.zeros(n * 5, len(SOURCE_NAMES))
-        pairs = (*_every_pair((feats, emb), (item_feats, item_emb), ctx["task_type"]), sources)
-        want = model.rank(*pairs)
-        matched = model.text_matches(pairs[0], pairs[2])[1]  # (N, 1) cosine: nonzero only with a query
-    assert bool((matched[: 8 * 5] != 0).all()) and bool((matched[8 * 5 :] == 0).all())
-    assert (onnx.rank(*pairs) - want).abs().max() <= TOLERANCE
+        owner, pairs = _every_pair((feats, emb), (item_feats, item_emb), ctx["task_type"])
+        want = model.rank(*pairs, sources)
+        if text_match:  # (N, 1) cosine: nonzero only with a query
+            matched = model.text_matches(pairs[0], pairs[2])[1]
+            assert bool((matched[: 8 * 5] != 0).all()) and bool((matched[8 * 5 :] == 0).all())
+    _, logits = onnx.rank(feats, emb, owner, *pairs[2:], sources)
+    assert (torch.from_numpy(logits) - want).abs().max() <= TOLERANCE
 
 
 def _every_pair(
     contexts: tuple[torch.Tensor, torch.Tensor], items: tuple[torch.Tensor, torch.Tensor], task: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Every (request, entity) pair of B requests ((features, embeddings), task (B,)) and N entities
-    ((features, embeddings)) as the ranker's first five row-aligned (B * N, ...) inputs, request-major."""
+    ((features, embeddings)), request-major: each pair's request (B * N,), and the PyTorch ranker's first
+    five row-aligned (B * N, ...) inputs."""
     (ctx_feats, ctx_emb), (item_feats, item_emb), n = contexts, items, len(items[0])
     b = len(ctx_feats)
-    return (
+    return torch.arange(b).repeat_interleave(n), (
         ctx_feats.repeat_interleave(n, 0),
         ctx_emb.repeat_interleave(n, 0),
         item_feats.repeat(b, 1),

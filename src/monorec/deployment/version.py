@@ -293,25 +293,27 @@ class ServingVersion:
         self,
         ctx_feats: torch.Tensor,
         ctx_emb: torch.Tensor,
+        owner: torch.Tensor,
         item_feats: torch.Tensor,
         item_emb: torch.Tensor,
         task: torch.Tensor,
         sources: torch.Tensor | None = None,
         runtime: ModelRuntime = "torch",
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row-aligned (context, entity) pairs (N, ...) -> (ranking scores (N,), objective logits (N, O)); the
-        score is the canvas's blend of objectives plus its weights of the (N, S) source scores (see
-        :meth:`propose`; column 0, the retrieval score, is computed here for every candidate)."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The requests' context rows (R, ...), each pair's request ``owner`` (N,) and the pairs' entity rows
+        (N, ...) -> (ranking scores (N,), objective logits (N, O)) as float32 arrays; the score is the
+        canvas's blend of objectives plus its weights of the (N, S) source scores (see :meth:`propose`;
+        column 0, the retrieval score, is computed here for every candidate)."""
         model = self.runtime(runtime)
-        if isinstance(model, OnnxModel):  # the export computes column 0 and the blend itself
-            given = np.zeros((len(task), len(SOURCE_NAMES)), np.float32) if sources is None else sources
-            scored = model.scored(ctx_feats, ctx_emb, item_feats, item_emb, task, given)
-            if scored is not None:
-                return torch.from_numpy(scored[0]), torch.from_numpy(scored[1])
-        scores = torch.zeros(len(task), len(SOURCE_NAMES)) if sources is None else sources.clone()
-        scores[:, 0] = (ctx_emb * item_emb).sum(dim=1)
-        logits = model.rank(ctx_feats, ctx_emb, item_feats, item_emb, task, scores)
-        return self.bundle.model.blend_scores(logits, task, scores), logits
+        if sources is None:
+            sources = torch.zeros(len(task), len(SOURCE_NAMES))
+        if isinstance(model, OnnxModel):  # its graph computes column 0 and the blend
+            return model.rank(ctx_feats, ctx_emb, owner, item_feats, item_emb, task, sources)
+        pair_feats, pair_emb = ctx_feats.index_select(0, owner), ctx_emb.index_select(0, owner)
+        scores = sources.clone()
+        scores[:, 0] = (pair_emb * item_emb).sum(dim=1)
+        logits = model.rank(pair_feats, pair_emb, item_feats, item_emb, task, scores)
+        return model.blend_scores(logits, task, scores).numpy(), logits.numpy()
 
     def propose(
         self, canvas: str, records: Sequence[dict[str, Any]], timeout_s: float | None = None
@@ -375,8 +377,9 @@ class ServingVersion:
             raise DeployError(f"{self.name}: the index changed under three searches in a row")
         task = torch.full((len(ids),), self.schema.task_index(canvas), dtype=torch.long)
         sources = torch.tensor([extra.get(e, [0.0] * len(SOURCE_NAMES)) for e in ids], dtype=torch.float32)
-        scores, _ = self.rank(cf.expand(len(ids), -1), ce.expand(len(ids), -1), item_feats, item_emb, task, sources)
-        order = torch.argsort(scores, descending=True)[:k].tolist()
+        owner = torch.zeros(len(ids), dtype=torch.long)
+        scores, _ = self.rank(cf, ce, owner, item_feats, item_emb, task, sources)
+        order = np.argsort(-scores, kind="stable")[:k].tolist()
         return Answer(self.name, [ids[i] for i in order], [float(scores[i]) for i in order])
 
     # ---------------------------------------------------------------------------------- lifecycle

@@ -163,14 +163,29 @@ class MonorecModel(nn.Module):
         sources: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The ranker's input row by row, through the multi-task bottom: (B, ...) -> (T, B, H), each task's
-        view of each pair (what :meth:`rank`'s canvas towers read)."""
+        view of each pair (what :meth:`rank`'s canvas towers read). The input is the context features
+        followed by :meth:`pair_inputs`."""
+        pairs = self.pair_inputs(ctx_feats, ctx_emb, item_feats, item_emb, sources)
+        return self.bottom(torch.cat([ctx_feats, pairs], dim=1))
+
+    def pair_inputs(
+        self,
+        ctx_feats: torch.Tensor,
+        ctx_emb: torch.Tensor,
+        item_feats: torch.Tensor,
+        item_emb: torch.Tensor,
+        sources: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """What the ranker reads of each (context, entity) pair beyond the context features: the entity's
+        features, the two embeddings' product and dot, the text matches and the sources read, row by row:
+        (B, ...) -> (B, F_r - F_c). ``ctx_feats`` is read only for the text matches (``text_match``)."""
         dot = (ctx_emb * item_emb).sum(dim=1, keepdim=True)
-        parts = [ctx_feats, item_feats, ctx_emb * item_emb, dot, *self.text_matches(ctx_feats, item_feats)]
+        parts = [item_feats, ctx_emb * item_emb, dot, *self.text_matches(ctx_feats, item_feats)]
         if self.source_columns:
             if sources is None:
                 sources = dot.new_zeros(len(dot), len(SOURCE_NAMES))
             parts.append(source_inputs(sources[:, self.source_columns]))
-        return self.bottom(torch.cat(parts, dim=1))
+        return torch.cat(parts, dim=1)
 
     def text_matches(self, ctx_feats: torch.Tensor, item_feats: torch.Tensor) -> list[torch.Tensor]:
         """How each text field of the context matches the entity's title, row by row: per field, the

@@ -26,6 +26,8 @@ class MultiTaskBottom(Protocol):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
+    def input_layers(self) -> list[tuple[nn.Module, str]]: ...
+
 
 class SharedBottom(nn.Module):
     def __init__(self, in_dim: int, hidden: Sequence[int], n_tasks: int, dropout: float = 0.0) -> None:
@@ -33,6 +35,10 @@ class SharedBottom(nn.Module):
         self.mlp = MLP(in_dim, hidden, dropout=dropout)
         self.n_tasks = n_tasks
         self.out_dim = self.mlp.out_dim
+
+    def input_layers(self) -> list[tuple[nn.Module, str]]:
+        """The linear layers that read the bottom's input, as (parent module, attribute name)."""
+        return [(self.mlp, "0")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.mlp(x)  # (B, H)
@@ -52,6 +58,10 @@ class MMoE(nn.Module):
         self.gates = nn.Linear(in_dim, n_tasks * n_experts)
         self.n_tasks, self.n_experts = n_tasks, n_experts
         self.out_dim: int = MLP(1, hidden).out_dim
+
+    def input_layers(self) -> list[tuple[nn.Module, str]]:
+        """The linear layers that read the bottom's input, as (parent module, attribute name)."""
+        return [(e, "0") for e in self.experts] + [(self, "gates")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         experts = torch.stack([e(x) for e in self.experts])  # (E, B, H)
@@ -108,6 +118,17 @@ class PLE(nn.Module):
             dim = level.out_dim
         self.n_tasks = n_tasks
         self.out_dim = dim
+
+    def input_layers(self) -> list[tuple[nn.Module, str]]:
+        """The linear layers that read the bottom's input (the first level's), as (parent module, attribute
+        name)."""
+        first = cast(_CGCLevel, self.levels[0])
+        layers: list[tuple[nn.Module, str]] = [(e, "0") for e in first.shared]
+        layers += [(e, "0") for own in first.own for e in cast(nn.ModuleList, own)]
+        layers += [(first.task_gates, str(t)) for t in range(len(first.task_gates))]
+        if first.shared_gate is not None:
+            layers.append((first, "shared_gate"))
+        return layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         task_inputs, shared = x.unsqueeze(0).expand(self.n_tasks, -1, -1), x

@@ -44,7 +44,13 @@ class OnnxModel:
             except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
                 raise ArtifactError(f"{path} does not load in ONNX Runtime: {exc}") from None
         self.context_inputs = [i.name for i in self._sessions[CONTEXT_FILE].get_inputs()]
-        self.has_scores = [o.name for o in self._sessions[RANKER_FILE].get_outputs()] == list(RANKER_OUTPUTS)
+        ranker = self._sessions[RANKER_FILE]
+        inputs, outputs = [i.name for i in ranker.get_inputs()], [o.name for o in ranker.get_outputs()]
+        if inputs != list(RANKER_INPUTS) or outputs != list(RANKER_OUTPUTS):
+            raise ArtifactError(
+                f"{folder / RANKER_FILE} takes {inputs} and gives {outputs}, this monorec's ranker graph takes "
+                f"{list(RANKER_INPUTS)} and gives {list(RANKER_OUTPUTS)}: publish the version again to re-export it"
+            )
 
     @staticmethod
     def exported(folder: Path) -> bool:
@@ -60,34 +66,18 @@ class OnnxModel:
 
     def rank(
         self,
-        ctx_feats: torch.Tensor,
-        ctx_emb: torch.Tensor,
-        item_feats: torch.Tensor,
-        item_emb: torch.Tensor,
-        task: torch.Tensor,
-        sources: torch.Tensor,
-    ) -> torch.Tensor:
-        """Row-aligned (N, ...) pairs -> objective logits (N, O) (see :class:`~monorec.models.graphs.RankerGraph`)."""
-        arrays = (ctx_feats, ctx_emb, item_feats, item_emb, task, sources)
-        feed = {name: _array(a) for name, a in zip(RANKER_INPUTS, arrays, strict=True)}
-        logits = self._sessions[RANKER_FILE].run(["logits"], feed)[0]
-        return torch.from_numpy(logits)
-
-    def scored(
-        self,
-        ctx_feats: torch.Tensor,
-        ctx_emb: torch.Tensor,
-        item_feats: torch.Tensor,
-        item_emb: torch.Tensor,
-        task: torch.Tensor,
+        ctx_feats: torch.Tensor | np.ndarray,
+        ctx_emb: torch.Tensor | np.ndarray,
+        owner: torch.Tensor | np.ndarray,
+        item_feats: torch.Tensor | np.ndarray,
+        item_emb: torch.Tensor | np.ndarray,
+        task: torch.Tensor | np.ndarray,
         sources: torch.Tensor | np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Row-aligned (N, ...) pairs -> (ranking scores (N,), objective logits (N, O)) as numpy arrays, the
-        scores with column 0 of the (N, S) ``sources`` computed in the graph; None for an export from before
-        the scores were in the graph (the caller blends)."""
-        if not self.has_scores:
-            return None
-        arrays = (ctx_feats, ctx_emb, item_feats, item_emb, task, sources)
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The requests' context rows (R, ...), each pair's request (N,) and the pairs' entity rows, tasks
+        and (N, S) source scores -> (ranking scores (N,), objective logits (N, O)), column 0 of the source
+        scores computed in the graph (see :class:`~monorec.models.graphs.RankerGraph`)."""
+        arrays = (ctx_feats, ctx_emb, owner, item_feats, item_emb, task, sources)
         feed = {name: _array(a) for name, a in zip(RANKER_INPUTS, arrays, strict=True)}
         logits, scores = self._sessions[RANKER_FILE].run(list(RANKER_OUTPUTS), feed)
         return scores, logits

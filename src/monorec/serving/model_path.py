@@ -131,18 +131,16 @@ class ModelPath:
                 flat = [e for ids in candidates for e in ids]
                 item_feats, item_emb = version.candidate_rows(flat)
             # numpy, not torch, between the two forwards: a torch op there pays a cold dispatcher (~10x)
-            owner = torch.from_numpy(np.repeat(np.arange(len(works)), [len(c) for c in candidates]))
-            task = np.array([version.schema.task_index(w.request.canvas) for w in works], dtype=np.int64)
+            owner = np.repeat(np.arange(len(works)), [len(c) for c in candidates])  # (N,) each pair's request
+            task = np.array([version.schema.task_index(w.request.canvas) for w in works], dtype=np.int64)[owner]
             sources = _source_scores(candidates, proposed)
-            pair_feats, pair_emb = cf.index_select(0, owner), ce.index_select(0, owner)
         with stages.stage("ranker"):
-            scores, logits = version.rank(
-                pair_feats, pair_emb, item_feats, item_emb, torch.from_numpy(task[owner.numpy()]), sources, runtime
+            score_rows, logit_rows = version.rank(
+                cf, ce, torch.from_numpy(owner), item_feats, item_emb, torch.from_numpy(task), sources, runtime
             )
         out: list[Ranked | BaseException] = []
         start = 0
         with stages.stage("finish"):
-            score_rows, logit_rows = scores.numpy(), logits.numpy()  # the rest in numpy: cheaper calls than torch
             for i, w in enumerate(works):
                 end = start + len(candidates[i])
                 try:

@@ -72,6 +72,24 @@ def test_sources_read_the_query_and_the_seeds_the_canvas_declares(config, prepar
     assert sources.seeds_of("home", record) == []  # the synthetic home declares neither
 
 
+def test_relative_lexical_scores_divide_each_query_by_its_best_match(config, prepared):
+    bm25 = CandidateSources.fit(config, prepared.responses("train"), prepared.catalogue, PopularLists())
+    spec = dataclasses.replace(config.sources, lexical_score="relative")
+    relative = CandidateSources(
+        dataclasses.replace(config, sources=spec), bm25.lexical, bm25.cooccurrence, PopularLists()
+    )
+    titles = prepared.catalogue["title"].to_list()
+    records = [{"query": " ".join(titles[0].split()[:2])}, {"query": titles[1].split()[-1]}, {"query": "zzzzqx"}]
+    raw, scaled = bm25.propose("lexical", "search", records, 20), relative.propose("lexical", "search", records, 20)
+    for hits, got in zip(raw[:2], scaled[:2], strict=True):
+        assert len(hits) > 1 and hits[0][1] > 1.0  # BM25's own scale
+        assert [e for e, _ in got] == [e for e, _ in hits]  # the same order
+        assert got[0][1] == 1.0 and all(
+            v == pytest.approx(w / hits[0][1]) for (_, v), (_, w) in zip(got, hits, strict=True)
+        )
+    assert raw[2] == scaled[2] == []
+
+
 def test_config_refuses_unknown_sources_and_sources_without_input():
     raw = load_config(default_config("synthetic")).to_dict()
     raw["canvases"]["home"]["sources"] = {"lexical": 10, "magic": 5, "embedding": 0}

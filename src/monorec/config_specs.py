@@ -85,6 +85,10 @@ class SourcesSpec:
 
     cooccurrence_window: int = 3  # responses of one user at most this many positions apart co-occur
     cooccurrence_top_n: int = 100  # neighbours kept per entity
+    # the lexical score the ranking reads: "bm25" as the engine gives it, or "relative", each request's
+    # BM25 over its best match's (1.0 for the best): BM25 grows with the query's length and its words'
+    # rarity, so one fusion weight means a different lexical pull for every query; relative, it does not
+    lexical_score: Literal["bm25", "relative"] = "bm25"
 
 
 @dataclass(frozen=True)

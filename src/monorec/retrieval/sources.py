@@ -10,9 +10,10 @@ catalogue); the others live here, fitted on the training period only and saved w
 - ``popular``: the most responded-to entities of the canvas, per the most specific categorical value of
   the request that has a list (``PopularLists``: e.g. the browsed category, else the country).
 
-Scores are on each source's own scale: BM25, ``log1p`` of the co-occurrence strength, and for popular
-``1 - rank / len(list)``; an entity a source did not propose has no score from it (the ranking treats
-that as 0, the bottom of every scale).
+Scores are on each source's own scale: BM25 (or, with ``sources.lexical_score = "relative"``, BM25 over
+the request's best match's), ``log1p`` of the co-occurrence strength, and for popular
+``1 - rank / len(list)``; an entity a source did not propose has no score from it (the ranking treats that
+as 0, the bottom of every scale).
 """
 
 from __future__ import annotations
@@ -93,7 +94,10 @@ class CandidateSources:
     def propose(self, source: str, canvas: str, records: Sequence[Mapping[str, Any]], depth: int) -> Proposals:
         """Up to ``depth`` candidates from one offline source for each normalized record of ``canvas``."""
         if source == "lexical":
-            return self.lexical.search([self.query_of(canvas, r) for r in records], depth)
+            found = self.lexical.search([self.query_of(canvas, r) for r in records], depth)
+            if self.config.sources.lexical_score == "relative":  # best first: the first score is the top
+                found = [[(e, v / hits[0][1]) for e, v in hits] if hits and hits[0][1] > 0 else hits for hits in found]
+            return found
         if source == "cooccurrence":
             out_c: Proposals = [[] for _ in records]
             vocab = self.cooccurrence.vocab

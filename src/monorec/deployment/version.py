@@ -343,7 +343,7 @@ class ServingVersion:
                 continue
             column = logits[:, j]
             if objective.kind == "binary":
-                out[objective.name] = 1.0 / (1.0 + np.exp(-column))
+                out[objective.name] = np.exp(-np.logaddexp(0.0, -column))  # the sigmoid, without overflow
             else:
                 mean, std = stats.get(objective.name, (0.0, 1.0))
                 value = column.astype(np.float64) * std + mean

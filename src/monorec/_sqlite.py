@@ -41,6 +41,11 @@ class SqliteFile:
         with db:
             yield db
 
+    def data_version(self) -> int:
+        """A number that changes when another connection (another thread's, another process's) commits to
+        the file; this thread's own commits leave it as it is (SQLite's ``PRAGMA data_version``)."""
+        return int(self._connection().execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
         """Closes this thread's connection (others close when their thread's state is collected)."""
         db = getattr(self._local, "db", None)

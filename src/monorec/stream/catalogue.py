@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +44,29 @@ CREATE TABLE IF NOT EXISTS users (
 """
 
 
+CACHED_PER_THREAD = 20_000  # entity descriptions a thread keeps between reads (emptied when full)
+
+# (entity_id, entity_type, title, categories joined by "|", revision): a tuple of strings and ints, which
+# the garbage collector stops tracking (a cache of objects would be walked by every full collection)
+_Row = tuple[str, str, str, str, int]
+
+
 class CatalogueStore:
+    """Every live entity and known user, in one SQLite file (see the module docstring).
+
+    Reads of entity descriptions (every answer's, and the titles requests impute) are served from a
+    per-thread cache of what was read before, emptied whenever the file may have changed: SQLite's
+    ``data_version`` (another connection committed) or a write through this store (this thread's own
+    commits do not move ``data_version``). A read is then one pragma instead of a query: measured under
+    load, the queries were a fifth of a serving worker's time and a sixth of the event loop's.
+    """
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._db = SqliteFile(self.path, _SCHEMA).transaction
+        self._file = SqliteFile(self.path, _SCHEMA)
+        self._db = self._file.transaction
+        self._writes = 0  # bumped after every write through this store
+        self._local = threading.local()
 
     def seed(self, catalogue: pl.DataFrame, revision: int = 0) -> int:
         """Loads a validated catalogue table (entity_id, entity_type, title, categories) at ``revision``."""
@@ -87,6 +107,7 @@ class CatalogueStore:
                 applied += 1
             if offset is not None:
                 db.execute("INSERT OR REPLACE INTO state VALUES ('offset', ?)", (offset,))
+        self._writes += 1
         return applied
 
     def offset(self) -> str | None:
@@ -105,23 +126,42 @@ class CatalogueStore:
 
     def titles(self, ids: list[str]) -> dict[str, str]:
         """Entity id -> title for the given ids that exist (display and ``title_of`` imputation)."""
-        marks = ",".join("?" * len(ids))
-        with self._db() as db:
-            query = f"SELECT entity_id, title FROM entities WHERE deleted = 0 AND entity_id IN ({marks})"
-            return dict(db.execute(query, ids).fetchall())
+        return {e: row[2] for e, row in self._rows(ids).items()}
 
     def entities(self, ids: Sequence[str]) -> dict[str, Entity]:
         """Entity id -> its stored description, for the given ids that exist (answers and rules)."""
+        return {
+            e: Entity(e, r[1], r[2], tuple(c for c in r[3].split("|") if c), r[4]) for e, r in self._rows(ids).items()
+        }
+
+    def _rows(self, ids: Sequence[str]) -> dict[str, _Row]:
+        """The stored rows of the given ids that are live entities, through this thread's cache."""
         if not ids:
             return {}
-        marks = ",".join("?" * len(ids))
-        with self._db() as db:
-            rows = db.execute(
-                "SELECT entity_id, entity_type, title, categories, revision FROM entities "
-                f"WHERE deleted = 0 AND entity_id IN ({marks})",
-                list(ids),
-            ).fetchall()
-        return {r[0]: Entity(r[0], r[1], r[2], tuple(c for c in r[3].split("|") if c), r[4]) for r in rows}
+        cache = self._cache()
+        missing = [e for e in dict.fromkeys(ids) if e not in cache]
+        if missing:
+            marks = ",".join("?" * len(missing))
+            with self._db() as db:
+                rows = db.execute(
+                    "SELECT entity_id, entity_type, title, categories, revision FROM entities "
+                    f"WHERE deleted = 0 AND entity_id IN ({marks})",
+                    missing,
+                ).fetchall()
+            found = {r[0]: r for r in rows}
+            for e in missing:
+                cache[e] = found.get(e)  # None: no live entity by that id (remembered too)
+        return {e: row for e in ids if (row := cache[e]) is not None}
+
+    def _cache(self) -> dict[str, _Row | None]:
+        """This thread's rows read so far, emptied when the file may have changed since they were read (the
+        stamp is taken before any read it covers: a commit in between empties it on the next call)."""
+        local = self._local
+        stamp = (self._file.data_version(), self._writes)
+        if getattr(local, "stamp", None) != stamp or len(local.rows) >= CACHED_PER_THREAD:
+            local.stamp, local.rows = stamp, {}
+        rows: dict[str, _Row | None] = local.rows
+        return rows
 
     def page(self, after: str, limit: int) -> pl.DataFrame:
         """Up to ``limit`` live entities with ids after ``after``, in id order (a bulk-load batch)."""

@@ -231,15 +231,18 @@ class ModelPath:
         computed for the k kept."""
         canvas = work.request.canvas
         spec = self.env.rules_for(canvas)
-        order = np.argsort(-scores, kind="stable").tolist()  # (C,) scores; ties keep the candidates' order
-        values = scores.tolist()
         info: Mapping[str, Entity] = {}
         if needs_entity_info(spec):
+            order = _best_first(scores, len(scores))
             info = self.catalogue.entities(ids)
         else:  # only exclusions and pins: the best k + |excluded| + |pins| (and the pinned) decide the answer
-            limit = work.request.k + len(work.excluded) + len(spec.pins)
-            order = order[:limit] + [j for j in order[limit:] if ids[j] in spec.pins]
-        ranked = [_scored(ids[j], values[j], info) for j in order]
+            order = _best_first(scores, work.request.k + len(work.excluded) + len(spec.pins))
+            if spec.pins:
+                held = set(order)
+                pinned = [j for j, e in enumerate(ids) if e in spec.pins and j not in held]
+                order += sorted(pinned, key=lambda j: -scores[j])
+        values = scores[order].tolist()
+        ranked = [_scored(ids[j], values[i], info) for i, j in enumerate(order)]
         kept = apply_rules(ranked, canvas_rules(spec, work.excluded), work.request.k)
         row_of = {ids[j]: j for j in order}  # only the first candidates when no rule reads descriptions
         predictions = version.predictions(logits[[row_of[c.entity_id] for c in kept]], canvas)
@@ -274,6 +277,15 @@ def _named_entities(version: ServingVersion, context: Mapping[str, Any]) -> set[
         else:
             out.add(str(value))
     return out
+
+
+def _best_first(scores: np.ndarray, n: int) -> list[int]:
+    """Positions of the ``n`` highest of the (C,) scores, best first (a partition, then a sort of the n:
+    the answer needs the first k and what rules may drop, not an order of every candidate)."""
+    if n < len(scores):
+        top = np.argpartition(-scores, n)[:n]
+        return top[np.argsort(-scores[top], kind="stable")].tolist()
+    return np.argsort(-scores, kind="stable").tolist()
 
 
 def _proposed_by(entity_id: str, from_index: set[str], proposed: Mapping[str, list[float]]) -> list[str]:

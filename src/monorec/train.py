@@ -266,6 +266,7 @@ def _train(
     fusion_requests = val_requests or request_sets(cfg, prepared, "valid", max_requests=t.val_requests)
     recommender = ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth, sources=sources)
     fusion = tune_source_weights(bundle, recommender, fusion_requests, cfg.evaluate.k)
+    model.cpu()  # a trained bundle leaves training on the CPU, where evaluation, export and serving run
     bundle.meta = {
         "canvases": list(names),
         "best_epoch": best_epoch,

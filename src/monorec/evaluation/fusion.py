@@ -63,7 +63,7 @@ def tune_source_weights(
         cand = torch.cat([_pad(x, width, -1) for x in cands])
         active = [j for j, name in enumerate(SOURCE_NAMES) if j == 0 or name in recommender.source_depths(canvas, 1)]
 
-        weights = torch.zeros(len(SOURCE_NAMES))
+        weights = torch.zeros(len(SOURCE_NAMES), device=s.device)  # where the scores are (a GPU in training)
         ranker_alone = best = _ndcg(b, s, cand, weights, reqs, k)
         for _ in range(ROUNDS):
             for j in active:

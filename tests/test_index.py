@@ -3,6 +3,7 @@ brute-force model of what the index should hold and answer."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +171,8 @@ def test_current_rows_name_the_rows_that_are_the_state_now(backend) -> None:  # 
     assert index.current_rows(["e1"], np.array([7]), deleted=True) == []
 
 
-def test_random_operations_match_the_model(backend) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("write_chunk", [None, 3])  # 3: a streamed batch written a few rows per hold of the lock
+def test_random_operations_match_the_model(backend, write_chunk: int | None) -> None:  # type: ignore[no-untyped-def]
     spec, index, _ = backend
     rng = np.random.default_rng(11)
     model = Model()
@@ -186,7 +188,7 @@ def test_random_operations_match_the_model(backend) -> None:  # type: ignore[no-
                 revisions=revisions,
                 vectors=clustered(n, seed=step),
             )
-            index.upsert(rows)
+            index.upsert(rows, write_chunk=write_chunk)
             model.upsert(rows)
         else:
             index.delete(ids, revisions.tolist())
@@ -195,6 +197,41 @@ def test_random_operations_match_the_model(backend) -> None:  # type: ignore[no-
     assert len(index) == len(model.live)
     check_answers(index, model, clustered(10, seed=99), 8, None, spec.kind != "hnsw")
     check_answers(index, model, clustered(10, seed=98), 8, EntityFilter(categories=("b",)), spec.kind != "hnsw")
+
+
+class CountingLock:
+    """A lock that counts how often it is taken (what a search waits for is one hold)."""
+
+    def __init__(self) -> None:
+        self.lock, self.holds = threading.Lock(), 0
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        self.holds += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "hnswlib"])
+def test_a_chunked_upsert_holds_the_lock_once_per_chunk(kind: str, tmp_path: Path) -> None:
+    # a search of a serving version waits for one chunk of a streamed batch, not for all of it: the lock is
+    # taken once per chunk, and the index holds whole chunks only at each of them
+    index = create_index(BACKENDS[kind], DIM, name="chunks", root=tmp_path)
+    lock = index._lock = CountingLock()  # type: ignore[assignment]
+    held_before: list[int] = []
+    add = index._add
+
+    def add_and_count(vectors: np.ndarray) -> None:
+        held_before.append(len(index))
+        add(vectors)
+
+    index._add = add_and_count  # type: ignore[method-assign]
+    assert index.upsert(entities(10), write_chunk=4) == 10
+    assert (lock.holds, held_before) == (3, [0, 4, 8])
+    assert index.upsert(entities(10, prefix="f")) == 10  # no chunks: one hold, one insert
+    assert (lock.holds, held_before) == (4, [0, 4, 8, 10])
+    assert len(index) == 20 and index.search(clustered(1, 5), 20).row(0)
 
 
 def test_saved_index_answers_the_same_and_corruption_fails_loudly(backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -261,9 +261,17 @@ class DeploySpec:
     # e.g. still loading it, is logged and the switch returns; see monorec.deployment.replica)
     replica_ack_s: float = 30.0
     loader_batch: int = 512  # changes read from the log per step
+    # a version's loader reads again no sooner than this after a read that found fewer than loader_batch
+    # changes: a steady stream is applied in larger batches (B6: the loaders' CPU against the queries');
+    # a change after a quiet spell is read at once, one right behind a batch waits up to this long
+    loader_linger_s: float = 0.05
     # between a serving loader's index checkpoints: the log is the write-ahead log, so this bounds the replay
     # after a crash; each checkpoint writes a full snapshot, so shorter means more I/O and more tail latency
     loader_checkpoint_s: float = 60.0
+    # at most one commit of a version's lexical index per this many seconds while changes stream (each
+    # commit is a new segment: files, an fsync, merges); a streamed change is searchable by its words
+    # within it. 0: a commit per batch of changes
+    lexical_commit_s: float = 0.1
     # the canvases whose context encodes a user alone (home, notify): each version keeps, per known user, its
     # context tower's encoding of the user's stored state in each of them (monorec.users; () : no user store)
     user_canvases: tuple[str, ...] = ()

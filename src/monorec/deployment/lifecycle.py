@@ -152,6 +152,7 @@ class Deployment:
             dead_letter=self.control.add_dead_letter,
             batch=spec.loader_batch,
             checkpoint_s=spec.loader_checkpoint_s,
+            linger_s=spec.loader_linger_s,
             start_offset=state.start_offset if state is not None and state.start_offset else "0",
         )
         return loader, sink

@@ -152,6 +152,7 @@ class Replica:
             dead_letter=self._rejected,
             batch=spec.loader_batch,
             checkpoint_s=spec.loader_checkpoint_s,
+            linger_s=spec.loader_linger_s,
             start_offset=offset,
         )
         loader.catch_up()

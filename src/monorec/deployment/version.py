@@ -30,6 +30,7 @@ from monorec.models.onnx_model import OnnxModel
 from monorec.retrieval import CandidateSources, CooccurrenceTable, LexicalIndex
 from monorec.retrieval.deadline import DeadlineSources
 from monorec.retrieval.lexical import LexicalSource
+from monorec.retrieval.paced_commit import PacedCommit
 from monorec.row_table import RowTable
 from monorec.schema import TitleLookup
 from monorec.stage_times import StageTimes, timed
@@ -38,6 +39,11 @@ from monorec.users import UserStore, user_key
 from monorec.users.encode import user_rows
 
 __all__ = ["Answer", "ItemEncodings", "ItemFeatures", "ServingVersion"]
+
+# rows a streamed batch of changes writes into the index per hold of its lock: a search of a serving
+# version waits for at most this many graph inserts (~3 ms), not a loader's whole batch (B6's queries
+# during ingest); larger chunks give the insert more threads, which a bulk load (no chunks) keeps
+STREAM_WRITE_CHUNK = 32
 
 
 class ItemFeatures(RowTable):
@@ -106,6 +112,10 @@ class ServingVersion:
         self.users = users
         self.user_canvases = bundle.config.deploy.user_canvases if users is not None else ()
         self.asked = DeadlineSources(name, self.sources)  # the sources as serving asks them: within a deadline
+        # streamed changes reach the lexical index's searches by paced commits (see retrieval.paced_commit)
+        self._lexical_commit = PacedCommit(
+            self.sources.lexical.commit, bundle.config.deploy.lexical_commit_s, f"{name}-lexical"
+        )
         self.in_flight = 0
         self._count_lock = threading.Lock()
         self.bundle.model.eval()
@@ -139,10 +149,18 @@ class ServingVersion:
         feats, embs = self.bundle.item_embeddings(catalogue)
         return ItemEncodings(embs.cpu().numpy().astype(np.float32), feats.cpu().numpy().astype(np.float32))
 
-    def load_rows(self, catalogue: pl.DataFrame, *, commit: bool = True, encoded: ItemEncodings | None = None) -> int:
+    def load_rows(
+        self,
+        catalogue: pl.DataFrame,
+        *,
+        commit: bool = True,
+        encoded: ItemEncodings | None = None,
+        write_chunk: int | None = None,
+    ) -> int:
         """Embeds and upserts catalogue rows (bulk load); returns how many were newer than the index.
         ``commit=False``: the lexical index sees them at the caller's next commit. ``encoded``: the rows'
-        encodings by this version's item tower, computed elsewhere (a Ray bulk pass), row for row."""
+        encodings by this version's item tower, computed elsewhere (a Ray bulk pass), row for row.
+        ``write_chunk``: rows the index writes per hold of its lock (see ``RowIndex.upsert``)."""
         # only what the index will take (newer revisions, the latest of each id in the page): a replayed or
         # late change must not overwrite the features or the text of a newer revision. One loader writes a
         # version, so nothing applies in between
@@ -163,7 +181,7 @@ class ServingVersion:
                 vectors=encoded.vectors,
             )
             self.features.put(rows.ids, encoded.features)  # before the index: a searchable entity has features
-            applied = self.index.upsert(rows)
+            applied = self.index.upsert(rows, write_chunk=write_chunk)
         # the text follows the index's state (after it: with Qdrant the lexical document is a sparse vector of
         # the point the index writes): every row the index holds now, written just above or by an attempt
         # that failed before its lexical write, which this replay completes (rewriting a document is harmless)
@@ -186,7 +204,7 @@ class ServingVersion:
                 batch.append(change)
                 continue
             if batch:
-                applied += self.load_rows(changes_frame(batch), commit=False)
+                applied += self.load_rows(changes_frame(batch), commit=False, write_chunk=STREAM_WRITE_CHUNK)
                 batch = []
             if change is not None:
                 applied += self.index.delete([change.entity_id], [change.revision])
@@ -195,7 +213,7 @@ class ServingVersion:
                 if self.index.current_rows([change.entity_id], np.array([change.revision]), deleted=True):
                     self.features.remove([change.entity_id])
                     self.sources.lexical.delete([change.entity_id], commit=False)
-        self.sources.lexical.commit()  # once per batch of changes: a commit costs milliseconds
+        self._lexical_commit.written()  # now, or within deploy.lexical_commit_s: a commit costs milliseconds
         return applied
 
     @torch.no_grad()
@@ -393,6 +411,7 @@ class ServingVersion:
             self.in_flight -= 1
 
     def close(self) -> None:
+        self._lexical_commit.close()
         self.index.close()
         self.sources.close()
         if self.users is not None:

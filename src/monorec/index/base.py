@@ -79,8 +79,10 @@ class VectorIndex(Protocol):
 
     dim: int
 
-    def upsert(self, rows: EntityRows) -> int:
-        """Adds or replaces entities whose revision is newer than the applied one; returns how many applied."""
+    def upsert(self, rows: EntityRows, *, write_chunk: int | None = None) -> int:
+        """Adds or replaces entities whose revision is newer than the applied one; returns how many applied.
+        ``write_chunk``: an in-process index writes that many rows at a time, letting searches in between
+        (streaming writes into a serving version); None: all at once (a bulk load)."""
         ...
 
     def delete(self, ids: Sequence[str], revisions: Sequence[int]) -> int:

@@ -91,7 +91,8 @@ class QdrantIndex:
         log, and write nothing to Qdrant."""
         self.writes = False
 
-    def upsert(self, rows: EntityRows) -> int:
+    def upsert(self, rows: EntityRows, *, write_chunk: int | None = None) -> int:
+        del write_chunk  # Qdrant's server lets searches run beside its writes
         with self._lock:
             positions = self.book.newer_rows(rows.ids, rows.revisions)
             if not positions:

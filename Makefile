@@ -57,6 +57,7 @@ bench-quick: $(VENV)/.installed-test
 	$(PY) bench/b8_capacity.py --quick --out runs/bench-quick/b8.json
 	$(PY) bench/profile_request.py --quick --out runs/bench-quick/profile.json
 	$(PY) bench/gpu_paths.py --quick --out runs/bench-quick/gpu_paths.json
+	$(PY) bench/b13_compaction.py --quick --out runs/bench-quick/b13.json
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench scripts

@@ -272,6 +272,50 @@ def test_graphs_compact_dead_rows_and_keep_answering(kind: str, tmp_path: Path) 
     check_answers(index, model, clustered(10, seed=6), 10, None, exact=False)
 
 
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "hnswlib"])
+def test_a_compaction_lets_searches_and_writes_in_and_keeps_what_they_wrote(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rebuilding a graph of 100k rows takes ~12 s: under the lock every search of the version would wait;
+    # it runs outside it, and what other threads write meanwhile reaches the rebuilt store
+    spec = IndexSpec(kind=kind, compact_above=0.2, exact_below=0)  # type: ignore[arg-type]
+    index = create_index(spec, DIM, name="c", root=tmp_path)
+    model = Model()
+    first = entities(300, seed=1, revision=1)
+    index.upsert(first)
+    model.upsert(first)
+    during: list[str] = []
+    rebuild = type(index)._append
+
+    def append(self, ids, types, cats, vectors):  # type: ignore[no-untyped-def]
+        if self is not index and not during:  # the rebuild, on a copy, outside the lock: others go on
+            late = entities(5, seed=9, revision=3, prefix="late")
+
+            def others() -> None:
+                during.append(index.search(clustered(1, 4), 5).row(0)[0][0])
+                index.upsert(late)
+                index.delete(["e7"], [9])
+
+            probe = threading.Thread(target=others)
+            probe.start()
+            probe.join(timeout=10)
+            assert not probe.is_alive(), "a search or a write waited for the compaction"
+            model.upsert(late)
+            model.delete(["e7"], [9])
+        return rebuild(self, ids, types, cats, vectors)
+
+    monkeypatch.setattr(type(index), "_append", append)
+    second = entities(300, seed=2, revision=2)  # every row overwritten: more than 20% dead, a compaction
+    index.upsert(second)
+    model.upsert(second)
+    assert during, "no compaction ran"
+    # rebuilt from the 300 live rows, then the late writes carried in: 5 rows added, e7's row dead
+    assert (index._count(), len(index), len(model.live)) == (305, 304, 304)  # type: ignore[attr-defined]
+    assert index.revisions() == {e: v[2] for e, v in model.live.items()}
+    check_answers(index, model, clustered(10, seed=5), 10, None, exact=kind != "hnsw")
+    check_answers(index, model, clustered(10, seed=6), 10, EntityFilter(categories=("a",)), exact=kind != "hnsw")
+
+
 def test_hnswlib_leaves_dead_rows_out_without_a_mask(tmp_path: Path) -> None:
     """Deleted and overwritten entities are marked deleted in hnswlib's graph: an unfiltered search takes
     the unmasked path and still never returns them."""

@@ -427,6 +427,7 @@ class Deployment:
             sv = self.versions.pop(version, None)
             if sv is not None:
                 VersionRouter.drain(sv, sv.bundle.config.deploy.drain_timeout_s)
+                sv.stop_writes()
                 sv.index.drop()
                 if sv.users is not None:
                     sv.users.drop()

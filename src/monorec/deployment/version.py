@@ -410,8 +410,13 @@ class ServingVersion:
         with self._count_lock:
             self.in_flight -= 1
 
-    def close(self) -> None:
+    def stop_writes(self) -> None:
+        """No commit of streamed writes is made after this (a retired version's paced lexical commit would
+        otherwise fire into a closed index); what its loader applied since the last commit is dropped."""
         self._lexical_commit.close()
+
+    def close(self) -> None:
+        self.stop_writes()
         self.index.close()
         self.sources.close()
         if self.users is not None:

@@ -293,6 +293,6 @@ def test_a_change_applied_again_after_failing_between_the_index_and_the_text_com
     with pytest.raises(RuntimeError):
         sv.apply([deleted])
     assert "healed" not in sv.index.revisions() and lexical.holds("healed")
-    sv.apply([deleted])  # a second apply within deploy.lexical_commit_s: committed by the paced commit's timer
+    sv.apply([deleted])  # with deploy.lexical_commit_s > 0, a paced commit's timer commits it
     wait_for(lambda: not lexical.holds("healed"), timeout=5)
     assert lexical.ids() == set(sv.index.revisions())

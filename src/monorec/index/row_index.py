@@ -192,10 +192,9 @@ class RowIndex:
                 later = later[self._alive[later]]  # written since the snapshot and still live
                 if len(later):
                     fresh._append(*self._metadata(later), self._vectors()[later].copy())
-                fresh._compacting = False
                 self.__dict__.update(fresh.__dict__)  # the new rows and store; lock, book and params are shared
         finally:
-            self._compacting = False
+            self._compacting = False  # also after the update above, which copied the snapshot's True
 
     def _metadata(self, rows: np.ndarray) -> tuple[list[str], list[str], list[tuple[str, ...]]]:
         """(ids, types, categories) of stored ``rows``."""

@@ -25,7 +25,7 @@ import polars as pl
 
 from monorec.artifacts import atomic_dir
 
-__all__ = ["WorldSpec", "generate_world", "write_world"]
+__all__ = ["LatentWorld", "WorldSpec", "generate_world", "latent_world", "write_world"]
 
 TOPICS: dict[str, list[str]] = {
     "action": ["fist", "chase", "blast", "agent", "strike", "fury", "bullet", "steel", "rogue", "siege"],
@@ -90,8 +90,44 @@ def _click_histories(logs: pl.DataFrame, length: int) -> pl.DataFrame:
     return pl.DataFrame({"request_id": requests["request_id"], "history": pl.Series(out, dtype=pl.String)})
 
 
-def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Generates (catalogue, logs) in the documented schema (see :mod:`monorec.data.tables`)."""
+@dataclass(frozen=True)
+class LatentWorld:
+    """The hidden truth a world's logs are drawn from (I items, U users, T topics, D latent dimensions):
+    what a perfect model would know (``scripts/synthetic_headroom.py`` ranks by it). The logs never contain it."""
+
+    topics: list[str]
+    centres: np.ndarray  # (T, D) each topic's direction
+    item_vec: np.ndarray  # (I, D)
+    popularity: np.ndarray  # (I,)
+    is_series: np.ndarray  # (I,) bool
+    in_topic: np.ndarray  # (I, T) bool
+    title_words: list[set[str]]  # (I,) lower-case words of each title
+    item_ids: np.ndarray  # (I,) entity ids
+    titles: list[str]
+    categories: list[str]  # "a|b"
+    taste: np.ndarray  # (U, D)
+    user_country: np.ndarray  # (U,) index into COUNTRIES
+    user_device: np.ndarray  # (U,) index into DEVICES
+    activity: np.ndarray  # (U,) request rate weights
+    latent_dim: int
+
+    def affinity(self, users: np.ndarray, evening: np.ndarray) -> np.ndarray:
+        """(B,) user indices, (B,) 1.0 for an evening request -> (B, I) how much each user likes each item:
+        taste, popularity and, on a TV, a lean to series (more in the evening)."""
+        d = self.latent_dim
+        affinity = self.taste[users] @ self.item_vec.T / np.sqrt(d) * 2.0 + 0.4 * self.popularity[None, :]
+        tv = (self.user_device[users] == DEVICES.index("tv"))[:, None]
+        return affinity + (tv * (0.4 + 0.3 * evening)[:, None]) * np.where(self.is_series, 1.0, -0.3)[None, :]
+
+    def browse_utility(self, affinity: np.ndarray, topic: int) -> np.ndarray:
+        """(..., I) affinities of a browse request for topic index ``topic`` -> (..., I) its utility: the
+        topic's entities first, then the user's affinity."""
+        return 2.5 * self.in_topic[:, topic] + 0.5 * affinity
+
+
+def latent_world(spec: WorldSpec = WorldSpec()) -> tuple[LatentWorld, np.random.Generator]:
+    """Draws the world's items and users (the same draws :func:`generate_world` makes first) -> the latent
+    truth and the generator, positioned where the requests' draws begin."""
     rng = np.random.default_rng(spec.seed)
     topics = list(TOPICS)
     n_topics, d = len(topics), spec.latent_dim
@@ -119,14 +155,6 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
         title_words.append({w.lower() for w in words})
         categories.append("|".join(topics[t] for t in (main[i], second[i]) if t >= 0))
     item_ids = np.array([f"{'s' if is_series[i] else 'm'}{i:05d}" for i in range(spec.n_items)])
-    catalogue = pl.DataFrame(
-        {
-            "entity_id": item_ids,
-            "entity_type": np.where(is_series, "series", "movie"),
-            "title": titles,
-            "categories": categories,
-        }
-    )
     in_topic = np.zeros((spec.n_items, n_topics), dtype=bool)
     in_topic[np.arange(spec.n_items), main] = True
     in_topic[np.arange(spec.n_items)[second >= 0], second[second >= 0]] = True
@@ -144,11 +172,51 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
     )
     user_device = rng.choice(len(DEVICES), spec.n_users, p=[0.5, 0.3, 0.2])
     activity = rng.pareto(1.5, spec.n_users) + 1.0
-    topic_pref = taste @ centres.T  # (U, T)
+    world = LatentWorld(
+        topics=topics,
+        centres=centres,
+        item_vec=item_vec,
+        popularity=popularity,
+        is_series=is_series,
+        in_topic=in_topic,
+        title_words=title_words,
+        item_ids=item_ids,
+        titles=titles,
+        categories=categories,
+        taste=taste,
+        user_country=user_country,
+        user_device=user_device,
+        activity=activity,
+        latent_dim=d,
+    )
+    return world, rng
+
+
+def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Generates (catalogue, logs) in the documented schema (see :mod:`monorec.data.tables`)."""
+    w, rng = latent_world(spec)
+    topics, n_topics = w.topics, len(w.topics)
+    item_vec, is_series, in_topic, item_ids, user_country = (
+        w.item_vec,
+        w.is_series,
+        w.in_topic,
+        w.item_ids,
+        w.user_country,
+    )
+    countries = list(COUNTRIES)
+    catalogue = pl.DataFrame(
+        {
+            "entity_id": item_ids,
+            "entity_type": np.where(is_series, "series", "movie"),
+            "title": w.titles,
+            "categories": w.categories,
+        }
+    )
+    topic_pref = w.taste @ w.centres.T  # (U, T)
 
     # ---- requests
     n = spec.n_requests
-    user = rng.choice(spec.n_users, n, p=activity / activity.sum())
+    user = rng.choice(spec.n_users, n, p=w.activity / w.activity.sum())
     shares = spec.canvas_shares()
     canvas = rng.choice(list(shares), n, p=list(shares.values()))
     ts = np.sort(rng.integers(EPOCH, EPOCH + spec.days * DAY, n))
@@ -160,9 +228,7 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
         u, cv, b = user[sl], canvas[sl], np.arange(sl.start, sl.stop)
-        affinity = taste[u] @ item_vec.T / np.sqrt(d) * 2.0 + 0.4 * popularity[None, :]  # (B, I)
-        tv = (user_device[u] == DEVICES.index("tv"))[:, None]
-        affinity += (tv * (0.4 + 0.3 * evening[b])[:, None]) * np.where(is_series, 1.0, -0.3)[None, :]
+        affinity = w.affinity(u, evening[b])  # (B, I)
         utility = affinity.copy()
         source = np.full(len(u), -1)
         query = np.full(len(u), None, dtype=object)
@@ -183,14 +249,14 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
                 t = int(rng.choice(n_topics, p=p / p.sum()))
                 if cv[j] == "browse":
                     category[j] = topics[t]
-                    utility[j] = 2.5 * in_topic[:, t] + 0.5 * affinity[j]
+                    utility[j] = w.browse_utility(affinity[j], t)
                 else:
                     words = list(rng.choice(TOPICS[topics[t]], int(rng.integers(1, 3)), replace=False))
                     query[j] = " ".join(words)
-                    match = np.array([len(tw.intersection(words)) for tw in title_words], dtype=np.float64)
+                    match = np.array([len(tw.intersection(words)) for tw in w.title_words], dtype=np.float64)
                     utility[j] = 2.0 * in_topic[:, t] + 1.5 * match + 0.4 * affinity[j]
             elif cv[j] == "notify":  # a push: the user's taste, leaning to what is popular
-                utility[j] = affinity[j] + 0.8 * popularity
+                utility[j] = affinity[j] + 0.8 * w.popularity
         # the logging policy: Gumbel top-k on a tempered utility, so that impressions are informative
         noisy = utility / 1.5 + rng.gumbel(size=utility.shape)
         shown = np.argpartition(-noisy, spec.impressions, axis=1)[:, : spec.impressions]  # (B, K)
@@ -216,7 +282,7 @@ def generate_world(spec: WorldSpec = WorldSpec()) -> tuple[pl.DataFrame, pl.Data
                     "user_id": [f"u{x:05d}" for x in uu],
                     "country": np.array(countries)[user_country[uu]],
                     "language": np.array([COUNTRIES[c] for c in countries])[user_country[uu]],
-                    "device": np.array(DEVICES)[user_device[uu]],
+                    "device": np.array(DEVICES)[w.user_device[uu]],
                     "source_item_id": [item_ids[s] if s >= 0 else None for s in np.repeat(source, k)],
                     "query": np.repeat(query, k).tolist(),
                     "category": np.repeat(category, k).tolist(),

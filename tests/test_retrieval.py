@@ -251,3 +251,33 @@ def test_popular_per_category_counts_every_canvas_by_membership(config):
     # without the catalogue: the browse requests that carried the category, as before
     plain = PopularLists.fit(responses, config)
     assert plain.lists["browse|category=drama"] == ["a", "d"]
+
+
+def _fusion_case(n: int, helped: int):
+    """n requests of 3 candidates, the relevant one at position 2; the ranker puts it last everywhere, the
+    lexical source (column 1) puts it first on ``helped`` requests and last on the others."""
+    from monorec.evaluation.fusion import FusionInputs
+
+    blend = torch.tensor([[0.3, 0.2, 0.1]] * n)
+    sources = torch.zeros(n, 3, 4)
+    sources[:helped, 2, 1] = 1.0  # lexical proposes the relevant candidate
+    sources[helped:, 0, 1] = 1.0  # ... or a wrong one
+    sources[helped:, 1, 1] = 0.5
+    cands = torch.arange(3).repeat(n, 1)
+    return FusionInputs(blend, sources, cands, [0, 1]), [np.array([2])] * n
+
+
+def test_fusion_margin_keeps_only_gains_the_requests_agree_on():
+    from monorec.evaluation.fusion import choose_weights
+
+    # a gain on 2 requests of 40, a loss on none: any gain is kept at margin 0; at a margin of 2 standard
+    # errors, 2 requests of 40 are not enough agreement
+    inputs, relevant = _fusion_case(40, helped=2)
+    weights, fused, alone = choose_weights(inputs, relevant, k=1, margin=0.0)
+    assert weights[1] > 0 and fused > alone
+    weights, fused, alone = choose_weights(inputs, relevant, k=1, margin=2.0)
+    assert weights.tolist() == [0.0, 0.0, 0.0, 0.0] and fused == alone
+    # the same source helping 30 of 40 requests clears the margin
+    inputs, relevant = _fusion_case(40, helped=30)
+    weights, fused, alone = choose_weights(inputs, relevant, k=1, margin=2.0)
+    assert weights[1] > 0 and fused == pytest.approx(0.75) and alone == 0.0

@@ -200,6 +200,10 @@ class TrainSpec:
     # validation is still measured and recorded; a canvas whose validation requests are too few or come from
     # too few users to tell epochs apart would otherwise pick the epoch for all of them
     selection_canvases: tuple[str, ...] = ()
+    # the fusion of the candidate sources (monorec.evaluation.fusion.choose_weights) keeps a change of a
+    # source's weight only when its gain on the validation requests exceeds this many standard errors of the
+    # per-request gains (0: any gain): few validation requests let a blend win by chance
+    fusion_margin: float = 0.0
     max_train_rows: int = 0  # cap on merged training rows per epoch (0: all)
     # training rows larger than memory: each epoch reads the merged rows in shards of this many rows (in
     # a seeded order of shards, a fresh one each epoch), featurizing one shard at a time (0: one table)

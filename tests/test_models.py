@@ -167,3 +167,45 @@ def test_text_match_reads_the_words_a_query_shares_with_a_title(config, prepared
         blank_feats, _ = model.encode_context(blank)
         for part in model.text_matches(blank_feats, item_feats):
             assert bool((part == 0).all())
+
+
+def test_category_match_reads_whether_an_entity_is_in_the_browsed_category(config, prepared):
+    """``model.category_match``: per category field of the context, the product and the cosine of the
+    field's category embedding and the mean of the entity's; an entity of that one category matches it
+    exactly (cosine 1), entities of other categories less; a context without a category matches nothing;
+    a model without it reads none."""
+    import dataclasses
+
+    import numpy as np
+    import polars as pl
+
+    cfg = dataclasses.replace(config, model=dataclasses.replace(config.model, category_match=True))
+    fz = Featurizer(cfg).fit(prepared.rows("train"), prepared.catalogue)
+    model = build_model(model_kwargs(cfg, fz)).eval()
+    plain = build_model(model_kwargs(config, fz)).eval()
+    category_fields = [f for f in cfg.fields if f.vocabulary == "category" and f.kind in ("id", "categorical")]
+    assert category_fields and len(model.category_slices) == len(category_fields)
+    catalogue = prepared.catalogue.head(60)
+    items = fz.transform_catalogue(catalogue)
+    item = {k: torch.as_tensor(getattr(items, k)) for k in ("entity", "entity_type", "categories", "title", "numeric")}
+    browsed = catalogue["categories"].str.split("|").list.first()[0]
+    rows = prepared.rows("test").filter(pl.col("canvas") == "browse").head(1)
+    rows = pl.concat([rows] * 60).with_columns(category=pl.lit(browsed))
+    ctx = {k: torch.as_tensor(v) for k, v in fz.transform_context(rows).items()}
+    with torch.no_grad():
+        ctx_feats, _ = model.encode_context(ctx)
+        item_feats, _ = model.encode_items(item)
+        matches = model.category_matches(ctx_feats, item_feats)
+        assert plain.category_matches(ctx_feats, item_feats) == []
+        assert model(ctx, item)[2].shape == (60, len(cfg.objectives))  # the bottom reads the wider input
+    cosine = matches[1][:, 0].numpy()
+    only = (catalogue["categories"] == browsed).to_numpy()
+    member = catalogue["categories"].str.split("|").list.contains(browsed).to_numpy()
+    assert only.any() and (~member).any()
+    np.testing.assert_allclose(cosine[only], 1.0, rtol=1e-5)
+    assert cosine[~member].max() < 0.99
+    blank = {k: torch.as_tensor(v) for k, v in fz.transform_context(rows.with_columns(category=pl.lit(None))).items()}
+    with torch.no_grad():
+        blank_feats, _ = model.encode_context(blank)
+        for part in model.category_matches(blank_feats, item_feats):
+            assert bool((part == 0).all())

@@ -142,21 +142,22 @@ def test_the_environment_knob_is_validated() -> None:
 
 
 @pytest.mark.parametrize(
-    ("bottom", "text_match"), [("shared_bottom", False), ("mmoe", True), ("ple", False), ("ple", True)]
+    ("bottom", "matches"), [("shared_bottom", False), ("mmoe", True), ("ple", False), ("ple", True)]
 )
 def test_every_bottom_exports_equal_to_its_pytorch_forward(
-    tmp_path: Path, config, prepared, bottom, text_match
+    tmp_path: Path, config, prepared, bottom, matches
 ) -> None:  # type: ignore[no-untyped-def]
     """The export of each multi-task bottom (its first layers take each request's context share once in
-    the graph), and of ``model.text_match`` (the query's match with the title, zero where a context has no
-    query): the same logits as PyTorch on requests with and without a query."""
+    the graph), and of ``model.text_match`` and ``model.category_match`` (the query's match with the title,
+    the browsed category's with the entity's, zero where a context has neither): the same logits as PyTorch
+    on requests with and without a query or a category."""
     import dataclasses
 
     from monorec.data.features import Featurizer
     from monorec.models.graphs import export_onnx
     from monorec.models.model import build_model, model_kwargs
 
-    spec = dataclasses.replace(config.model, bottom=bottom, text_match=text_match)
+    spec = dataclasses.replace(config.model, bottom=bottom, text_match=matches, category_match=matches)
     cfg = dataclasses.replace(config, model=spec)
     fz = Featurizer(cfg).fit(prepared.rows("train"), prepared.catalogue)
     torch.manual_seed(0)
@@ -167,6 +168,7 @@ def test_every_bottom_exports_equal_to_its_pytorch_forward(
     rows = prepared.rows("test")
     records = [*rows.filter(rows["canvas"] == "search").head(8).select(fields).to_dicts()]
     records += rows.filter(rows["canvas"] == "home").head(8).select(fields).to_dicts()
+    records += rows.filter(rows["canvas"] == "browse").head(8).select(fields).to_dicts()
     ctx = context_tensors(fz.transform_records(records))
     export_onnx(model, ctx, tmp_path)
     onnx = OnnxModel(tmp_path)
@@ -179,9 +181,11 @@ def test_every_bottom_exports_equal_to_its_pytorch_forward(
         sources = torch.zeros(n * 5, len(SOURCE_NAMES))
         owner, pairs = _every_pair((feats, emb), (item_feats, item_emb), ctx["task_type"])
         want = model.rank(*pairs, sources)
-        if text_match:  # (N, 1) cosine: nonzero only with a query
+        if matches:  # (N, 1) cosines: nonzero only with a query (the first 8 requests), a category (the last 8)
             matched = model.text_matches(pairs[0], pairs[2])[1]
             assert bool((matched[: 8 * 5] != 0).all()) and bool((matched[8 * 5 :] == 0).all())
+            browsed = model.category_matches(pairs[0], pairs[2])[1]
+            assert bool((browsed[16 * 5 :] != 0).all()) and bool((browsed[: 16 * 5] == 0).all())
     _, logits = onnx.rank(feats, emb, owner, *pairs[2:], sources)
     assert (torch.from_numpy(logits) - want).abs().max() <= TOLERANCE
 

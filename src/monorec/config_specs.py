@@ -141,6 +141,10 @@ class ModelSpec:
     # 0.053 over 3 seeds) but not what serving ranks by, the ranker fused with the sources, on any canvas
     # (docs/benchmarks.md, "The query's match with the title")
     text_match: bool = False
+    # the ranker reads how each category field of the context (browse's category) matches the candidate's
+    # categories: the product and the cosine of their category embeddings (monorec.models.model). Off by
+    # default: see docs/benchmarks.md, "The browsed category's match"
+    category_match: bool = False
 
 
 @dataclass(frozen=True)

@@ -112,8 +112,8 @@ class RankerGraph(nn.Module):
         pair_emb = ctx_emb.index_select(0, owner)
         dot = (pair_emb * item_emb).sum(dim=1, keepdim=True)
         sources = torch.cat([dot, sources[:, 1:]], dim=1)
-        # the text matches read the context features per pair; without them the rows are never gathered
-        pair_feats = ctx_feats.index_select(0, owner) if model.text_slices else ctx_feats
+        # the text and category matches read the context features per pair; without them the rows are never gathered
+        pair_feats = ctx_feats.index_select(0, owner) if model.text_slices or model.category_slices else ctx_feats
         pairs = model.pair_inputs(pair_feats, pair_emb, item_feats, item_emb, sources)
         self.requests.feats, self.requests.owner = ctx_feats, owner
         logits = model.towers.gathered(self.bottom(pairs), task)

@@ -74,6 +74,7 @@ class MonorecModel(nn.Module):
         source_weights: Sequence[Sequence[float]] | None = None,
         retrieval_weight: Sequence[float] | None = None,
         text_match: bool = False,
+        category_match: bool = False,
     ) -> None:
         super().__init__()
         self.tables = EmbeddingTables(vocab_sizes, embedding_dim, text_buckets, n_tasks, sparse=sparse_tables)
@@ -103,6 +104,13 @@ class MonorecModel(nn.Module):
             if text_match and f.kind == "text"
         ]
         rank_in += len(self.text_slices) * (embedding_dim + 1)
+        # the context features' slices of the fields over the catalogue's categories (browse's category)
+        self.category_slices = [
+            slice(i * embedding_dim, (i + 1) * embedding_dim)
+            for i, f in enumerate(fields)
+            if category_match and f.table == "category" and f.kind in ("id", "categorical")
+        ]
+        rank_in += len(self.category_slices) * (embedding_dim + 1)
         self.bottom = build_bottom(
             bottom,
             in_dim=rank_in,
@@ -178,9 +186,11 @@ class MonorecModel(nn.Module):
     ) -> torch.Tensor:
         """What the ranker reads of each (context, entity) pair beyond the context features: the entity's
         features, the two embeddings' product and dot, the text matches and the sources read, row by row:
-        (B, ...) -> (B, F_r - F_c). ``ctx_feats`` is read only for the text matches (``text_match``)."""
+        (B, ...) -> (B, F_r - F_c). ``ctx_feats`` is read only for the matches (``text_match``,
+        ``category_match``)."""
         dot = (ctx_emb * item_emb).sum(dim=1, keepdim=True)
         parts = [item_feats, ctx_emb * item_emb, dot, *self.text_matches(ctx_feats, item_feats)]
+        parts += self.category_matches(ctx_feats, item_feats)
         if self.source_columns:
             if sources is None:
                 sources = dot.new_zeros(len(dot), len(SOURCE_NAMES))
@@ -202,6 +212,22 @@ class MonorecModel(nn.Module):
             present = (text != self.tables.text_missing).any(dim=1, keepdim=True).to(text.dtype)  # (B, 1)
             cosine = F.cosine_similarity(text, title, dim=1, eps=1e-6)[:, None]
             out += [present * text * title, present * cosine]
+        return out
+
+    def category_matches(self, ctx_feats: torch.Tensor, item_feats: torch.Tensor) -> list[torch.Tensor]:
+        """How each category field of the context (browse's category) matches the entity's categories, row by
+        row: the element-wise product of the field's category embedding and the mean of the entity's (B, E),
+        and their cosine (B, 1). Both come from the one category table, so the entity's own category adds
+        its squared norm: "is the candidate in the browsed category" is one input away instead of a product
+        the MLP must learn from two inputs side by side. Rows without the field get zeros."""
+        categories = item_feats[:, self.item_encoder.category_slice]  # (B, E)
+        missing = self.tables.lookup("category", torch.zeros(1, dtype=torch.long, device=item_feats.device))
+        out = []
+        for part in self.category_slices:
+            wanted = ctx_feats[:, part]  # (B, E)
+            present = (wanted != missing).any(dim=1, keepdim=True).to(wanted.dtype)  # index 0: the "missing" row
+            cosine = F.cosine_similarity(wanted, categories, dim=1, eps=1e-6)[:, None]
+            out += [present * wanted * categories, present * cosine]
         return out
 
     def blend_scores(
@@ -270,6 +296,7 @@ def model_kwargs(config: ProjectConfig, featurizer: Featurizer) -> dict[str, obj
         "sequence_dropout": m.sequence_dropout,
         "source_inputs": list(m.source_inputs),
         "text_match": m.text_match,
+        "category_match": m.category_match,
     }
 
 

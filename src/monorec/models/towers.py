@@ -164,6 +164,7 @@ class ItemEncoder(nn.Module):
         self.tables = tables
         self.numeric = nn.Linear(n_numeric, tables.dim)
         self.feature_dim = tables.dim * 5
+        self.category_slice = slice(2 * tables.dim, 3 * tables.dim)  # the categories' part of the features
         self.title_slice = slice(3 * tables.dim, 4 * tables.dim)  # the title's part of the features
         self.tower = MLP(self.feature_dim, hidden, out_dim=out_dim)
 

@@ -144,9 +144,7 @@ def test_the_environment_knob_is_validated() -> None:
 @pytest.mark.parametrize(
     ("bottom", "matches"), [("shared_bottom", False), ("mmoe", True), ("ple", False), ("ple", True)]
 )
-def test_every_bottom_exports_equal_to_its_pytorch_forward(
-    tmp_path: Path, config, prepared, bottom, matches
-) -> None:  # type: ignore[no-untyped-def]
+def test_every_bottom_exports_equal_to_its_pytorch_forward(tmp_path: Path, config, prepared, bottom, matches) -> None:  # type: ignore[no-untyped-def]
     """The export of each multi-task bottom (its first layers take each request's context share once in
     the graph), and of ``model.text_match`` and ``model.category_match`` (the query's match with the title,
     the browsed category's with the entity's, zero where a context has neither): the same logits as PyTorch

@@ -1,13 +1,14 @@
-"""Judge the fusion's margin on validation alone: choose the source weights on one half of each canvas's
-validation requests, score them on the other half, for several ``train.fusion_margin`` values.
+"""Judge a fusion rule on validation alone: choose the source weights on one half of each canvas's
+validation requests, score them on the other half, for several rules (``train.fusion_margin`` and
+``train.fusion_cv_repeats`` values, written MARGIN:REPEATS).
 
-    python scripts/fusion_cross_validation.py --data /tmp/synworld --data /tmp/synworld1 --margins 0 1 2
+    python scripts/fusion_cross_validation.py --data /tmp/synworld --data /tmp/synworld1 --rules 0:0 1:0 0:3
 
 Per dataset: prepare, train the consolidated model (``train.seed``), retrieve and rank each canvas's
 validation requests once (:func:`monorec.evaluation.fusion.fusion_inputs`); then ``--splits`` seeded random
 halvings, each half choosing weights (:func:`monorec.evaluation.fusion.choose_weights`) for the other half to
-score. Prints per canvas the held-out NDCG@k of each margin, averaged over the splits and the datasets, and
-each margin minus margin 0 with its standard error over (dataset, split) pairs. Reads no test data: this is
+score. Prints per canvas the held-out NDCG@k of each rule, averaged over the splits and the datasets, and
+each rule minus the first with its standard error over (dataset, split, half) triples. Reads no test data: this is
 how a fusion rule is chosen before Q1 runs.
 """
 
@@ -28,8 +29,8 @@ from monorec.pipeline import default_config, load_input
 from monorec.train import train
 
 
-def held_out(data: str, config_path: str, margins: list[float], splits: int) -> dict[str, dict[float, list[float]]]:
-    """canvas -> margin -> held-out NDCG@k of each (split, half)."""
+def held_out(data: str, config_path: str, rules: list[str], splits: int) -> dict[str, dict[str, list[float]]]:
+    """canvas -> rule -> held-out NDCG@k of each (split, half)."""
     config = load_config(config_path)
     catalogue, logs = load_input(config, data)
     prepared = prepare(config, catalogue, logs, inputs={"data": data})
@@ -37,21 +38,25 @@ def held_out(data: str, config_path: str, margins: list[float], splits: int) -> 
     k = config.evaluate.k
     requests = request_sets(config, prepared, "valid", max_requests=config.train.val_requests)
     recommender = ModelRecommender(bundle, prepared.catalogue, depth=config.evaluate.retrieval_depth)
-    out: dict[str, dict[float, list[float]]] = {}
+    out: dict[str, dict[str, list[float]]] = {}
     for canvas, reqs in requests.items():
         if len(reqs) < 4:
             continue
         inputs = fusion_inputs(bundle, recommender, canvas, reqs, k)
-        out[canvas] = {m: [] for m in margins}
+        out[canvas] = {rule: [] for rule in rules}
         for split in range(splits):
             order = np.random.default_rng(split).permutation(len(reqs))
             halves = (order[: len(order) // 2], order[len(order) // 2 :])
             for choose, score in (halves, halves[::-1]):
                 on = inputs.take(score)
                 relevant = [reqs.relevant[i] for i in score]
-                for m in margins:
-                    weights, _, _ = choose_weights(inputs.take(choose), [reqs.relevant[i] for i in choose], k, margin=m)
-                    out[canvas][m].append(float(np.mean(fused_ndcg(on, weights, relevant, k))))
+                for rule in rules:
+                    margin, repeats = rule.split(":")
+                    picked = [reqs.relevant[i] for i in choose]
+                    weights, _, _ = choose_weights(
+                        inputs.take(choose), picked, k, margin=float(margin), cv_repeats=int(repeats)
+                    )
+                    out[canvas][rule].append(float(np.mean(fused_ndcg(on, weights, relevant, k))))
     return out
 
 
@@ -59,23 +64,23 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", action="append", required=True, help="a dataset folder (repeat for several)")
     p.add_argument("--config", default="synthetic", help="a shipped config name or a TOML path")
-    p.add_argument("--margins", type=float, nargs="+", default=[0.0, 1.0, 2.0])
+    p.add_argument("--rules", nargs="+", default=["0:0", "1:0", "0:3"], help="MARGIN:CV_REPEATS each")
     p.add_argument("--splits", type=int, default=5, help="seeded random halvings per dataset")
     p.add_argument("--out", help="also write the figures as JSON")
     args = p.parse_args()
     path = str(default_config(args.config)) if args.config in ("synthetic", "movielens") else args.config
-    runs = {data: held_out(data, path, args.margins, args.splits) for data in args.data}
+    runs = {data: held_out(data, path, args.rules, args.splits) for data in args.data}
     canvases = list(next(iter(runs.values())))
     summary: dict[str, dict[str, float]] = {}
     for canvas in canvases:
-        values = {m: np.concatenate([runs[d][canvas][m] for d in runs]) for m in args.margins}
-        base = values[args.margins[0]]
+        values = {rule: np.array([v for d in runs for v in runs[d][canvas][rule]]) for rule in args.rules}
+        base = values[args.rules[0]]
         line = []
-        for m in args.margins:
-            diff = values[m] - base
+        for rule in args.rules:
+            diff = values[rule] - base
             se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
-            summary[f"{canvas}/{m:g}"] = float(values[m].mean())
-            line.append(f"margin {m:g}: {values[m].mean():.4f} ({diff.mean():+.4f} +- {se:.4f})")
+            summary[f"{canvas}/{rule}"] = float(values[rule].mean())
+            line.append(f"{rule}: {values[rule].mean():.4f} ({diff.mean():+.4f} +- {se:.4f})")
         print(f"{canvas:>8}  " + "  ".join(line))
     if args.out:
         Path(args.out).write_text(json.dumps({"runs": runs, "summary": summary}, indent=1, default=str))

@@ -281,3 +281,24 @@ def test_fusion_margin_keeps_only_gains_the_requests_agree_on():
     inputs, relevant = _fusion_case(40, helped=30)
     weights, fused, alone = choose_weights(inputs, relevant, k=1, margin=2.0)
     assert weights[1] > 0 and fused == pytest.approx(0.75) and alone == 0.0
+
+
+def test_fusion_cross_validation_keeps_the_blend_or_a_simple_order_and_reports_its_score():
+    from monorec.evaluation.fusion import FusionInputs, choose_weights, fused_ndcg
+
+    rng = np.random.default_rng(0)
+    n, c = 60, 8
+    relevant = [np.array([int(rng.integers(0, c))]) for _ in range(n)]
+    blend = torch.as_tensor(rng.normal(size=(n, c)), dtype=torch.float32)
+    sources = torch.as_tensor(rng.random(size=(n, c, 4)), dtype=torch.float32)
+    for r in range(0, n, 3):  # the lexical source knows a third of the answers; everything else is noise
+        sources[r, relevant[r][0], 1] = 2.0
+    inputs = FusionInputs(blend, sources, torch.arange(c).repeat(n, 1), [0, 1, 2])
+    fitted, fitted_score, _ = choose_weights(inputs, relevant, k=3)
+    checked, checked_score, _ = choose_weights(inputs, relevant, k=3, cv_repeats=3)
+    simple = [[0.0] * 4] + [[1000.0 if i == j else 0.0 for i in range(4)] for j in (0, 1, 2)]
+    assert checked.tolist() == fitted.tolist() or checked.tolist() in simple
+    assert checked_score == pytest.approx(float(np.mean(fused_ndcg(inputs, checked, relevant, 3))))
+    # beyond the lexical answers, what the blend fits is noise: the check keeps the lexical order alone
+    assert fitted.tolist() not in simple
+    assert checked.tolist() == [0.0, 1000.0, 0.0, 0.0] and checked_score <= fitted_score

@@ -234,6 +234,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
             p.add("evaluate.exclude_seen", f"unknown canvas {canvas!r}")
     if sections["train"].fusion_margin < 0:
         p.add("train.fusion_margin", "must be >= 0 (standard errors)")
+    if sections["train"].fusion_cv_repeats < 0:
+        p.add("train.fusion_cv_repeats", "must be >= 0")
     for key in ("sequence_canvases", "selection_canvases"):
         for canvas in getattr(sections["train"], key):
             if declared and canvas not in declared:

@@ -208,6 +208,10 @@ class TrainSpec:
     # source's weight only when its gain on the validation requests exceeds this many standard errors of the
     # per-request gains (0: any gain): few validation requests let a blend win by chance
     fusion_margin: float = 0.0
+    # the fusion also estimates its fitted blend's held-out NDCG by this many 2-fold splits of the validation
+    # requests, and keeps a simple order (the ranker alone, one source's order alone) that beats that
+    # estimate on validation (0: always the fitted blend)
+    fusion_cv_repeats: int = 0
     max_train_rows: int = 0  # cap on merged training rows per epoch (0: all)
     # training rows larger than memory: each epoch reads the merged rows in shards of this many rows (in
     # a seeded order of shards, a fresh one each epoch), featurizing one shard at a time (0: one table)

@@ -211,7 +211,14 @@ def _train(
             if t.selection == "served":
                 # what serving would rank by after this epoch: the fusion is chosen anew for each epoch's
                 # ranker, as it will be for the kept one (validation requests only)
-                fused = tune_source_weights(bundle, recommender, val_requests, cfg.evaluate.k, margin=t.fusion_margin)
+                fused = tune_source_weights(
+                    bundle,
+                    recommender,
+                    val_requests,
+                    cfg.evaluate.k,
+                    margin=t.fusion_margin,
+                    cv_repeats=t.fusion_cv_repeats,
+                )
                 val = {c: {**m, "requests": len(val_requests[c])} for c, m in fused.items()}
             else:
                 val = evaluate_recommender(recommender, val_requests, cfg.evaluate.k)
@@ -265,7 +272,9 @@ def _train(
     # the ranking score's weight of the retrieval order, per canvas, chosen on validation requests
     fusion_requests = val_requests or request_sets(cfg, prepared, "valid", max_requests=t.val_requests)
     recommender = ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth, sources=sources)
-    fusion = tune_source_weights(bundle, recommender, fusion_requests, cfg.evaluate.k, margin=t.fusion_margin)
+    fusion = tune_source_weights(
+        bundle, recommender, fusion_requests, cfg.evaluate.k, margin=t.fusion_margin, cv_repeats=t.fusion_cv_repeats
+    )
     model.cpu()  # a trained bundle leaves training on the CPU, where evaluation, export and serving run
     bundle.meta = {
         "canvases": list(names),

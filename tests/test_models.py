@@ -133,29 +133,17 @@ def test_text_match_reads_the_words_a_query_shares_with_a_title(config, prepared
     cosine of the query's and the title's mean word embeddings; a query equal to a title matches it
     exactly (cosine 1) and other titles less; a context without a query matches nothing; a model without
     it reads none."""
-    import dataclasses
 
     import polars as pl
 
-    cfg = dataclasses.replace(config, model=dataclasses.replace(config.model, text_match=True))
-    fz = Featurizer(cfg).fit(prepared.rows("train"), prepared.catalogue)
-    model = build_model(model_kwargs(cfg, fz)).eval()
-    plain_config = dataclasses.replace(config, model=dataclasses.replace(config.model, text_match=False))
-    plain = build_model(model_kwargs(plain_config, fz)).eval()
+    cfg, fz, model, plain, catalogue, item = _with_match(config, prepared, "text_match", 50)
     text_fields = [f for f in cfg.fields if f.kind == "text"]
     assert text_fields and len(model.text_slices) == len(text_fields)
-    catalogue = prepared.catalogue.head(50)
-    items = fz.transform_catalogue(catalogue)
-    item = {k: torch.as_tensor(getattr(items, k)) for k in ("entity", "entity_type", "categories", "title", "numeric")}
     rows = prepared.rows("test").filter(pl.col("canvas") == "search").head(1)
     rows = pl.concat([rows] * 50).with_columns(query=pl.lit(catalogue["title"][0]))
-    ctx = {k: torch.as_tensor(v) for k, v in fz.transform_context(rows).items()}
-    with torch.no_grad():
-        ctx_feats, _ = model.encode_context(ctx)
-        item_feats, _ = model.encode_items(item)
-        matches = model.text_matches(ctx_feats, item_feats)
-        assert plain.text_matches(ctx_feats, item_feats) == []
-        assert model(ctx, item)[2].shape == (50, len(cfg.objectives))  # the bottom reads the wider input
+    ctx_feats, item_feats = _encoded(model, fz, rows, item)
+    matches = model.text_matches(ctx_feats, item_feats)
+    assert plain.text_matches(ctx_feats, item_feats) == []
     assert len(matches) == 2 * len(text_fields) and matches[0].shape == (50, cfg.model.embedding_dim)
     cosine = matches[1][:, 0]
     same = catalogue["title"] == catalogue["title"][0]
@@ -174,30 +162,19 @@ def test_category_match_reads_whether_an_entity_is_in_the_browsed_category(confi
     field's category embedding and the mean of the entity's; an entity of that one category matches it
     exactly (cosine 1), entities of other categories less; a context without a category matches nothing;
     a model without it reads none."""
-    import dataclasses
 
     import numpy as np
     import polars as pl
 
-    cfg = dataclasses.replace(config, model=dataclasses.replace(config.model, category_match=True))
-    fz = Featurizer(cfg).fit(prepared.rows("train"), prepared.catalogue)
-    model = build_model(model_kwargs(cfg, fz)).eval()
-    plain = build_model(model_kwargs(config, fz)).eval()
+    cfg, fz, model, plain, catalogue, item = _with_match(config, prepared, "category_match", 60)
     category_fields = [f for f in cfg.fields if f.vocabulary == "category" and f.kind in ("id", "categorical")]
     assert category_fields and len(model.category_slices) == len(category_fields)
-    catalogue = prepared.catalogue.head(60)
-    items = fz.transform_catalogue(catalogue)
-    item = {k: torch.as_tensor(getattr(items, k)) for k in ("entity", "entity_type", "categories", "title", "numeric")}
     browsed = catalogue["categories"].str.split("|").list.first()[0]
     rows = prepared.rows("test").filter(pl.col("canvas") == "browse").head(1)
     rows = pl.concat([rows] * 60).with_columns(category=pl.lit(browsed))
-    ctx = {k: torch.as_tensor(v) for k, v in fz.transform_context(rows).items()}
-    with torch.no_grad():
-        ctx_feats, _ = model.encode_context(ctx)
-        item_feats, _ = model.encode_items(item)
-        matches = model.category_matches(ctx_feats, item_feats)
-        assert plain.category_matches(ctx_feats, item_feats) == []
-        assert model(ctx, item)[2].shape == (60, len(cfg.objectives))  # the bottom reads the wider input
+    ctx_feats, item_feats = _encoded(model, fz, rows, item)
+    matches = model.category_matches(ctx_feats, item_feats)
+    assert plain.category_matches(ctx_feats, item_feats) == []
     cosine = matches[1][:, 0].numpy()
     only = (catalogue["categories"] == browsed).to_numpy()
     member = catalogue["categories"].str.split("|").list.contains(browsed).to_numpy()
@@ -209,3 +186,30 @@ def test_category_match_reads_whether_an_entity_is_in_the_browsed_category(confi
         blank_feats, _ = model.encode_context(blank)
         for part in model.category_matches(blank_feats, item_feats):
             assert bool((part == 0).all())
+
+
+def _with_match(config, prepared, flag: str, n: int):  # type: ignore[no-untyped-def]
+    """A model with ``model.<flag>`` on and one without (same featurizer), and the first ``n`` catalogue
+    entities featurized for both."""
+    import dataclasses
+
+    cfg = dataclasses.replace(config, model=dataclasses.replace(config.model, **{flag: True}))
+    fz = Featurizer(cfg).fit(prepared.rows("train"), prepared.catalogue)
+    model = build_model(model_kwargs(cfg, fz)).eval()
+    plain = build_model(
+        model_kwargs(dataclasses.replace(config, model=dataclasses.replace(config.model, **{flag: False})), fz)
+    ).eval()
+    catalogue = prepared.catalogue.head(n)
+    items = fz.transform_catalogue(catalogue)
+    item = {k: torch.as_tensor(getattr(items, k)) for k in ("entity", "entity_type", "categories", "title", "numeric")}
+    return cfg, fz, model, plain, catalogue, item
+
+
+def _encoded(model, fz, rows, item):  # type: ignore[no-untyped-def]
+    """(context features, item features) of ``rows`` and ``item``; checks the bottom reads the wider input."""
+    ctx = {k: torch.as_tensor(v) for k, v in fz.transform_context(rows).items()}
+    with torch.no_grad():
+        ctx_feats, _ = model.encode_context(ctx)
+        item_feats, _ = model.encode_items(item)
+        assert model(ctx, item)[2].shape == (rows.height, len(model.objective_is_binary))
+    return ctx_feats, item_feats

@@ -23,7 +23,7 @@ import numpy as np
 from monorec.config import load_config
 from monorec.data.prepared import prepare
 from monorec.evaluation.evaluate import request_sets
-from monorec.evaluation.fusion import choose_weights, fused_ndcg, fusion_inputs
+from monorec.evaluation.fusion import choose_weights, fused_ndcg, fusion_inputs, two_fold_splits
 from monorec.evaluation.recommenders import ModelRecommender
 from monorec.pipeline import default_config, load_input
 from monorec.train import train
@@ -44,19 +44,16 @@ def held_out(data: str, config_path: str, rules: list[str], splits: int) -> dict
             continue
         inputs = fusion_inputs(bundle, recommender, canvas, reqs, k)
         out[canvas] = {rule: [] for rule in rules}
-        for split in range(splits):
-            order = np.random.default_rng(split).permutation(len(reqs))
-            halves = (order[: len(order) // 2], order[len(order) // 2 :])
-            for choose, score in (halves, halves[::-1]):
-                on = inputs.take(score)
-                relevant = [reqs.relevant[i] for i in score]
-                for rule in rules:
-                    margin, repeats = rule.split(":")
-                    picked = [reqs.relevant[i] for i in choose]
-                    weights, _, _ = choose_weights(
-                        inputs.take(choose), picked, k, margin=float(margin), cv_repeats=int(repeats)
-                    )
-                    out[canvas][rule].append(float(np.mean(fused_ndcg(on, weights, relevant, k))))
+        for choose, score in two_fold_splits(len(reqs), splits):
+            on = inputs.take(score)
+            relevant = [reqs.relevant[i] for i in score]
+            picked = [reqs.relevant[i] for i in choose]
+            for rule in rules:
+                margin, repeats = rule.split(":")
+                weights, _, _ = choose_weights(
+                    inputs.take(choose), picked, k, margin=float(margin), cv_repeats=int(repeats)
+                )
+                out[canvas][rule].append(float(np.mean(fused_ndcg(on, weights, relevant, k))))
     return out
 
 

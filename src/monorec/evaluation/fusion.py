@@ -12,6 +12,7 @@ is the ranker alone; the largest weight is, in effect, that source's order alone
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,15 @@ from monorec.evaluation.metrics import ndcg_at_k
 from monorec.evaluation.recommenders import ModelRecommender
 from monorec.evaluation.requests import RequestSet
 
-__all__ = ["SOURCE_WEIGHTS", "FusionInputs", "choose_weights", "fused_ndcg", "fusion_inputs", "tune_source_weights"]
+__all__ = [
+    "SOURCE_WEIGHTS",
+    "FusionInputs",
+    "choose_weights",
+    "fused_ndcg",
+    "fusion_inputs",
+    "tune_source_weights",
+    "two_fold_splits",
+]
 
 SOURCE_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 1000.0)
 ROUNDS = 2
@@ -133,8 +142,7 @@ def choose_weights(
     Returns:
         (S,) weights, validation NDCG@k with them, NDCG@k of the ranker alone.
     """
-    weights, current = _ascent(inputs, relevant, k, grid, margin)
-    ranker_alone = float(np.mean(fused_ndcg(inputs, torch.zeros_like(weights), relevant, k)))
+    weights, current, ranker_alone = _ascent(inputs, relevant, k, grid, margin)
     best = float(np.mean(current))
     if cv_repeats > 0 and len(relevant) >= 4:
         held_out = _held_out(inputs, relevant, k, grid, margin, cv_repeats)
@@ -152,10 +160,12 @@ def choose_weights(
 
 def _ascent(
     inputs: FusionInputs, relevant: list[np.ndarray], k: int, grid: tuple[float, ...], margin: float
-) -> tuple[torch.Tensor, np.ndarray]:
-    """The coordinate ascent of :func:`choose_weights` -> ((S,) weights, (R,) NDCG@k with them)."""
+) -> tuple[torch.Tensor, np.ndarray, float]:
+    """The coordinate ascent of :func:`choose_weights` -> ((S,) weights, (R,) NDCG@k with them, mean NDCG@k
+    of its start, the ranker alone)."""
     weights = torch.zeros(len(SOURCE_NAMES), device=inputs.sources.device)  # where the scores are (a GPU)
     current = fused_ndcg(inputs, weights, relevant, k)
+    start = float(np.mean(current))
     for _ in range(ROUNDS):
         for j in inputs.active:
             best, best_trial, best_values = float(np.mean(current)), None, current
@@ -167,7 +177,7 @@ def _ascent(
                     best, best_trial, best_values = float(np.mean(values)), trial, values
             if best_trial is not None and _clears(best_values - current, margin):
                 weights, current = best_trial, best_values
-    return weights, current
+    return weights, current, start
 
 
 def _held_out(
@@ -181,13 +191,19 @@ def _held_out(
     """Mean NDCG@k of the ascent fitted on one half of the requests and scored on the other, over
     ``repeats`` seeded splits (both halves each)."""
     scores = []
-    for seed in range(repeats):
-        order = np.random.default_rng(seed).permutation(len(relevant))
-        halves = (order[: len(order) // 2], order[len(order) // 2 :])
-        for fit, score in (halves, halves[::-1]):
-            weights, _ = _ascent(inputs.take(fit), [relevant[i] for i in fit], k, grid, margin)
-            scores.append(fused_ndcg(inputs.take(score), weights, [relevant[i] for i in score], k))
+    for fit, score in two_fold_splits(len(relevant), repeats):
+        weights, _, _ = _ascent(inputs.take(fit), [relevant[i] for i in fit], k, grid, margin)
+        scores.append(fused_ndcg(inputs.take(score), weights, [relevant[i] for i in score], k))
     return float(np.mean(np.concatenate(scores)))
+
+
+def two_fold_splits(n: int, repeats: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(fit, score) row indices of ``repeats`` seeded halvings of ``n`` requests, each half fitting once."""
+    for seed in range(repeats):
+        order = np.random.default_rng(seed).permutation(n)
+        halves = (order[: n // 2], order[n // 2 :])
+        yield halves
+        yield halves[1], halves[0]
 
 
 def _clears(gain: np.ndarray, margin: float) -> bool:

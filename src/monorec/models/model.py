@@ -220,6 +220,8 @@ class MonorecModel(nn.Module):
         and their cosine (B, 1). Both come from the one category table, so the entity's own category adds
         its squared norm: "is the candidate in the browsed category" is one input away instead of a product
         the MLP must learn from two inputs side by side. Rows without the field get zeros."""
+        if not self.category_slices:  # off (the default): nothing looked up on the ranker's path
+            return []
         categories = item_feats[:, self.item_encoder.category_slice]  # (B, E)
         missing = self.tables.lookup("category", torch.zeros(1, dtype=torch.long, device=item_feats.device))
         out = []

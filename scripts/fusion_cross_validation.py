@@ -8,8 +8,9 @@ Per dataset: prepare, train the consolidated model (``train.seed``), retrieve an
 validation requests once (:func:`monorec.evaluation.fusion.fusion_inputs`); then ``--splits`` seeded random
 halvings, each half choosing weights (:func:`monorec.evaluation.fusion.choose_weights`) for the other half to
 score. Prints per canvas the held-out NDCG@k of each rule, averaged over the splits and the datasets, and
-each rule minus the first with its standard error over (dataset, split, half) triples. Reads no test data: this is
-how a fusion rule is chosen before Q1 runs.
+each rule minus the first with its standard error over (dataset, split, half) triples; beside them, for
+reference, the orders that fit nothing on the same halves (the ranker alone, each source's order alone).
+Reads no test data: this is how a fusion rule is chosen before Q1 runs.
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from monorec.config import load_config
+from monorec.config import SOURCE_NAMES, load_config
 from monorec.data.prepared import prepare
 from monorec.evaluation.evaluate import request_sets
-from monorec.evaluation.fusion import choose_weights, fused_ndcg, fusion_inputs, two_fold_splits
+from monorec.evaluation.fusion import (
+    SOURCE_WEIGHTS,
+    FusionInputs,
+    choose_weights,
+    fused_ndcg,
+    fusion_inputs,
+    two_fold_splits,
+)
 from monorec.evaluation.recommenders import ModelRecommender
 from monorec.pipeline import default_config, load_input
 from monorec.train import train
@@ -42,26 +51,44 @@ def held_out(data: str, config_path: str, rules: list[str], splits: int) -> dict
     for canvas, reqs in requests.items():
         if len(reqs) < 4:
             continue
-        inputs = fusion_inputs(bundle, recommender, canvas, reqs, k)
+        inputs = fusion_inputs(bundle, recommender, canvas, reqs, max(k, *(_rule(r)[2] for r in rules)))
         out[canvas] = {rule: [] for rule in rules}
         for choose, score in two_fold_splits(len(reqs), splits):
             on = inputs.take(score)
             relevant = [reqs.relevant[i] for i in score]
             picked = [reqs.relevant[i] for i in choose]
             for rule in rules:
-                margin, repeats = rule.split(":")
+                margin, repeats, select_k = _rule(rule)
                 weights, _, _ = choose_weights(
-                    inputs.take(choose), picked, k, margin=float(margin), cv_repeats=int(repeats)
+                    inputs.take(choose), picked, k, margin=margin, cv_repeats=repeats, select_k=select_k
                 )
                 out[canvas][rule].append(float(np.mean(fused_ndcg(on, weights, relevant, k))))
+            for name, weights in _simple_orders(inputs).items():  # references: nothing fitted
+                out[canvas].setdefault(name, []).append(float(np.mean(fused_ndcg(on, weights, relevant, k))))
     return out
+
+
+def _simple_orders(inputs: FusionInputs) -> dict[str, torch.Tensor]:
+    """ "ranker" (every weight 0) and "alone:SOURCE" (that source's order, the ranker breaking ties)."""
+    orders = {"ranker": torch.zeros(len(SOURCE_NAMES))}
+    for j in inputs.active:
+        alone = torch.zeros(len(SOURCE_NAMES))
+        alone[j] = max(SOURCE_WEIGHTS)
+        orders[f"alone:{SOURCE_NAMES[j]}"] = alone
+    return orders
+
+
+def _rule(rule: str) -> tuple[float, int, int]:
+    """MARGIN:REPEATS[:K] -> (margin, cv repeats, selection depth; 0: the evaluation's k)."""
+    parts = rule.split(":")
+    return float(parts[0]), int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", action="append", required=True, help="a dataset folder (repeat for several)")
     p.add_argument("--config", default="synthetic", help="a shipped config name or a TOML path")
-    p.add_argument("--rules", nargs="+", default=["0:0", "1:0", "0:3"], help="MARGIN:CV_REPEATS each")
+    p.add_argument("--rules", nargs="+", default=["0:0", "1:0", "0:3"], help="MARGIN:CV_REPEATS[:K] each")
     p.add_argument("--splits", type=int, default=5, help="seeded random halvings per dataset")
     p.add_argument("--out", help="also write the figures as JSON")
     args = p.parse_args()
@@ -70,10 +97,11 @@ def main() -> None:
     canvases = list(next(iter(runs.values())))
     summary: dict[str, dict[str, float]] = {}
     for canvas in canvases:
-        values = {rule: np.array([v for d in runs for v in runs[d][canvas][rule]]) for rule in args.rules}
+        names = [*args.rules, *(n for n in next(iter(runs.values()))[canvas] if n not in args.rules)]
+        values = {rule: np.array([v for d in runs for v in runs[d][canvas][rule]]) for rule in names}
         base = values[args.rules[0]]
         line = []
-        for rule in args.rules:
+        for rule in names:
             diff = values[rule] - base
             se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
             summary[f"{canvas}/{rule}"] = float(values[rule].mean())

@@ -57,6 +57,17 @@ def test_config_check_reports_every_problem_at_once():
         assert needle in problems
 
 
+def test_fusion_knobs_must_not_be_negative():
+    raw = _raw()
+    raw["train"].update(fusion_margin=-1.0, fusion_cv_repeats=-1, fusion_k=-5)
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "bad.toml")
+    problems = "\n".join(info.value.problems)
+    assert len(info.value.problems) == 3
+    for needle in ["train.fusion_margin", "train.fusion_cv_repeats", "train.fusion_k"]:
+        assert needle in problems
+
+
 def test_config_rejects_reserved_and_duplicate_fields():
     raw = _raw()
     raw["context"]["fields"].append({"name": "ts", "kind": "numeric"})

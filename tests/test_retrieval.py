@@ -302,3 +302,26 @@ def test_fusion_cross_validation_keeps_the_blend_or_a_simple_order_and_reports_i
     # beyond the lexical answers, what the blend fits is noise: the check keeps the lexical order alone
     assert fitted.tolist() not in simple
     assert checked.tolist() == [0.0, 1000.0, 0.0, 0.0] and checked_score <= fitted_score
+
+
+def test_fusion_chosen_deeper_reads_hits_below_the_top_k_and_reports_at_k():
+    from monorec.evaluation.fusion import FusionInputs, choose_weights, fused_ndcg
+
+    # 30 candidates; the relevant one is last by the ranker, 5th by the lexical source (column 1): in no
+    # order does it reach the top 2, so NDCG@2 cannot tell the two orders apart and keeps the ranker's,
+    # while NDCG@10 sees the source lift it from 30th to 5th
+    n, c = 20, 30
+    blend = torch.linspace(1.0, 0.0, c).repeat(n, 1)
+    sources = torch.zeros(n, c, 4)
+    sources[:, :, 1] = torch.linspace(0.0, 1.0, c)  # the source reverses the ranker's order ...
+    sources[:, c - 1, 1] = 0.8  # ... except the relevant last one, which it puts 5th or so
+    inputs = FusionInputs(blend, sources, torch.arange(c).repeat(n, 1), [0, 1])
+    relevant = [np.array([c - 1])] * n
+    at_k, score, alone = choose_weights(inputs, relevant, k=2)
+    assert at_k.tolist() == [0.0, 0.0, 0.0, 0.0] and score == alone == 0.0
+    assert choose_weights(inputs, relevant, k=2, select_k=2)[0].tolist() == at_k.tolist()  # 2 = k: the same
+    deeper, score, alone = choose_weights(inputs, relevant, k=2, select_k=10)
+    assert deeper[1] > 0
+    # the report stays at k: NDCG@2 of the chosen weights, and of the ranker alone
+    assert score == pytest.approx(float(np.mean(fused_ndcg(inputs, deeper, relevant, 2)))) and alone == 0.0
+    assert float(np.mean(fused_ndcg(inputs, deeper, relevant, 10))) > 0

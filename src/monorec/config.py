@@ -236,6 +236,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
         p.add("train.fusion_margin", "must be >= 0 (standard errors)")
     if sections["train"].fusion_cv_repeats < 0:
         p.add("train.fusion_cv_repeats", "must be >= 0")
+    if sections["train"].fusion_k < 0:
+        p.add("train.fusion_k", "must be >= 0 (0: evaluate.k)")
     for key in ("sequence_canvases", "selection_canvases"):
         for canvas in getattr(sections["train"], key):
             if declared and canvas not in declared:

@@ -212,6 +212,10 @@ class TrainSpec:
     # requests, and keeps a simple order (the ranker alone, one source's order alone) that beats that
     # estimate on validation (0: always the fitted blend)
     fusion_cv_repeats: int = 0
+    # the fusion chooses its weights by validation NDCG at this depth (0: evaluate.k): deeper, a comparison
+    # of two blends reads where each request's relevant entities sit among the candidates, not only the few
+    # that reach the top k (less noise with few validation requests); reports stay at evaluate.k
+    fusion_k: int = 0
     max_train_rows: int = 0  # cap on merged training rows per epoch (0: all)
     # training rows larger than memory: each epoch reads the merged rows in shards of this many rows (in
     # a seeded order of shards, a fresh one each epoch), featurizing one shard at a time (0: one table)

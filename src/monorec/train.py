@@ -218,6 +218,7 @@ def _train(
                     cfg.evaluate.k,
                     margin=t.fusion_margin,
                     cv_repeats=t.fusion_cv_repeats,
+                    select_k=t.fusion_k,
                 )
                 val = {c: {**m, "requests": len(val_requests[c])} for c, m in fused.items()}
             else:
@@ -273,7 +274,13 @@ def _train(
     fusion_requests = val_requests or request_sets(cfg, prepared, "valid", max_requests=t.val_requests)
     recommender = ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth, sources=sources)
     fusion = tune_source_weights(
-        bundle, recommender, fusion_requests, cfg.evaluate.k, margin=t.fusion_margin, cv_repeats=t.fusion_cv_repeats
+        bundle,
+        recommender,
+        fusion_requests,
+        cfg.evaluate.k,
+        margin=t.fusion_margin,
+        cv_repeats=t.fusion_cv_repeats,
+        select_k=t.fusion_k,
     )
     model.cpu()  # a trained bundle leaves training on the CPU, where evaluation, export and serving run
     bundle.meta = {

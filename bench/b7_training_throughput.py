@@ -12,7 +12,10 @@ from the timing) in one process with every core, and on N data-parallel Ray Trai
 cluster, one core each, on the same prepared data and config: samples/s of the best epoch of each, and
 Ray's start-up apart.
 
-    python bench/b7_training_throughput.py --out b7.json [--ray-workers 2] [--quick]
+On a GPU (``--device cuda``): both loops with the rows and the model on the device, the same seeded
+draws made on the CPU and moved there (as the trainer makes them), each timing ended by a device sync.
+
+    python bench/b7_training_throughput.py --out b7.json [--ray-workers 2] [--device cuda] [--quick]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from monorec.config import load_config
 from monorec.data.features import Featurizer
 from monorec.data.prepared import prepare
 from monorec.data.world import WorldSpec, generate_world
+from monorec.devices import resolve_device
 from monorec.models.model import build_model, model_kwargs
 from monorec.pipeline import default_config
 from monorec.train_step import TrainStep
@@ -41,6 +45,7 @@ from monorec.training_data import TrainingData
 def bare_loop(model, data, config, epochs: int, seed: int) -> float:
     """The same work as TrainStep, written inline. Returns samples/s."""
     t = config.train
+    dev = data.labels.device
     tables = [p for n, p in model.named_parameters() if n.startswith("tables.") and n != "tables.text_missing"]
     ids = {id(p) for p in tables}
     opt = torch.optim.AdamW(
@@ -54,6 +59,7 @@ def bare_loop(model, data, config, epochs: int, seed: int) -> float:
     home = config.canvas_names.index("home")
     k = t.retrieval_negatives
     model.train()
+    _sync(dev)
     started = time.perf_counter()
     for _ in range(epochs):
         for idx in data.batches(t.batch_size, gen):
@@ -69,13 +75,14 @@ def bare_loop(model, data, config, epochs: int, seed: int) -> float:
             q = ce[pos]
             loss = F.cross_entropy(q @ all_e.T / t.temperature, ent[pos])
             # ranker negatives drawn from the retrieval's softmax (when the config asks for them)
-            neg = torch.zeros(0, dtype=torch.long)
+            neg = torch.zeros(0, dtype=torch.long, device=dev)
             if k > 0:
                 scores = (q.detach() @ all_e.detach().T / t.temperature).scatter(1, ent[pos][:, None], float("-inf"))
-                neg = torch.multinomial(torch.softmax(scores, 1), k, replacement=True, generator=gen).reshape(-1)
+                probs = torch.softmax(scores, 1).cpu()  # the CPU generator's draw, as reproducible as the trainer's
+                neg = torch.multinomial(probs, k, replacement=True, generator=gen).reshape(-1).to(dev)
             neg_task = task[pos].repeat_interleave(k)
-            y_neg = torch.full((len(neg), data.labels.shape[1]), float("nan"))
-            y_neg[torch.arange(len(neg)), data.primary_index[neg_task]] = 0.0
+            y_neg = torch.full((len(neg), data.labels.shape[1]), float("nan"), device=dev)
+            y_neg[torch.arange(len(neg), device=dev), data.primary_index[neg_task]] = 0.0
             logits = model.rank(
                 torch.cat([cf, cf[pos].repeat_interleave(k, 0)]),
                 torch.cat([ce, q.repeat_interleave(k, 0)]),
@@ -96,16 +103,17 @@ def bare_loop(model, data, config, epochs: int, seed: int) -> float:
                 h = ctx["history"][feed]
                 n = (h > 0).sum(1)
                 nxt = data.table_position[torch.cat([h[:, 1:], torch.zeros_like(h[:, :1])], 1)]
-                last = torch.arange(h.shape[1])[None] == (n - 1)[:, None]
+                last = torch.arange(h.shape[1], device=dev)[None] == (n - 1)[:, None]
                 target = torch.where(last, ent[feed][:, None], nxt)
-                ok = (torch.arange(h.shape[1])[None] < n[:, None]) & (target >= 0)
-                noise = torch.rand(ok.shape, generator=gen).masked_fill(~ok, -1.0)
+                ok = (torch.arange(h.shape[1], device=dev)[None] < n[:, None]) & (target >= 0)
+                noise = torch.rand(ok.shape, generator=gen).to(dev).masked_fill(~ok, -1.0)
                 pick = torch.zeros_like(ok).scatter_(1, noise.topk(min(4, h.shape[1]), 1).indices, True) & ok
                 emb = model.context_encoder.every_prefix({key: v[feed] for key, v in ctx.items()}, "history")
                 loss = loss + F.cross_entropy(emb[pick] @ all_e.T / t.temperature, target[pick])
             opt.zero_grad()
             loss.backward()
             opt.step()
+    _sync(dev)
     return len(data) * epochs / (time.perf_counter() - started)
 
 
@@ -113,11 +121,19 @@ def ours(model, config, data, epochs: int, seed: int) -> float:
     """monorec's training step loop (what ``monorec.train.train`` runs each epoch). Returns samples/s."""
     gen = torch.Generator().manual_seed(seed)
     step = TrainStep(model, config, data, gen)
+    _sync(data.labels.device)
     started = time.perf_counter()
     for _ in range(epochs):
         for idx in data.batches(config.train.batch_size, gen):
             step.step(idx)
+    _sync(data.labels.device)
     return len(data) * epochs / (time.perf_counter() - started)
+
+
+def _sync(device: torch.device) -> None:
+    """Waits for the device's queued work (a GPU's kernels run after the Python that launched them)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -128,21 +144,23 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ray-workers", type=int, default=0, help="also train on Ray Train with this many workers")
+    p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto: where both loops train")
     args = p.parse_args()
+    device = resolve_device(args.device)
     config = load_config(default_config("synthetic"))
     spec = WorldSpec(n_users=150, n_items=200, n_requests=1500) if args.quick else WorldSpec()
     epochs, repeats = (1, 1) if args.quick else (args.epochs, args.repeats)
     catalogue, logs = generate_world(spec)
     prepared = prepare(config, catalogue, logs)
     fz = Featurizer(config).fit(prepared.rows("train"), prepared.catalogue)
-    data = TrainingData.build(config, fz, prepared.merged(config.canvas_names), prepared.catalogue, torch.device("cpu"))
+    data = TrainingData.build(config, fz, prepared.merged(config.canvas_names), prepared.catalogue, device)
     kwargs = {**model_kwargs(config, fz), "sparse_tables": False}  # as train() builds it (full softmax)
     runs = {"ours": [], "bare": []}
     for r in range(repeats):  # interleaved, so that machine noise hits both alike
         torch.manual_seed(args.seed + r)
-        runs["bare"].append(bare_loop(build_model(kwargs), data, config, epochs, args.seed + r))
+        runs["bare"].append(bare_loop(build_model(kwargs).to(device), data, config, epochs, args.seed + r))
         torch.manual_seed(args.seed + r)
-        runs["ours"].append(ours(build_model(kwargs), config, data, epochs, args.seed + r))
+        runs["ours"].append(ours(build_model(kwargs).to(device), config, data, epochs, args.seed + r))
     best = {k: max(v) for k, v in runs.items()}
     ratio = best["ours"] / best["bare"]
     print(f"samples/s: ours {best['ours']:.0f}  bare {best['bare']:.0f}  ratio {ratio:.3f} (target >= 0.8)")
@@ -152,6 +170,7 @@ def main() -> None:
         {
             "benchmark": "B7",
             "quick": args.quick,
+            "device": str(device),
             "rows": len(data),
             "epochs": epochs,
             "repeats": repeats,

@@ -70,9 +70,10 @@ def held_out(data: str, config_path: str, rules: list[str], splits: int) -> dict
 
 def _simple_orders(inputs: FusionInputs) -> dict[str, torch.Tensor]:
     """ "ranker" (every weight 0) and "alone:SOURCE" (that source's order, the ranker breaking ties)."""
-    orders = {"ranker": torch.zeros(len(SOURCE_NAMES))}
+    device = inputs.sources.device
+    orders = {"ranker": torch.zeros(len(SOURCE_NAMES), device=device)}
     for j in inputs.active:
-        alone = torch.zeros(len(SOURCE_NAMES))
+        alone = torch.zeros(len(SOURCE_NAMES), device=device)
         alone[j] = max(SOURCE_WEIGHTS)
         orders[f"alone:{SOURCE_NAMES[j]}"] = alone
     return orders

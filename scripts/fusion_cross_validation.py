@@ -1,6 +1,8 @@
 """Judge a fusion rule on validation alone: choose the source weights on one half of each canvas's
-validation requests, score them on the other half, for several rules (``train.fusion_margin`` and
-``train.fusion_cv_repeats`` values, written MARGIN:REPEATS).
+validation requests, score them on the other half, for several rules (``train.fusion_margin``,
+``train.fusion_cv_repeats`` and optionally ``train.fusion_k`` values, written MARGIN:REPEATS or
+MARGIN:REPEATS:K; ``softmax`` or
+``softmax:REPEATS`` for ``train.fusion_method = "softmax"``).
 
     python scripts/fusion_cross_validation.py --data /tmp/synworld --data /tmp/synworld1 --rules 0:0 1:0 0:3
 
@@ -28,6 +30,7 @@ from monorec.evaluation.evaluate import request_sets
 from monorec.evaluation.fusion import (
     SOURCE_WEIGHTS,
     FusionInputs,
+    FusionRule,
     choose_weights,
     fused_ndcg,
     fusion_inputs,
@@ -51,17 +54,14 @@ def held_out(data: str, config_path: str, rules: list[str], splits: int) -> dict
     for canvas, reqs in requests.items():
         if len(reqs) < 4:
             continue
-        inputs = fusion_inputs(bundle, recommender, canvas, reqs, max(k, *(_rule(r)[2] for r in rules)))
+        inputs = fusion_inputs(bundle, recommender, canvas, reqs, max(k, *(_rule(r).select_k for r in rules)))
         out[canvas] = {rule: [] for rule in rules}
         for choose, score in two_fold_splits(len(reqs), splits):
             on = inputs.take(score)
             relevant = [reqs.relevant[i] for i in score]
             picked = [reqs.relevant[i] for i in choose]
             for rule in rules:
-                margin, repeats, select_k = _rule(rule)
-                weights, _, _ = choose_weights(
-                    inputs.take(choose), picked, k, margin=margin, cv_repeats=repeats, select_k=select_k
-                )
+                weights, _, _ = choose_weights(inputs.take(choose), picked, k, _rule(rule))
                 out[canvas][rule].append(float(np.mean(fused_ndcg(on, weights, relevant, k))))
             for name, weights in _simple_orders(inputs).items():  # references: nothing fitted
                 out[canvas].setdefault(name, []).append(float(np.mean(fused_ndcg(on, weights, relevant, k))))
@@ -79,17 +79,20 @@ def _simple_orders(inputs: FusionInputs) -> dict[str, torch.Tensor]:
     return orders
 
 
-def _rule(rule: str) -> tuple[float, int, int]:
-    """MARGIN:REPEATS[:K] -> (margin, cv repeats, selection depth; 0: the evaluation's k)."""
+def _rule(rule: str) -> FusionRule:
+    """MARGIN:REPEATS[:K] (the grid ascent) or softmax[:REPEATS] -> the rule."""
     parts = rule.split(":")
-    return float(parts[0]), int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
+    if parts[0] == "softmax":
+        return FusionRule("softmax", cv_repeats=int(parts[1]) if len(parts) > 1 else 0)
+    return FusionRule("grid", float(parts[0]), int(parts[1]), int(parts[2]) if len(parts) > 2 else 0)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", action="append", required=True, help="a dataset folder (repeat for several)")
     p.add_argument("--config", default="synthetic", help="a shipped config name or a TOML path")
-    p.add_argument("--rules", nargs="+", default=["0:0", "1:0", "0:3"], help="MARGIN:CV_REPEATS[:K] each")
+    rules_help = "MARGIN:CV_REPEATS[:K] or softmax[:CV_REPEATS]"
+    p.add_argument("--rules", nargs="+", default=["0:0", "1:0", "0:3"], help=rules_help)
     p.add_argument("--splits", type=int, default=5, help="seeded random halvings per dataset")
     p.add_argument("--out", help="also write the figures as JSON")
     args = p.parse_args()

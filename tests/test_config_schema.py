@@ -57,7 +57,7 @@ def test_config_check_reports_every_problem_at_once():
         assert needle in problems
 
 
-def test_fusion_knobs_must_not_be_negative():
+def test_fusion_knobs_are_checked():
     raw = _raw()
     raw["train"].update(fusion_margin=-1.0, fusion_cv_repeats=-1, fusion_k=-5)
     with pytest.raises(ConfigError) as info:
@@ -66,6 +66,10 @@ def test_fusion_knobs_must_not_be_negative():
     assert len(info.value.problems) == 3
     for needle in ["train.fusion_margin", "train.fusion_cv_repeats", "train.fusion_k"]:
         assert needle in problems
+    raw = _raw()
+    raw["train"]["fusion_method"] = "best"
+    with pytest.raises(ConfigError, match="train.fusion_method: expected one of 'grid', 'softmax'"):
+        parse_config(raw, "bad.toml")
 
 
 def test_config_rejects_reserved_and_duplicate_fields():

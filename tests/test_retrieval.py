@@ -268,23 +268,23 @@ def _fusion_case(n: int, helped: int):
 
 
 def test_fusion_margin_keeps_only_gains_the_requests_agree_on():
-    from monorec.evaluation.fusion import choose_weights
+    from monorec.evaluation.fusion import FusionRule, choose_weights
 
     # a gain on 2 requests of 40, a loss on none: any gain is kept at margin 0; at a margin of 2 standard
     # errors, 2 requests of 40 are not enough agreement
     inputs, relevant = _fusion_case(40, helped=2)
-    weights, fused, alone = choose_weights(inputs, relevant, k=1, margin=0.0)
+    weights, fused, alone = choose_weights(inputs, relevant, k=1, rule=FusionRule(margin=0.0))
     assert weights[1] > 0 and fused > alone
-    weights, fused, alone = choose_weights(inputs, relevant, k=1, margin=2.0)
+    weights, fused, alone = choose_weights(inputs, relevant, k=1, rule=FusionRule(margin=2.0))
     assert weights.tolist() == [0.0, 0.0, 0.0, 0.0] and fused == alone
     # the same source helping 30 of 40 requests clears the margin
     inputs, relevant = _fusion_case(40, helped=30)
-    weights, fused, alone = choose_weights(inputs, relevant, k=1, margin=2.0)
+    weights, fused, alone = choose_weights(inputs, relevant, k=1, rule=FusionRule(margin=2.0))
     assert weights[1] > 0 and fused == pytest.approx(0.75) and alone == 0.0
 
 
 def test_fusion_cross_validation_keeps_the_blend_or_a_simple_order_and_reports_its_score():
-    from monorec.evaluation.fusion import FusionInputs, choose_weights, fused_ndcg
+    from monorec.evaluation.fusion import FusionInputs, FusionRule, choose_weights, fused_ndcg
 
     rng = np.random.default_rng(0)
     n, c = 60, 8
@@ -295,7 +295,7 @@ def test_fusion_cross_validation_keeps_the_blend_or_a_simple_order_and_reports_i
         sources[r, relevant[r][0], 1] = 2.0
     inputs = FusionInputs(blend, sources, torch.arange(c).repeat(n, 1), [0, 1, 2])
     fitted, fitted_score, _ = choose_weights(inputs, relevant, k=3)
-    checked, checked_score, _ = choose_weights(inputs, relevant, k=3, cv_repeats=3)
+    checked, checked_score, _ = choose_weights(inputs, relevant, k=3, rule=FusionRule(cv_repeats=3))
     simple = [[0.0] * 4] + [[1000.0 if i == j else 0.0 for i in range(4)] for j in (0, 1, 2)]
     assert checked.tolist() == fitted.tolist() or checked.tolist() in simple
     assert checked_score == pytest.approx(float(np.mean(fused_ndcg(inputs, checked, relevant, 3))))
@@ -305,7 +305,7 @@ def test_fusion_cross_validation_keeps_the_blend_or_a_simple_order_and_reports_i
 
 
 def test_fusion_chosen_deeper_reads_hits_below_the_top_k_and_reports_at_k():
-    from monorec.evaluation.fusion import FusionInputs, choose_weights, fused_ndcg
+    from monorec.evaluation.fusion import FusionInputs, FusionRule, choose_weights, fused_ndcg
 
     # 30 candidates; the relevant one is last by the ranker, 5th by the lexical source (column 1): in no
     # order does it reach the top 2, so NDCG@2 cannot tell the two orders apart and keeps the ranker's,
@@ -319,9 +319,40 @@ def test_fusion_chosen_deeper_reads_hits_below_the_top_k_and_reports_at_k():
     relevant = [np.array([c - 1])] * n
     at_k, score, alone = choose_weights(inputs, relevant, k=2)
     assert at_k.tolist() == [0.0, 0.0, 0.0, 0.0] and score == alone == 0.0
-    assert choose_weights(inputs, relevant, k=2, select_k=2)[0].tolist() == at_k.tolist()  # 2 = k: the same
-    deeper, score, alone = choose_weights(inputs, relevant, k=2, select_k=10)
+    assert choose_weights(inputs, relevant, k=2, rule=FusionRule(select_k=2))[0].tolist() == at_k.tolist()  # = k
+    deeper, score, alone = choose_weights(inputs, relevant, k=2, rule=FusionRule(select_k=10))
     assert deeper[1] > 0
     # the report stays at k: NDCG@2 of the chosen weights, and of the ranker alone
     assert score == pytest.approx(float(np.mean(fused_ndcg(inputs, deeper, relevant, 2)))) and alone == 0.0
     assert float(np.mean(fused_ndcg(inputs, deeper, relevant, 10))) > 0
+
+
+def test_fusion_softmax_fit_weighs_each_source_by_what_it_knows():
+    from monorec.evaluation.fusion import FusionInputs, FusionRule, choose_weights, fit_softmax, fused_ndcg
+
+    rng = np.random.default_rng(0)
+    n, c = 60, 8
+    relevant = [np.array([int(rng.integers(0, c))]) for _ in range(n)]
+    blend = torch.as_tensor(rng.normal(size=(n, c)), dtype=torch.float32)
+    sources = torch.as_tensor(rng.random(size=(n, c, 4)), dtype=torch.float32)
+    for r in range(0, n, 3):  # the lexical source knows a third of the answers; the others are noise
+        sources[r, relevant[r][0], 1] = 2.0
+    inputs = FusionInputs(blend, sources, torch.arange(c).repeat(n, 1), [0, 1, 2])
+    weights = fit_softmax(inputs, relevant)
+    assert weights[1] > 5 * max(float(weights[0]), float(weights[2])) and weights[3] == 0.0  # 3: not used
+    chosen, score, alone = choose_weights(inputs, relevant, k=3, rule=FusionRule("softmax"))
+    assert chosen.tolist() == weights.tolist()
+    assert score == pytest.approx(float(np.mean(fused_ndcg(inputs, chosen, relevant, 3)))) and score > alone
+
+    # a source that proposes exactly the answers wins outright; one that scores nothing gets no weight
+    perfect = torch.zeros(n, c, 4)
+    for r in range(n):
+        perfect[r, relevant[r][0], 3] = 1.0
+    inputs = FusionInputs(blend, perfect, torch.arange(c).repeat(n, 1), [0, 3])
+    weights = fit_softmax(inputs, relevant)
+    assert weights[0] == 0.0 and weights[3] > 10
+    assert float(np.mean(fused_ndcg(inputs, weights, relevant, 1))) == 1.0
+
+    # no request's answer among its candidates: nothing to fit, every weight stays 0 (the ranker alone)
+    elsewhere = [np.array([c + 5])] * n
+    assert fit_softmax(inputs, elsewhere).tolist() == [0.0] * 4

@@ -28,7 +28,7 @@ from monorec.data_parallel import DataParallel
 from monorec.devices import resolve_device
 from monorec.errors import DataError
 from monorec.evaluation.evaluate import evaluate_recommender, request_sets
-from monorec.evaluation.fusion import tune_source_weights
+from monorec.evaluation.fusion import FusionRule, tune_source_weights
 from monorec.evaluation.recommenders import ModelRecommender
 from monorec.models.model import build_model, model_kwargs
 from monorec.popular import PopularLists
@@ -211,15 +211,7 @@ def _train(
             if t.selection == "served":
                 # what serving would rank by after this epoch: the fusion is chosen anew for each epoch's
                 # ranker, as it will be for the kept one (validation requests only)
-                fused = tune_source_weights(
-                    bundle,
-                    recommender,
-                    val_requests,
-                    cfg.evaluate.k,
-                    margin=t.fusion_margin,
-                    cv_repeats=t.fusion_cv_repeats,
-                    select_k=t.fusion_k,
-                )
+                fused = tune_source_weights(bundle, recommender, val_requests, cfg.evaluate.k, FusionRule.of(t))
                 val = {c: {**m, "requests": len(val_requests[c])} for c, m in fused.items()}
             else:
                 val = evaluate_recommender(recommender, val_requests, cfg.evaluate.k)
@@ -273,15 +265,7 @@ def _train(
     # the ranking score's weight of the retrieval order, per canvas, chosen on validation requests
     fusion_requests = val_requests or request_sets(cfg, prepared, "valid", max_requests=t.val_requests)
     recommender = ModelRecommender(bundle, prepared.catalogue, depth=cfg.evaluate.retrieval_depth, sources=sources)
-    fusion = tune_source_weights(
-        bundle,
-        recommender,
-        fusion_requests,
-        cfg.evaluate.k,
-        margin=t.fusion_margin,
-        cv_repeats=t.fusion_cv_repeats,
-        select_k=t.fusion_k,
-    )
+    fusion = tune_source_weights(bundle, recommender, fusion_requests, cfg.evaluate.k, FusionRule.of(t))
     model.cpu()  # a trained bundle leaves training on the CPU, where evaluation, export and serving run
     bundle.meta = {
         "canvases": list(names),

@@ -283,17 +283,25 @@ def test_fusion_margin_keeps_only_gains_the_requests_agree_on():
     assert weights[1] > 0 and fused == pytest.approx(0.75) and alone == 0.0
 
 
-def test_fusion_cross_validation_keeps_the_blend_or_a_simple_order_and_reports_its_score():
-    from monorec.evaluation.fusion import FusionInputs, FusionRule, choose_weights, fused_ndcg
+def _lexical_knows_a_third():
+    """60 requests of 8 candidates, one relevant each; a random ranker and random sources, but the lexical
+    source (column 1) scores the relevant candidate 2.0 on every third request."""
+    from monorec.evaluation.fusion import FusionInputs
 
     rng = np.random.default_rng(0)
     n, c = 60, 8
     relevant = [np.array([int(rng.integers(0, c))]) for _ in range(n)]
     blend = torch.as_tensor(rng.normal(size=(n, c)), dtype=torch.float32)
     sources = torch.as_tensor(rng.random(size=(n, c, 4)), dtype=torch.float32)
-    for r in range(0, n, 3):  # the lexical source knows a third of the answers; everything else is noise
+    for r in range(0, n, 3):
         sources[r, relevant[r][0], 1] = 2.0
-    inputs = FusionInputs(blend, sources, torch.arange(c).repeat(n, 1), [0, 1, 2])
+    return FusionInputs(blend, sources, torch.arange(c).repeat(n, 1), [0, 1, 2]), relevant
+
+
+def test_fusion_cross_validation_keeps_the_blend_or_a_simple_order_and_reports_its_score():
+    from monorec.evaluation.fusion import FusionRule, choose_weights, fused_ndcg
+
+    inputs, relevant = _lexical_knows_a_third()
     fitted, fitted_score, _ = choose_weights(inputs, relevant, k=3)
     checked, checked_score, _ = choose_weights(inputs, relevant, k=3, rule=FusionRule(cv_repeats=3))
     simple = [[0.0] * 4] + [[1000.0 if i == j else 0.0 for i in range(4)] for j in (0, 1, 2)]
@@ -330,14 +338,9 @@ def test_fusion_chosen_deeper_reads_hits_below_the_top_k_and_reports_at_k():
 def test_fusion_softmax_fit_weighs_each_source_by_what_it_knows():
     from monorec.evaluation.fusion import FusionInputs, FusionRule, choose_weights, fit_softmax, fused_ndcg
 
-    rng = np.random.default_rng(0)
-    n, c = 60, 8
-    relevant = [np.array([int(rng.integers(0, c))]) for _ in range(n)]
-    blend = torch.as_tensor(rng.normal(size=(n, c)), dtype=torch.float32)
-    sources = torch.as_tensor(rng.random(size=(n, c, 4)), dtype=torch.float32)
-    for r in range(0, n, 3):  # the lexical source knows a third of the answers; the others are noise
-        sources[r, relevant[r][0], 1] = 2.0
-    inputs = FusionInputs(blend, sources, torch.arange(c).repeat(n, 1), [0, 1, 2])
+    inputs, relevant = _lexical_knows_a_third()
+    n, c = inputs.candidates.shape
+    blend = inputs.blend
     weights = fit_softmax(inputs, relevant)
     assert weights[1] > 5 * max(float(weights[0]), float(weights[2])) and weights[3] == 0.0  # 3: not used
     chosen, score, alone = choose_weights(inputs, relevant, k=3, rule=FusionRule("softmax"))

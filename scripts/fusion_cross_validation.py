@@ -1,8 +1,8 @@
 """Judge a fusion rule on validation alone: choose the source weights on one half of each canvas's
 validation requests, score them on the other half, for several rules (``train.fusion_margin``,
 ``train.fusion_cv_repeats`` and optionally ``train.fusion_k`` values, written MARGIN:REPEATS or
-MARGIN:REPEATS:K; ``softmax`` or
-``softmax:REPEATS`` for ``train.fusion_method = "softmax"``).
+MARGIN:REPEATS:K; ``softmax``, ``either`` or ``softmax:REPEATS``... for the other
+``train.fusion_method`` values).
 
     python scripts/fusion_cross_validation.py --data /tmp/synworld --data /tmp/synworld1 --rules 0:0 1:0 0:3
 
@@ -82,8 +82,8 @@ def _simple_orders(inputs: FusionInputs) -> dict[str, torch.Tensor]:
 def _rule(rule: str) -> FusionRule:
     """MARGIN:REPEATS[:K] (the grid ascent) or softmax[:REPEATS] -> the rule."""
     parts = rule.split(":")
-    if parts[0] == "softmax":
-        return FusionRule("softmax", cv_repeats=int(parts[1]) if len(parts) > 1 else 0)
+    if parts[0] in ("softmax", "either"):
+        return FusionRule(parts[0], cv_repeats=int(parts[1]) if len(parts) > 1 else 0)  # type: ignore[arg-type]
     return FusionRule("grid", float(parts[0]), int(parts[1]), int(parts[2]) if len(parts) > 2 else 0)
 
 
@@ -91,7 +91,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", action="append", required=True, help="a dataset folder (repeat for several)")
     p.add_argument("--config", default="synthetic", help="a shipped config name or a TOML path")
-    rules_help = "MARGIN:CV_REPEATS[:K] or softmax[:CV_REPEATS]"
+    rules_help = "MARGIN:CV_REPEATS[:K], softmax[:CV_REPEATS] or either[:CV_REPEATS]"
     p.add_argument("--rules", nargs="+", default=["0:0", "1:0", "0:3"], help=rules_help)
     p.add_argument("--splits", type=int, default=5, help="seeded random halvings per dataset")
     p.add_argument("--out", help="also write the figures as JSON")

@@ -68,7 +68,7 @@ def test_fusion_knobs_are_checked():
         assert needle in problems
     raw = _raw()
     raw["train"]["fusion_method"] = "best"
-    with pytest.raises(ConfigError, match="train.fusion_method: expected one of 'grid', 'softmax'"):
+    with pytest.raises(ConfigError, match=r"train\.fusion_method: expected one of 'grid', 'softmax', 'either'"):
         parse_config(raw, "bad.toml")
 
 

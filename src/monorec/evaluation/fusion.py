@@ -14,6 +14,7 @@ source's order alone.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -41,6 +42,7 @@ __all__ = [
 SOURCE_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 1000.0)
 ROUNDS = 2
 SOFTMAX_STEPS = 200  # Adam steps of the softmax fit (a few parameters; it converges in far fewer)
+EITHER_SPLITS = 3  # seeded 2-fold splits on which method "either" compares the grid and the softmax fit
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,15 @@ class FusionRule:
     - ``method``: ``"grid"``, the coordinate ascent by NDCG; ``"softmax"``, the weights that maximise the
       likelihood of each request's relevant candidates under a softmax over its candidates (every
       candidate's score counts, not only whether a relevant one reaches the top k; see
-      :func:`fit_softmax`).
+      :func:`fit_softmax`); ``"either"``, per canvas the one of the two whose weights, fitted on one half
+      of the requests, score the higher NDCG@k on the other half (``EITHER_SPLITS`` seeded splits, both
+      halves each; a tie keeps the grid), then fitted on all of them.
     - ``margin`` (grid): a move must gain more than this many standard errors of the per-request gains.
     - ``cv_repeats``: the fitted blend is checked against the simple orders by this many 2-fold splits.
     - ``select_k`` (grid): chosen by NDCG at this depth (0: at k).
     """
 
-    method: Literal["grid", "softmax"] = "grid"
+    method: Literal["grid", "softmax", "either"] = "grid"
     margin: float = 0.0
     cv_repeats: int = 0
     select_k: int = 0
@@ -177,7 +181,7 @@ def choose_weights(
     sk = max(k, rule.select_k)
     weights = _fit(inputs, relevant, sk, rule, grid)
     if rule.cv_repeats > 0 and len(relevant) >= 4:
-        held_out = _held_out(inputs, relevant, sk, rule, grid)
+        held_out = _held_out(inputs, relevant, sk, rule, grid, rule.cv_repeats)
         simple = [torch.zeros_like(weights)]
         for j in inputs.active:
             alone = torch.zeros_like(weights)
@@ -196,6 +200,12 @@ def _fit(
     inputs: FusionInputs, relevant: list[np.ndarray], k: int, rule: FusionRule, grid: tuple[float, ...]
 ) -> torch.Tensor:
     """(S,) weights by the rule's method (no check)."""
+    if rule.method == "either":
+        both = {m: dataclasses.replace(rule, method=m) for m in ("grid", "softmax")}
+        if len(relevant) < 4:
+            return _fit(inputs, relevant, k, both["grid"], grid)
+        held_out = {m: _held_out(inputs, relevant, k, r, grid, EITHER_SPLITS) for m, r in both.items()}
+        return _fit(inputs, relevant, k, both["softmax" if held_out["softmax"] > held_out["grid"] else "grid"], grid)
     if rule.method == "softmax":
         return fit_softmax(inputs, relevant, max_weight=max(grid, default=1.0))
     return _ascent(inputs, relevant, k, grid, rule.margin)
@@ -277,11 +287,12 @@ def _held_out(
     k: int,
     rule: FusionRule,
     grid: tuple[float, ...],
+    repeats: int,
 ) -> float:
-    """Mean NDCG@k of the rule's fit on one half of the requests scored on the other, over the rule's
-    ``cv_repeats`` seeded splits (both halves each)."""
+    """Mean NDCG@k of the rule's fit on one half of the requests scored on the other, over ``repeats``
+    seeded splits (both halves each)."""
     scores = []
-    for fit, score in two_fold_splits(len(relevant), rule.cv_repeats):
+    for fit, score in two_fold_splits(len(relevant), repeats):
         weights = _fit(inputs.take(fit), [relevant[i] for i in fit], k, rule, grid)
         scores.append(fused_ndcg(inputs.take(score), weights, [relevant[i] for i in score], k))
     return float(np.mean(np.concatenate(scores)))

@@ -359,3 +359,31 @@ def test_fusion_softmax_fit_weighs_each_source_by_what_it_knows():
     # no request's answer among its candidates: nothing to fit, every weight stays 0 (the ranker alone)
     elsewhere = [np.array([c + 5])] * n
     assert fit_softmax(inputs, elsewhere).tolist() == [0.0] * 4
+
+
+def test_fusion_either_keeps_the_method_that_scores_higher_on_held_out_halves():
+    from monorec.evaluation.fusion import (
+        EITHER_SPLITS,
+        FusionRule,
+        choose_weights,
+        fused_ndcg,
+        two_fold_splits,
+    )
+
+    inputs, relevant = _lexical_knows_a_third()
+    winners = set()
+    for k in (1, 5):  # here the grid wins at k = 1 and the softmax fit at k = 5
+        fitted = {m: choose_weights(inputs, relevant, k, FusionRule(m))[0] for m in ("grid", "softmax")}
+        held_out = {}
+        for m in fitted:
+            scores = []
+            for fit, score in two_fold_splits(len(relevant), EITHER_SPLITS):
+                w = choose_weights(inputs.take(fit), [relevant[i] for i in fit], k, FusionRule(m))[0]
+                scores.append(fused_ndcg(inputs.take(score), w, [relevant[i] for i in score], k))
+            held_out[m] = float(np.mean(np.concatenate(scores)))
+        either = choose_weights(inputs, relevant, k, FusionRule("either"))[0]
+        winner = "softmax" if held_out["softmax"] > held_out["grid"] else "grid"
+        assert fitted["grid"].tolist() != fitted["softmax"].tolist()
+        assert either.tolist() == fitted[winner].tolist(), (k, held_out)
+        winners.add(winner)
+    assert winners == {"grid", "softmax"}

@@ -188,3 +188,34 @@ def test_a_restored_tantivy_index_shares_the_checkpoints_files_and_never_writes_
     again = LexicalIndex.restore(tmp_path / "checkpoint", tmp_path / "again")
     assert len(again) == len(TITLES) and not {e for e, _ in again.search(["renamed"], 5)[0]}
     again.close()
+
+
+def test_a_commit_returns_only_once_every_committed_write_is_searchable(tmp_path: Path) -> None:
+    """Two committers (a paced commit's timer and a checkpoint): the one that finds nothing left to commit
+    must not return while the other's commit is written but not yet visible to searches."""
+    import threading
+    import time
+
+    lexical = LexicalIndex(tmp_path / "lexical")
+    lexical.upsert(["a"], ["Alpha"], [""], commit=False)
+
+    class SlowReload:  # the first committer's reload takes a while
+        def __init__(self, index: object) -> None:
+            self._index, self.entered = index, threading.Event()
+
+        def reload(self) -> None:
+            self.entered.set()
+            time.sleep(0.3)
+            self._index.reload()  # type: ignore[attr-defined]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._index, name)
+
+    slow = SlowReload(lexical.index)
+    lexical.index = slow  # type: ignore[assignment]
+    first = threading.Thread(target=lexical.commit)
+    first.start()
+    assert slow.entered.wait(5)
+    lexical.commit()  # nothing dirty any more: returns, but only once "a" is searchable
+    assert lexical.holds("a")
+    first.join()

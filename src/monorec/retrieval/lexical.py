@@ -143,8 +143,10 @@ class LexicalIndex:
             if not self._dirty:
                 return
             self._write().commit()
+            # the reload under the lock too: a second committer (a paced commit's timer, a checkpoint) that
+            # finds nothing dirty returns only once the first one's commit is visible, never between the two
+            self.index.reload()
             self._dirty = False
-        self.index.reload()
 
     def __len__(self) -> int:
         return int(self.index.searcher().num_docs)

@@ -22,18 +22,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from monorec.config import SOURCE_NAMES, load_config
+from monorec.config import load_config
 from monorec.data.prepared import prepare
 from monorec.evaluation.evaluate import request_sets
 from monorec.evaluation.fusion import (
-    SOURCE_WEIGHTS,
-    FusionInputs,
     FusionRule,
     choose_weights,
     fused_ndcg,
     fusion_inputs,
+    simple_orders,
     two_fold_splits,
 )
 from monorec.evaluation.recommenders import ModelRecommender
@@ -63,20 +61,9 @@ def held_out(data: str, config_path: str, rules: list[str], splits: int) -> dict
             for rule in rules:
                 weights, _, _ = choose_weights(inputs.take(choose), picked, k, _rule(rule))
                 out[canvas][rule].append(float(np.mean(fused_ndcg(on, weights, relevant, k))))
-            for name, weights in _simple_orders(inputs).items():  # references: nothing fitted
+            for name, weights in simple_orders(inputs).items():  # references: nothing fitted
                 out[canvas].setdefault(name, []).append(float(np.mean(fused_ndcg(on, weights, relevant, k))))
     return out
-
-
-def _simple_orders(inputs: FusionInputs) -> dict[str, torch.Tensor]:
-    """ "ranker" (every weight 0) and "alone:SOURCE" (that source's order, the ranker breaking ties)."""
-    device = inputs.sources.device
-    orders = {"ranker": torch.zeros(len(SOURCE_NAMES), device=device)}
-    for j in inputs.active:
-        alone = torch.zeros(len(SOURCE_NAMES), device=device)
-        alone[j] = max(SOURCE_WEIGHTS)
-        orders[f"alone:{SOURCE_NAMES[j]}"] = alone
-    return orders
 
 
 def _rule(rule: str) -> FusionRule:

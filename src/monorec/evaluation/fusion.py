@@ -17,13 +17,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
 from monorec.bundle import ModelBundle
 from monorec.config import SOURCE_NAMES
+from monorec.config_specs import TrainSpec
 from monorec.evaluation.metrics import ndcg_at_k
 from monorec.evaluation.recommenders import ModelRecommender
 from monorec.evaluation.requests import RequestSet
@@ -35,6 +36,7 @@ __all__ = [
     "choose_weights",
     "fused_ndcg",
     "fusion_inputs",
+    "simple_orders",
     "tune_source_weights",
     "two_fold_splits",
 ]
@@ -67,7 +69,7 @@ class FusionRule:
     select_k: int = 0
 
     @classmethod
-    def of(cls, train: Any) -> FusionRule:
+    def of(cls, train: TrainSpec) -> FusionRule:
         """The rule a config's ``train`` section asks for."""
         return cls(train.fusion_method, train.fusion_margin, train.fusion_cv_repeats, train.fusion_k)
 
@@ -182,18 +184,24 @@ def choose_weights(
     weights = _fit(inputs, relevant, sk, rule, grid)
     if rule.cv_repeats > 0 and len(relevant) >= 4:
         held_out = _held_out(inputs, relevant, sk, rule, grid, rule.cv_repeats)
-        simple = [torch.zeros_like(weights)]
-        for j in inputs.active:
-            alone = torch.zeros_like(weights)
-            alone[j] = max(grid, default=1.0)
-            simple.append(alone)
-        for order in simple:
+        for order in simple_orders(inputs, grid).values():
             value = float(np.mean(fused_ndcg(inputs, order, relevant, sk)))
             if value > held_out:
                 held_out, weights = value, order
     best = float(np.mean(fused_ndcg(inputs, weights, relevant, k)))
     ranker_alone = float(np.mean(fused_ndcg(inputs, torch.zeros_like(weights), relevant, k)))
     return weights, best, ranker_alone
+
+
+def simple_orders(inputs: FusionInputs, grid: tuple[float, ...] = SOURCE_WEIGHTS) -> dict[str, torch.Tensor]:
+    """The weightings that fit nothing: ``"ranker"`` (every weight 0) and ``"alone:SOURCE"`` (that source's
+    order, the ranker breaking its ties) for each source the canvas uses -> (S,) weights each."""
+    orders = {"ranker": torch.zeros(len(SOURCE_NAMES), device=inputs.sources.device)}
+    for j in inputs.active:
+        alone = torch.zeros(len(SOURCE_NAMES), device=inputs.sources.device)
+        alone[j] = max(grid, default=1.0)
+        orders[f"alone:{SOURCE_NAMES[j]}"] = alone
+    return orders
 
 
 def _fit(
@@ -243,7 +251,8 @@ def fit_softmax(
     sources = inputs.sources[keep][:, :, active]
     hits = hit[keep]
     # per-column scale so that one learning rate suits BM25 (tens), cosines and ranks (about 1) alike
-    scale = sources.abs().amax(dim=(0, 1)).clamp(min=1e-6)
+    peak = sources.abs().amax(dim=(0, 1))
+    scale = peak.clamp(min=1e-6)
     log_a = torch.zeros((), device=device, requires_grad=True)
     raw_b = torch.zeros(len(inputs.active), device=device, requires_grad=True)
     opt = torch.optim.Adam([log_a, raw_b], lr=0.05)
@@ -256,7 +265,7 @@ def fit_softmax(
             loss.backward()
             opt.step()
     ratio = torch.nn.functional.softplus(raw_b.detach()) / scale / log_a.detach().exp()
-    said = sources.abs().amax(dim=(0, 1)) > 0  # a source that scored no candidate here learned nothing
+    said = peak > 0  # a source that scored no candidate here learned nothing
     weights[active] = torch.where(said, ratio.clamp(max=max_weight), torch.zeros_like(ratio))
     return weights
 

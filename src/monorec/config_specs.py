@@ -291,9 +291,10 @@ class DeploySpec:
     loader_checkpoint_s: float = 60.0
     # at most one commit of a version's lexical index per this many seconds while changes stream (each
     # commit is a new segment: files, an fsync, merges); a streamed change is searchable by its words
-    # within it. 0: a commit per batch of changes (the default until a kill -9 test failure seen once with
-    # 0.1 is understood; docs/benchmarks.md B6 measures 0.1)
-    lexical_commit_s: float = 0.0
+    # within it (docs/benchmarks.md B6: 0.1 cut the commits of 1,000 changes/s 736 -> 217 in 10 s and
+    # queries during ingest 21-31%). 0: a commit per batch of changes (the default until the race behind a
+    # kill -9 failure seen once was found and fixed: LexicalIndex.commit reloads under its lock)
+    lexical_commit_s: float = 0.1
     # the canvases whose context encodes a user alone (home, notify): each version keeps, per known user, its
     # context tower's encoding of the user's stored state in each of them (monorec.users; () : no user store)
     user_canvases: tuple[str, ...] = ()

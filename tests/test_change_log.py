@@ -84,6 +84,23 @@ def test_a_blocking_read_wakes_up_for_a_new_entry(make_log) -> None:  # type: ig
     assert [e.payload for e in entries] == ['{"late": true}'] and time.monotonic() - started < 4
 
 
+def test_an_append_through_the_same_sqlite_log_wakes_a_blocked_read_without_a_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # polls so slow that only the wake-up can deliver within the read's 20 s block: a loader in the
+    # process that publishes sees a change at once, and an idle one does not poll hundreds of times a second
+    from monorec.stream import log as log_module
+
+    monkeypatch.setattr(log_module, "POLL_S", 30.0)
+    monkeypatch.setattr(log_module, "POLL_IDLE_S", 30.0)
+    log = SqliteChangeLog(tmp_path / "changes.sqlite")
+    log.subscribe("g", log.head())
+    threading.Timer(0.2, lambda: log.append(['{"woken": true}'])).start()
+    started = time.monotonic()
+    entries = log.read("g", 10, block_s=20.0)
+    assert [e.payload for e in entries] == ['{"woken": true}'] and time.monotonic() - started < 10
+
+
 def upsert(entity_id: str, revision: int) -> dict:
     change = {"op": "upsert", "entity_id": entity_id, "revision": revision, "entity_type": "movie"}
     return {**change, "title": "t", "categories": []}

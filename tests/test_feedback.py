@@ -225,7 +225,7 @@ def test_answers_never_wait_for_the_journal_a_full_queue_drops_and_counts(tmp_pa
 
     from monorec.feedback import AnswerRecord
 
-    journal = FeedbackJournal(tmp_path / "feedback.sqlite", queue_size=4)
+    journal = FeedbackJournal(tmp_path / "feedback.sqlite", queue_size=4, linger_s=0.0)  # one answer per batch
     blocker = sqlite3.connect(tmp_path / "feedback.sqlite", timeout=60)
     try:
         blocker.execute("BEGIN EXCLUSIVE")  # every other writer now waits

@@ -78,12 +78,15 @@ class FeedbackJournal:
     Args:
         path: the SQLite file (created with its folder).
         queue_size: answers waiting for the writer at most; beyond it they are dropped and counted.
+        linger_s: after an answer arrives, the writer waits this long for more to write in the same
+            transaction (readers of the answers :meth:`flush` first, so they never miss one).
     """
 
-    def __init__(self, path: str | Path, *, queue_size: int = 10_000) -> None:
+    def __init__(self, path: str | Path, *, queue_size: int = 10_000, linger_s: float = 0.05) -> None:
         self.path = Path(path)
         self._db = SqliteFile(self.path, _SCHEMA)
         self._queue: queue.Queue[AnswerRecord | None] = queue.Queue(maxsize=queue_size)
+        self.linger_s = linger_s
         self.dropped_answers = 0
         self._writer = threading.Thread(target=self._write_answers, name="feedback-journal", daemon=True)
         self._writer.start()
@@ -101,9 +104,13 @@ class FeedbackJournal:
         while True:
             first = self._queue.get()
             batch = [first]
-            while len(batch) < 512:  # what has queued meanwhile goes in the same transaction
+            # what queues within linger_s goes in the same transaction: a server answering hundreds of
+            # requests a second committed (and fsynced) a few answers at a time, ~12% of a core in B8
+            until = time.monotonic() + self.linger_s
+            while len(batch) < 512 and batch[-1] is not None:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    remaining = until - time.monotonic()
+                    batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
                 except queue.Empty:
                     break
             answers = [a for a in batch if a is not None]

@@ -36,6 +36,20 @@ def test_tasks_get_different_representations_except_shared_bottom(kind):
     assert same == (kind == "shared_bottom")
 
 
+@pytest.mark.parametrize("kind", BOTTOMS)
+def test_each_rows_own_task_representation_is_its_slice_of_every_tasks(kind):
+    # own_task is what the exported ranker computes (MMoE mixes by the row's own gate only): the same
+    # values as the task's slice of the full (T, B, H) output, and the towers on it as for_rows on that
+    torch.manual_seed(0)
+    bottom = BOTTOMS[kind]()
+    x, task = torch.randn(9, 12), torch.tensor([0, 2, 1, 1, 0, 2, 2, 0, 1])
+    every = bottom(x)
+    own = bottom.own_task(x, task)
+    torch.testing.assert_close(own, every[task, torch.arange(9)])
+    towers = TaskTowers(8, [6], n_tasks=3, n_heads=2)
+    torch.testing.assert_close(towers.gathered(own, task), towers.for_rows(every, task))
+
+
 def test_build_bottom_rejects_unknown():
     with pytest.raises(ValueError, match="unknown bottom"):
         build_bottom("transformer", in_dim=4, hidden=[4], n_tasks=2)

@@ -83,8 +83,10 @@ class RankerGraph(nn.Module):
 
     The same values as :meth:`MonorecModel.rank` and :meth:`MonorecModel.blend_scores` on the pairs' rows,
     computed in another order: the bottom's first layers take each request's context share once
-    (:class:`_ContextShared`); every canvas tower runs on every row and each row's own is picked
-    (:meth:`~monorec.models.multitask.TaskTowers.gathered`, no data-dependent branch); column 0 of the (N, S)
+    (:class:`_ContextShared`); the bottom gives each row its own canvas's representation only
+    (``own_task``: MMoE mixes its experts by that canvas's gate alone), every canvas tower runs on every row
+    and each row's own is picked (:meth:`~monorec.models.multitask.TaskTowers.gathered`, no data-dependent
+    branch); column 0 of the (N, S)
     source scores is set to the retrieval score context . entity. The score is in the graph because a torch
     op right after an ONNX Runtime call costs several times its warm cost on a serving thread (measured: the
     first ~85 us), so the serving path leaves the graph with the numbers it sorts."""
@@ -116,7 +118,7 @@ class RankerGraph(nn.Module):
         pair_feats = ctx_feats.index_select(0, owner) if model.text_slices or model.category_slices else ctx_feats
         pairs = model.pair_inputs(pair_feats, pair_emb, item_feats, item_emb, sources)
         self.requests.feats, self.requests.owner = ctx_feats, owner
-        logits = model.towers.gathered(self.bottom(pairs), task)
+        logits = model.towers.gathered(self.bottom.own_task(pairs, task), task)
         return logits, model.blend_scores(logits, task, sources)
 
 

@@ -20,13 +20,20 @@ __all__ = ["PLE", "MMoE", "MultiTaskBottom", "SharedBottom", "TaskTowers", "buil
 
 
 class MultiTaskBottom(Protocol):
-    """(B, F) -> (T, B, out_dim)."""
+    """(B, F) -> (T, B, out_dim); ``own_task``: (B, F), task (B,) -> (B, out_dim), each row's own task's."""
 
     out_dim: int
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
+    def own_task(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor: ...
+
     def input_layers(self) -> list[tuple[nn.Module, str]]: ...
+
+
+def _own(every: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+    """(T, B, H), task (B,) -> (B, H): each row's own task's slice, without a data-dependent branch."""
+    return every.gather(0, task[None, :, None].expand(1, -1, every.shape[2])).squeeze(0)
 
 
 class SharedBottom(nn.Module):
@@ -43,6 +50,9 @@ class SharedBottom(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.mlp(x)  # (B, H)
         return h.unsqueeze(0).expand(self.n_tasks, -1, -1)  # (T, B, H)
+
+    def own_task(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.mlp(x))  # every task's view is the same
 
 
 def _mix(experts: torch.Tensor, gate_logits: torch.Tensor) -> torch.Tensor:
@@ -67,6 +77,18 @@ class MMoE(nn.Module):
         experts = torch.stack([e(x) for e in self.experts])  # (E, B, H)
         gates = self.gates(x).view(x.shape[0], self.n_tasks, self.n_experts).transpose(0, 1)  # (T, B, E)
         return _mix(experts, gates)  # (T, B, H)
+
+    def own_task(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """Only each row's own gate mixes the experts: 1/T of :meth:`forward`'s mixing (a quarter of the
+        exported ranker's time went to mixing for every task on 1,600 pairs, 2.1 of 8.6 ms)."""
+        experts = [e(x) for e in self.experts]  # E x (B, H)
+        gates = self.gates(x).view(x.shape[0], self.n_tasks, self.n_experts)  # (B, T, E)
+        own = gates.gather(1, task[:, None, None].expand(-1, 1, self.n_experts)).squeeze(1)  # (B, E)
+        weights = torch.softmax(own, dim=-1)
+        out = weights[:, 0:1] * experts[0]
+        for e in range(1, self.n_experts):
+            out = out + weights[:, e : e + 1] * experts[e]
+        return out
 
 
 class _CGCLevel(nn.Module):
@@ -136,6 +158,9 @@ class PLE(nn.Module):
             task_inputs, shared = level(task_inputs, shared)
         return task_inputs  # (T, B, H)
 
+    def own_task(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        return _own(self.forward(x), task)  # a task's own experts feed the next level's shared gate
+
 
 class TaskTowers(nn.Module):
     """One MLP tower per task with ``n_heads`` outputs: (T, B, H) -> (T, B, n_heads)."""
@@ -149,10 +174,10 @@ class TaskTowers(nn.Module):
         return torch.stack([tower(h[t]) for t, tower in enumerate(self.towers)])
 
     def gathered(self, h: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        """:meth:`for_rows` without data-dependent branches (what an exported graph needs): every tower on
-        every row, then each row's own task's output; T times the towers' work. (T, B, H), (B,) -> (B, n_heads)."""
-        every = self.forward(h)  # (T, B, n_heads)
-        return every.gather(0, task[None, :, None].expand(1, -1, every.shape[2])).squeeze(0)
+        """:meth:`for_rows` without data-dependent branches (what an exported graph needs) on each row's own
+        task's representation: every tower on every row, then each row's own tower's output; T times the
+        towers' work. (B, H) (from ``MultiTaskBottom.own_task``), task (B,) -> (B, n_heads)."""
+        return _own(torch.stack([tower(h) for tower in self.towers]), task)
 
     def for_rows(self, h: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Each row through its own task's tower only: h (T, B, H), task (B,) -> (B, n_heads)."""

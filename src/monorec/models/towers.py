@@ -58,7 +58,15 @@ class EmbeddingTables(nn.Module):
         """(B, L) ids with 0 as padding -> (B, dim) mean; an all-padding text row gets the learned
         ``text_missing`` vector instead of zeros."""
         weight = self.text.weight if table is None else cast(nn.Embedding, self.tables[table.replace(":", "__")]).weight
-        pooled = F.embedding_bag(ids, weight, mode="mean", padding_idx=0, sparse=self.sparse)
+        if torch.compiler.is_exporting():
+            # the same mean as a gather and a masked sum: the ONNX exporter writes embedding_bag as a loop
+            # over rows inside a loop over ids, which ONNX Runtime ran at ~2 ms per request (the whole
+            # context tower, 8 requests: 17.5 ms)
+            present = (ids != 0).unsqueeze(2).to(weight.dtype)  # (B, L, 1)
+            total = (F.embedding(ids, weight) * present).sum(dim=1)
+            pooled = total / present.sum(dim=1).clamp(min=1.0)
+        else:
+            pooled = F.embedding_bag(ids, weight, mode="mean", padding_idx=0, sparse=self.sparse)
         if table is None:
             empty = (ids == 0).all(dim=1, keepdim=True).to(pooled.dtype)
             pooled = pooled + empty * self.text_missing

@@ -51,6 +51,16 @@ def test_publish_exports_both_graphs_under_the_manifest(exported: Registry) -> N
     exported.verify("v0001")  # the export is covered by the version's checksums
 
 
+def test_the_exported_graphs_have_no_control_flow(exported: Registry) -> None:
+    # ONNX Runtime runs a Loop's body node by node per iteration: the exporter's embedding_bag (a loop over
+    # rows around a loop over ids) made the context tower ~10x slower than everything else in it together
+    import onnx
+
+    for name in (CONTEXT_FILE, RANKER_FILE):
+        graph = onnx.load(str(exported.path("v0001") / name)).graph
+        assert not {n.op_type for n in graph.node} & {"Loop", "If", "Scan"}, name
+
+
 def test_the_export_equals_the_pytorch_forward_on_every_canvas(exported: Registry, prepared) -> None:  # type: ignore[no-untyped-def]
     bundle = exported.load("v0001")
     assert bundle.folder is not None

@@ -53,7 +53,7 @@ def test_publish_exports_both_graphs_under_the_manifest(exported: Registry) -> N
 
 def test_the_exported_graphs_have_no_control_flow(exported: Registry) -> None:
     # ONNX Runtime runs a Loop's body node by node per iteration: the exporter's embedding_bag (a loop over
-    # rows around a loop over ids) made the context tower ~10x slower than everything else in it together
+    # rows around a loop over ids) took 40% of the served context tower's time (0.37 -> 0.21 ms a request)
     import onnx
 
     for name in (CONTEXT_FILE, RANKER_FILE):

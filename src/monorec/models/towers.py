@@ -60,8 +60,8 @@ class EmbeddingTables(nn.Module):
         weight = self.text.weight if table is None else cast(nn.Embedding, self.tables[table.replace(":", "__")]).weight
         if torch.compiler.is_exporting():
             # the same mean as a gather and a masked sum: the ONNX exporter writes embedding_bag as a loop
-            # over rows inside a loop over ids, which ONNX Runtime ran at ~2 ms per request (the whole
-            # context tower, 8 requests: 17.5 ms)
+            # over rows inside a loop over ids, which ONNX Runtime runs node by node (the context tower of
+            # one served request 0.37 -> 0.21 ms, docs/benchmarks.md "Profile")
             present = (ids != 0).unsqueeze(2).to(weight.dtype)  # (B, L, 1)
             total = (F.embedding(ids, weight) * present).sum(dim=1)
             pooled = total / present.sum(dim=1).clamp(min=1.0)

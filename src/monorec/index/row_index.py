@@ -267,7 +267,7 @@ class RowIndex:
     def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
         with self._lock:
             rows = [self._row_of[i] for i in ids]
-            return self._vectors()[rows].copy()
+            return self._vectors()[rows]  # a fancy index copies: the result outlives the view
 
     def _mask(self, where: EntityFilter | None, members: np.ndarray | None = None) -> np.ndarray | None:
         """Rows a search may return, or None when every stored row may (``members``: the filter's

@@ -69,7 +69,7 @@ def held_out(data: str, config_path: str, rules: list[str], splits: int) -> dict
 def _rule(rule: str) -> FusionRule:
     """MARGIN:REPEATS[:K] (the grid ascent) or softmax[:REPEATS] -> the rule."""
     parts = rule.split(":")
-    if parts[0] in ("softmax", "either"):
+    if parts[0] in ("softmax", "either", "bagged"):
         return FusionRule(parts[0], cv_repeats=int(parts[1]) if len(parts) > 1 else 0)  # type: ignore[arg-type]
     return FusionRule("grid", float(parts[0]), int(parts[1]), int(parts[2]) if len(parts) > 2 else 0)
 

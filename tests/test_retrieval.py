@@ -387,3 +387,22 @@ def test_fusion_either_keeps_the_method_that_scores_higher_on_held_out_halves():
         assert either.tolist() == fitted[winner].tolist(), (k, held_out)
         winners.add(winner)
     assert winners == {"grid", "softmax"}
+
+
+def test_fusion_bagged_is_the_median_of_the_ascents_on_bootstrap_resamples():
+    from monorec.evaluation.fusion import BAGS, SOURCE_WEIGHTS, FusionRule, choose_weights
+
+    inputs, relevant = _lexical_knows_a_third()
+    bagged = choose_weights(inputs, relevant, 3, FusionRule("bagged"))[0]
+    chosen = []
+    for b in range(BAGS):
+        rows = np.random.default_rng(b).integers(0, len(relevant), len(relevant))
+        chosen.append(choose_weights(inputs.take(rows), [relevant[i] for i in rows], 3)[0])
+    assert bagged.tolist() == torch.stack(chosen).median(dim=0).values.tolist()
+    assert all(w in SOURCE_WEIGHTS for w in bagged.tolist())  # a vote among the grid's values, odd BAGS
+    assert choose_weights(inputs, relevant, 3, FusionRule("bagged"))[0].tolist() == bagged.tolist()  # seeded
+    # what every resample agrees on stays: the lexical source knows a third of the answers
+    assert bagged[1] > 0
+    # a source helping 30 requests of 40 wins in every resample
+    inputs, relevant = _fusion_case(40, helped=30)
+    assert choose_weights(inputs, relevant, 1, FusionRule("bagged"))[0][1] > 0

@@ -219,8 +219,9 @@ class TrainSpec:
     # how the fusion chooses: "grid" (coordinate ascent over a grid of weights by validation NDCG),
     # "softmax" (the weights that maximise the likelihood of the relevant candidates among all the
     # candidates: smooth, reads every candidate's position; monorec.evaluation.fusion.fit_softmax), or
-    # "either" (per canvas the one of the two that scores higher on held-out halves of the validation)
-    fusion_method: Literal["grid", "softmax", "either"] = "grid"
+    # "either" (per canvas the one of the two that scores higher on held-out halves of the validation), or
+    # "bagged" (per source the median of the grid's choices on bootstrap resamples of the validation)
+    fusion_method: Literal["grid", "softmax", "either", "bagged"] = "grid"
     max_train_rows: int = 0  # cap on merged training rows per epoch (0: all)
     # training rows larger than memory: each epoch reads the merged rows in shards of this many rows (in
     # a seeded order of shards, a fresh one each epoch), featurizing one shard at a time (0: one table)

@@ -45,6 +45,7 @@ SOURCE_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 1000.0)
 ROUNDS = 2
 SOFTMAX_STEPS = 200  # Adam steps of the softmax fit (a few parameters; it converges in far fewer)
 EITHER_SPLITS = 3  # seeded 2-fold splits on which method "either" compares the grid and the softmax fit
+BAGS = 25  # seeded bootstrap resamples whose ascents method "bagged" takes the median of (odd: a grid value)
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,15 @@ class FusionRule:
       candidate's score counts, not only whether a relevant one reaches the top k; see
       :func:`fit_softmax`); ``"either"``, per canvas the one of the two whose weights, fitted on one half
       of the requests, score the higher NDCG@k on the other half (``EITHER_SPLITS`` seeded splits, both
-      halves each; a tie keeps the grid), then fitted on all of them.
+      halves each; a tie keeps the grid), then fitted on all of them; ``"bagged"``, per source the median
+      of the weights the grid ascent chooses on ``BAGS`` seeded bootstrap resamples of the requests (a
+      choice that a few requests swing is voted down by the resamples without them).
     - ``margin`` (grid): a move must gain more than this many standard errors of the per-request gains.
     - ``cv_repeats``: the fitted blend is checked against the simple orders by this many 2-fold splits.
     - ``select_k`` (grid): chosen by NDCG at this depth (0: at k).
     """
 
-    method: Literal["grid", "softmax", "either"] = "grid"
+    method: Literal["grid", "softmax", "either", "bagged"] = "grid"
     margin: float = 0.0
     cv_repeats: int = 0
     select_k: int = 0
@@ -216,6 +219,12 @@ def _fit(
         return _fit(inputs, relevant, k, both["softmax" if held_out["softmax"] > held_out["grid"] else "grid"], grid)
     if rule.method == "softmax":
         return fit_softmax(inputs, relevant, max_weight=max(grid, default=1.0))
+    if rule.method == "bagged" and len(relevant) >= 2:
+        chosen = []
+        for b in range(BAGS):
+            rows = np.random.default_rng(b).integers(0, len(relevant), len(relevant))
+            chosen.append(_ascent(inputs.take(rows), [relevant[i] for i in rows], k, grid, rule.margin))
+        return torch.stack(chosen).median(dim=0).values  # BAGS is odd: the middle of the chosen grid values
     return _ascent(inputs, relevant, k, grid, rule.margin)
 
 

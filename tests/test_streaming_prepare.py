@@ -6,10 +6,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from monorec.artifacts import verify_manifest
 from monorec.data.features import Featurizer
+from monorec.data.frame_engine import FrameEngine
 from monorec.data.prepared import PreparedData
 from monorec.data.world import WorldSpec, write_world
 from monorec.errors import DataError
@@ -106,3 +109,17 @@ def test_streaming_refuses_what_it_cannot_read(tmp_path, config):
         (movielens / name).write_text("movieId,title,genres\n")
     with pytest.raises(DataError, match="MovieLens"):
         prepare_stage(config, movielens, tmp_path / "out", streaming=True)
+
+
+def test_a_streamed_partition_has_the_pieces_of_the_in_memory_one(tmp_path):
+    """Streaming, a frame is cut into pieces in one pass (each batch's rows appended to their piece's file):
+    every piece holds the rows the in-memory filter gives, in the same order, across several batches, and
+    a piece no row falls into is empty with the frame's columns."""
+    frame = pl.LazyFrame({"k": [3, 0, 3, 1, 0, 3, 1], "v": list("abcdefg")})
+    in_memory = FrameEngine().partition(frame, pl.col("k"), 5, "cut", batch_rows=2)
+    streamed = FrameEngine(tmp_path).partition(frame, pl.col("k"), 5, "cut", batch_rows=2)
+    for expected, got in zip(in_memory, streamed, strict=True):
+        assert_frame_equal(got.collect(), expected.collect())
+    assert streamed[3].collect()["v"].to_list() == ["a", "c", "f"]  # three batches, one file
+    assert streamed[2].collect().columns == ["k", "v"] and streamed[2].collect().height == 0
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["00000.parquet", "00001.parquet", "00003.parquet"]

@@ -191,8 +191,9 @@ def label_plan(logs: pl.LazyFrame, catalogue: pl.DataFrame, config: ProjectConfi
     buckets = max(1, -(-rows // config.labels.bucket_rows))
     cleaned: list[pl.LazyFrame] = []
     response_counts: dict[str, int] = {}
-    for b in range(buckets):
-        bucket = engine.collect(logs if buckets == 1 else logs.filter(request_bucket(buckets) == b))
+    pieces = engine.partition(logs, request_bucket(buckets), buckets, "requests", batch_rows=config.labels.bucket_rows)
+    for b, piece in enumerate(pieces):
+        bucket = engine.collect(piece)
         if config.labels.dedupe:
             before = dict(bucket.group_by("canvas").len().iter_rows())
             bucket = bucket.unique(subset=["request_id", "entity_id"], keep="last", maintain_order=True)

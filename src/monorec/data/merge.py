@@ -92,8 +92,8 @@ def merge_plan(
     total_merged = sum(r["rows"] for r in record.values())
     buckets = max(1, -(-total_merged // config.labels.bucket_rows))
     pieces = []
-    for b in range(buckets):  # (request, part, row): a total order, whichever engine ran the parts
-        piece = merged if buckets == 1 else merged.filter(pl.col("_order") % buckets == b)
+    cut = engine.partition(merged, pl.col("_order") % buckets, buckets, "merged", batch_rows=config.labels.bucket_rows)
+    for b, piece in enumerate(cut):  # (request, part, row): a total order, whichever engine ran the parts
         rows = engine.collect(piece).sort("_order", "_part", "_row").drop("_order", "_part", "_row")
         pieces.append(engine.spill(rows, f"merged-{b}"))
     for entry in record.values():

@@ -173,7 +173,8 @@ class TrainSpec:
     # the ranker may also learn from negatives drawn the way serving presents candidates: per positive row
     # that retrieval found, this many entities drawn from the retrieval's top candidates. Off by default:
     # measured on MovieLens's VALIDATION requests, 4 of them made the ranker alone invert the retrieval
-    # (search NDCG@10 0.217 -> 0.0, home 0.0084 -> 0.0058), see docs/benchmarks.md
+    # (search NDCG@10 0.217 -> 0.0, home 0.0084 -> 0.0058), and on eight synthetic worlds' they cut the
+    # browse ranker alone by a quarter (docs/benchmarks.md, "Negatives from the served candidates")
     retrieval_negatives: int = 0
     # entity histories: every prefix predicts the next entity (one causal pass per row); the weight of that
     # loss, and how many prefixes of each row enter it (0: every prefix)

@@ -18,6 +18,7 @@ import torch
 from monorec.deployment import Deployment
 from monorec.errors import ArtifactError, ChangeError
 from monorec.registry import Registry
+from monorec.row_table import RowTable
 from monorec.serving.messages import RecommendRequest
 from monorec.serving.user_context import encode_contexts
 from monorec.stream.changes import UserChange, parse_change
@@ -61,6 +62,7 @@ def test_the_store_contract(store: UserStore) -> None:
     """Newer revisions replace, older and equal ones never do; a batch holding a user twice keeps its newest
     state; unknown users are reported not found (zeros), never an error."""
     assert store.put(["a", "b"], np.array([5, 1]), rows(1.0, 2.0)) == 2
+    store.reserve(3000)  # a bulk pass's hint: what is stored stays
     assert store.put(["a"], np.array([4]), rows(9.0)) == 0  # a replayed older state
     assert store.put(["a"], np.array([5]), rows(9.0)) == 0  # the same revision again
     assert store.put(["b", "b"], np.array([3, 2]), rows(7.0, 8.0)) == 1  # newest of the batch wins
@@ -257,3 +259,17 @@ def test_a_redis_user_store_serves_the_same_deployment(
         assert dep.versions["v0002"].holds_user("fresh-user", 7)  # the bulk pass read the users table
         dep.retire("v0001")
     assert len(RedisUserStore(redis_url, "v0001", 4)) == 0  # retired: its hashes are gone
+
+
+def test_a_reserved_row_table_takes_the_announced_rows_without_growing() -> None:
+    """A bulk pass announces its users: the table makes room once (no doubling, no copy per growth) and
+    keeps the rows it held."""
+    table = RowTable(WIDTH)
+    table.put(["a"], rows(1.0))
+    table.reserve(5000)
+    buffer = table._rows
+    for start in range(0, 4999, 1000):
+        keys = [f"u{i}" for i in range(start, min(start + 1000, 4999))]
+        table.put(keys, rows(*range(len(keys))))
+    assert table._rows is buffer and len(buffer) == 5000 and len(table) == 5000
+    assert table.get(["a", "u1001"])[:, 0].tolist() == [1.0, 1.0]

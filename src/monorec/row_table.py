@@ -27,6 +27,16 @@ class RowTable:
     def __len__(self) -> int:
         return len(self._row_of)
 
+    def reserve(self, rows: int) -> None:
+        """Makes room for ``rows`` rows in all at once, when their number is known beforehand (a bulk pass's
+        users): doubling as they arrive would hold up to twice the rows, and old and new buffer together
+        while it copies (at 73,296 users of 384 floats: a 201 MB buffer for 113 MB of rows)."""
+        with self._lock:
+            if rows > len(self._rows):
+                grown = np.zeros((rows, self.width), np.float32)
+                grown[: self._used] = self._rows[: self._used]
+                self._rows = grown
+
     def put(self, keys: Sequence[str], rows: np.ndarray) -> None:
         """Stores ``rows`` (N, width) under ``keys`` (N,), replacing what a key held."""
         with self._lock:

@@ -147,6 +147,8 @@ def bulk_load(
         else:
             if users_pages is None:
                 users_pages = encoder.users(catalogue, sink.user_cursor, spec.batch_size)
+                if sv.users is not None:  # a row per (user canvas, user), their number known now
+                    sv.users.reserve(catalogue.user_count() * len(sv.user_canvases))
             states, rows = next(users_pages, (None, None))
             done = 0 if states is None else len(states)
             if states is None:

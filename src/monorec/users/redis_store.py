@@ -77,6 +77,9 @@ class RedisUserStore:
     def __len__(self) -> int:
         return int(self._call(self._client.hlen, self._rows_key))
 
+    def reserve(self, rows: int) -> None:
+        """Nothing: the rows live in Redis."""
+
     def save(self, folder: Path) -> None:
         """Nothing: Redis keeps the rows (durable by its own configuration)."""
 

@@ -50,6 +50,10 @@ class UserStore(Protocol):
         """Stored user id -> the revision its row encodes."""
         ...
 
+    def reserve(self, rows: int) -> None:
+        """Room for ``rows`` rows in all, about to be stored (a bulk pass); a hint, nothing when not needed."""
+        ...
+
     def __len__(self) -> int: ...
 
     def save(self, folder: Path) -> None:
@@ -94,6 +98,9 @@ class LocalUserStore:
 
     def revisions(self) -> dict[str, int]:
         return dict(self._revision)
+
+    def reserve(self, rows: int) -> None:
+        self._rows.reserve(rows)
 
     def __len__(self) -> int:
         return len(self._rows)

@@ -128,13 +128,16 @@ def _train(
     shards = TrainingShards(prepared.merged_scan(names), t.shard_rows, t.max_train_rows)
     # the candidate sources of the version being trained, fitted on the training period: built once, they
     # give the training rows their source inputs and every validation its candidates
+    # the training rows' proposals: what the ranker reads as source inputs, and where its negatives come from
+    rows_propose = bool(model.source_columns) or t.retrieval_negatives > 0
     responses = prepared.responses("train", [*PopularLists.columns(cfg), *COOCCURRENCE_COLUMNS])
     popular = PopularLists.fit(responses, cfg, catalogue=prepared.catalogue)
-    cooccurrence = fit_cooccurrence(cfg, responses, keep_own=True)
+    # each user's own pair counts only for the training rows' proposals (they leave them out), which are
+    # off by default: otherwise they are computed and held for nothing (they grow with the log)
+    cooccurrence = fit_cooccurrence(cfg, responses, keep_own=rows_propose)
     del responses  # every training response (5.8M at 50x the demo's logs): not needed past the two fits
     sources = CandidateSources(cfg, index_catalogue(prepared.catalogue), cooccurrence, popular)
-    # the training rows' proposals: what the ranker reads as source inputs, and where its negatives come from
-    row_sources = sources if model.source_columns or t.retrieval_negatives > 0 else None
+    row_sources = sources if rows_propose else None
     counts = shards.response_counts(cfg, prepared.catalogue)  # every shard's logQ is the whole epoch's
 
     def shard_data(shard: int) -> TrainingData:

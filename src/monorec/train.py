@@ -126,10 +126,10 @@ def _train(
     kwargs["sparse_tables"] = prepared.catalogue.height > t.full_softmax_max  # see monorec.models.towers
     model = build_model(kwargs).to(dev)
     shards = TrainingShards(prepared.merged_scan(names), t.shard_rows, t.max_train_rows)
-    # the candidate sources of the version being trained, fitted on the training period: built once, they
-    # give the training rows their source inputs and every validation its candidates
     # the training rows' proposals: what the ranker reads as source inputs, and where its negatives come from
     rows_propose = bool(model.source_columns) or t.retrieval_negatives > 0
+    # the candidate sources of the version being trained, fitted on the training period: built once, they
+    # give the training rows their source inputs and every validation its candidates
     responses = prepared.responses("train", [*PopularLists.columns(cfg), *COOCCURRENCE_COLUMNS])
     popular = PopularLists.fit(responses, cfg, catalogue=prepared.catalogue)
     # each user's own pair counts only for the training rows' proposals (they leave them out), which are

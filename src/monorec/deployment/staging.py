@@ -124,7 +124,8 @@ def bulk_load(
     :mod:`monorec.distributed.bulk_embed`)."""
     spec = sv.bundle.config.deploy
     users = bool(sv.user_canvases)
-    total = catalogue.count() + (catalogue.user_count() if users else 0)
+    user_total = catalogue.user_count() if users else 0
+    total = catalogue.count() + user_total
     bar = tqdm(total=total, desc=f"bulk-embedding {sv.name}", unit="row", disable=not progress)
     batches = 0
     worked_since = time.perf_counter()  # when the work since the last checkpoint began
@@ -148,7 +149,7 @@ def bulk_load(
             if users_pages is None:
                 users_pages = encoder.users(catalogue, sink.user_cursor, spec.batch_size)
                 if sv.users is not None:  # a row per (user canvas, user), their number known now
-                    sv.users.reserve(catalogue.user_count() * len(sv.user_canvases))
+                    sv.users.reserve(user_total * len(sv.user_canvases))
             states, rows = next(users_pages, (None, None))
             done = 0 if states is None else len(states)
             if states is None:

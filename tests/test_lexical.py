@@ -95,6 +95,22 @@ def test_upsert_replaces_and_delete_removes(version: Version) -> None:
     assert len(index) == 3 and not index.holds("a")
 
 
+def test_tantivy_upserts_replace_uncommitted_documents_and_the_last_of_an_id_in_a_batch_wins(tmp_path: Path) -> None:
+    # a bulk page's writes are one delete of the page's ids, then the adds: a delete covers every document
+    # added before it, committed or not, and none added after it
+    index = LexicalIndex(tmp_path / "lexical")
+    index.upsert(["a", "b"], ["Robot Nebula", "Space Robot"], ["scifi", "scifi"], commit=False)
+    index.upsert(["a", "c", "a"], ["Ocean Dream", "Laugh Party", "Ocean Storm"], ["", "comedy", ""], commit=False)
+    index.delete(["b", "b"], commit=False)
+    index.commit()
+    assert index.ids() == {"a", "c"} and len(index) == 2
+    assert [e for e, _ in index.search(["storm"], 5)[0]] == ["a"]
+    assert index.search(["robot"], 5)[0] == [] and index.search(["dream"], 5)[0] == []
+    index.upsert(["c"], ["Robot Party"], ["comedy"])  # one id: replaced over a committed document
+    assert index.ids() == {"a", "c"} and [e for e, _ in index.search(["robot"], 5)[0]] == ["c"]
+    index.close()
+
+
 def test_a_saved_lexical_index_reopens_with_its_documents(version: Version, tmp_path: Path) -> None:
     version.lexical.save(tmp_path / "checkpoint")
     # after the checkpoint: tantivy's copy is without it, Qdrant's collection (like its dense vectors) has it;

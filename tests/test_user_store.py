@@ -273,3 +273,38 @@ def test_a_reserved_row_table_takes_the_announced_rows_without_growing() -> None
         table.put(keys, rows(*range(len(keys))))
     assert table._rows is buffer and len(buffer) == 5000 and len(table) == 5000
     assert table.get(["a", "u1001"])[:, 0].tolist() == [1.0, 1.0]
+
+
+def test_a_row_table_snapshot_holds_each_key_with_its_latest_row_after_overwrites_removals_and_compactions() -> None:
+    """A snapshot copies the buffer at once when no row is dead, and gathers by key otherwise: both must
+    give every key its latest row, in the keys' order."""
+    rng = np.random.default_rng(0)
+    table, expected = RowTable(3), {}
+    for step in range(400):
+        keys = [f"k{int(k)}" for k in rng.choice(300, size=int(rng.integers(1, 40)), replace=False)]
+        if step % 5 == 4:
+            table.remove(keys)
+            for k in keys:
+                expected.pop(k, None)
+        else:
+            values = rng.normal(size=(len(keys), 3)).astype(np.float32)
+            table.put(keys, values)
+            expected.update(zip(keys, values, strict=True))
+        if step % 50 == 0 or step == 399:
+            snapped, snap_rows = table.snapshot()
+            assert sorted(snapped) == sorted(expected) and len(snapped) == len(set(snapped))
+            assert all(np.array_equal(row, expected[k]) for k, row in zip(snapped, snap_rows, strict=True))
+    fresh = RowTable(3)  # no dead row: the fast copy
+    fresh.put(["b", "a"], np.arange(6, dtype=np.float32).reshape(2, 3))
+    fresh.put(["c"], np.full((1, 3), 9, dtype=np.float32))
+    snapped, snap_rows = fresh.snapshot()
+    assert snapped == ["b", "a", "c"] and snap_rows[:, 0].tolist() == [0.0, 3.0, 9.0]
+    with pytest.raises(ValueError, match="read-only"):
+        snap_rows[0, 0] = -1.0
+    # later writes (overwrites, removals, then a compaction as the buffer fills) leave the snapshot as it was
+    for step in range(200):
+        fresh.put(["b", "a"], np.full((2, 3), 100 + step, dtype=np.float32))
+    fresh.remove(["c"])
+    fresh.put([f"n{i}" for i in range(1100)], np.ones((1100, 3), dtype=np.float32))
+    assert snap_rows[:, 0].tolist() == [0.0, 3.0, 9.0]
+    assert fresh.get(["b", "n5"])[:, 0].tolist() == [299.0, 1.0]

@@ -1,7 +1,9 @@
 """A growable table of float32 rows addressed by string keys (item features, user embeddings).
 
 Rows live in one buffer that doubles when full; an overwritten or removed key leaves a dead row behind,
-reclaimed by compaction before the buffer grows. Thread-safe: one writer and many readers at once.
+reclaimed by compaction before the buffer grows. A row once written is never written again in its buffer
+(growth and compaction copy into a new one), so a snapshot may hand out a read-only view. Thread-safe: one
+writer and many readers at once.
 """
 
 from __future__ import annotations
@@ -47,15 +49,15 @@ class RowTable:
             if self._used + len(keys) > len(self._rows):
                 if self._used > 2 * len(self._row_of):  # mostly dead rows: compact before growing
                     keep = list(self._row_of.items())
-                    live = self._rows[[r for _, r in keep]]
-                    self._rows[: len(keep)] = live
+                    compacted = np.zeros_like(self._rows)  # never in place: a snapshot may be a view (below)
+                    np.take(self._rows, [r for _, r in keep], axis=0, out=compacted[: len(keep)])
+                    self._rows = compacted
                     self._row_of = {e: i for i, (e, _) in enumerate(keep)}
                     self._used = len(keep)
                 if self._used + len(keys) > len(self._rows):
                     self._grow_to(max(2 * len(self._rows), self._used + len(keys)))
             self._rows[self._used : self._used + len(keys)] = rows
-            for i, key in enumerate(keys):
-                self._row_of[key] = self._used + i
+            self._row_of.update(zip(keys, range(self._used, self._used + len(keys)), strict=True))
             self._used += len(keys)
 
     def remove(self, keys: Sequence[str]) -> None:
@@ -78,7 +80,16 @@ class RowTable:
             return self._rows[[self._row_of[k] for k in keys]]
 
     def snapshot(self) -> tuple[list[str], np.ndarray]:
-        """Every key and its row (N, width), taken under the lock (for a checkpoint written outside it)."""
+        """Every key and its row (N, width), taken under the lock (for a checkpoint written outside it): a
+        read-only array that later writes leave as it is."""
         with self._lock:
             keys = list(self._row_of)
+            if self._used == len(keys):
+                # no dead row: the keys hold rows 0..used-1 in their order (rows are appended as keys arrive,
+                # and a compaction renumbers them in the keys' order). A view, not a copy (at 1M item
+                # features of 160 floats, a 640 MB copy per checkpoint): a buffer's rows up to ``used`` are
+                # never written again (writes append after them, growth and compaction make a new buffer)
+                view = self._rows[: self._used]
+                view.flags.writeable = False
+                return keys, view
             return keys, self._rows[[self._row_of[k] for k in keys]]

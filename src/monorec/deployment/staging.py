@@ -125,7 +125,10 @@ def bulk_load(
     spec = sv.bundle.config.deploy
     users = bool(sv.user_canvases)
     user_total = catalogue.user_count() if users else 0
-    total = catalogue.count() + user_total
+    entity_total = catalogue.count()
+    total = entity_total + user_total
+    if sink.bulk_cursor != BULK_DONE:
+        sv.features.reserve(entity_total)  # the feature rows at once: no doubling and copying as pages arrive
     bar = tqdm(total=total, desc=f"bulk-embedding {sv.name}", unit="row", disable=not progress)
     batches = 0
     worked_since = time.perf_counter()  # when the work since the last checkpoint began

@@ -142,19 +142,24 @@ class RevisionBook:
     def newer_rows(self, ids: Sequence[str], revisions: np.ndarray) -> list[int]:
         """Positions of the rows to apply: newer than what is applied, and within the batch the highest
         revision of each id (ascending positions)."""
+        applied = self.applied.get
+        revs = revisions.tolist()
+        if len(set(ids)) == len(ids):  # the usual batch (a bulk page): each id once, one look-up each
+            return [i for i, (e, r) in enumerate(zip(ids, revs, strict=True)) if r > applied(e, -1)]
         latest: dict[str, int] = {}
-        for i, (entity_id, revision) in enumerate(zip(ids, revisions.tolist(), strict=True)):
-            if self.newer(entity_id, revision) and (entity_id not in latest or revision > revisions[latest[entity_id]]):
+        for i, (entity_id, revision) in enumerate(zip(ids, revs, strict=True)):
+            if revision > applied(entity_id, -1) and (entity_id not in latest or revision > revs[latest[entity_id]]):
                 latest[entity_id] = i
         return sorted(latest.values())
 
     def current_rows(self, ids: Sequence[str], revisions: np.ndarray, *, deleted: bool = False) -> list[int]:
         """Positions whose revision is the applied one of their id, an upsert's (``deleted=False``: the
         entity is live at it) or a delete's (``deleted=True``: its tombstone)."""
+        applied, tombstones = self.applied.get, self.deleted
         return [
             i
             for i, (entity_id, revision) in enumerate(zip(ids, revisions.tolist(), strict=True))
-            if self.applied.get(entity_id) == revision and (entity_id in self.deleted) == deleted
+            if applied(entity_id) == revision and (entity_id in tombstones) == deleted
         ]
 
     def record(self, entity_id: str, revision: int, *, deleted: bool) -> None:
@@ -163,6 +168,12 @@ class RevisionBook:
             self.deleted.add(entity_id)
         else:
             self.deleted.discard(entity_id)
+
+    def record_live(self, ids: Sequence[str], revisions: Sequence[int]) -> None:
+        """:meth:`record` of upserts (``deleted=False``) of distinct ids, at once."""
+        self.applied.update(zip(ids, (int(r) for r in revisions), strict=True))
+        if self.deleted:
+            self.deleted.difference_update(ids)
 
     def live(self) -> dict[str, int]:
         return {e: r for e, r in self.applied.items() if e not in self.deleted}

@@ -145,13 +145,24 @@ class RowIndex:
         self._row_categories.extend(cats)
         self._alive = np.concatenate([self._alive, alive])
         self._dead += int((~alive).sum())
-        codes = [self._type_code_of.setdefault(t, len(self._type_code_of)) for t in types]
-        self._type_codes = np.concatenate([self._type_codes, np.array(codes, dtype=np.int32)])
-        for offset, (entity_id, entity_cats) in enumerate(zip(ids, cats, strict=True)):
-            if alive[offset]:
-                self._row_of[entity_id] = start + offset
+        code_of = self._type_code_of
+        for t in dict.fromkeys(types):  # new types in order of appearance: the same codes in every process
+            if t not in code_of:
+                code_of[t] = len(code_of)
+        codes = np.fromiter(map(code_of.__getitem__, types), dtype=np.int32, count=len(types))
+        self._type_codes = np.concatenate([self._type_codes, codes])
+        rows = range(start, end)
+        if alive.all():  # (a bulk page, a streamed batch) one update, not a loop
+            self._row_of.update(zip(ids, rows, strict=True))
+        else:
+            self._row_of.update((e, r) for e, r, a in zip(ids, rows, alive.tolist(), strict=True) if a)
+        category_rows = self._category_rows
+        for row, entity_cats in zip(rows, cats, strict=True):
             for c in entity_cats:
-                self._category_rows.setdefault(c, []).append(start + offset)
+                if c in category_rows:
+                    category_rows[c].append(row)
+                else:
+                    category_rows[c] = [row]
 
     def _kill(self, entity_id: str) -> bool:
         row = self._row_of.pop(entity_id, None)
@@ -230,10 +241,12 @@ class RowIndex:
             positions = self.book.newer_rows(rows.ids, rows.revisions)
             if not positions:
                 return 0
-            keep = rows.take(positions)
-            for entity_id, revision in zip(keep.ids, keep.revisions.tolist(), strict=True):
-                self._kill(entity_id)
-                self.book.record(entity_id, revision, deleted=False)
+            keep = rows if len(positions) == len(rows) else rows.take(positions)
+            row_of = self._row_of
+            for entity_id in keep.ids:  # what the rows replace (none in a bulk load's fresh ids)
+                if entity_id in row_of:
+                    self._kill(entity_id)
+            self.book.record_live(keep.ids, keep.revisions.tolist())  # positions hold each id once
             self._append(list(keep.ids), list(keep.types), [tuple(c) for c in keep.categories], keep.vectors)
             return len(keep)
 

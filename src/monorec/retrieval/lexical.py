@@ -117,10 +117,13 @@ class LexicalIndex:
         """Adds or replaces entities' documents. ``categories`` are "|"-separated like the catalogue's.
         ``commit=False`` leaves them invisible until :meth:`commit` (a commit costs milliseconds: a stream
         of changes commits once per batch, not once per change)."""
+        # the last document of each id wins; one delete of the ids' old documents, then the adds (a delete
+        # covers only what was added before it): a delete per document took 60% of a bulk page's writes
+        latest = {e: (t, c) for e, t, c in zip(ids, titles, categories, strict=True)}
         with self._lock:
             writer = self._write()
-            for entity_id, title, cats in zip(ids, titles, categories, strict=True):
-                writer.delete_documents_by_term("entity_id", entity_id)
+            self._delete_all_of(writer, list(latest))
+            for entity_id, (title, cats) in latest.items():
                 writer.add_document(
                     tantivy.Document(entity_id=entity_id, title=title or "", categories=(cats or "").replace("|", " "))
                 )
@@ -130,12 +133,17 @@ class LexicalIndex:
 
     def delete(self, ids: Sequence[str], *, commit: bool = True) -> None:
         with self._lock:
-            writer = self._write()
-            for entity_id in ids:
-                writer.delete_documents_by_term("entity_id", entity_id)
+            self._delete_all_of(self._write(), list(ids))
             self._dirty = True
         if commit:
             self.commit()
+
+    def _delete_all_of(self, writer: tantivy.IndexWriter, ids: list[str]) -> None:
+        """Deletes every document of ``ids`` added so far, in one operation (under the lock)."""
+        if len(ids) == 1:
+            writer.delete_documents_by_term("entity_id", ids[0])
+        elif ids:
+            writer.delete_documents_by_query(tantivy.Query.term_set_query(self.schema, "entity_id", ids))
 
     def commit(self) -> None:
         """Makes every write so far visible to searches (a no-op when there is none)."""

@@ -129,3 +129,23 @@ def test_record_path_equals_the_frame_path(config, prepared):
     for name in fast:
         np.testing.assert_array_equal(fast[name], slow[name], err_msg=name)
     assert (fast["user_id"] == UNKNOWN_INDEX).any() and (fast["user_id"] == MISSING_INDEX).any()
+
+
+def test_a_few_entities_are_featurized_as_a_whole_catalogue_is(config, prepared):
+    """A streamed batch (dict look-ups) and a bulk page (polars expressions) give the same item arrays."""
+    featurizer = Featurizer(config).fit(prepared.rows("train"), prepared.catalogue)
+    known = prepared.catalogue.head(30)
+    odd = pl.DataFrame(
+        {
+            "entity_id": ["ghost", None, known["entity_id"][0], "ghost"],
+            "entity_type": ["movie", "spaceship", None, "series"],
+            "title": ["Space Robot", None, "", "Ünïcode 42"],
+            "categories": [None, "", "|drama||nothing|a|b|c|d", "drama|drama"],
+        }
+    )
+    for frame in (known, pl.concat([known.select(odd.columns), odd])):
+        few, many = featurizer._transform_few_entities(frame), featurizer._transform_many_entities(frame)
+        for name in ("entity", "entity_type", "categories", "title", "numeric"):
+            np.testing.assert_array_equal(getattr(few, name), getattr(many, name), err_msg=name)
+    assert (few.entity == UNKNOWN_INDEX).any() and (few.entity == MISSING_INDEX).any()
+    assert (few.categories == UNKNOWN_INDEX).any() and (few.categories[-2] > 0).all()  # 4 kept of 6

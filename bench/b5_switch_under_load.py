@@ -21,7 +21,7 @@ each request thread keeps one connection (the kernel assigns it to a replica). T
 version that served it, which ``stale_after_switch`` and ``canary`` read; ``mismatched`` needs the pinned
 version object and is counted in process only (the replicas pin as the owner does: the same router).
 
-    python bench/b5_switch_under_load.py --out b5.json [--items 100000 --seconds 60] [--workers 2] [--quick]
+    python bench/b5_switch_under_load.py --out b5.json [--items 100000 --seconds 60] [--workers 2] [--rate R] [--quick]
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def run(
     streamer.start()  # capacity is measured with the loaders busy, as during the run
     capacity(serve_one, ids, 1.0 if args.quick else 3.0, clients)  # warm-up
     cap = capacity(serve_one, ids, 2.0 if args.quick else 15.0, clients)
-    rate = args.load * cap
+    rate = args.rate or args.load * cap
     print(f"capacity {cap:.0f} req/s (closed loop, {clients} threads, changes streaming); offered {rate:.0f} req/s")
 
     t0 = time.monotonic()
@@ -216,6 +216,9 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--load", type=float, default=0.7, help="share of the measured capacity")
+    ap.add_argument(
+        "--rate", type=float, default=0.0, help="offer this many req/s instead (two builds compared at one load)"
+    )
     ap.add_argument("--workers", type=int, default=0, help="replica processes (0: requests in this process)")
     ap.add_argument("--quick", action="store_true", help="5k entities, 6 s (checks the script runs)")
     args = ap.parse_args()

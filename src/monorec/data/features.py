@@ -67,6 +67,23 @@ class ItemArrays:
         return len(self.entity)
 
 
+def _codes(values: Sequence[Any], lookup: Mapping[str, int]) -> np.ndarray:
+    """(N,) values -> (N,) indices by dict look-ups (:meth:`Featurizer._index` for a few records)."""
+    return np.array([MISSING_INDEX if v is None else lookup.get(str(v), UNKNOWN_INDEX) for v in values], dtype=np.int64)
+
+
+def _list_codes(values: Sequence[Any], lookup: Mapping[str, int], length: int, keep: str) -> np.ndarray:
+    """(N,) "|"-separated id lists -> (N, length) indices of the ``keep="last"`` or ``"first"`` ``length``
+    non-empty ids, 0-padded, by dict look-ups (:meth:`Featurizer._index_lists` for a few records)."""
+    out = np.zeros((len(values), length), dtype=np.int64)
+    for row, joined in enumerate(values):
+        if joined:
+            codes = [lookup.get(x, UNKNOWN_INDEX) for x in str(joined).split("|") if x]
+            kept = codes[-length:] if keep == "last" else codes[:length]
+            out[row, : len(kept)] = kept
+    return out
+
+
 class Featurizer:
     """Turns unified-context rows and catalogue entities into model inputs. Learned state ends in ``_``."""
 
@@ -214,25 +231,15 @@ class Featurizer:
         where a request holds one or a few records and a frame's fixed cost would dominate."""
         self._check_fitted()
         cfg = self.config
-        n = len(records)
         out: ContextArrays = {}
         for f in cfg.fields:
             values = [r.get(f.name) for r in records]
             if f.kind in ("id", "categorical"):
-                lookup = self._lookup(f.name)
-                out[f.name] = np.array(
-                    [MISSING_INDEX if v is None else lookup.get(str(v), UNKNOWN_INDEX) for v in values], dtype=np.int64
-                )
+                out[f.name] = _codes(values, self._lookup(f.name))
             elif f.kind == "text":
                 out[f.name] = hash_texts(values, cfg.model.text_buckets, f.max_tokens)
             elif f.kind == "id_list":
-                lookup = self._lookup(f.name)
-                lists = np.zeros((n, f.max_tokens), dtype=np.int64)
-                for r, v in enumerate(values):
-                    if v:
-                        ids = [lookup.get(x, UNKNOWN_INDEX) for x in str(v).split("|") if x][-f.max_tokens :]
-                        lists[r, : len(ids)] = ids
-                out[f.name] = lists
+                out[f.name] = _list_codes(values, self._lookup(f.name), f.max_tokens, "last")
             else:
                 mean, std = self.numeric_stats_.get(f.name, (0.0, 1.0))
                 x = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
@@ -290,27 +297,16 @@ class Featurizer:
         """:meth:`transform_catalogue` by dictionary look-ups, the same arrays: a streamed batch of changes
         holds tens of entities, where each polars expression's fixed cost (~0.4 ms) made featurizing 50
         entities take 2.8 ms, a loader's largest cost per batch after the graph inserts."""
-        entity_of = self._vocab_lookup("entity", self.entity_vocab_)
-        type_of = self._vocab_lookup("entity_type", self.type_vocab_)
-        category_of = self._vocab_lookup("category", self.category_vocab_)
-
-        def codes(values: list[Any], lookup: dict[str, int]) -> np.ndarray:
-            return np.array(
-                [MISSING_INDEX if v is None else lookup.get(str(v), UNKNOWN_INDEX) for v in values], dtype=np.int64
-            )
-
         ids = catalogue["entity_id"].to_list()
-        categories = np.zeros((len(ids), MAX_CATEGORIES), dtype=np.int64)
-        for row, joined in enumerate(catalogue["categories"].cast(pl.String).to_list()):
-            if joined:
-                first = [category_of.get(c, UNKNOWN_INDEX) for c in joined.split("|") if c][:MAX_CATEGORIES]
-                categories[row, : len(first)] = first
+        categories = catalogue["categories"].cast(pl.String).to_list()
         mean, std = self.popularity_stats_
         pop = np.array([self.popularity_.get(str(e), 0.0) if e is not None else 0.0 for e in ids], dtype=np.float64)
         return ItemArrays(
-            entity=codes(ids, entity_of),
-            entity_type=codes(catalogue["entity_type"].to_list(), type_of),
-            categories=categories,
+            entity=_codes(ids, self._vocab_lookup("entity", self.entity_vocab_)),
+            entity_type=_codes(catalogue["entity_type"].to_list(), self._vocab_lookup("entity_type", self.type_vocab_)),
+            categories=_list_codes(
+                categories, self._vocab_lookup("category", self.category_vocab_), MAX_CATEGORIES, "first"
+            ),
             title=hash_texts(catalogue["title"].to_list(), self.config.model.text_buckets, TITLE_TOKENS),
             numeric=((pop - mean) / std).astype(np.float32)[:, None],
         )

@@ -98,11 +98,8 @@ def exact_kth_scores(queries: np.ndarray, vectors: np.ndarray, k: int, chunk: in
     best: torch.Tensor | None = None
     for start in range(0, len(vectors), chunk):
         scores = q @ torch.from_numpy(vectors[start : start + chunk]).T  # (Q, chunk)
-        top = torch.topk(scores, min(k, scores.shape[1]), dim=1).values
-        best = (
-            top
-            if best is None
-            else torch.topk(torch.cat([best, top], dim=1), min(k, best.shape[1] + top.shape[1]), dim=1).values
-        )
+        if best is not None:
+            scores = torch.cat([best, scores], dim=1)
+        best = torch.topk(scores, min(k, scores.shape[1]), dim=1).values
     assert best is not None and best.shape[1] == k, "k exceeds the number of vectors"
     return best[:, -1].numpy()

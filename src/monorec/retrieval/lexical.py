@@ -140,9 +140,7 @@ class LexicalIndex:
 
     def _delete_all_of(self, writer: tantivy.IndexWriter, ids: list[str]) -> None:
         """Deletes every document of ``ids`` added so far, in one operation (under the lock)."""
-        if len(ids) == 1:
-            writer.delete_documents_by_term("entity_id", ids[0])
-        elif ids:
+        if ids:
             writer.delete_documents_by_query(tantivy.Query.term_set_query(self.schema, "entity_id", ids))
 
     def commit(self) -> None:

@@ -238,6 +238,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig
         p.add("train.fusion_cv_repeats", "must be >= 0")
     if sections["train"].fusion_k < 0:
         p.add("train.fusion_k", "must be >= 0 (0: evaluate.k)")
+    if sections["train"].weight_average_epochs < 0:
+        p.add("train.weight_average_epochs", "must be >= 0 (0: no average)")
     for key in ("sequence_canvases", "selection_canvases"):
         for canvas in getattr(sections["train"], key):
             if declared and canvas not in declared:

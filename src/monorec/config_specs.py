@@ -192,6 +192,9 @@ class TrainSpec:
     # cold-start sentinel is learned and the model also leans on the other fields (history, query...);
     # histories are regularised by model.sequence_dropout instead
     id_dropout: float = 0.0
+    # validation scores, and the bundle keeps, an exponential moving average of the weights over the last
+    # this-many epochs of steps (0: the last step's weights; monorec.weight_average)
+    weight_average_epochs: float = 0.0
     # model selection: "ndcg" (validation NDCG@k of the ranker alone, averaged over requests), "served"
     # (validation NDCG@k of what serving ranks by: the ranker fused with the candidate sources, the fusion
     # weights chosen on the same validation requests after every epoch), or "loss" (validation loss over

@@ -11,7 +11,9 @@ training period, and serve the rows' source inputs, every validation and the fus
 from __future__ import annotations
 
 import copy
+import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from monorec.retrieval.sources import CandidateSources, fit_cooccurrence, index_
 from monorec.threads import reproducible, training_threads
 from monorec.train_step import TrainStep
 from monorec.training_data import TrainingData, TrainingShards
+from monorec.weight_average import WeightAverage
 
 __all__ = ["train", "validation_score"]
 
@@ -164,6 +167,10 @@ def _train(
     val_data = TrainingData.build(cfg, featurizer, val_rows, prepared.catalogue, dev, sources=row_sources)
     val_data = val_data.without_weights()
     bundle = ModelBundle(cfg, featurizer, model, kwargs, popular=popular, cooccurrence=cooccurrence)
+    average = None
+    if t.weight_average_epochs > 0:  # validation and the kept model read the average; training never does
+        steps_per_epoch = max(1, math.ceil(epoch_rows / t.batch_size))  # each worker steps every batch
+        average = WeightAverage(model, max(1.0, t.weight_average_epochs * steps_per_epoch))
 
     history: list[dict[str, Any]] = []
     best_score, best_state, best_epoch, start_epoch = float("-inf"), copy.deepcopy(model.state_dict()), -1, 0
@@ -175,6 +182,8 @@ def _train(
         torch.set_rng_state(saved["torch_rng"])  # dropout draws from the global generator
         history, best_score, best_epoch = saved["history"], saved["best_score"], saved["best_epoch"]
         best_state, start_epoch = saved["best_model"], saved["epoch"] + 1
+        if average is not None and saved.get("weight_average"):
+            average.restore(saved["weight_average"])
     stale = len(history) - (best_epoch + 1)  # epochs since the best (0 on a fresh start)
     for epoch in range(start_epoch, t.epochs):
         if stale >= t.patience:
@@ -197,28 +206,32 @@ def _train(
             )
             for idx in bar:
                 stats = stepper.step(idx)
+                if average is not None:
+                    average.update()
                 losses.append(stats["loss"])
                 for n, v in stats["tasks"].items():
                     task_losses[n].append(v)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}")
         elapsed = time.perf_counter() - started
         val: dict[str, Any] = {}
-        val_losses = stepper.validation_losses(val_data, t.batch_size, t.seed) if len(val_data) and lead else {}
-        if not lead:
-            score = float("nan")
-        elif t.selection == "loss":
-            score = -sum(val_losses.values()) if val_losses else float("-inf")  # higher is better
-        else:
-            depth = cfg.evaluate.retrieval_depth
-            recommender = ModelRecommender(bundle, prepared.catalogue, depth=depth, sources=sources)
-            if t.selection == "served":
-                # what serving would rank by after this epoch: the fusion is chosen anew for each epoch's
-                # ranker, as it will be for the kept one (validation requests only)
-                fused = tune_source_weights(bundle, recommender, val_requests, cfg.evaluate.k, FusionRule.of(t))
-                val = {c: {**m, "requests": len(val_requests[c])} for c, m in fused.items()}
+        with average.applied() if average is not None else nullcontext():
+            val_losses = stepper.validation_losses(val_data, t.batch_size, t.seed) if len(val_data) and lead else {}
+            if not lead:
+                score = float("nan")
+            elif t.selection == "loss":
+                score = -sum(val_losses.values()) if val_losses else float("-inf")  # higher is better
             else:
-                val = evaluate_recommender(recommender, val_requests, cfg.evaluate.k)
-            score = validation_score(val, cfg.evaluate.k, t.selection_canvases)
+                depth = cfg.evaluate.retrieval_depth
+                recommender = ModelRecommender(bundle, prepared.catalogue, depth=depth, sources=sources)
+                if t.selection == "served":
+                    # what serving would rank by after this epoch: the fusion is chosen anew for each epoch's
+                    # ranker, as it will be for the kept one (validation requests only)
+                    rule = FusionRule.of(t)
+                    fused = tune_source_weights(bundle, recommender, val_requests, cfg.evaluate.k, rule)
+                    val = {c: {**m, "requests": len(val_requests[c])} for c, m in fused.items()}
+                else:
+                    val = evaluate_recommender(recommender, val_requests, cfg.evaluate.k)
+                score = validation_score(val, cfg.evaluate.k, t.selection_canvases)
         score = parallel.share(score)  # every worker stops when the lead does
         history.append(
             {
@@ -240,7 +253,7 @@ def _train(
             )
         if score > best_score:
             best_score, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = average.state_dict() if average is not None else copy.deepcopy(model.state_dict())
         else:
             stale += 1
         if ckpt is not None and lead:
@@ -256,6 +269,7 @@ def _train(
                     "best_epoch": best_epoch,
                     "best_model": best_state,
                     "epoch": epoch,
+                    "weight_average": average.checkpoint() if average is not None else None,
                 },
                 tmp,
             )

@@ -109,6 +109,17 @@ def main() -> None:
             "differences": differences,
             "objectives": objectives,
             "source_weights": fusion,
+            # the epoch each model kept (early stopping on its own validation), per seed; separate: of its budget
+            "kept_epochs": [
+                {
+                    "consolidated": r["consolidated"].get("kept_epoch"),
+                    "separate": {
+                        c: {"kept": m.get("kept_epoch"), "of": m.get("epochs")}
+                        for c, m in r["separate"]["canvases"].items()
+                    },
+                }
+                for r in runs
+            ],
             "rows": prepared.manifest["rows"],
             "empty_canvases": sorted(empty),
             "mixture": prepared.manifest["mixture"],

@@ -148,6 +148,10 @@ def test_a_canvas_without_rows_is_reported_empty_and_skipped(config, world):
     assert empty["empty"] is True and empty["requests"] == 0
     assert results["consolidated"]["canvases"]["search"]["requests"] == 0
     assert results["consolidated"]["canvases"]["home"]["requests"] > 0
+    # the epoch early stopping kept, per model: within each model's budget
+    assert 1 <= results["consolidated"]["kept_epoch"] <= config.train.epochs
+    home = results["separate"]["canvases"]["home"]
+    assert 1 <= home["kept_epoch"] <= home["epochs"] and home["epochs"] >= config.train.epochs
 
 
 def test_a_dedicated_model_gets_the_consolidated_budget_in_steps(config, prepared):

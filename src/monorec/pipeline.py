@@ -196,13 +196,16 @@ def compare_models(
     reqs = request_sets(config, prepared, split)
     consolidated = train(config, prepared, progress=progress)
     results: dict[str, dict[str, Any]] = {"consolidated": evaluate_bundle(consolidated, prepared, split, reqs)}
+    results["consolidated"]["kept_epoch"] = kept_epoch(consolidated)
     separate: dict[str, Any] = {}
     for c in config.canvas_names:
         if c in prepared.empty_canvases:  # no rows to train a dedicated model on: reported, not compared
             separate[c] = {f"recall@{k}": float("nan"), f"ndcg@{k}": float("nan"), "requests": 0, "empty": True}
             continue
-        dedicated = train(dedicated_config(config, prepared, c), prepared, canvases=(c,), progress=progress)
+        budget = dedicated_config(config, prepared, c)
+        dedicated = train(budget, prepared, canvases=(c,), progress=progress)
         separate[c] = evaluate_bundle(dedicated, prepared, split, {c: reqs[c]})["canvases"][c]
+        separate[c].update(kept_epoch=kept_epoch(dedicated), epochs=budget.train.epochs)
     results["separate"] = {"split": split, "k": k, "canvases": separate}
     if baselines:
         all_pos = prepared.responses("train")
@@ -227,6 +230,11 @@ def compare_models(
                 scores = evaluate_recommender(make(), {canvas: reqs[canvas]}, k)
                 results[name] = {"split": split, "k": k, "canvases": scores}
     return consolidated, results
+
+
+def kept_epoch(bundle: ModelBundle) -> int:
+    """The epoch (1-based) whose weights a trained bundle kept: what early stopping chose."""
+    return int(bundle.meta.get("best_epoch", -1)) + 1
 
 
 def write_comparison(out: str | Path, results: dict[str, dict[str, Any]]) -> None:

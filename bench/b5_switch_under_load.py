@@ -21,7 +21,12 @@ each request thread keeps one connection (the kernel assigns it to a replica). T
 version that served it, which ``stale_after_switch`` and ``canary`` read; ``mismatched`` needs the pinned
 version object and is counted in process only (the replicas pin as the owner does: the same router).
 
-    python bench/b5_switch_under_load.py --out b5.json [--items 100000 --seconds 60] [--workers 2] [--rate R] [--quick]
+The context tower and the ranker run through the versions' ONNX export in ONNX Runtime (``--runtime
+onnx``, the default, as in B3 and B8) or PyTorch eager (``--runtime torch``, the reference; B5's runtime
+before 2026-12-05).
+
+    python bench/b5_switch_under_load.py --out b5.json [--items 100000 --seconds 60] [--workers 2] [--rate R]
+        [--runtime onnx|torch] [--quick]
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import scratch_dir, write_record
-from _http import BENCH_ENV, served_replicas
+from _http import RUNTIMES, bench_env, served_replicas
 from _serving import bench_config, synthetic_catalogue, two_version_registry
 from monorec.deployment import Deployment
 from monorec.stream.changes import UserChange
@@ -64,12 +69,12 @@ def make_request(rng: random.Random, ids: list[str]) -> tuple[str, dict[str, Any
     return canvas, {"query": " ".join(rng.sample(WORDS, 2))}
 
 
-def serve(dep: Deployment, canvas: str, context: dict[str, Any]) -> tuple[str, str]:
+def serve(dep: Deployment, runtime: str, canvas: str, context: dict[str, Any]) -> tuple[str, str]:
     """One request: (the pinned version's name, the version named by the answer); a canary's share of
-    requests pins the version on trial, as the serving engine does."""
+    requests pins the version on trial, as the serving engine does. The towers run on ``runtime``."""
     trial = dep.router.trial
     with dep.router.pin(candidate=trial is not None and trial.takes(context)) as version:
-        answer = version.recommend(canvas, context, k=10)
+        answer = version.recommend(canvas, context, k=10, runtime=runtime)  # type: ignore[arg-type]
         return version.name, answer.version
 
 
@@ -220,6 +225,7 @@ def main() -> None:
         "--rate", type=float, default=0.0, help="offer this many req/s instead (two builds compared at one load)"
     )
     ap.add_argument("--workers", type=int, default=0, help="replica processes (0: requests in this process)")
+    ap.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="the model path's runtime (model_runtime)")
     ap.add_argument("--quick", action="store_true", help="5k entities, 6 s (checks the script runs)")
     args = ap.parse_args()
     # request-level parallelism (threads) instead of intra-op parallelism: with several requests in flight,
@@ -228,7 +234,8 @@ def main() -> None:
     faiss.omp_set_num_threads(1)
     n, seconds = (5_000, 6.0) if args.quick else (args.items, args.seconds)
     tmp = scratch_dir()
-    registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"))
+    # published with their ONNX export, as B3 and B8 serve them (``--runtime torch``: PyTorch eager)
+    registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"), export_onnx=True)
     catalogue = synthetic_catalogue(n)
     ids = catalogue["entity_id"].to_list()
 
@@ -240,10 +247,10 @@ def main() -> None:
         trial = dep.trials.start("v0002", "canary", share=CANARY_SHARE)
         with contextlib.ExitStack() as stack:
             if args.workers:
-                replicas = served_replicas(dep, tmp / "dep", registry.root, BENCH_ENV, args.workers)
+                replicas = served_replicas(dep, tmp / "dep", registry.root, bench_env(args.runtime), args.workers)
                 serve_one: Any = HttpClient(stack.enter_context(replicas))
             else:
-                serve_one = functools.partial(serve, dep)
+                serve_one = functools.partial(serve, dep, args.runtime)
             results, switches, cap, rate = run(dep, serve_one, ids, seconds, args)
 
     promoted = switches[0]["began"] if switches else float("inf")
@@ -278,6 +285,7 @@ def main() -> None:
         "achieved_rps": len(results) / seconds,
         "threads": {"workers": 8 if args.workers else 4, "torch": torch.get_num_threads(), "faiss": 1},
         "replicas": args.workers,
+        "runtime": args.runtime,
         "requests": len(results),
         "failed": failed,
         "mismatched": mismatched,

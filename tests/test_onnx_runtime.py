@@ -112,6 +112,18 @@ def test_the_engine_answers_the_same_through_either_runtime(dep: Deployment, pre
                 assert a.score == pytest.approx(b.score, rel=1e-5, abs=1e-4)
 
 
+def test_a_versions_own_path_answers_the_same_through_either_runtime(dep: Deployment, prepared) -> None:  # type: ignore[no-untyped-def]
+    # Version.recommend (one request, no engine: what B5 drives in process) takes the runtime too
+    version = dep.router.current
+    assert version is not None and version.onnx is not None
+    some_item = prepared.catalogue["entity_id"][5]
+    for canvas, context in (("home", {"user_id": "u3", "history": [some_item]}), ("search", {"query": "space"})):
+        want = version.recommend(canvas, context, k=10)
+        got = version.recommend(canvas, context, k=10, runtime="onnx")
+        assert got.ids == want.ids and len(got.ids) == 10, canvas
+        assert got.scores == pytest.approx(want.scores, rel=1e-5, abs=1e-4), canvas
+
+
 def test_a_version_without_an_export_is_served_by_pytorch(dep: Deployment) -> None:
     dep.deploy("v0002")
     try:

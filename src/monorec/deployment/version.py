@@ -372,12 +372,20 @@ class ServingVersion:
 
     @torch.no_grad()
     def recommend(
-        self, canvas: str, context: dict[str, Any], k: int, *, where: EntityFilter | None = None, depth: int = 100
+        self,
+        canvas: str,
+        context: dict[str, Any],
+        k: int,
+        *,
+        where: EntityFilter | None = None,
+        depth: int = 100,
+        runtime: ModelRuntime = "torch",
     ) -> Answer:
         """Candidates from this version's index and (without a filter ``where``, which only the index
-        applies) its other sources, then this version's ranker on their union."""
+        applies) its other sources, then this version's ranker on their union; the towers on ``runtime``
+        (see :meth:`runtime`)."""
         record = self.schema.normalize(canvas, context, self.titles)
-        cf, ce = self.encode_records([record])
+        cf, ce = self.encode_records([record], runtime=runtime)
         extra = self.propose(canvas, [record])[0][0] if where is None else {}
         for _attempt in range(3):  # an entity deleted between search and lookup: search again
             hits = self.index.search(ce.numpy(), max(k, depth), where).row(0)
@@ -396,7 +404,7 @@ class ServingVersion:
         task = torch.full((len(ids),), self.schema.task_index(canvas), dtype=torch.long)
         sources = torch.tensor([extra.get(e, [0.0] * len(SOURCE_NAMES)) for e in ids], dtype=torch.float32)
         owner = torch.zeros(len(ids), dtype=torch.long)
-        scores, _ = self.rank(cf, ce, owner, item_feats, item_emb, task, sources)
+        scores, _ = self.rank(cf, ce, owner, item_feats, item_emb, task, sources, runtime=runtime)
         order = np.argsort(-scores, kind="stable")[:k].tolist()
         return Answer(self.name, [ids[i] for i in order], [float(scores[i]) for i in order])
 

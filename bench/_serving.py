@@ -101,9 +101,10 @@ def synthetic_catalogue(n: int, seed: int = 0, prefix: str = "x") -> pl.DataFram
 
 def freshness_arguments(description: str | None) -> tuple[argparse.Namespace, int, float, list[int]]:
     """The command line of the freshness benchmarks (B6, B10): returns (args, entities, seconds per rate,
-    rates), the --quick sizes applied. Sets torch and faiss to one thread each: request-level parallelism
-    (threads) instead of intra-op parallelism, whose pools would only oversubscribe 2 cores with several
-    requests in flight."""
+    rates), the --quick sizes applied; ``args.runtime`` runs the towers of the queries measured (the
+    versions' ONNX export by default, as B3 and B8 serve them; ``torch``: PyTorch eager). Sets torch and
+    faiss to one thread each: request-level parallelism (threads) instead of intra-op parallelism, whose
+    pools would only oversubscribe 2 cores with several requests in flight."""
     import faiss
     import torch
 
@@ -113,6 +114,7 @@ def freshness_arguments(description: str | None) -> tuple[argparse.Namespace, in
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rates", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--quick", action="store_true", help="5k entities, 2 s per rate (checks the script runs)")
+    ap.add_argument("--runtime", choices=("torch", "onnx"), default="onnx", help="the towers' runtime (model_runtime)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)

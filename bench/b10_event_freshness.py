@@ -139,7 +139,8 @@ def run_rate(
 def main() -> None:
     args, n, seconds, rates = freshness_arguments(__doc__)
     tmp = scratch_dir()
-    registry, _ = two_version_registry(tmp / "registry", bench_config(index="exact" if args.quick else "hnsw"), (0,))
+    config = bench_config(index="exact" if args.quick else "hnsw")
+    registry, _ = two_version_registry(tmp / "registry", config, (0,), export_onnx=args.runtime == "onnx")
     catalogue = synthetic_catalogue(n)
     ids = catalogue["entity_id"].to_list()
 
@@ -148,7 +149,8 @@ def main() -> None:
         dep.deploy("v0001")
         dep.open()  # the loaders run, as in the server: the catalogue's fills the users table from the log
         journal = FeedbackJournal(tmp / "dep" / "feedback.sqlite")
-        engine = ServingEngine(dep, EnvironmentSpec("bench"), journal=journal)
+        env = EnvironmentSpec("bench", model_runtime=args.runtime)
+        engine = ServingEngine(dep, env, journal=journal)
         try:
             idle: list[float] = []
             stop = threading.Event()

@@ -185,10 +185,10 @@ def run(
                     "began": began,
                     "returned": time.monotonic(),
                     "from": before,
-                    "to": dep.router.current.name,
+                    "to": dep.router.current.name,  # type: ignore[union-attr]
                     "action": action,
                 }
-            )  # type: ignore[union-attr]
+            )
 
     streamer = threading.Thread(target=stream)
     streamer.start()  # capacity is measured with the loaders busy, as during the run

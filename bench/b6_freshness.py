@@ -9,7 +9,10 @@ measures recommendation latency; the same queries are measured idle first.
 Anchor: the direct in-process insert (embed the entity with the version's item tower, upsert it into its
 index) followed by the same search. Targets: p99 <= 1 s; query p99 during ingest <= 1.5x idle.
 
-    python bench/b6_freshness.py --out b6.json [--items 100000 --seconds 10] [--quick]
+The queries' towers run through the versions' ONNX export (``--runtime onnx``, the default since
+2026-12-05, as B3 and B8 serve them) or PyTorch eager (``--runtime torch``, B6's runtime before).
+
+    python bench/b6_freshness.py --out b6.json [--items 100000 --seconds 10] [--runtime onnx|torch] [--quick]
 """
 
 from __future__ import annotations
@@ -59,17 +62,17 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "n": len(values)}
 
 
-def query_latencies(dep: Deployment, stop: threading.Event, out: list[float], rate: float = 50.0) -> None:
+def query_latencies(dep: Deployment, runtime: str, stop: threading.Event, out: list[float], rate: float = 50.0) -> None:
     rng = random.Random(0)
     while not stop.is_set():
         started = time.perf_counter()
         with dep.router.pin() as version:
-            version.recommend("home", {"user_id": f"u{rng.randrange(400)}"}, k=10)
+            version.recommend("home", {"user_id": f"u{rng.randrange(400)}"}, k=10, runtime=runtime)  # type: ignore[arg-type]
         out.append((time.perf_counter() - started) * 1000)
         stop.wait(max(0.0, 1 / rate - (time.perf_counter() - started)))
 
 
-def run_rate(dep: Deployment, rate: int, seconds: float) -> dict[str, Any]:
+def run_rate(dep: Deployment, rate: int, seconds: float, runtime: str) -> dict[str, Any]:
     versions = list(dep.versions.values())
     published: dict[str, float] = {}
     seen: dict[str, float] = {}  # visible in every version's vector index
@@ -119,7 +122,7 @@ def run_rate(dep: Deployment, rate: int, seconds: float) -> dict[str, Any]:
     queries: list[float] = []
     q_stop = threading.Event()
     threads = [threading.Thread(target=publisher), threading.Thread(target=checker)]
-    q_thread = threading.Thread(target=query_latencies, args=(dep, q_stop, queries))
+    q_thread = threading.Thread(target=query_latencies, args=(dep, runtime, q_stop, queries))
     q_thread.start()
     threads[1].start()
     threads[0].start()
@@ -147,7 +150,7 @@ def run_rate(dep: Deployment, rate: int, seconds: float) -> dict[str, Any]:
 def main() -> None:
     args, n, seconds, rates = freshness_arguments(__doc__)
     tmp = scratch_dir()
-    registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"))
+    registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"), export_onnx=True)
 
     with Deployment(tmp / "dep", registry) as dep:
         dep.seed_catalogue(synthetic_catalogue(n))
@@ -156,7 +159,7 @@ def main() -> None:
 
         idle: list[float] = []
         stop = threading.Event()
-        t = threading.Thread(target=query_latencies, args=(dep, stop, idle))
+        t = threading.Thread(target=query_latencies, args=(dep, args.runtime, stop, idle))
         t.start()
         time.sleep(min(5.0, seconds))
         stop.set()
@@ -172,7 +175,7 @@ def main() -> None:
             assert visible(version, tag)
             direct.append((time.monotonic() - started) * 1000)
 
-        runs = [run_rate(dep, rate, seconds) for rate in rates]
+        runs = [run_rate(dep, rate, seconds, args.runtime) for rate in rates]
 
     idle_p = percentiles(idle)
     for r in runs:
@@ -194,6 +197,7 @@ def main() -> None:
             "items": n,
             "seconds_per_rate": seconds,
             "live_versions": 2,
+            "runtime": args.runtime,
             "idle_query": idle_p,
             "direct_insert": anchor,
             "rates": runs,

@@ -57,7 +57,9 @@ _STARTED = environment()
 def write_record(out: str | Path, record: dict[str, Any]) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**record, "environment": _STARTED}, indent=2) + "\n")
+    # the GIL's switch interval as the run left it (the serving benchmarks set a server's: bench/_serving.py)
+    environment = {**_STARTED, "gil_switch_interval_ms": sys.getswitchinterval() * 1000}
+    out.write_text(json.dumps({**record, "environment": environment}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -19,12 +19,11 @@ from typing import Any
 
 import faiss
 import numpy as np
-import torch
 import uvicorn
 from fastapi import FastAPI
 
 from _common import scratch_dir
-from _serving import bench_config, synthetic_catalogue, two_version_registry
+from _serving import as_a_server, bench_config, synthetic_catalogue, two_version_registry
 from monorec.deployment import Deployment
 from monorec.environments import EnvironmentSpec
 from monorec.serving.app import ServeSettings, create_app
@@ -99,7 +98,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 def bench_deployment(n_items: int) -> Iterator[tuple[Deployment, Path, Path]]:
     """A deployment of the synthetic model (HNSW index, published with its ONNX export) over ``n_items``
     synthetic entities, v0001 serving."""
-    torch.set_num_threads(1)  # request-level parallelism: intra-op threads only oversubscribe the 2 cores
+    as_a_server()
     tmp = scratch_dir()
     registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"), export_onnx=True)
     with Deployment(tmp / "dep", registry) as dep:

@@ -1,4 +1,4 @@
-"""Shared set-up of the serving benchmarks (B5, B6, B9): a registry with two trained versions of the
+"""Shared set-up of the serving benchmarks (B3, B5, B6, B8, B9, B10): a registry with two trained versions of the
 synthetic model, and synthetic catalogues of any size in the same vocabulary."""
 
 from __future__ import annotations
@@ -27,6 +27,21 @@ REPO = Path(__file__).resolve().parents[1]
 # trained registries kept between benchmark runs (`make bench-quick` trains the same fixture for several
 # benchmarks): keyed by everything that decides what training produces, the library's sources included
 FIXTURE_CACHE = Path(os.environ.get("MONOREC_BENCH_CACHE", REPO / "runs" / "bench-cache"))
+
+
+def as_a_server() -> None:
+    """This process's threads set as ``monorec serve`` sets a server's: torch and faiss at one thread per
+    request (request-level parallelism: intra-op pools would only oversubscribe 2 cores with several
+    requests in flight) and the GIL's switch interval of the default environment."""
+    import faiss
+    import torch
+
+    from monorec.environments import EnvironmentSpec
+    from monorec.threads import set_gil_switch_interval
+
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    set_gil_switch_interval(EnvironmentSpec("bench").gil_switch_interval_ms)
 
 
 def bench_config(index: str = "exact", **deploy: object) -> ProjectConfig:
@@ -102,12 +117,8 @@ def synthetic_catalogue(n: int, seed: int = 0, prefix: str = "x") -> pl.DataFram
 def freshness_arguments(description: str | None) -> tuple[argparse.Namespace, int, float, list[int]]:
     """The command line of the freshness benchmarks (B6, B10): returns (args, entities, seconds per rate,
     rates), the --quick sizes applied; ``args.runtime`` runs the towers of the queries measured (the
-    versions' ONNX export by default, as B3 and B8 serve them; ``torch``: PyTorch eager). Sets torch and
-    faiss to one thread each: request-level parallelism (threads) instead of intra-op parallelism, whose
-    pools would only oversubscribe 2 cores with several requests in flight."""
-    import faiss
-    import torch
-
+    versions' ONNX export by default, as B3 and B8 serve them; ``torch``: PyTorch eager). Sets the
+    process's threads as a server's (:func:`as_a_server`)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", required=True)
     ap.add_argument("--items", type=int, default=100_000)
@@ -116,8 +127,7 @@ def freshness_arguments(description: str | None) -> tuple[argparse.Namespace, in
     ap.add_argument("--quick", action="store_true", help="5k entities, 2 s per rate (checks the script runs)")
     ap.add_argument("--runtime", choices=("torch", "onnx"), default="onnx", help="the towers' runtime (model_runtime)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
+    as_a_server()
     if args.quick:
         return args, 5_000, 2.0, [10, 100]
     return args, args.items, args.seconds, args.rates

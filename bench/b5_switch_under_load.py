@@ -44,14 +44,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import scratch_dir, write_record
 from _http import RUNTIMES, bench_env, served_replicas
-from _serving import bench_config, synthetic_catalogue, two_version_registry
+from _serving import as_a_server, bench_config, synthetic_catalogue, two_version_registry
 from monorec.deployment import Deployment
 from monorec.stream.changes import UserChange
 
@@ -228,10 +227,7 @@ def main() -> None:
     ap.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="the model path's runtime (model_runtime)")
     ap.add_argument("--quick", action="store_true", help="5k entities, 6 s (checks the script runs)")
     args = ap.parse_args()
-    # request-level parallelism (threads) instead of intra-op parallelism: with several requests in flight,
-    # torch's and faiss's own thread pools only oversubscribe the 2 cores
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
+    as_a_server()
     n, seconds = (5_000, 6.0) if args.quick else (args.items, args.seconds)
     tmp = scratch_dir()
     # published with their ONNX export, as B3 and B8 serve them (``--runtime torch``: PyTorch eager)

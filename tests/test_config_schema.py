@@ -203,6 +203,7 @@ def test_environments_are_validated_with_every_problem_named():
             "mode": "precomputed",
             "max_k": 500,
             "worker_threads": 0,
+            "gil_switch_interval_ms": 0,
             "precompute": {"home": "query"},
             "rules": {"ghost": {"max_per_category": 2}, "home": {"boost_types": {"movie": -1.0}}},
             "latency_budget": 10,
@@ -214,6 +215,7 @@ def test_environments_are_validated_with_every_problem_named():
     for expected in (
         "environments.bad: unknown canvas 'nowhere'",
         "environments.bad.worker_threads: must be >= 1",
+        "environments.bad.gil_switch_interval_ms: must be > 0",
         "environments.bad.retrieval_depth: must be >= max_k (500)",
         "environments.bad.precompute.home: 'query' is not a field of canvas 'home'",
         "environments.bad.rules.ghost: unknown canvas",

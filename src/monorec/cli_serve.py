@@ -56,7 +56,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from monorec.admin_client import TOKEN_ENV
     from monorec.registry import Registry
     from monorec.serving.app import ServeSettings, create_app, resolve_environment
-    from monorec.threads import configure_torch_threads
+    from monorec.threads import configure_torch_threads, set_gil_switch_interval
 
     token = os.environ.get(TOKEN_ENV)
     if not token:
@@ -83,6 +83,7 @@ def run_serve(args: argparse.Namespace) -> int:
     env = resolve_environment(settings, Registry(args.registry))  # an unknown name fails before start-up
     # each worker thread runs whole requests: intra-op threads beyond free cores / workers only contend
     configure_torch_threads(per_worker=env.worker_threads * max(1, args.workers))
+    set_gil_switch_interval(env.gil_switch_interval_ms)  # requests vs the loaders' Python in one process
     if args.replica:  # one of an owner's replicas: takes connections on the shared port once it is loaded
         from monorec.serving.workers import reuseport_socket
 

@@ -81,6 +81,9 @@ class EnvironmentSpec:
     cache_ttl_s: float = 0.0  # identical requests within this many seconds share one answer (0: off)
     cache_size: int = 10000  # answers kept by the cache and by the last-good store
     worker_threads: int = 2  # threads running the model path
+    # how long a thread running Python keeps the GIL while another waits for it (Python's default: 5 ms),
+    # set by ``monorec serve`` for its process: see :func:`monorec.threads.set_gil_switch_interval`
+    gil_switch_interval_ms: float = 5.0
     # what runs the context tower and the ranker: "onnx" (ONNX Runtime on the version's export, the GIL
     # released while it runs; a version published without an export is served by "torch") or "torch"
     # (PyTorch eager: the reference)
@@ -154,7 +157,7 @@ def parse_environments(raw: Any, canvas_fields: dict[str, tuple[str, ...]], p: P
         for key in ("worker_threads", "max_batch", "retrieval_depth", "max_k", "max_batch_requests", "cache_size"):
             if getattr(env, key) < 1:
                 p.add(f"{where}.{key}", "must be >= 1")
-        for key in ("latency_budget_ms", "source_timeout_ms"):
+        for key in ("latency_budget_ms", "source_timeout_ms", "gil_switch_interval_ms"):
             if getattr(env, key) <= 0:
                 p.add(f"{where}.{key}", "must be > 0")
         if env.retrieval_depth < env.max_k:

@@ -34,7 +34,6 @@ LOAD = Path(__file__).resolve().parent / "_load.py"
 # the environment measured: 2 worker threads, concurrent requests batched (up to 8, no waiting), a
 # budget far above the latencies so that fallbacks do not hide slowness (the record counts them anyway)
 BENCH_ENV = EnvironmentSpec("bench", latency_budget_ms=2000.0, worker_threads=2, max_batch=8, max_wait_ms=0.0)
-RUNTIMES = ("torch", "onnx")
 
 
 def bench_env(runtime: str) -> EnvironmentSpec:

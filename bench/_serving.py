@@ -10,6 +10,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import polars as pl
@@ -18,10 +19,12 @@ from monorec.config import ProjectConfig, load_config
 from monorec.data.prepared import prepare
 from monorec.data.tables import validate_catalogue, validate_logs
 from monorec.data.world import TOPICS, WorldSpec, generate_world
+from monorec.environments import ModelRuntime
 from monorec.pipeline import default_config
 from monorec.registry import Registry
 from monorec.train import train
 
+RUNTIMES = get_args(ModelRuntime)  # what --runtime may name: the environments' model_runtime values
 SMALL_WORLD = WorldSpec(n_users=400, n_items=400, n_requests=3000, seed=0)
 REPO = Path(__file__).resolve().parents[1]
 # trained registries kept between benchmark runs (`make bench-quick` trains the same fixture for several
@@ -125,7 +128,7 @@ def freshness_arguments(description: str | None) -> tuple[argparse.Namespace, in
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rates", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--quick", action="store_true", help="5k entities, 2 s per rate (checks the script runs)")
-    ap.add_argument("--runtime", choices=("torch", "onnx"), default="onnx", help="the towers' runtime (model_runtime)")
+    ap.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="the towers' runtime (model_runtime)")
     args = ap.parse_args()
     as_a_server()
     if args.quick:

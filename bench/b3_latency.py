@@ -20,8 +20,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
-from _http import RUNTIMES, bench_deployment, bench_env, echo_app, load, percentiles, served, serving
+from _http import bench_deployment, bench_env, echo_app, load, percentiles, served, serving
 from _load import request_body
+from _serving import RUNTIMES
 from monorec.deployment import Deployment
 
 CANVASES = ("home", "related", "search", "browse")

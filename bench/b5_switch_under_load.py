@@ -49,8 +49,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import scratch_dir, write_record
-from _http import RUNTIMES, bench_env, served_replicas
-from _serving import as_a_server, bench_config, synthetic_catalogue, two_version_registry
+from _http import bench_env, served_replicas
+from _serving import RUNTIMES, as_a_server, bench_config, synthetic_catalogue, two_version_registry
 from monorec.deployment import Deployment
 from monorec.stream.changes import UserChange
 

@@ -16,7 +16,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_record
-from _http import RUNTIMES, bench_deployment, bench_env, echo_app, load, percentiles, served, serving
+from _http import bench_deployment, bench_env, echo_app, load, percentiles, served, serving
+from _serving import RUNTIMES
 
 MIX = "home=0.6,related=0.25,search=0.15"
 SLO_MS = 50.0

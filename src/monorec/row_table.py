@@ -80,16 +80,21 @@ class RowTable:
             return self._rows[[self._row_of[k] for k in keys]]
 
     def snapshot(self) -> tuple[list[str], np.ndarray]:
-        """Every key and its row (N, width), taken under the lock (for a checkpoint written outside it): a
-        read-only array that later writes leave as it is."""
+        """Every key and its row (N, width) as of one moment (for a checkpoint): a read-only array that
+        later writes leave as it is. Only the keys and their row numbers are read under the lock; the rows
+        are gathered after it, so readers and the writer wait ~5 ms at 100k keys, not for a copy of the
+        table (at 100k item features of 160 floats, 64 MB)."""
         with self._lock:
             keys = list(self._row_of)
-            if self._used == len(keys):
-                # no dead row: the keys hold rows 0..used-1 in their order (rows are appended as keys arrive,
-                # and a compaction renumbers them in the keys' order). A view, not a copy (at 1M item
-                # features of 160 floats, a 640 MB copy per checkpoint): a buffer's rows up to ``used`` are
-                # never written again (writes append after them, growth and compaction make a new buffer)
-                view = self._rows[: self._used]
-                view.flags.writeable = False
-                return keys, view
-            return keys, self._rows[[self._row_of[k] for k in keys]]
+            rows = np.fromiter(self._row_of.values(), dtype=np.int64, count=len(keys))
+            buffer, used = self._rows, self._used
+        # a buffer's rows up to ``used`` are never written again (writes append after them, growth and
+        # compaction make a new buffer), so reading them outside the lock is safe
+        if used == len(keys):
+            # no dead row: the keys hold rows 0..used-1 in their order (rows are appended as keys arrive,
+            # and a compaction renumbers them in the keys' order). A view, not a copy (at 1M item
+            # features of 160 floats, a 640 MB copy per checkpoint)
+            view = buffer[:used]
+            view.flags.writeable = False
+            return keys, view
+        return keys, np.take(buffer, rows, axis=0)

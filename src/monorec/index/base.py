@@ -180,10 +180,15 @@ class RevisionBook:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         ids = list(self.applied)
+        deleted = self.deleted
         return {
             "book_ids": pack_strings(ids),
-            "book_revisions": np.array([self.applied[i] for i in ids], dtype=np.int64),
-            "book_deleted": np.array([i in self.deleted for i in ids], dtype=np.bool_),
+            "book_revisions": np.fromiter(self.applied.values(), dtype=np.int64, count=len(ids)),
+            "book_deleted": (
+                np.fromiter((i in deleted for i in ids), dtype=np.bool_, count=len(ids))
+                if deleted
+                else np.zeros(len(ids), dtype=np.bool_)
+            ),
         }
 
     @classmethod

@@ -86,7 +86,7 @@ class FaissIndex(RowIndex):
             self._faiss.hnsw.efSearch = ef
 
     def _dump_store(self, path: Path) -> Callable[[], None]:
-        blob = faiss.serialize_index(self._faiss)  # at memory speed, under the lock
+        blob = faiss.serialize_index(self._faiss)  # at memory speed, writes excluded (faiss releases the GIL)
         return lambda: blob.tofile(path / VECTORS_FILE)
 
     def _load_store(self, path: Path) -> None:

@@ -119,7 +119,7 @@ class HnswlibIndex(RowIndex):
         self._graph.set_ef(ef)
 
     def _dump_store(self, path: Path) -> Callable[[], None]:
-        self._graph.save_index(str(path / GRAPH_FILE))  # hnswlib writes only to a file: under the lock
+        self._graph.save_index(str(path / GRAPH_FILE))  # hnswlib writes only to a file: writes excluded
         vectors = self._data[: self._n].copy()
         return lambda: np.save(path / VECTORS_FILE, vectors, allow_pickle=False)
 

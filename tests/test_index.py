@@ -385,3 +385,45 @@ def test_ids_survive_a_save_and_load_exactly(backend, tmp_path: Path) -> None:  
     loaded, _ = load_index(tmp_path / "saved", spec=spec, name=name, root=tmp_path)
     assert sorted(loaded.revisions()) == sorted(odd)
     assert {e for e, _ in loaded.search(rows.vectors, len(odd)).row(0)} == set(odd)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2047, 2048, 2049, 10_000])
+def test_packed_strings_are_one_json_list_whatever_their_number(n: int) -> None:
+    # packed a slice at a time (the GIL is let go between slices), to the bytes of one json.dumps, so
+    # every checkpoint written before still loads
+    import json
+
+    from monorec.artifacts import pack_strings, unpack_strings
+
+    rng = np.random.default_rng(n)
+    alphabet = ["a", "\x00", "é", '"', "\\", " ", "東", "\x1f"]
+    strings = ["".join(rng.choice(alphabet, size=rng.integers(0, 6))) for _ in range(n)]
+    packed = pack_strings(strings)
+    assert packed.tobytes() == json.dumps(strings, ensure_ascii=False).encode("utf-8")
+    assert unpack_strings(packed) == strings
+
+
+def test_saves_after_writes_and_a_compaction_hold_every_row_written_since(backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # a save encodes only the rows and book entries that came after the last one: what it writes must
+    # still be the whole index, after overwrites, deletes, new entities and a rebuild of the store
+    spec, index, name = backend
+    if hasattr(index, "params"):
+        index.params["compact_above"] = 0.3
+    model = Model()
+    steps = [
+        lambda: entities(40, seed=1),
+        lambda: entities(10, seed=2, revision=2),  # overwrites e0..e9
+        lambda: entities(15, seed=3, prefix="n"),
+        lambda: entities(40, seed=4, revision=3),  # every e overwritten: a graph store compacts
+    ]
+    for step, make in enumerate(steps):
+        rows = make()
+        index.upsert(rows)
+        model.upsert(rows)
+        index.delete([f"n{step}"], [9])
+        model.delete([f"n{step}"], [9])
+        save_index(index, tmp_path / f"s{step}", spec=spec, meta={})
+        loaded, _ = load_index(tmp_path / f"s{step}", spec=spec, name=name, root=tmp_path)
+        assert loaded.revisions() == {e: v[2] for e, v in model.live.items()} == index.revisions()
+        check_answers(loaded, model, clustered(5, seed=step), 5, None, exact=spec.kind != "hnsw")
+        assert loaded.upsert(entities(1, prefix="n", revision=1)) == 0  # n0's tombstone (revision 9) was saved

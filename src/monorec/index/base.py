@@ -11,6 +11,7 @@ Scores are inner products (the towers' embeddings are unit-norm, so this is cosi
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from monorec.artifacts import pack_strings, unpack_strings
+from monorec.artifacts import GrowingStringPack, unpack_strings
 
 __all__ = ["EntityFilter", "EntityRows", "Hits", "RevisionBook", "VectorIndex"]
 
@@ -133,8 +134,9 @@ class RevisionBook:
     """Applied revision per entity id, tombstones included: the idempotence rule of every backend."""
 
     def __init__(self, applied: dict[str, int] | None = None, deleted: Iterable[str] = ()) -> None:
-        self.applied: dict[str, int] = dict(applied or {})
+        self.applied: dict[str, int] = dict(applied or {})  # never loses an id (a delete is a tombstone)
         self.deleted: set[str] = set(deleted)
+        self._saved_ids = GrowingStringPack()  # ``applied``'s ids as saved, encoded once each
 
     def newer(self, entity_id: str, revision: int) -> bool:
         return revision > self.applied.get(entity_id, -1)
@@ -179,16 +181,13 @@ class RevisionBook:
         return {e: r for e, r in self.applied.items() if e not in self.deleted}
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        ids = list(self.applied)
-        deleted = self.deleted
+        """The book as arrays for a checkpoint (call it with writes excluded)."""
+        saved, n = self._saved_ids, len(self.applied)
+        saved.extend(list(itertools.islice(self.applied, saved.count, None)))  # ids only ever join at the end
         return {
-            "book_ids": pack_strings(ids),
-            "book_revisions": np.fromiter(self.applied.values(), dtype=np.int64, count=len(ids)),
-            "book_deleted": (
-                np.fromiter((i in deleted for i in ids), dtype=np.bool_, count=len(ids))
-                if deleted
-                else np.zeros(len(ids), dtype=np.bool_)
-            ),
+            "book_ids": saved.packed(),
+            "book_revisions": np.fromiter(self.applied.values(), dtype=np.int64, count=n),
+            "book_deleted": np.fromiter(map(self.deleted.__contains__, self.applied), dtype=np.bool_, count=n),
         }
 
     @classmethod

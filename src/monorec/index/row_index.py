@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from monorec.artifacts import pack_strings, unpack_strings
+from monorec.artifacts import GrowingStringPack, unpack_strings
 from monorec.errors import ArtifactError
 from monorec.index.base import EntityFilter, EntityRows, Hits, RevisionBook, empty_hits, top_k_rows
 
@@ -130,6 +130,8 @@ class RowIndex:
         self._type_code_of: dict[str, int] = {}
         self._category_rows: dict[str, list[int]] = {}  # category -> rows that carry it (dead ones too)
         self._dead = 0
+        # the rows' ids, types and categories as saved: rows are append-only, so a save encodes new rows only
+        self._saved_rows = (GrowingStringPack(), GrowingStringPack(), GrowingStringPack())
 
     def _append(self, ids: list[str], types: list[str], cats: list[tuple[str, ...]], vectors: np.ndarray) -> None:
         start = self._count()
@@ -384,19 +386,28 @@ class RowIndex:
         with self._write_lock:  # a consistent snapshot (no write meanwhile); searches do not wait for it
             write_store = self._dump_store(path)
             n = self._count()
-            row_ids, alive = self._row_ids[:n].copy(), self._alive.copy()
-            row_types, row_categories = list(self._row_types), list(self._row_categories)
-            book = RevisionBook(self.book.applied, self.book.deleted)
+            alive = self._alive.copy()
+            row_ids, row_types, row_categories = self._pack_rows(n)
+            book: dict[str, Any] = self.book.to_arrays()
         write_store()
-        arrays: dict[str, Any] = book.to_arrays()
         np.savez(
             path / ROWS_FILE,
-            row_ids=pack_strings([str(i) for i in row_ids]),
+            row_ids=row_ids,
             alive=alive,
-            row_types=pack_strings(row_types),
-            row_categories=pack_strings([_CATEGORY_SEPARATOR.join(c) for c in row_categories]),
-            **arrays,
+            row_types=row_types,
+            row_categories=row_categories,
+            **book,
         )
+
+    def _pack_rows(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ids, types and categories of rows ``0..n`` packed for a save (with writes excluded), each
+        row encoded once in the life of the store (see :class:`~monorec.artifacts.GrowingStringPack`)."""
+        ids, types, categories = self._saved_rows
+        start = ids.count
+        ids.extend([str(i) for i in self._row_ids[start:n]])
+        types.extend(self._row_types[start:n])
+        categories.extend([_CATEGORY_SEPARATOR.join(c) for c in self._row_categories[start:n]])
+        return ids.packed(), types.packed(), categories.packed()
 
     def _restore(self, path: Path) -> None:
         """Reads what :meth:`save` wrote into this (new) index.

@@ -58,6 +58,7 @@ bench-quick: $(VENV)/.installed-test
 	$(PY) bench/profile_request.py --quick --out runs/bench-quick/profile.json
 	$(PY) bench/gpu_paths.py --quick --out runs/bench-quick/gpu_paths.json
 	$(PY) bench/b13_compaction.py --quick --out runs/bench-quick/b13.json
+	$(PY) bench/b14_checkpoint_under_load.py --quick --out runs/bench-quick/b14.json
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench scripts

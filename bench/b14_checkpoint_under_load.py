@@ -1,0 +1,168 @@
+"""B14: requests while the live versions' loaders checkpoint.
+
+A loader makes its version durable every ``deploy.loader_checkpoint_s`` (60 s): the vector index, the item
+features, the lexical index and the user store are written into a new checkpoint folder and hashed, at
+100k entities ~0.6 s. It runs in the serving process, beside the request threads. B5 found its switch
+windows were these checkpoints (a 60 s run places one per version inside the windows): this benchmark
+forces them, so that every run meets many and measures what a request pays for one.
+
+Set-up as B5's: 100,000 entities, v0001 serving and v0002 on a 20% canary, 50 catalogue and 50 user
+changes/s streaming; requests open-loop at ``--rate`` (60% home, 25% related, 15% search) on 4 threads,
+the towers through ONNX Runtime. Every ``--every`` seconds one live version's loader checkpoints, the two
+versions in turn. Anchor: the requests of the same run that began outside every checkpoint.
+
+Reported: latency (from the scheduled arrival) p50 / p90 / p99 / max of the requests that began during a
+checkpoint and of the others, their p99 ratio (B5's rule for a switch window: <= 2x), how many took over
+30 ms, and the checkpoints' own time.
+
+    python bench/b14_checkpoint_under_load.py --out b14.json [--items 100000 --seconds 40 --rate 130] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import random
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import scratch_dir, write_record
+from _serving import RUNTIMES, as_a_server, bench_config, synthetic_catalogue, two_version_registry
+from b5_switch_under_load import CANARY_SHARE, make_request, serve
+from monorec.deployment import Deployment
+from monorec.stream.changes import UserChange
+
+SLOW_MS = 30.0
+
+
+def percentiles(latency_ms: np.ndarray) -> dict[str, float]:
+    if not len(latency_ms):
+        return {"requests": 0}
+    p50, p90, p99 = np.percentile(latency_ms, [50, 90, 99])
+    return {
+        "requests": len(latency_ms),
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "max_ms": float(latency_ms.max()),
+        f"over_{SLOW_MS:.0f}_ms": int((latency_ms > SLOW_MS).sum()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--seconds", type=float, default=40.0)
+    ap.add_argument("--rate", type=float, default=130.0, help="requests/s offered (open loop)")
+    ap.add_argument("--every", type=float, default=3.0, help="seconds between two checkpoints")
+    ap.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="the model path's runtime (model_runtime)")
+    ap.add_argument("--quick", action="store_true", help="5k entities, 6 s (checks the script runs)")
+    args = ap.parse_args()
+    as_a_server()
+    n, seconds, every = (5_000, 6.0, 1.0) if args.quick else (args.items, args.seconds, args.every)
+    tmp = scratch_dir()
+    registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"), export_onnx=True)
+    catalogue = synthetic_catalogue(n)
+    ids = catalogue["entity_id"].to_list()
+    results: list[tuple[float, float, float]] = []  # scheduled, start, end
+    checkpoints: list[tuple[float, float, str]] = []
+    stop = threading.Event()
+
+    with Deployment(tmp / "dep", registry) as dep:
+        dep.seed_catalogue(catalogue)
+        dep.deploy("v0001")
+        dep.open()
+        dep.stage("v0002")
+        dep.trials.start("v0002", "canary", share=CANARY_SHARE)
+        serve_one = functools.partial(serve, dep, args.runtime)
+
+        def stream() -> None:  # B5's changes: both versions apply them, so every checkpoint has work
+            i, revision = 0, 1
+            while not stop.is_set():
+                revision += 1
+                entity = ids[i % len(ids)]
+                change = {"op": "upsert", "entity_id": entity, "revision": revision, "entity_type": "movie"}
+                dep.publish([{**change, "title": f"updated title {i}", "categories": ["drama"]}])
+                dep.publish([UserChange(f"u{i % 400}", revision, (("country", "us"),), (entity,))])
+                i += 1
+                stop.wait(0.02)
+
+        def checkpointer() -> None:
+            turn = 0
+            while not stop.wait(every):
+                name = ("v0001", "v0002")[turn % 2]
+                turn += 1
+                began = time.monotonic()
+                dep.loaders[name].checkpoint(force=True)
+                checkpoints.append((began, time.monotonic(), name))
+
+        lock = threading.Lock()
+
+        def request(scheduled: float, seed: int) -> None:
+            start = time.monotonic()
+            serve_one(*make_request(random.Random(seed), ids))
+            with lock:
+                results.append((scheduled, start, time.monotonic()))
+
+        streamer = threading.Thread(target=stream)
+        streamer.start()
+        for seed in range(300):  # warm-up: first calls of each runtime session, caches
+            serve_one(*make_request(random.Random(seed), ids))
+        maintenance = threading.Thread(target=checkpointer)
+        maintenance.start()
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures, i = [], 0
+            while (now := time.monotonic()) - t0 < seconds:
+                scheduled = t0 + i / args.rate
+                if scheduled > now:
+                    time.sleep(scheduled - now)
+                futures.append(pool.submit(request, scheduled, 10_000 + i))
+                i += 1
+        stop.set()
+        streamer.join()
+        maintenance.join()
+        failed = sum(f.exception() is not None for f in futures)
+
+    latency = np.array([(end - scheduled) * 1000 for scheduled, _, end in results])
+    starts = np.array([start for _, start, _ in results])
+    during = np.zeros(len(results), dtype=bool)
+    for began, ended, _ in checkpoints:
+        during |= (starts >= began) & (starts <= ended)
+    inside, outside = percentiles(latency[during]), percentiles(latency[~during])
+    ratio = inside.get("p99_ms", float("nan")) / outside.get("p99_ms", float("nan"))
+    durations = [(ended - began) * 1000 for began, ended, _ in checkpoints]
+    record: dict[str, Any] = {
+        "benchmark": "B14",
+        "items": n,
+        "seconds": seconds,
+        "offered_rps": args.rate,
+        "runtime": args.runtime,
+        "failed": failed,
+        "checkpoints": len(checkpoints),
+        "checkpoint_ms_p50": float(np.median(durations)) if durations else float("nan"),
+        "checkpoint_ms_max": max(durations, default=float("nan")),
+        "during_checkpoints": inside,
+        "outside_checkpoints": outside,
+        "p99_ratio": ratio,
+        "quick": args.quick,
+    }
+    print(
+        f"{len(checkpoints)} checkpoints, median {record['checkpoint_ms_p50']:.0f} ms; requests {len(results)} "
+        f"(failed {failed}); p99 outside {outside.get('p99_ms', float('nan')):.1f} ms, during "
+        f"{inside.get('p99_ms', float('nan')):.1f} ms (p90 {inside.get('p90_ms', float('nan')):.1f}, max "
+        f"{inside.get('max_ms', float('nan')):.1f}): {ratio:.2f}x (target <= 2)"
+    )
+    write_record(args.out, record)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,9 @@ versions in turn. Anchor: the requests of the same run that began outside every 
 
 Reported: latency (from the scheduled arrival) p50 / p90 / p99 / max of the requests that began during a
 checkpoint and of the others, their p99 ratio (B5's rule for a switch window: <= 2x), how many took over
-30 ms, and the checkpoints' own time.
+30 ms, and the checkpoints' own time. Also freshness: every 0.1 s a new entity (a category of its own) is
+published and searched for every 10 ms in every live version until found (B6's probe); reported apart
+for the changes whose wait met a checkpoint (a loader applies nothing while it checkpoints).
 
     python bench/b14_checkpoint_under_load.py --out b14.json [--items 100000 --seconds 40 --rate 130] [--quick]
 """
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import scratch_dir, write_record
 from _serving import RUNTIMES, as_a_server, bench_config, synthetic_catalogue, two_version_registry
 from b5_switch_under_load import CANARY_SHARE, make_request, serve
+from b6_freshness import fresh_change, visible
 from monorec.deployment import Deployment
 from monorec.stream.changes import UserChange
 
@@ -74,6 +77,7 @@ def main() -> None:
     ids = catalogue["entity_id"].to_list()
     results: list[tuple[float, float, float]] = []  # scheduled, start, end
     checkpoints: list[tuple[float, float, str]] = []
+    freshness: list[tuple[float, float]] = []  # published, visible in every live version
     stop = threading.Event()
 
     with Deployment(tmp / "dep", registry) as dep:
@@ -104,6 +108,18 @@ def main() -> None:
                 dep.loaders[name].checkpoint(force=True)
                 checkpoints.append((began, time.monotonic(), name))
 
+        def probe() -> None:  # B6's freshness probe, one change at a time
+            versions, k = list(dep.versions.values()), 0
+            while not stop.is_set():
+                tag = f"b14-{k}"
+                k += 1
+                published = time.monotonic()
+                dep.publish([fresh_change(tag)])
+                while not all(visible(v, tag) for v in versions) and time.monotonic() - published < 30:
+                    time.sleep(0.01)  # the probe's searches share the cores with the requests measured
+                freshness.append((published, time.monotonic()))
+                stop.wait(0.1)
+
         lock = threading.Lock()
 
         def request(scheduled: float, seed: int) -> None:
@@ -118,6 +134,8 @@ def main() -> None:
             serve_one(*make_request(random.Random(seed), ids))
         maintenance = threading.Thread(target=checkpointer)
         maintenance.start()
+        prober = threading.Thread(target=probe)
+        prober.start()
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures, i = [], 0
@@ -130,6 +148,7 @@ def main() -> None:
         stop.set()
         streamer.join()
         maintenance.join()
+        prober.join()
         failed = sum(f.exception() is not None for f in futures)
 
     latency = np.array([(end - scheduled) * 1000 for scheduled, _, end in results])
@@ -140,6 +159,11 @@ def main() -> None:
     inside, outside = percentiles(latency[during]), percentiles(latency[~during])
     ratio = inside.get("p99_ms", float("nan")) / outside.get("p99_ms", float("nan"))
     durations = [(ended - began) * 1000 for began, ended, _ in checkpoints]
+    published, seen = np.array([p for p, _ in freshness]), np.array([v for _, v in freshness])
+    fresh_ms = (seen - published) * 1000
+    fresh_during = np.zeros(len(freshness), dtype=bool)
+    for began, ended, _ in checkpoints:
+        fresh_during |= (published <= ended) & (seen >= began)  # its wait met this checkpoint
     record: dict[str, Any] = {
         "benchmark": "B14",
         "items": n,
@@ -153,13 +177,17 @@ def main() -> None:
         "during_checkpoints": inside,
         "outside_checkpoints": outside,
         "p99_ratio": ratio,
+        "freshness_meeting_checkpoints": percentiles(fresh_ms[fresh_during]),
+        "freshness_not_meeting_checkpoints": percentiles(fresh_ms[~fresh_during]),
         "quick": args.quick,
     }
     print(
         f"{len(checkpoints)} checkpoints, median {record['checkpoint_ms_p50']:.0f} ms; requests {len(results)} "
         f"(failed {failed}); p99 outside {outside.get('p99_ms', float('nan')):.1f} ms, during "
         f"{inside.get('p99_ms', float('nan')):.1f} ms (p90 {inside.get('p90_ms', float('nan')):.1f}, max "
-        f"{inside.get('max_ms', float('nan')):.1f}): {ratio:.2f}x (target <= 2)"
+        f"{inside.get('max_ms', float('nan')):.1f}): {ratio:.2f}x (target <= 2); freshness p50 "
+        f"{record['freshness_not_meeting_checkpoints'].get('p50_ms', float('nan')):.0f} ms, meeting a checkpoint "
+        f"{record['freshness_meeting_checkpoints'].get('p50_ms', float('nan')):.0f} ms"
     )
     write_record(args.out, record)
 

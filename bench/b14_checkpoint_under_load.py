@@ -17,7 +17,8 @@ checkpoint and of the others, their p99 ratio (B5's rule for a switch window: <=
 published and searched for every 10 ms in every live version until found (B6's probe); reported apart
 for the changes whose wait met a checkpoint (a loader applies nothing while it checkpoints).
 
-    python bench/b14_checkpoint_under_load.py --out b14.json [--items 100000 --seconds 40 --rate 130] [--quick]
+    python bench/b14_checkpoint_under_load.py --out b14.json [--items 100000 --seconds 40 --rate 130]
+        [--index hnsw|hnswlib] [--quick]
 """
 
 from __future__ import annotations
@@ -67,12 +68,13 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=130.0, help="requests/s offered (open loop)")
     ap.add_argument("--every", type=float, default=3.0, help="seconds between two checkpoints")
     ap.add_argument("--runtime", choices=RUNTIMES, default="onnx", help="the model path's runtime (model_runtime)")
+    ap.add_argument("--index", choices=["hnsw", "hnswlib"], default="hnsw", help="the versions' index backend")
     ap.add_argument("--quick", action="store_true", help="5k entities, 6 s (checks the script runs)")
     args = ap.parse_args()
     as_a_server()
     n, seconds, every = (5_000, 6.0, 1.0) if args.quick else (args.items, args.seconds, args.every)
     tmp = scratch_dir()
-    registry, _ = two_version_registry(tmp / "registry", bench_config(index="hnsw"), export_onnx=True)
+    registry, _ = two_version_registry(tmp / "registry", bench_config(index=args.index), export_onnx=True)
     catalogue = synthetic_catalogue(n)
     ids = catalogue["entity_id"].to_list()
     results: list[tuple[float, float, float]] = []  # scheduled, start, end
@@ -170,6 +172,7 @@ def main() -> None:
         "seconds": seconds,
         "offered_rps": args.rate,
         "runtime": args.runtime,
+        "index": args.index,
         "failed": failed,
         "checkpoints": len(checkpoints),
         "checkpoint_ms_p50": float(np.median(durations)) if durations else float("nan"),

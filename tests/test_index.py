@@ -245,6 +245,7 @@ def test_a_save_lets_searches_in_and_keeps_writes_out(
     index = create_index(spec, DIM, name="s", root=tmp_path)
     index.upsert(entities(50))
     searched: list[str] = []
+    writers: list[threading.Thread] = []
     wrote = threading.Event()
     dump = type(index)._dump_store
 
@@ -256,13 +257,13 @@ def test_a_save_lets_searches_in_and_keeps_writes_out(
         searcher.join(timeout=10)
         assert not searcher.is_alive(), "a search waited for a save"
         assert not wrote.wait(0.2), "a write ran during a save's copy"
-        self._late_writer = writer
+        writers.append(writer)
         return dump(self, path)
 
     monkeypatch.setattr(type(index), "_dump_store", dump_while_others_run)
     save_index(index, tmp_path / "saved", spec=spec, meta={})
     monkeypatch.undo()
-    index._late_writer.join(timeout=10)  # type: ignore[attr-defined]
+    writers[0].join(timeout=10)
     assert searched and wrote.is_set() and len(index) == 55
     loaded, _ = load_index(tmp_path / "saved", spec=spec, name="s2", root=tmp_path)
     assert len(loaded) == 50 and "late0" not in loaded.revisions()  # the save is of the moment before the write
@@ -389,7 +390,7 @@ def test_ids_survive_a_save_and_load_exactly(backend, tmp_path: Path) -> None:  
 
 @pytest.mark.parametrize("n", [0, 1, 2047, 2048, 2049, 10_000])
 def test_packed_strings_are_one_json_list_whatever_their_number(n: int) -> None:
-    # packed a slice at a time (the GIL is let go between slices), to the bytes of one json.dumps, so
+    # packed a slice at a time (a waiting thread can take the GIL between slices), to the bytes of one json.dumps, so
     # every checkpoint written before still loads
     import json
 

@@ -31,6 +31,7 @@ __all__ = [
     "pack_strings",
     "read_json",
     "recover_dirs",
+    "staging_dir",
     "unpack_strings",
     "verify_manifest",
     "write_json",
@@ -79,12 +80,24 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def staging_dir(path: str | Path) -> Path:
+    """A new, empty temporary directory beside ``path`` (``.NAME.*.tmp``, which :func:`recover_dirs`
+    removes after a crash), for :func:`atomic_dir` to turn into ``path`` later."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, manifest: dict[str, Any] | None = None, overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(
+    path: str | Path, *, manifest: dict[str, Any] | None = None, overwrite: bool = True, staged: Path | None = None
+) -> Iterator[Path]:
     """Yields a temporary directory that becomes ``path`` only when the block succeeds.
 
     A ``manifest.json`` (``manifest`` plus the sha256 of every file) is written last, so a directory
-    with a manifest is complete. With ``overwrite=False`` an existing ``path`` is an error.
+    with a manifest is complete. With ``overwrite=False`` an existing ``path`` is an error. ``staged``: a
+    directory from :func:`staging_dir` that already holds some of the files (e.g. written before the
+    block, on another thread); it is removed if the block fails.
 
     Replacing an existing ``path`` takes two renames (the old one aside to ``.NAME.old``, the new one in);
     a crash between them leaves no ``path`` but a complete ``.NAME.old``, which :func:`recover_dirs`
@@ -92,9 +105,10 @@ def atomic_dir(path: str | Path, *, manifest: dict[str, Any] | None = None, over
     """
     path = Path(path)
     if path.exists() and not overwrite:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
         raise ArtifactError(f"{path}: already exists and is immutable")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = staged if staged is not None else staging_dir(path)
     try:
         yield tmp
         files = {

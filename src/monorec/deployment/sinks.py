@@ -5,7 +5,7 @@ transaction)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import polars as pl
 
 from monorec.config import ProjectConfig
 from monorec.deployment.version import ItemEncodings, ServingVersion
-from monorec.index import save_index
+from monorec.index import start_save_index
 from monorec.stream.catalogue import CatalogueStore
 from monorec.stream.changes import AnyChange, UserChange
 
@@ -47,27 +47,52 @@ class VersionSink:
         self.version.load_users(states, rows)
 
     def checkpoint(self, offset: str) -> None:
+        finish = self.start_checkpoint(offset)
+        if finish is not None:
+            finish()
+
+    def start_checkpoint(self, offset: str) -> Callable[[], None] | None:
+        """Captures the version's stores as they are now, all at one moment (the loader's thread is their
+        only writer and waits for this call), and returns the function that writes the capture into the
+        checkpoint folder (the offset commits once it returns). None when nothing changed since the last
+        checkpoint. The capture is cheap (the index and tables copied in memory while searches go on, the
+        lexical index's files hard-linked): the loader goes on applying while another thread writes."""
         with self._lock:
             state = (offset, self.bulk_cursor, self.user_cursor)
             if self._saved == state and self._writes == 0:
-                return  # nothing changed since the last checkpoint
+                return None  # nothing changed since the last checkpoint
             self._saved, self._writes = state, 0
             meta = {"version": self.version.name, "offset": offset, "bulk_cursor": self.bulk_cursor}
-            save_index(
-                self.version.index,
-                self.path,
-                spec=self.config.index,
-                meta={**meta, "user_cursor": self.user_cursor, "users": len(self.version.users or ())},
-                attach=self._attach,
-            )
+            try:
+                write = start_save_index(
+                    self.version.index,
+                    self.path,
+                    spec=self.config.index,
+                    meta={**meta, "user_cursor": self.user_cursor, "users": len(self.version.users or ())},
+                    attach=self._attach,
+                )
+            except BaseException:
+                self._saved = None
+                raise
 
-    def _attach(self, folder: Path) -> None:
-        """The version's other stores, in the checkpoint beside the index (applied to the same offset:
-        this loader's thread is the version's only writer)."""
-        self.version.features.save(folder / "features.npz")
+        def finish() -> None:
+            try:
+                write()
+            except BaseException:
+                with self._lock:
+                    self._saved = None  # the next checkpoint writes even if nothing changed meanwhile
+                raise
+
+        return finish
+
+    def _attach(self, folder: Path) -> list[Callable[[], None]]:
+        """The version's other stores, in the checkpoint beside the index (captured at the same offset:
+        the loader's thread is the version's only writer)."""
         self.version.sources.lexical.save(folder / "lexical")
+        writes = [self.version.features.start_save(folder / "features.npz")]
         if self.version.users is not None:
-            self.version.users.save(folder)
+            writes.append(self.version.users.start_save(folder))
+        return writes
 
 
 class CatalogueSink:

@@ -10,7 +10,7 @@ with the model), the item features its ranker reads, and the ranker. It counts t
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,8 +50,12 @@ class ItemFeatures(RowTable):
     """Entity id -> the item tower's features (F_i,) that the ranker reads beside the embedding."""
 
     def save(self, path: Path) -> None:
-        ids, feats = self.snapshot()  # under the lock; written outside it
-        np.savez(path, ids=pack_strings(ids), feats=feats)
+        self.start_save(path)()
+
+    def start_save(self, path: Path) -> Callable[[], None]:
+        """Captures the table now (a copy); the returned function writes the copy into ``path``."""
+        ids, feats = self.snapshot()
+        return lambda: np.savez(path, ids=pack_strings(ids), feats=feats)
 
     @classmethod
     def load(cls, path: Path) -> ItemFeatures:

@@ -1,7 +1,8 @@
 """Vector indexes of item embeddings, one per deployed model version.
 
 ``create_index`` builds an empty index from the config's ``[index]`` table; ``save_index`` writes it into
-a checksummed folder (with the caller's metadata, e.g. the change-log offset it reflects) and
+a checksummed folder (with the caller's metadata, e.g. the change-log offset it reflects; in two steps,
+capture then write, with ``start_save_index``) and
 ``load_index`` reads it back after verifying every file, so a missing or corrupt index fails loudly.
 Backends: :class:`~monorec.index.faiss_index.FaissIndex` (exact or HNSW, in process),
 :class:`~monorec.index.hnswlib_index.HnswlibIndex` (hnswlib's HNSW, in process; both on
@@ -11,12 +12,13 @@ collection per version).
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from monorec.artifacts import atomic_dir, verify_manifest
+from monorec.artifacts import atomic_dir, staging_dir, verify_manifest
 from monorec.config import IndexSpec
 from monorec.errors import ArtifactError
 from monorec.index.base import EntityFilter, EntityRows, Hits, VectorIndex
@@ -31,6 +33,7 @@ __all__ = [
     "load_index",
     "release_local_indexes",
     "save_index",
+    "start_save_index",
 ]
 
 
@@ -61,21 +64,50 @@ def create_index(spec: IndexSpec, dim: int, *, name: str, root: str | Path) -> V
     return FaissIndex(dim, kind=spec.kind, **_local_params(spec))
 
 
+Finish = Callable[[], None]  # the second step of a two-step save: writes what its first step captured
+
+
 def save_index(
     index: VectorIndex,
     path: str | Path,
     *,
     spec: IndexSpec,
     meta: dict[str, Any],
-    attach: Callable[[Path], None] | None = None,
+    attach: Callable[[Path], list[Finish]] | None = None,
 ) -> None:
     """Writes ``index`` atomically into ``path`` (replacing an older checkpoint) with ``meta`` in its manifest;
-    ``attach(folder)`` may write more files into it (covered by the same checksums)."""
+    ``attach(folder)`` may write more files into it (covered by the same checksums), or capture what it
+    writes later and return the functions that do (see :func:`start_save_index`)."""
+    start_save_index(index, path, spec=spec, meta=meta, attach=attach)()
+
+
+def start_save_index(
+    index: VectorIndex,
+    path: str | Path,
+    *,
+    spec: IndexSpec,
+    meta: dict[str, Any],
+    attach: Callable[[Path], list[Finish]] | None = None,
+) -> Finish:
+    """:func:`save_index` in two steps: captures the index (and what ``attach`` captures) as they are now,
+    into memory or a staging folder beside ``path``, and returns the function that writes the capture and
+    swaps the folder in. That function may run on another thread while writes go on (a loader's
+    checkpoint, whose capture is ~1/5 of the whole); if it is never called, the staging folder is what
+    :func:`~monorec.artifacts.recover_dirs` removes."""
     manifest = {"kind": "index", "index": spec.kind, "dim": index.dim, "entities": len(index), **meta}
-    with atomic_dir(path, manifest=manifest) as tmp:
-        index.save(tmp)
-        if attach is not None:
-            attach(tmp)
+    staged = staging_dir(path)
+    try:
+        parts = [index.start_save(staged), *(attach(staged) if attach is not None else ())]
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+    def finish() -> None:
+        with atomic_dir(path, manifest=manifest, staged=staged):
+            for part in parts:
+                part()
+
+    return finish
 
 
 def load_index(path: str | Path, *, spec: IndexSpec, name: str, root: str | Path) -> tuple[VectorIndex, dict[str, Any]]:

@@ -12,7 +12,7 @@ Scores are inner products (the towers' embeddings are unit-norm, so this is cosi
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -119,6 +119,12 @@ class VectorIndex(Protocol):
 
     def save(self, path: str | Path) -> None:
         """Persists the index into the (new, empty) folder ``path``."""
+        ...
+
+    def start_save(self, path: str | Path) -> Callable[[], None]:
+        """:meth:`save` in two steps: captures the index as it is now (writes wait meanwhile, searches go
+        on; cheap next to the save) and returns the function that finishes writing that capture into
+        ``path``, which may run on another thread while writes go on (a loader's checkpoint)."""
         ...
 
     def close(self) -> None:

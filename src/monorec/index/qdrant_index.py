@@ -11,7 +11,7 @@ from __future__ import annotations
 import atexit
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,11 +181,15 @@ class QdrantIndex:
         )
 
     def save(self, path: str | Path) -> None:
+        self.start_save(path)()
+
+    def start_save(self, path: str | Path) -> Callable[[], None]:
+        """The vectors live in the collection: a checkpoint keeps the revision book."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with self._lock:
             arrays: dict[str, Any] = self.book.to_arrays()
-            np.savez(path / "revisions.npz", **arrays)
+        return lambda: np.savez(path / "revisions.npz", **arrays)
 
     @classmethod
     def load(cls, path: str | Path, dim: int, *, location: str, collection: str) -> QdrantIndex:

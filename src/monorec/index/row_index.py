@@ -381,6 +381,9 @@ class RowIndex:
     # ------------------------------------------------------------------------------------ persistence
 
     def save(self, path: str | Path) -> None:
+        self.start_save(path)()
+
+    def start_save(self, path: str | Path) -> Callable[[], None]:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with self._write_lock:  # a consistent snapshot (no write meanwhile); searches do not wait for it
@@ -389,15 +392,19 @@ class RowIndex:
             alive = self._alive.copy()
             row_ids, row_types, row_categories = self._pack_rows(n)
             book: dict[str, Any] = self.book.to_arrays()
-        write_store()
-        np.savez(
-            path / ROWS_FILE,
-            row_ids=row_ids,
-            alive=alive,
-            row_types=row_types,
-            row_categories=row_categories,
-            **book,
-        )
+
+        def finish() -> None:  # from copies only: writes may go on meanwhile
+            write_store()
+            np.savez(
+                path / ROWS_FILE,
+                row_ids=row_ids,
+                alive=alive,
+                row_types=row_types,
+                row_categories=row_categories,
+                **book,
+            )
+
+        return finish
 
     def _pack_rows(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The ids, types and categories of rows ``0..n`` packed for a save (with writes excluded), each

@@ -173,10 +173,11 @@ class LexicalIndex:
 
     def save(self, folder: str | Path) -> None:
         """Copies the index into the new folder ``folder`` (a checkpoint): writes so far are committed, then
-        the files of that commit are copied (its ``meta.json`` and the segments it lists; segment files are
-        immutable). A background merge may delete a listed segment meanwhile (even before the listing): the
-        copy then starts again from the newer commit. Never waits for merges (a large one takes seconds at
-        100k entities).
+        the files of that commit are copied (its ``meta.json`` and the segments it lists), as hard links
+        where the filesystem allows: tantivy writes a segment's files once and never alters them (see
+        :meth:`restore`), so the copy keeps the commit's content while the index goes on. A background
+        merge may delete a listed segment meanwhile (even before the listing): the copy then starts again
+        from the newer commit. Never waits for merges (a large one takes seconds at 100k entities).
 
         Raises:
             ValueError: the index lives in memory (it has no files).
@@ -193,7 +194,7 @@ class LexicalIndex:
             try:
                 for file in self.path.iterdir():
                     if file.name.startswith(segments):
-                        shutil.copy2(file, target / file.name)
+                        _link_or_copy(str(file), str(target / file.name))
             except FileNotFoundError:  # merged away while copying
                 continue
             # a merge that committed (and had its old segments' files deleted) before the listing above

@@ -8,7 +8,7 @@ version (its loader): the read-compare-write of :meth:`RedisUserStore.put` needs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,9 @@ class RedisUserStore:
 
     def save(self, folder: Path) -> None:
         """Nothing: Redis keeps the rows (durable by its own configuration)."""
+
+    def start_save(self, folder: Path) -> Callable[[], None]:
+        return lambda: None
 
     def drop(self) -> None:
         self._call(self._client.delete, self._rows_key, self._revisions_key)

@@ -14,7 +14,7 @@ on any host).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -58,6 +58,10 @@ class UserStore(Protocol):
 
     def save(self, folder: Path) -> None:
         """Writes what a checkpoint needs into ``folder`` (nothing for a store that is durable itself)."""
+        ...
+
+    def start_save(self, folder: Path) -> Callable[[], None]:
+        """:meth:`save` in two steps: captures the store now; the returned function writes the capture."""
         ...
 
     def drop(self) -> None:
@@ -106,9 +110,12 @@ class LocalUserStore:
         return len(self._rows)
 
     def save(self, folder: Path) -> None:
+        self.start_save(folder)()
+
+    def start_save(self, folder: Path) -> Callable[[], None]:
         ids, rows = self._rows.snapshot()
         revisions = np.array([self._revision.get(u, 0) for u in ids], dtype=np.int64)
-        np.savez(folder / USERS_FILE, ids=pack_strings(ids), revisions=revisions, rows=rows)
+        return lambda: np.savez(folder / USERS_FILE, ids=pack_strings(ids), revisions=revisions, rows=rows)
 
     @classmethod
     def load(cls, folder: Path, width: int) -> LocalUserStore:

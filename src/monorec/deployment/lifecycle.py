@@ -300,10 +300,14 @@ class Deployment:
             loader, sink = self._loader_for(sv)
             sink.bulk_cursor = str(manifest.get("bulk_cursor", ""))
             sink.user_cursor = str(manifest.get("user_cursor", ""))
-            bulk_load(
-                sv, self.catalogue, loader, sink, progress=self.progress, progress_cb=progress_cb, encoder=encoder
-            )
-            loader.catch_up()
+            try:
+                bulk_load(
+                    sv, self.catalogue, loader, sink, progress=self.progress, progress_cb=progress_cb, encoder=encoder
+                )
+                loader.catch_up()
+            except BaseException:
+                loader.stop()  # a checkpoint it still writes ends before a retry opens the version again
+                raise
             self.validate(version, sv, loader)
             self.versions[version] = sv
             self.loaders[version] = loader

@@ -331,7 +331,12 @@ class Loader:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stops the thread (which checkpoints last) and waits for a checkpoint still being written: whoever
+        stops a loader may free or delete what it writes into next."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        write = self._write
+        if write is not None:  # a loader stepped by its caller (a bulk load) that was never started
+            write.done.wait(timeout=30)

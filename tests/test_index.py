@@ -428,3 +428,63 @@ def test_saves_after_writes_and_a_compaction_hold_every_row_written_since(backen
         assert loaded.revisions() == {e: v[2] for e, v in model.live.items()} == index.revisions()
         check_answers(loaded, model, clustered(5, seed=step), 5, None, exact=spec.kind != "hnsw")
         assert loaded.upsert(entities(1, prefix="n", revision=1)) == 0  # n0's tombstone (revision 9) was saved
+
+
+def _saved_hnswlib(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    index = create_index(BACKENDS["hnswlib"], DIM, name="h", root=tmp_path)
+    index.upsert(entities(300))
+    index.delete(["e7"], [2])
+    path = tmp_path / "saved"
+    index.save(path)
+    return path, index.search(clustered(5, seed=1), 10).ids
+
+
+def test_an_hnswlib_checkpoint_of_the_older_layout_still_loads(tmp_path: Path) -> None:
+    """Checkpoints before the state file hold hnswlib's own graph file and the vectors beside it."""
+    from monorec.index.hnswlib_index import GRAPH_FILE, VECTORS_FILE, HnswlibIndex
+    from monorec.index.hnswlib_state import GRAPH_STATE_FILE
+
+    path, before = _saved_hnswlib(tmp_path)
+    index = HnswlibIndex.load(path, DIM, **{"ef_search": 128, "exact_below": 5})
+    index._graph.save_index(str(path / GRAPH_FILE))  # the older layout, written by the older code's calls
+    np.save(path / VECTORS_FILE, index._vectors())
+    (path / GRAPH_STATE_FILE).unlink()
+    older = HnswlibIndex.load(path, DIM, **{"ef_search": 128, "exact_below": 5})
+    assert (older.search(clustered(5, seed=1), 10).ids == before).all()
+    np.testing.assert_array_equal(older.vectors_of(["e1", "e299"]), index.vectors_of(["e1", "e299"]))
+    assert older.upsert(entities(2, seed=9, revision=3, prefix="new")) == 2 and len(older) == 301
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["data_level0", "link_lists", "element_levels", "link_target", "link_count", "entry_point", "space"],
+)
+def test_an_hnswlib_state_that_disagrees_with_itself_is_an_error_not_a_crash(damage: str, tmp_path: Path) -> None:
+    """hnswlib copies its state with no checks: a file that would make it read or write out of bounds (or
+    follow a link to nowhere) must be refused before it gets there."""
+    import json
+
+    from monorec.index.hnswlib_index import HnswlibIndex
+    from monorec.index.hnswlib_state import GRAPH_STATE_FILE
+
+    path, _ = _saved_hnswlib(tmp_path)
+    with np.load(path / GRAPH_STATE_FILE) as saved:
+        arrays = {k: saved[k].copy() for k in saved.files}
+    params = json.loads(str(arrays["params"]))
+    rows = arrays["data_level0"].reshape(params["cur_element_count"], -1)
+    if damage in ("data_level0", "link_lists"):
+        arrays[damage] = arrays[damage][:-4]
+    elif damage == "element_levels":
+        arrays[damage][0] = params["max_level"] + 1
+    elif damage == "link_target":
+        rows[0, 4:8] = np.array([10**6], dtype=np.uint32).view(np.int8)
+    elif damage == "link_count":
+        rows[0, 0:4] = np.array([params["max_M0"] + 1], dtype=np.uint32).view(np.int8)
+    elif damage == "entry_point":
+        params["enterpoint_node"] = params["cur_element_count"]
+    else:
+        params["dim"] = DIM + 1
+    arrays["params"] = np.array(json.dumps(params))
+    np.savez(path / GRAPH_STATE_FILE, **arrays)
+    with pytest.raises(ArtifactError, match="does not load"):
+        HnswlibIndex.load(path, DIM)

@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 
 from monorec.errors import ConfigError
+from monorec.index.hnswlib_state import GRAPH_STATE_FILE, capture_graph, restore_graph, write_graph
 from monorec.index.row_index import RowIndex
 
 __all__ = ["HnswlibIndex"]
 
-GRAPH_FILE = "graph.hnswlib"
+GRAPH_FILE = "graph.hnswlib"  # hnswlib's own file: checkpoints before the state file (still read)
 VECTORS_FILE = "vectors.npy"
 HNSWLIB_INSTALL = "pip install 'monorec[hnswlib]'"
 BULK_ROWS = 1024  # an add of at least this many rows is built on BULK_THREADS threads
@@ -119,22 +120,29 @@ class HnswlibIndex(RowIndex):
         self._graph.set_ef(ef)
 
     def _dump_store(self, path: Path) -> Callable[[], None]:
-        self._graph.save_index(str(path / GRAPH_FILE))  # hnswlib writes only to a file: writes excluded
-        vectors = self._data[: self._n].copy()
-        return lambda: np.save(path / VECTORS_FILE, vectors, allow_pickle=False)
+        state = capture_graph(self._graph)  # arrays, written below without the GIL (see hnswlib_state)
+        return lambda: write_graph(state, path / GRAPH_STATE_FILE)
 
     def _load_store(self, path: Path) -> None:
-        vectors = np.load(path / VECTORS_FILE, allow_pickle=False)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or vectors.dtype != np.float32:
-            raise ValueError(f"vectors of shape {vectors.shape} ({vectors.dtype}), the index has dimension {self.dim}")
-        graph = self._lib.Index(space="ip", dim=self.dim)
-        graph.load_index(str(path / GRAPH_FILE), max_elements=max(len(vectors), 1024))
+        if (path / GRAPH_STATE_FILE).exists():
+            graph, vectors = restore_graph(self._lib, path / GRAPH_STATE_FILE, self.dim)
+        else:  # a checkpoint written before the state file: hnswlib's own file and the vectors beside it
+            vectors = np.load(path / VECTORS_FILE, allow_pickle=False)
+            if vectors.ndim != 2 or vectors.shape[1] != self.dim or vectors.dtype != np.float32:
+                raise ValueError(
+                    f"vectors of shape {vectors.shape} ({vectors.dtype}), the index's dimension is {self.dim}"
+                )
+            graph = self._lib.Index(space="ip", dim=self.dim)
+            graph.load_index(str(path / GRAPH_FILE), max_elements=max(len(vectors), 1024))
         if graph.get_current_count() != len(vectors):
             raise ValueError(f"the graph holds {graph.get_current_count()} rows, the vectors {len(vectors)}")
+        capacity = max(len(vectors), 1024)
+        if graph.get_max_elements() < capacity:
+            graph.resize_index(capacity)
         graph.set_ef(int(self.params["ef_search"]))
         graph.set_num_threads(1)
         self._graph, self._n = graph, len(vectors)
-        self._data = np.zeros((max(len(vectors), 1024), self.dim), dtype=np.float32)
+        self._data = np.zeros((capacity, self.dim), dtype=np.float32)
         self._data[: self._n] = vectors
 
     @classmethod

@@ -328,6 +328,34 @@ def test_cached_fallback_repeats_the_last_good_answer_and_none_refuses(
             engine.recommend(req("search", {"query": "legend"}, k=5, fallback="none"))
 
 
+def test_a_cached_fallback_never_answers_with_the_version_switched_away_from(
+    tmp_path: Path, two_versions: Registry, prepared, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """After a switch (a rollback above all) a request is answered by the version now serving, fallbacks
+    included: the last good answer of the other version is not a fallback for it."""
+    with (
+        deployed(tmp_path / "dep", two_versions, prepared.catalogue) as two,
+        engine_for(two, fallback="cached") as engine,
+    ):
+        request = req("search", {"query": "legend"}, k=5)
+        assert engine.recommend(request).version == "v0001"
+        two.deploy("v0002")
+
+        def broken(self, *a, **k):  # type: ignore[no-untyped-def]
+            raise RuntimeError("down")
+
+        monkeypatch.setattr(ServingVersion, "rank", broken)
+        fallback = engine.recommend(request)
+        assert fallback.version == "v0002" and fallback.fallback is not None
+        assert fallback.fallback.source == "popular"  # v0002 has no good answer of its own yet
+        monkeypatch.undo()
+        good = engine.recommend(request)
+        assert good.version == "v0002" and good.source in ("model", "cache")
+        monkeypatch.setattr(ServingVersion, "rank", broken)
+        again = engine.recommend(request)
+        assert again.fallback is not None and again.fallback.source == "cached" and again.items == good.items
+
+
 def test_no_serving_version_is_unavailable(tmp_path: Path, two_versions: Registry) -> None:
     with (
         Deployment(tmp_path / "empty", two_versions) as empty,

@@ -265,7 +265,9 @@ class ServingEngine:
             raise ServingUnavailable(f"the model path did not answer ({reason}) and the request's fallback is none")
         if policy == "cached":
             hit = self._last_good.get(started.key)
-            if hit is not None:
+            # only the pinned version's own answer: one of the version switched away from (a rollback's bad
+            # version above all) would be that version answering a request begun after the switch
+            if hit is not None and hit[0] == started.version.name:
                 return RecommendResponse.model_validate_json(hit[1]).model_copy(
                     update={
                         "source": "fallback",

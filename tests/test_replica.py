@@ -127,6 +127,46 @@ def test_a_switch_waits_for_live_replicas_only_and_not_forever(
     assert [r.name for r in owner.control.replicas(60)] == []
 
 
+def test_a_replica_cut_off_from_the_control_plane_refuses_until_it_has_followed_it_again(
+    owner: Deployment, two_versions: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A switch does not wait for a replica silent past the liveness bound: that replica must answer
+    nothing (503, not ready) from before the switch can leave it behind until it has read the control
+    plane again, so no request begun after the switch is answered by the old version."""
+    from monorec.deployment import lifecycle, replica
+    from monorec.errors import ServingUnavailable
+
+    monkeypatch.setattr(lifecycle, "LIVE_WITHIN_S", 1.0)
+    monkeypatch.setattr(replica, "HEARTBEAT_S", 0.1)
+    monkeypatch.setattr(replica, "FENCE_S", 0.6)
+    request = RecommendRequest(canvas="search", context={"query": "space wedding"})
+    with Replica(owner.root, two_versions, name="r1") as r, engine_for(r) as engine:  # type: ignore[arg-type]
+        assert engine.recommend(request).version == "v0001" and r.fenced() is None
+        heartbeat = r.control.heartbeat
+
+        def unreachable(*args: object) -> None:
+            raise OSError("control plane unreachable")
+
+        r._stop.set()  # its process stalls: it neither follows nor says it is alive
+        r._thread.join()  # type: ignore[union-attr]
+        r._beats.join()  # type: ignore[union-attr]
+        r._stop.clear()
+        monkeypatch.setattr(r.control, "heartbeat", unreachable)
+        wait_for(lambda: r.fenced() is not None, timeout=5)
+        with pytest.raises(ServingUnavailable, match="lost the control plane"):
+            engine.recommend(request)
+        assert "control-plane" in r.unhealthy_loaders()
+        owner.deploy("v0002")  # the owner, no longer hearing from it, switches without it
+        assert r.router.current is not None and r.router.current.name == "v0001"  # left behind
+        monkeypatch.setattr(r.control, "heartbeat", heartbeat)
+        r._heartbeat()  # heard again: still refusing, it has not followed the switch
+        with pytest.raises(ServingUnavailable):
+            engine.recommend(request)
+        r.follow()
+        assert r.fenced() is None and r.unhealthy_loaders() == {}
+        assert engine.recommend(request).version == "v0002"
+
+
 def test_a_restarted_replica_replays_from_the_checkpoint_what_it_missed(
     owner: Deployment, two_versions: Registry
 ) -> None:

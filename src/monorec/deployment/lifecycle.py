@@ -466,6 +466,10 @@ class Deployment:
         is well. Readiness depends on it."""
         return unhealthy(self._all_loaders())
 
+    def fenced(self) -> str | None:
+        """Never: the owner is the control plane's writer (see :meth:`Replica.fenced`)."""
+        return None
+
     def stream_status(self) -> dict[str, Any]:
         """The change log's head, lags, loaders' health and dead letters (see
         :func:`monorec.deployment.status.stream_report`)."""

@@ -14,7 +14,9 @@ requests. For each version the control plane calls ready, serving or standby it:
        frees the versions the owner retired;
     4. says which version it serves through a heartbeat in the control plane (at every change, and every
        ``HEARTBEAT_S``): the owner's switch returns once every live replica serves the new version, so a
-       request that begins after a switch returned is never answered by the old one.
+       request that begins after a switch returned is never answered by the old one. A replica silent
+       for long enough to be taken for dead (its process stalled, the control plane out of reach) fences
+       itself: it refuses requests (503, not ready) until it has followed the control plane again.
 
 Requests pin one version here as in the owner (the same :class:`VersionRouter`). A replica writes nothing
 the owner reads but its heartbeat and the reports that ride on it (:attr:`Replica.reporters`, e.g. its
@@ -45,7 +47,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from monorec.deployment.control_plane import HEARTBEAT_S, ControlPlane
+from monorec.deployment.control_plane import HEARTBEAT_S, LIVE_WITHIN_S, ControlPlane
 from monorec.deployment.router import VersionRouter
 from monorec.deployment.snapshot import LIVE_STATES, load_checkpoint
 from monorec.deployment.trials import Trial
@@ -63,6 +65,11 @@ __all__ = ["REPLICA_STATES", "Replica", "ReplicaSink"]
 _log = logging.getLogger(__name__)
 
 REPLICA_STATES = LIVE_STATES  # versions a replica holds: what may serve, or serve again
+# A switch waits only for the replicas heard from within LIVE_WITHIN_S: one silent that long (its process
+# stalled, the control plane unreachable) may have been left behind. It refuses requests once silent for
+# this long (a margin of two heartbeats below that bound, for the two clocks), and again until it has
+# followed the control plane after its silence: it never answers with a version switched away from.
+FENCE_S = LIVE_WITHIN_S - 2 * HEARTBEAT_S
 
 
 class ReplicaSink:
@@ -121,6 +128,7 @@ class Replica:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._said: tuple[str | None, float] = (None, float("-inf"))  # the last heartbeat: serving, when
+        self._fenced_since: float | None = None  # silent for FENCE_S: refusing until a follow begun after this
         self._saying = threading.Lock()
         self._beats: threading.Thread | None = None
         # where this replica's trial guard sends an abort (``serving.owner_proxy.OwnerTrials``: the owner's
@@ -182,6 +190,7 @@ class Replica:
         """One pass over the control plane: load what may serve, serve what the owner serves, free the
         rest. Idempotent; a version whose checkpoint cannot be read now is tried again on the next pass."""
         with self._ops:
+            began = time.monotonic()
             states = {d.version: d.state for d in self.control.all()}
             for version, state in states.items():
                 if state in REPLICA_STATES and version not in self.versions:
@@ -201,6 +210,10 @@ class Replica:
                 if states.get(version) not in REPLICA_STATES and version != serving:
                     self._unload(version)
             self._heartbeat()
+            fenced = self._fenced_since
+            if fenced is not None and began >= fenced:  # what it serves now was read after its silence
+                self._fenced_since = None
+                _log.info("replica %s: heard from the control plane again; serving %s", self.name, serving)
 
     def _follow_trial(self) -> None:
         """Routes a canary's share (and shadows) as the owner does, while the owner's trial runs."""
@@ -225,7 +238,24 @@ class Replica:
                 self.control.heartbeat(self.name, os.getpid(), serving)
                 for kind, report in list(self.reporters.items()):
                     self.control.put_report(self.name, kind, json.dumps(report()))
+                if now - self._said[1] > FENCE_S and self._said[1] > float("-inf"):
+                    self._fence(now)  # heard again after a silence a switch may have left it behind in
                 self._said = (serving, now)
+
+    def _fence(self, since: float) -> None:
+        if self._fenced_since is None:
+            self._fenced_since = since
+            _log.warning("replica %s: silent to the control plane over %.1f s; refusing requests", self.name, FENCE_S)
+
+    def fenced(self) -> str | None:
+        """Why this replica must not answer now, or None: silent to the control plane for over
+        :data:`FENCE_S` (a switch may have gone on without it), until it has followed the control plane
+        again. The serving engine answers 503 meanwhile; readiness fails."""
+        if time.monotonic() - self._said[1] > FENCE_S and self._said[1] > float("-inf"):
+            self._fence(time.monotonic())
+        if self._fenced_since is None:
+            return None
+        return f"replica {self.name} lost the control plane (silent over {FENCE_S:.1f} s), not followed since"
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S / 2):
@@ -273,6 +303,9 @@ class Replica:
                     out[loader.group] = f"{lag} log entries behind (bound {self.max_lag})"
         if self.error is not None:
             out["control-plane"] = self.error
+        fenced = self.fenced()
+        if fenced is not None:
+            out["control-plane"] = fenced
         return out
 
     def status(self) -> list[dict[str, Any]]:

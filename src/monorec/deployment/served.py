@@ -33,3 +33,7 @@ class ServedDeployment(Protocol):
     def unhealthy_loaders(self) -> dict[str, str]:
         """Consumer group -> why this process is not ready on it; empty when ready."""
         ...
+
+    def fenced(self) -> str | None:
+        """Why this process must answer no request now (a replica cut off from the control plane), or None."""
+        ...

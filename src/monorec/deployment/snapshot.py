@@ -144,6 +144,9 @@ class VersionSnapshot:
     def unhealthy_loaders(self) -> dict[str, str]:
         return {}  # no loader: frozen at the checkpoint by design
 
+    def fenced(self) -> str | None:
+        return None  # one version, no switch to miss
+
     def close(self) -> None:
         self.version.close()
         self._remove_work()

@@ -127,6 +127,9 @@ class ServingEngine:
 
     def _start_request(self, request: RecommendRequest) -> _Started:
         start = time.monotonic()
+        refused = self.deployment.fenced()
+        if refused is not None:
+            raise ServingUnavailable(refused)
         router = self.deployment.router
         version = router.current
         if version is None:

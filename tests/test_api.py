@@ -112,6 +112,7 @@ def test_health_readiness_metrics_openapi_and_the_page(api: tuple[httpx.Client, 
     assert 'monorec_fallbacks_total{canvas="search",reason="deadline"} 1.0' in text
     assert 'monorec_version_live{state="serving",version="v0001"} 1.0' in text
     assert 'monorec_stream_lag{consumer="index-v0001"}' in text
+    assert 'monorec_checkpoint_age_seconds{consumer="index-v0001"}' in text
     assert 'monorec_model_path_calls_total{stage="ranker"}' in text and "monorec_model_path_seconds_total" in text
     spec = client.get("/openapi.json").json()
     assert {"/v1/recommend", "/v1/recommend/batch", "/v1/entities/{entity_id}", "/v1/admin/deploy"} <= set(

@@ -73,6 +73,7 @@ def test_changes_are_applied_while_a_checkpoint_is_written_and_its_offset_commit
     assert loader.step() == 1 and sink.applied == ["a", "b", "c"]  # applied while the write is in flight
     assert sink.durable == [] and log.lag("g") == 3  # nothing committed before the write is durable
     assert loader.lag() == 0  # every entry is applied
+    assert loader.health()["checkpoint_writing"] is True
     sink.release.set()
     wait_for(lambda: len(sink.durable) == 1)
     assert log.lag("g") == 3  # durable, not yet committed: the loader's thread commits (every log call is its)
@@ -80,6 +81,8 @@ def test_changes_are_applied_while_a_checkpoint_is_written_and_its_offset_commit
     assert sink.durable[0] == (first[-1], ("a", "b")) and log.lag("g") <= 1 and loader.lag() == 0
     loader.checkpoint()  # an explicit checkpoint is durable and committed when it returns
     assert sink.durable[-1] == (second[-1], ("a", "b", "c")) and log.lag("g") == 0
+    health = loader.health()
+    assert health["checkpoint_writing"] is False and health["checkpoint_age_s"] < 1.0
 
 
 def test_a_failed_checkpoint_write_commits_nothing_and_the_loader_writes_it_again(tmp_path: Path) -> None:

@@ -43,6 +43,11 @@ class _DeploymentCollector(Collector):
             "1 while a consumer's loader applies the log, 0 when it fails",
             labels=["consumer"],
         )
+        checkpoint_age = GaugeMetricFamily(
+            "monorec_checkpoint_age_seconds",
+            "seconds since a consumer's offset last committed with its checkpoint (what a restart replays)",
+            labels=["consumer"],
+        )
         dead = GaugeMetricFamily("monorec_dead_letters", "changes no consumer could apply (dead letters)")
         skipped = CounterMetricFamily(
             "monorec_sources_skipped",
@@ -67,10 +72,13 @@ class _DeploymentCollector(Collector):
                 lag.add_metric([group], float(entries))
             for group, health in status["loaders"].items():
                 healthy.add_metric([group], 1.0 if health["healthy"] else 0.0)
+                if "checkpoint_age_s" in health:
+                    checkpoint_age.add_metric([group], float(health["checkpoint_age_s"]))
             dead.add_metric([], float(status["dead_letters"]))
         yield live
         yield lag
         yield healthy
+        yield checkpoint_age
         yield dead
         yield skipped
         yield users

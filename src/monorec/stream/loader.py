@@ -126,6 +126,7 @@ class Loader:
         self.failed_steps = 0  # steps that failed (not the broker being away), since the start
         self._last_checkpoint = time.monotonic()
         self._write: _Write | None = None  # the checkpoint being written in the background, if any
+        self._durable_at = time.monotonic()  # when the offset last committed (the group starts committed)
         self._held: list[LogEntry] = []  # read past an ``until`` bound: applied by the next step
         self._stop = threading.Event()
         self._step_lock = threading.RLock()  # the thread and a caller's catch_up may both step
@@ -209,7 +210,7 @@ class Loader:
             elif force:
                 self.sink.checkpoint(self.applied_offset or self.start_offset)
             self.uncommitted = 0
-            self._last_checkpoint = time.monotonic()
+            self._last_checkpoint = self._durable_at = time.monotonic()
 
     def _start_checkpoint(self) -> None:
         """The periodic checkpoint of a step. With a :class:`StagedSink`, only the capture runs here: the
@@ -228,6 +229,7 @@ class Loader:
         if finish is None:
             self.log.commit(self.group, self.applied_offset)
             self.uncommitted = 0
+            self._durable_at = time.monotonic()
             return
         self._write = _Write(self.group, self.applied_offset, self.uncommitted, finish)
 
@@ -244,6 +246,7 @@ class Loader:
             return write.error
         self.log.commit(self.group, write.offset)
         self.uncommitted = max(0, self.uncommitted - write.entries)
+        self._durable_at = time.monotonic()
         return None
 
     def catch_up(self, target: str | None = None, timeout_s: float = 600.0) -> None:
@@ -323,6 +326,10 @@ class Loader:
             "applied": self.applied_total,
             "rejected": self.rejected_total,
             "failed_steps": self.failed_steps,
+            # seconds since the offset last committed: grows past checkpoint_s when checkpoints fail (a full
+            # disk), which is what a restart would replay; and whether one is being written now
+            "checkpoint_age_s": round(time.monotonic() - self._durable_at, 1),
+            "checkpoint_writing": self._write is not None,
         }
 
     def start(self) -> None:

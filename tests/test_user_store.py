@@ -275,6 +275,44 @@ def test_a_reserved_row_table_takes_the_announced_rows_without_growing() -> None
     assert table.get(["a", "u1001"])[:, 0].tolist() == [1.0, 1.0]
 
 
+def test_saved_item_features_hold_each_key_with_its_latest_row_through_overwrites_removals_and_compactions(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint's capture of the item features reads no row and encodes each key once per buffer; the
+    file it writes (every row's key, which rows are live, the live rows) loads back as the table was at
+    the capture, whatever was written after it and whatever compactions renumbered the rows."""
+    from monorec.artifacts import pack_strings
+    from monorec.deployment.version import ItemFeatures
+
+    rng = np.random.default_rng(1)
+    table, expected = ItemFeatures(3), {}
+    for step in range(300):
+        keys = [f"k{int(k)}" for k in rng.choice(300, size=int(rng.integers(1, 40)), replace=False)]
+        if step % 5 == 4:
+            table.remove(keys)
+            for k in keys:
+                expected.pop(k, None)
+        else:
+            values = rng.normal(size=(len(keys), 3)).astype(np.float32)
+            table.put(keys, values)
+            expected.update(zip(keys, values, strict=True))
+        if step % 30 == 0 or step == 299:
+            write = table.start_save(tmp_path / f"f{step}.npz")
+            at_capture = dict(expected)
+            table.put(["late"], np.ones((1, 3), dtype=np.float32))  # after the capture: not in this file
+            table.remove(["late"])
+            write()
+            loaded = ItemFeatures.load(tmp_path / f"f{step}.npz")
+            assert len(loaded) == len(at_capture)
+            assert all(np.array_equal(loaded.get([k])[0], v) for k, v in at_capture.items())
+    # the layout before the row keys still loads
+    np.savez(tmp_path / "older.npz", ids=pack_strings(["a", "b"]), feats=np.eye(2, 3, dtype=np.float32))
+    assert ItemFeatures.load(tmp_path / "older.npz").get(["b"]).tolist() == [[0.0, 1.0, 0.0]]
+    np.savez(tmp_path / "bad.npz", row_keys=pack_strings(["a"]), live=np.ones(2, bool), feats=np.eye(1, 3))
+    with pytest.raises(ArtifactError, match="do not load"):
+        ItemFeatures.load(tmp_path / "bad.npz")
+
+
 def test_a_row_table_snapshot_holds_each_key_with_its_latest_row_after_overwrites_removals_and_compactions() -> None:
     """A snapshot copies the buffer at once when no row is dead, and gathers by key otherwise: both must
     give every key its latest row, in the keys' order."""

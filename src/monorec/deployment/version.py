@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from monorec.artifacts import pack_strings, unpack_strings
+from monorec.artifacts import unpack_strings
 from monorec.bundle import ModelBundle, context_tensors
 from monorec.config import SOURCE_NAMES
 from monorec.environments import ModelRuntime
@@ -53,17 +53,32 @@ class ItemFeatures(RowTable):
         self.start_save(path)()
 
     def start_save(self, path: Path) -> Callable[[], None]:
-        """Captures the table now (a copy); the returned function writes the copy into ``path``."""
-        ids, feats = self.snapshot()
-        return lambda: np.savez(path, ids=pack_strings(ids), feats=feats)
+        """Captures the table now (see :meth:`RowTable.capture`); the returned function gathers the live
+        rows and writes them into ``path`` with every row's key and which rows are live."""
+        captured = self.capture()
+        return lambda: np.savez(path, row_keys=captured.row_keys, live=captured.live, feats=captured.live_rows())
 
     @classmethod
     def load(cls, path: Path) -> ItemFeatures:
+        """Reads what :meth:`save` wrote (or the older layout: ``ids`` and their ``feats``).
+
+        Raises:
+            ArtifactError: the file does not load or its parts disagree.
+        """
         try:
             with np.load(path, allow_pickle=False) as arrays:
-                ids, feats = unpack_strings(arrays["ids"]), arrays["feats"]
+                feats = arrays["feats"]
+                if "row_keys" in arrays.files:
+                    row_keys, live = unpack_strings(arrays["row_keys"]), arrays["live"]
+                    if live.dtype != np.bool_ or live.shape != (len(row_keys),):
+                        raise ValueError(f"{len(row_keys)} row keys, a live mask of {live.shape} {live.dtype}")
+                    ids = [k for k, alive in zip(row_keys, live.tolist(), strict=True) if alive]
+                else:  # written before the row keys
+                    ids = unpack_strings(arrays["ids"])
         except (OSError, ValueError, KeyError) as exc:
             raise ArtifactError(f"{path}: item features do not load: {exc}") from None
+        if feats.ndim != 2 or len(feats) != len(ids):
+            raise ArtifactError(f"{path}: item features hold {feats.shape} rows for {len(ids)} ids")
         table = cls(feats.shape[1])
         table.put(ids, feats)
         return table

@@ -275,18 +275,12 @@ def test_a_reserved_row_table_takes_the_announced_rows_without_growing() -> None
     assert table.get(["a", "u1001"])[:, 0].tolist() == [1.0, 1.0]
 
 
-def test_saved_item_features_hold_each_key_with_its_latest_row_through_overwrites_removals_and_compactions(
-    tmp_path: Path,
-) -> None:
-    """A checkpoint's capture of the item features reads no row and encodes each key once per buffer; the
-    file it writes (every row's key, which rows are live, the live rows) loads back as the table was at
-    the capture, whatever was written after it and whatever compactions renumbered the rows."""
-    from monorec.artifacts import pack_strings
-    from monorec.deployment.version import ItemFeatures
-
-    rng = np.random.default_rng(1)
-    table, expected = ItemFeatures(3), {}
-    for step in range(300):
+def random_writes(
+    table: RowTable, expected: dict[str, np.ndarray], rng: np.random.Generator, steps: int
+) -> Iterator[int]:
+    """Overwrites and removals of 300 keys (enough rows written for compactions), mirrored in ``expected``;
+    yields after each step."""
+    for step in range(steps):
         keys = [f"k{int(k)}" for k in rng.choice(300, size=int(rng.integers(1, 40)), replace=False)]
         if step % 5 == 4:
             table.remove(keys)
@@ -296,6 +290,20 @@ def test_saved_item_features_hold_each_key_with_its_latest_row_through_overwrite
             values = rng.normal(size=(len(keys), 3)).astype(np.float32)
             table.put(keys, values)
             expected.update(zip(keys, values, strict=True))
+        yield step
+
+
+def test_saved_item_features_hold_each_key_with_its_latest_row_through_overwrites_removals_and_compactions(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint's capture of the item features reads no row and encodes each key once per buffer; the
+    file it writes (every row's key, which rows are live, the live rows) loads back as the table was at
+    the capture, whatever was written after it and whatever compactions renumbered the rows."""
+    from monorec.artifacts import pack_strings
+    from monorec.deployment.version import ItemFeatures
+
+    table, expected = ItemFeatures(3), {}
+    for step in random_writes(table, expected, np.random.default_rng(1), 300):
         if step % 30 == 0 or step == 299:
             write = table.start_save(tmp_path / f"f{step}.npz")
             at_capture = dict(expected)
@@ -316,18 +324,8 @@ def test_saved_item_features_hold_each_key_with_its_latest_row_through_overwrite
 def test_a_row_table_snapshot_holds_each_key_with_its_latest_row_after_overwrites_removals_and_compactions() -> None:
     """A snapshot copies the buffer at once when no row is dead, and gathers by key otherwise: both must
     give every key its latest row, in the keys' order."""
-    rng = np.random.default_rng(0)
     table, expected = RowTable(3), {}
-    for step in range(400):
-        keys = [f"k{int(k)}" for k in rng.choice(300, size=int(rng.integers(1, 40)), replace=False)]
-        if step % 5 == 4:
-            table.remove(keys)
-            for k in keys:
-                expected.pop(k, None)
-        else:
-            values = rng.normal(size=(len(keys), 3)).astype(np.float32)
-            table.put(keys, values)
-            expected.update(zip(keys, values, strict=True))
+    for step in random_writes(table, expected, np.random.default_rng(0), 400):
         if step % 50 == 0 or step == 399:
             snapped, snap_rows = table.snapshot()
             assert sorted(snapped) == sorted(expected) and len(snapped) == len(set(snapped))

@@ -206,11 +206,18 @@ class Loader:
                 raise error
             if self.applied_offset is not None and self.uncommitted:
                 self.sink.checkpoint(self.applied_offset)
-                self.log.commit(self.group, self.applied_offset)
+                self._commit(self.applied_offset, self.uncommitted)
             elif force:
                 self.sink.checkpoint(self.applied_offset or self.start_offset)
-            self.uncommitted = 0
-            self._last_checkpoint = self._durable_at = time.monotonic()
+                self._durable_at = time.monotonic()
+            self._last_checkpoint = time.monotonic()
+
+    def _commit(self, offset: str, entries: int) -> None:
+        """Records the log up to ``offset`` as durable in the sink: ``entries`` of those applied since the
+        last commit need no replay any more."""
+        self.log.commit(self.group, offset)
+        self.uncommitted = max(0, self.uncommitted - entries)
+        self._durable_at = time.monotonic()
 
     def _start_checkpoint(self) -> None:
         """The periodic checkpoint of a step. With a :class:`StagedSink`, only the capture runs here: the
@@ -226,10 +233,8 @@ class Loader:
             return
         finish = start(self.applied_offset)
         self._last_checkpoint = time.monotonic()
-        if finish is None:
-            self.log.commit(self.group, self.applied_offset)
-            self.uncommitted = 0
-            self._durable_at = time.monotonic()
+        if finish is None:  # nothing changed since the last checkpoint
+            self._commit(self.applied_offset, self.uncommitted)
             return
         self._write = _Write(self.group, self.applied_offset, self.uncommitted, finish)
 
@@ -244,9 +249,7 @@ class Loader:
         self._write = None
         if write.error is not None:
             return write.error
-        self.log.commit(self.group, write.offset)
-        self.uncommitted = max(0, self.uncommitted - write.entries)
-        self._durable_at = time.monotonic()
+        self._commit(write.offset, write.entries)
         return None
 
     def catch_up(self, target: str | None = None, timeout_s: float = 600.0) -> None:
